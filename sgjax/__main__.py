@@ -1,0 +1,5 @@
+import sys
+
+from sgjax.cli import main
+
+sys.exit(main())

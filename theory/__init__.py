@@ -1,0 +1,1 @@
+"""Numerical checks of every formal claim of Czarnecki et al. (2017)."""
