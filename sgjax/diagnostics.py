@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -235,6 +236,26 @@ def _standardise(h: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (h - mu) / np.where(sd > 0, sd, 1.0)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _fit_softmax_regression(x, t, steps, learning_rate):
+    # One compiled program per (shape, steps, rate): probing 20 layers of one width
+    # compiles once.
+    opt = optax.adam(learning_rate)
+
+    def loss_fn(theta):
+        return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(x @ theta["W"] + theta["b"]), -1))
+
+    def body(carry, _):
+        theta, state = carry
+        g = jax.grad(loss_fn)(theta)
+        updates, state = opt.update(g, state, theta)
+        return (optax.apply_updates(theta, updates), state), None
+
+    theta0 = {"W": jnp.zeros((x.shape[1], t.shape[1])), "b": jnp.zeros((t.shape[1],))}
+    (theta, _), _ = jax.lax.scan(body, (theta0, opt.init(theta0)), None, length=steps)
+    return theta["W"], theta["b"]
+
+
 def linear_probe_accuracy(
     h: Any,
     y: Any,
@@ -268,20 +289,9 @@ def linear_probe_accuracy(
         )
     k = int(num_classes if num_classes is not None else y.max() + 1)
     x = jnp.asarray(_standardise(h, h))
-    t = jax.nn.one_hot(jnp.asarray(y), k)
-    opt = optax.adam(learning_rate)
-
-    def loss_fn(theta):
-        return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(x @ theta["W"] + theta["b"]), -1))
-
-    def body(carry, _):
-        theta, state = carry
-        g = jax.grad(loss_fn)(theta)
-        updates, state = opt.update(g, state, theta)
-        return (optax.apply_updates(theta, updates), state), None
-
-    theta0 = {"W": jnp.zeros((x.shape[1], k)), "b": jnp.zeros((k,))}
-    (theta, _), _ = jax.lax.scan(body, (theta0, opt.init(theta0)), None, length=int(steps))
+    W, b = _fit_softmax_regression(x, jax.nn.one_hot(jnp.asarray(y), k), int(steps),
+                                   float(learning_rate))  # fmt: skip
+    theta = {"W": W, "b": b}
 
     def acc(xx, yy):
         return float(jnp.mean(jnp.argmax(xx @ theta["W"] + theta["b"], -1) == yy))
