@@ -113,7 +113,8 @@ def trained_networks(ctx: C.Context) -> dict:
     rng = np.random.default_rng(ctx.seed)
     ev = rng.choice(len(x), min(cfg["eval_points"], len(x)), replace=False)
     cos_idx = rng.choice(len(x), min(256, len(x)), replace=False)
-    snaps = C.log_steps(cfg["steps"], cfg["snapshots"], first=max(1, cfg["steps"] // 100))
+    # step 0 too: the zero-initialised SGs' cosine there is exactly 0
+    snaps = [0, *C.log_steps(cfg["steps"], cfg["snapshots"], first=max(1, cfg["steps"] // 100))]
     out: dict = {"settings": cfg, "methods": {}}
     for method in METHODS:
         rule = _rule(method, net.depth)

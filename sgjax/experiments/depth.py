@@ -19,7 +19,7 @@ from sgjax.experiments import common as C
 
 SETTINGS = {
     "smoke": dict(
-        depths=(2, 3),
+        depths=(1, 2),
         width=32,
         activations=("relu", "sigmoid"),
         n_train=1000,
