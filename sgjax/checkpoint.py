@@ -88,6 +88,17 @@ def _restore_target(target: Any) -> Any:
     return jax.tree.map(leaf, target)
 
 
+def _orbax_name(path: tuple) -> str:
+    """A key path as orbax names the stored array: ``opt_state.0.mu.1.W``."""
+    parts = []
+    for k in path:
+        for attr in ("name", "key", "idx"):  # GetAttrKey, DictKey, SequenceKey
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return ".".join(parts)
+
+
 class Checkpointer:
     """Atomic save/restore of ``TrainState`` + JSON metadata in ``directory``, newest ``keep``.
 
@@ -115,6 +126,12 @@ class Checkpointer:
                 shutil.rmtree(tmp, ignore_errors=True)
         self._mgr = ocp.CheckpointManager(
             self.directory,
+            # Named handlers, so that a fresh manager can read an existing checkpoint's
+            # metadata (and nothing logs "could not be restored").
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
                 enable_async_checkpointing=False,
@@ -187,33 +204,49 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; present: {available}"
             )
-        try:
-            out = self._mgr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_restore_target(target)),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(
-                f"checkpoint {self.directory / str(step)} does not match the requested state "
-                f"structure (a different network, rule or optimiser?): {e}"
-            ) from e
+        where = self.directory / str(step)
+        # Compare the stored arrays with the target before reading them: orbax's own
+        # errors on a mismatch are obscure (and leave un-awaited coroutines behind).
+        self._check_matches(where, self._mgr.item_metadata(step)["state"], target)
+        out = self._mgr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_restore_target(target)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
         state = out["state"]
-        saved = jax.tree.structure(state)
-        if saved != jax.tree.structure(target):
+        if jax.tree.structure(state) != jax.tree.structure(target):  # type: ignore[operator]
             raise ValueError(
-                f"checkpoint {self.directory / str(step)} has tree structure {saved}, "
+                f"checkpoint {where} has tree structure {jax.tree.structure(state)}, "
                 f"expected {jax.tree.structure(target)}"
             )
-        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(target)):
-            if got.shape != np.shape(want) or got.dtype != want.dtype:
-                raise ValueError(
-                    f"checkpoint {self.directory / str(step)}: a leaf is {got.dtype}"
-                    f"{list(got.shape)}, expected {want.dtype}{list(np.shape(want))}"
-                )
         return state, dict(out["meta"])
+
+    @staticmethod
+    def _check_matches(where: Path, stored: Any, target: Any) -> None:
+        saved = {
+            m.name: (tuple(m.shape), np.dtype(m.dtype))
+            for m in jax.tree.leaves(getattr(stored, "tree", stored))
+            if hasattr(m, "shape") and hasattr(m, "name")
+        }
+        wanted = {
+            _orbax_name(path): (tuple(np.shape(x)), np.dtype(x.dtype))
+            for path, x in jax.tree_util.tree_flatten_with_path(target)[0]
+        }
+        problems = [f"{k}: missing from the checkpoint" for k in wanted if k not in saved]
+        problems += [f"{k}: in the checkpoint, not in the target" for k in saved if k not in wanted]
+        problems += [
+            f"{k}: stored {saved[k][1]}{list(saved[k][0])}, expected {v[1]}{list(v[0])}"
+            for k, v in wanted.items()
+            if k in saved and saved[k] != v
+        ]
+        if problems:
+            raise ValueError(
+                f"checkpoint {where} does not match the requested state (a different network, "
+                f"rule or optimiser?): {'; '.join(problems[:5])}"
+                + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            )
 
     def close(self) -> None:
         self._mgr.close()

@@ -236,25 +236,24 @@ def _run(
 def _stop(step, loss, state, ckpt, last_saved, save, good_metrics) -> NonFiniteLossError:
     """The error for a non-finite step, after saving the last good state if that is safe."""
     err = NonFiniteLossError(step, loss, state)
-    err.checkpoint_step = last_saved  # type: ignore[attr-defined]
-    if ckpt is None:
-        return err
-    note = ""
-    good = int(state.step)
-    if last_saved != good:
-        # ``state`` is the state before the failed step. It can still hold inf (a finite
-        # gradient times a huge learning rate overflows); then the older checkpoint stays
-        # the newest, which Checkpointer.save guarantees by refusing non-finite states.
-        try:
-            save(state, good_metrics)
-            err.checkpoint_step = good  # type: ignore[attr-defined]
-        except FloatingPointError:
-            note = f" The state at step {good} already held NaN/inf and was not saved."
-    where = (
-        f"the newest checkpoint (step {err.checkpoint_step}) in {ckpt.directory} is the last "
-        "good state"
-        if err.checkpoint_step is not None
-        else f"no good checkpoint was written to {ckpt.directory}"
-    )
-    err.args = (f"{err.args[0]}{note} Checkpoints: {where}.",)
+    ckpt_step = last_saved
+    if ckpt is not None:
+        note = ""
+        good = int(state.step)
+        if last_saved != good:
+            # ``state`` is the state before the failed step. It can still hold inf (a finite
+            # gradient times a huge learning rate overflows); then the older checkpoint
+            # stays the newest: Checkpointer.save refuses non-finite states.
+            try:
+                save(state, good_metrics)
+                ckpt_step = good
+            except FloatingPointError:
+                note = f" The state at step {good} already held NaN/inf and was not saved."
+        where = (
+            f"the newest checkpoint (step {ckpt_step}) in {ckpt.directory} is the last good state"
+            if ckpt_step is not None
+            else f"no good checkpoint was written to {ckpt.directory}"
+        )
+        err.args = (f"{err.args[0]}{note} Checkpoints: {where}.",)
+    err.checkpoint_step = ckpt_step  # type: ignore[attr-defined]
     return err
