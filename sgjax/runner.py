@@ -193,7 +193,7 @@ def _run(
                     )
             if int(state.step) >= steps:
                 last = saved.get("last_metrics") or {}
-                hist = [{"step": int(state.step), **jax.tree.map(np.asarray, last)}]
+                hist = [{"step": int(state.step), **{k: np.asarray(v) for k, v in last.items()}}]
                 return state, hist if last else []
     if state is None:
         state = train.init(key, net, rule, optimizer, sg_optimizer)
