@@ -22,6 +22,8 @@ use ``l2`` below, on the weight matrices, for every method); the paper's batch n
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +32,7 @@ from sgjax import diagnostics as dg
 from sgjax import losses, nets, rules
 from sgjax.experiments import common as C
 
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         hidden=4,
         width=32,
@@ -80,7 +82,7 @@ LABELS = {"backprop": "Bprop", "sg": "single SG", "sg_all": "SG*", "dfa": "DFA"}
 
 
 def settings(ctx: C.Context) -> dict:
-    cfg = dict(SETTINGS[ctx.scale])
+    cfg: dict[str, Any] = dict(SETTINGS[ctx.scale])
     if ctx.steps is not None:
         cfg["steps"] = ctx.steps
     return cfg
@@ -259,7 +261,7 @@ def run_fig3(ctx: C.Context) -> dict:
     claim_rows = [[k, v["value"], v["target"], v["holds"]] for k, v in results["claims"].items()]
     dist_rows = []
     for layer in range(1, L + 1):
-        row = [layer]
+        row: list[Any] = [layer]
         for m in METHODS:
             row.append(results["methods"][m]["distance_to_last"][layer - 1])
         for m in ("backprop", "sg", "sg_all"):

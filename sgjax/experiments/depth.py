@@ -11,13 +11,16 @@ beside the values read off the figure.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import numpy as np
 
 from sgjax import losses, nets, rules
 from sgjax.experiments import common as C
 
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         depths=(1, 2),
         width=32,
@@ -67,7 +70,7 @@ FRACTIONS = (0.25, 0.40, 0.63)  # the paper's 25k, 40k, 63k of 100k
 
 
 def run(ctx: C.Context) -> dict:
-    cfg = dict(SETTINGS[ctx.scale])
+    cfg: dict[str, Any] = dict(SETTINGS[ctx.scale])
     if ctx.steps is not None:
         cfg["steps"] = ctx.steps
     steps = cfg["steps"]
@@ -103,9 +106,7 @@ def run(ctx: C.Context) -> dict:
                     key=jax.random.key(ctx.seed),
                     seed=ctx.seed,
                     snapshot_at=curve,
-                    on_snapshot=lambda i, st, acc_fn=acc_fn: {
-                        "train_accuracy": float(acc_fn(st.params))
-                    },
+                    on_snapshot=functools.partial(_accuracy, acc_fn),
                     progress=ctx.progress,
                     desc=f"fig4 {act} {depth} {method}",
                 )
@@ -118,6 +119,11 @@ def run(ctx: C.Context) -> dict:
     _report(ctx, results, cfg, figs)
     C.write_json(ctx.out / "results.json", results)
     return results
+
+
+def _accuracy(acc_fn, step: int, state) -> dict:
+    del step
+    return {"train_accuracy": float(acc_fn(state.params))}
 
 
 def _acc_at(results, key, step):

@@ -15,13 +15,15 @@ paper scale the MLP.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
 from sgjax import estimators, nets, rules, train
 from sgjax.experiments import common as C
 
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         layers=(3,), width=32, n_train=1000, n_test=500, steps=60, batch=64, lr=1e-3, dni="linear"
     ),
@@ -63,7 +65,7 @@ def _rule(method: str, cfg: dict):
 
 
 def run(ctx: C.Context) -> dict:
-    cfg = dict(SETTINGS[ctx.scale])
+    cfg: dict[str, Any] = dict(SETTINGS[ctx.scale])
     if ctx.steps is not None:
         cfg["steps"] = ctx.steps
     ds = C.load_mnist(ctx, cfg["n_train"], cfg["n_test"])

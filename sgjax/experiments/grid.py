@@ -12,6 +12,8 @@ Spearman's ρ (the additive constant of L̂ is unknown, so only ranks are compar
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,7 @@ from sgjax import data, losses, nets, rules
 from sgjax import diagnostics as dg
 from sgjax.experiments import common as C
 
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         size=6,
         width=16,
@@ -103,7 +105,7 @@ def _within(v: np.ndarray, ell: np.ndarray, y: np.ndarray) -> float:
 
 
 def run(ctx: C.Context) -> dict:
-    cfg = dict(SETTINGS[ctx.scale])
+    cfg: dict[str, Any] = dict(SETTINGS[ctx.scale])
     if ctx.steps is not None:
         cfg["steps"] = ctx.steps
         cfg["snapshots"] = (*tuple(s for s in cfg["snapshots"] if s < ctx.steps), ctx.steps)
@@ -208,7 +210,7 @@ def _plot(ctx, results, cfg) -> list[str]:
     names = []
     for name, run_res in results["runs"].items():
         snaps = [rec["step"] for rec in run_res["single"]["snapshots"] if rec["step"] > 0]
-        rows = [("true loss", None, None)]
+        rows: list[tuple[str, str | None, int | None]] = [("true loss", None, None)]
         rows.append((f"single SG (b{run_res['single']['boundaries'][0]})", "single", 0))
         every_b = run_res["every"]["boundaries"]
         rows += [(f"every: SG{b}", "every", k) for k, b in reversed(list(enumerate(every_b)))]
