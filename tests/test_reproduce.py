@@ -86,6 +86,8 @@ def test_fig3_fig5_fig8_smoke_share_networks(tmp_path, mnist_dir, deep_cache):
     for m in deep.METHODS:
         acc = r8["methods"][m]["classifier_train_accuracy"]
         assert len(acc) == L and all(0.0 <= a <= 1.0 for a in acc)
+        held = r8["methods"][m]["classifier_heldout_accuracy"]
+        assert len(held) == L and all(0.0 <= a <= 1.0 for a in held)
         assert all(v >= 0 for v in r8["methods"][m]["regressor_mse"])
 
 
