@@ -140,7 +140,11 @@ def make_step(
         rule_state = state.rule_state._replace(
             params=optax.apply_updates(state.rule_state.params, sg_updates)
         )
-        finite = jnp.isfinite(out.loss) & _all_finite((out.grads, out.rule_grads))
+        # Finite loss and gradients can still overflow into the new parameters (a huge
+        # learning rate), so the updated parameters are checked too.
+        finite = jnp.isfinite(out.loss) & _all_finite(
+            (out.grads, out.rule_grads, params, rule_state.params)
+        )
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
         # A non-finite step is not applied: the state stays at its last good value.
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
@@ -255,7 +259,6 @@ def fit(
     key: jax.Array,
     sg_optimizer: optax.GradientTransformation | None = None,
     seed: int = 0,
-    state: TrainState | None = None,
     cosine: bool = False,
     progress: bool = False,
     log_every: int = 0,
@@ -264,30 +267,13 @@ def fit(
 
     Validates the data once (input width, label range), jits the step, and raises
     :class:`NonFiniteLossError` at the first non-finite step. ``log_every = k > 0`` keeps
-    the metrics of every k-th step (and the last).
+    the metrics of every k-th step (and the last). ``seed`` orders the batches. This is
+    :func:`sgjax.runner.run_training` without checkpoints; use that for long runs.
     """
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`steps` must be an int ≥ 0, got {steps!r}")
-    check_input(net, x)
-    check_labels(y, net.out_dim)
-    if state is None:
-        state = init(key, net, rule, optimizer, sg_optimizer)
-    step_fn = jax.jit(make_step(net, rule, loss, optimizer, sg_optimizer, cosine=cosine))
-    start = int(state.step)
-    data = batches(x, y, batch_size, seed=seed, start=start)
-    history: list[dict[str, Any]] = []
-    it = range(start, start + steps)
-    if progress:
-        from tqdm.auto import tqdm
+    from sgjax.runner import run_training  # the one training loop, with checkpointing
 
-        it = tqdm(it, desc=f"{rule.name}", unit="step", leave=False)
-    metrics: dict[str, Any] = {}
-    for i in it:
-        xb, yb = next(data)
-        new_state, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
-        if not bool(metrics["finite"]):
-            raise NonFiniteLossError(i + 1, float(metrics["loss"]), state)
-        state = new_state
-        if log_every and ((i + 1) % log_every == 0 or i + 1 == start + steps):
-            history.append({"step": i + 1, **jax.tree.map(np.asarray, metrics)})
-    return state, history
+    return run_training(
+        net, rule, loss, optimizer, x, y, steps=steps, batch_size=batch_size, seed=seed,
+        key=key, sg_optimizer=sg_optimizer, cosine=cosine, progress=progress,
+        log_every=log_every,
+    )  # fmt: skip
