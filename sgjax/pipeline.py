@@ -1,0 +1,686 @@
+"""Update-unlocked training across devices: the DNI pipeline on a JAX mesh.
+
+The promise of decoupled neural interfaces (Jaderberg et al. 2017; Czarnecki et al. 2017,
+§1) is that with a synthetic gradient SG_s(h_s, y) at its output, stage s can update
+θ_s as soon as its own forward pass is done, without waiting for a backward pass. This
+module puts stage s of a :class:`~sgjax.nets.Network` (and its SG module) on device s
+of a 1-D mesh with axis ``"stage"`` and runs
+
+* :func:`sg_on_mesh` — the **SG pipeline**: every tick each device works on a different
+  micro-batch; after the fill no device waits for another's backward pass;
+* :func:`gpipe_on_mesh` — the baseline **backprop pipeline** (GPipe schedule: M
+  micro-batches forward, then backward, then one update); its gradients are exactly those
+  of ordinary backprop on the M·B examples;
+* :func:`sg_reference` — the SG pipeline's schedule on one device (a plain loop over
+  ticks and stages), so that the N-device run can be checked against it.
+
+Schedule and staleness of the SG pipeline (N stages, 0-based s = 0..N−1). Micro-batch m
+enters stage 0 at tick m, so at tick t device s works on micro-batch m = t − s. One tick
+on device s:
+
+1. take h_{s−1}^{(m)} and the label y^{(m)} that device s−1 sent at tick t−1 (device 0
+   takes x^{(m)} from the data);
+2. forward: h_s^{(m)}, vjp = ``jax.vjp(f_s, θ_s, h_{s−1}^{(m)})``;
+3. signal: δ̂ = SG_s(h_s^{(m)}, y^{(m)}) for s < N−1; the last stage uses the true
+   per-example loss gradient ∂ℓ/∂p;
+4. update θ_s at once from ``vjp(δ̂)`` (optax); the input part of the same VJP,
+   t_{s−1}^{(m)} = (∂f_s/∂h_{s−1})ᵀ δ̂, is the bootstrapped target of SG_{s−1};
+5. send (h_s^{(m)}, y^{(m)}) to device s+1 and t_{s−1}^{(m)} to device s−1
+   (``lax.ppermute``);
+6. receive t_s^{(m−1)} from device s+1 (computed this same tick from micro-batch m−1)
+   and regress SG_s onto it at (h_s^{(m−1)}, y^{(m−1)}), kept from the previous tick (the
+   one-tick buffer): φ_s ← opt(φ_s, ∇_φ mean_b ‖SG_s(h_b, y_b) − t_b‖²).
+
+Exact staleness, compared with sequential DNI (:func:`sgjax.rules.synthetic_gradients`
+with bootstrapped targets, one micro-batch per step):
+
+* the forward pass is *not* stale: micro-batch m meets every θ_s after exactly the
+  updates from micro-batches 0..m−1, as in sequential training;
+* θ_s's update from micro-batch m is applied before micro-batches m+1.. reach stage s,
+  as in sequential training;
+* the SG modules lag one update: the δ̂ of micro-batch m (and hence the target it
+  makes) comes from φ_s regressed on micro-batches 0..m−2 (sequential DNI: 0..m−1),
+  because the target for m−1 is only produced by device s+1 during the tick in which
+  device s already processes m. With frozen SG modules the pipeline therefore equals
+  sequential DNI exactly (tested).
+
+The stream does not drain between calls: the in-flight messages are part of the state,
+so a long run fills the pipeline once. :func:`flush` feeds N−1 empty ticks to finish the
+micro-batches still in flight.
+
+Unequal stages. Stage params, optimiser states and SG modules have different shapes on
+different devices, but ``shard_map`` needs one shape per argument. Each device therefore
+keeps its stage's whole state (θ_s, optimiser state, φ_s, SG optimiser state) as one flat
+vector per dtype, padded to the longest stage, and activations travel padded to the widest
+boundary; ``lax.switch(lax.axis_index("stage"), ...)`` runs the selected stage's own code
+(its branch unpacks, computes and re-packs), so a device executes only its own stage and
+stages may differ in cost and shape. The padding is the price: memory and messages sized
+by the largest stage.
+
+Devices. The code is ``jax.shard_map`` over a :class:`jax.sharding.Mesh` with
+``lax.ppermute``; it runs unchanged on simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts), on GPUs, or on
+several hosts after ``jax.distributed.initialize()`` (every process passes the same
+data). The mesh must have exactly one device per stage.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from sgjax import nets, pipeline
+    >>> net = nets.mlp([8, 16, 4])
+    >>> pipe = pipeline.sg_pipeline(net, "xent", optax.sgd(0.1))
+    >>> state = pipeline.init_sg(pipe, jax.random.key(0), batch_size=2)
+    >>> xs, ys = jnp.ones((3, 2, 8)), jnp.zeros((3, 2), jnp.int32)
+    >>> state, metrics = pipeline.sg_reference(pipe, state, xs, ys)
+    >>> metrics["done"].tolist()  # the last stage finishes micro-batches 0 and 1
+    [False, True, True]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sgjax import estimators as est_lib
+from sgjax import losses as loss_lib
+from sgjax.nets import Network
+
+AXIS = "stage"
+Params = Any
+
+
+# --------------------------------------------------------------------------------------
+# Mesh
+
+
+def make_mesh(n_devices: int, devices: Sequence[Any] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"stage"`` over the first ``n_devices`` devices.
+
+    Raises:
+        ValueError: if fewer than ``n_devices`` devices exist (with the flag that makes
+            fake CPU devices).
+
+    Example:
+        >>> make_mesh(1).shape
+        {'stage': 1}
+    """
+    if not isinstance(n_devices, int) or isinstance(n_devices, bool) or n_devices < 1:
+        raise ValueError(f"make_mesh: `n_devices` must be an int ≥ 1, got {n_devices!r}")
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) < n_devices:
+        raise ValueError(
+            f"make_mesh: asked for {n_devices} devices but JAX sees {len(devices)}; on CPU "
+            f"set XLA_FLAGS=--xla_force_host_platform_device_count={n_devices} before JAX "
+            "starts"
+        )
+    return jax.make_mesh(
+        (n_devices,),
+        (AXIS,),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        devices=devices[:n_devices],
+    )
+
+
+def _check_mesh(net: Network, mesh: Mesh) -> int:
+    if tuple(mesh.axis_names) != (AXIS,):
+        raise ValueError(
+            f"pipeline: the mesh must be 1-D with axis name {AXIS!r} (see make_mesh), got "
+            f"axes {tuple(mesh.axis_names)}"
+        )
+    n = int(mesh.shape[AXIS])
+    if n != net.depth:
+        raise ValueError(
+            f"pipeline: the network has {net.depth} stages but the mesh has {n} devices; the "
+            "pipeline puts one stage on each device, so they must be equal (regroup the "
+            "layers into stages, or build the mesh with make_mesh(net.depth))"
+        )
+    return n
+
+
+# --------------------------------------------------------------------------------------
+# Packing a per-stage pytree into one padded flat vector per dtype.
+
+
+class _Layout(NamedTuple):
+    treedef: Any
+    shapes: tuple
+    dtypes: tuple  # dtype name of each leaf
+    offsets: tuple  # offset of each leaf inside its dtype's vector
+    totals: dict  # dtype name -> length used
+
+
+def _layout(tree: Any) -> _Layout:
+    leaves, treedef = jax.tree.flatten(tree)
+    shapes, dtypes, offsets, totals = [], [], [], {}
+    for leaf in leaves:
+        dt = jnp.dtype(leaf.dtype).name
+        shapes.append(tuple(leaf.shape))
+        dtypes.append(dt)
+        offsets.append(totals.get(dt, 0))
+        totals[dt] = totals.get(dt, 0) + int(np.prod(leaf.shape, dtype=np.int64))
+    return _Layout(treedef, tuple(shapes), tuple(dtypes), tuple(offsets), totals)
+
+
+def _sizes(layouts: Sequence[_Layout]) -> dict[str, int]:
+    keys = sorted({k for lay in layouts for k in lay.totals})
+    return {k: max(1, *(lay.totals.get(k, 0) for lay in layouts)) for k in keys}
+
+
+def _pack(tree: Any, lay: _Layout, sizes: dict[str, int]) -> dict[str, jax.Array]:
+    parts: dict[str, list] = {k: [] for k in sizes}
+    for leaf, dt in zip(jax.tree.leaves(tree), lay.dtypes):
+        parts[dt].append(jnp.ravel(leaf).astype(dt))
+    out = {}
+    for k, n in sizes.items():
+        used = lay.totals.get(k, 0)
+        vec = jnp.concatenate(parts[k]) if parts[k] else jnp.zeros((0,), k)
+        out[k] = jnp.pad(vec, (0, n - used))
+    return out
+
+
+def _unpack(flat: dict[str, jax.Array], lay: _Layout) -> Any:
+    leaves = []
+    for shape, dt, off in zip(lay.shapes, lay.dtypes, lay.offsets):
+        n = int(np.prod(shape, dtype=np.int64))
+        leaves.append(lax.slice_in_dim(flat[dt], off, off + n).reshape(shape))
+    return jax.tree.unflatten(lay.treedef, leaves)
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _pad_h(h: jax.Array, width: int) -> jax.Array:
+    h = h.reshape(h.shape[0], -1)
+    return jnp.pad(h, ((0, 0), (0, width - h.shape[1])))
+
+
+def _crop_h(h: jax.Array, shape: Sequence[int]) -> jax.Array:
+    return h[:, : _size(shape)].reshape(h.shape[0], *shape)
+
+
+def _where(c: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(c, n, o), new, old)
+
+
+def _put(x: Any, mesh: Mesh, spec: P) -> jax.Array:
+    # make_array_from_callback builds a global array from host data, so the same call works
+    # when the mesh spans several processes (each passes the same host data).
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda i: x[i])
+
+
+def _width(net: Network) -> int:
+    return max(_size(net.in_shape), *(_size(s.out_shape) for s in net.stages))
+
+
+# --------------------------------------------------------------------------------------
+# The SG pipeline: configuration, state, and the per-stage work shared by both schedules.
+
+
+class SGPipeline(NamedTuple):
+    """What the SG pipeline trains and how: built by :func:`sg_pipeline`."""
+
+    net: Network
+    loss: loss_lib.Loss
+    optimizer: optax.GradientTransformation
+    sg_optimizer: optax.GradientTransformation
+    estimator: est_lib.Estimator
+
+
+def sg_pipeline(
+    net: Network,
+    loss: loss_lib.Loss | str = "xent",
+    optimizer: optax.GradientTransformation | None = None,
+    sg_optimizer: optax.GradientTransformation | None = None,
+    *,
+    estimator: str | est_lib.Estimator = "conditioned",
+) -> SGPipeline:
+    """Configure an SG pipeline: one SG module at the output of every stage but the last.
+
+    Args:
+        net: the network; stage s runs on device s.
+        loss: a :class:`~sgjax.losses.Loss` or its name.
+        optimizer: optax transformation of every stage (default ``optax.adam(1e-3)``).
+        sg_optimizer: optax transformation of the SG modules (default: ``optimizer``).
+        estimator: the SG module (default: label-conditioned linear, zero-initialised).
+
+    Example:
+        >>> from sgjax import nets
+        >>> sg_pipeline(nets.mlp([4, 8, 2])).estimator.name
+        'conditioned'
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"sg_pipeline: `net` must be a sgjax.nets.Network, got {type(net)}")
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    sg_optimizer = optimizer if sg_optimizer is None else sg_optimizer
+    return SGPipeline(net, loss_lib.get(loss), optimizer, sg_optimizer, est_lib.get(estimator))
+
+
+class Message(NamedTuple):
+    """What stage s hands to stage s+1: its output, the labels (one-hot), a valid flag."""
+
+    h: jax.Array
+    y: jax.Array
+    valid: jax.Array
+
+
+class SGState(NamedTuple):
+    """State of the SG pipeline, per stage (the single-device, unpadded form).
+
+    Attributes:
+        params: θ_s per stage.
+        opt_state: optimiser state per stage.
+        sg_params: φ_s of the SG module at the output of stage s, s = 0..N−2.
+        sg_opt_state: their optimiser states.
+        outbox: per stage s = 0..N−2, the :class:`Message` stage s produced at the last
+            tick: the input of stage s+1 at the next tick *and* the one-tick buffer that
+            SG_s regresses on when stage s+1 returns its target.
+        tick: ticks run so far.
+    """
+
+    params: tuple
+    opt_state: tuple
+    sg_params: tuple
+    sg_opt_state: tuple
+    outbox: tuple
+    tick: jax.Array
+
+
+def init_sg(pipe: SGPipeline, key: jax.Array, *, batch_size: int) -> SGState:
+    """Initialise stages, SG modules, optimisers and an empty pipeline.
+
+    Example:
+        >>> import jax
+        >>> from sgjax import nets
+        >>> s = init_sg(sg_pipeline(nets.mlp([4, 8, 2])), jax.random.key(0), batch_size=3)
+        >>> len(s.params), len(s.sg_params), s.outbox[0].h.shape
+        (2, 1, (3, 8))
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"init_sg: `batch_size` must be an int ≥ 1, got {batch_size!r}")
+    net = pipe.net
+    k_net, k_sg = jax.random.split(key)
+    params = net.init(k_net)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    keys = jax.random.split(k_sg, max(net.depth - 1, 1))
+    sg_params = tuple(
+        pipe.estimator.init(keys[s], net.stages[s].out_shape, net.out_dim, dtype)
+        for s in range(net.depth - 1)
+    )
+    outbox = tuple(
+        Message(
+            jnp.zeros((batch_size, *net.stages[s].out_shape), dtype),
+            jnp.zeros((batch_size, net.out_dim), dtype),
+            jnp.zeros((), bool),
+        )
+        for s in range(net.depth - 1)
+    )
+    return SGState(
+        params=params,
+        opt_state=tuple(pipe.optimizer.init(th) for th in params),
+        sg_params=sg_params,
+        sg_opt_state=tuple(pipe.sg_optimizer.init(ph) for ph in sg_params),
+        outbox=outbox,
+        tick=jnp.zeros((), jnp.int32),
+    )
+
+
+def _stage_update(pipe: SGPipeline, s: int, theta, opt, phi, msg: Message):
+    """Steps 2–4 of a tick on stage s: forward, signal, immediate update of θ_s."""
+    net = pipe.net
+    last = s == net.depth - 1
+    h_out, vjp = jax.vjp(net.stages[s].apply, theta, msg.h)
+    if last:
+        delta = pipe.loss.output_grad(h_out, msg.y)  # the true per-example ∂ℓ/∂p
+        loss = pipe.loss.fn(h_out, msg.y)
+        acc = loss_lib.accuracy(h_out, msg.y)
+    else:
+        delta = pipe.estimator.apply(phi, h_out, msg.y)
+        loss = acc = jnp.zeros((), h_out.dtype)
+    g_theta, g_in = vjp(lax.stop_gradient(delta).astype(h_out.dtype))
+    batch = msg.h.shape[0]
+    # Signals are per example, so the VJP is the gradient of the summed loss.
+    g_theta = jax.tree.map(lambda g: g / batch, g_theta)
+    updates, new_opt = pipe.optimizer.update(g_theta, opt, theta)
+    new_theta = optax.apply_updates(theta, updates)
+    theta, opt = _where(msg.valid, (new_theta, new_opt), (theta, opt))
+    return theta, opt, h_out, lax.stop_gradient(g_in), loss, acc
+
+
+def _sg_update(pipe: SGPipeline, phi, sg_opt, prev: Message, target: jax.Array):
+    """Step 6: regress SG_s at last tick's (h, y) onto the target stage s+1 returned."""
+    t = lax.stop_gradient(target)
+
+    def sg_loss(ph):
+        r = pipe.estimator.apply(ph, prev.h, prev.y) - t
+        return jnp.mean(jnp.sum(jnp.square(r).reshape(r.shape[0], -1), axis=-1))
+
+    value, g = jax.value_and_grad(sg_loss)(phi)
+    updates, new_opt = pipe.sg_optimizer.update(g, sg_opt, phi)
+    new_phi = optax.apply_updates(phi, updates)
+    phi, sg_opt = _where(prev.valid, (new_phi, new_opt), (phi, sg_opt))
+    return phi, sg_opt, jnp.where(prev.valid, value, 0.0)
+
+
+def _check_stream(pipe: SGPipeline, state: SGState, xs, ys, valid):
+    net = pipe.net
+    xs = jnp.asarray(xs)
+    ys = jnp.asarray(ys)
+    batch = state.outbox[0].h.shape[0] if state.outbox else None
+    want = (batch, *net.in_shape) if batch else None
+    if xs.ndim != len(net.in_shape) + 2 or (want and tuple(xs.shape[1:]) != want):
+        raise ValueError(
+            f"pipeline: `xs` must be a stack of micro-batches of shape (ticks, "
+            f"{batch or 'batch'}, {', '.join(map(str, net.in_shape))}), got {tuple(xs.shape)}"
+        )
+    if ys.shape[:2] != xs.shape[:2]:
+        raise ValueError(
+            f"pipeline: `ys` must have shape (ticks, batch[, width]) = {tuple(xs.shape[:2])}"
+            f"..., got {tuple(ys.shape)}"
+        )
+    valid = jnp.ones(xs.shape[0], bool) if valid is None else jnp.asarray(valid, bool)
+    if valid.shape != xs.shape[:1]:
+        raise ValueError(
+            f"pipeline: `valid` must have shape ({xs.shape[0]},), got {tuple(valid.shape)}"
+        )
+    y_vec = jax.vmap(lambda y: loss_lib.as_target(y, net.out_dim, xs.dtype))(ys)
+    return xs, y_vec, valid
+
+
+def sg_reference(
+    pipe: SGPipeline,
+    state: SGState,
+    xs: jax.Array,
+    ys: jax.Array,
+    valid: jax.Array | None = None,
+) -> tuple[SGState, dict[str, jax.Array]]:
+    """Run ``len(xs)`` ticks of the SG pipeline on one device (the reference schedule).
+
+    ``xs[t]``, ``ys[t]`` is the micro-batch that enters stage 0 at tick t; ``valid[t] =
+    False`` feeds an empty slot (see :func:`flush`). Stages run one after another inside
+    a tick, each on the messages of the previous tick, which is exactly what the devices
+    of :func:`sg_on_mesh` do in parallel.
+
+    Returns:
+        The new state and per-tick metrics: ``loss`` and ``accuracy`` of the micro-batch
+        the last stage finished (``done`` says whether it finished one) and ``sg_loss``
+        of shape ``(ticks, N−1)``.
+    """
+    xs, y_vec, valid = _check_stream(pipe, state, xs, ys, valid)
+    n = pipe.net.depth
+
+    def tick(st: SGState, inp):
+        x, y, v = inp
+        inbox = [Message(x, y, v), *st.outbox]
+        params, opt, outs, targets = list(st.params), list(st.opt_state), [], [None] * n
+        loss = acc = None
+        for s in range(n):
+            phi = st.sg_params[s] if s < n - 1 else None
+            params[s], opt[s], h_out, g_in, loss, acc = _stage_update(
+                pipe, s, params[s], opt[s], phi, inbox[s]
+            )
+            outs.append(Message(h_out, inbox[s].y, inbox[s].valid))
+            targets[s] = g_in  # target for SG_{s-1}
+        sg_params, sg_opt, sg_losses = list(st.sg_params), list(st.sg_opt_state), []
+        for s in range(n - 1):
+            sg_params[s], sg_opt[s], sgl = _sg_update(
+                pipe, sg_params[s], sg_opt[s], st.outbox[s], targets[s + 1]
+            )
+            sg_losses.append(sgl)
+        new = SGState(
+            tuple(params),
+            tuple(opt),
+            tuple(sg_params),
+            tuple(sg_opt),
+            tuple(outs[: n - 1]),
+            st.tick + 1,
+        )
+        done = inbox[n - 1].valid
+        metrics = {
+            "loss": jnp.where(done, loss, 0.0),
+            "accuracy": jnp.where(done, acc, 0.0),
+            "done": done,
+            "sg_loss": jnp.stack(sg_losses) if sg_losses else jnp.zeros((0,), x.dtype),
+        }
+        return new, metrics
+
+    return lax.scan(tick, state, (xs, y_vec, valid))
+
+
+def flush(run: Callable, state: Any, n_stages: int, example_x: jax.Array, example_y: jax.Array):
+    """Feed ``n_stages − 1`` empty ticks so every micro-batch in flight finishes.
+
+    ``run`` is :func:`sg_reference` bound to its pipeline, or a mesh runner's ``run``;
+    ``example_x``/``example_y`` is any micro-batch of the right shape (its values are
+    ignored).
+
+    Example:
+        >>> import functools, jax, jax.numpy as jnp, optax
+        >>> from sgjax import nets
+        >>> pipe = sg_pipeline(nets.mlp([3, 4, 2]), optimizer=optax.sgd(0.1))
+        >>> s = init_sg(pipe, jax.random.key(0), batch_size=2)
+        >>> s, _ = sg_reference(pipe, s, jnp.ones((1, 2, 3)), jnp.zeros((1, 2), int))
+        >>> s, m = flush(functools.partial(sg_reference, pipe), s, 2, jnp.ones((2, 3)),
+        ...              jnp.zeros(2, int))
+        >>> m["done"].tolist()
+        [True]
+    """
+    k = max(n_stages - 1, 0)
+    xs = jnp.broadcast_to(example_x, (k, *example_x.shape))
+    ys = jnp.broadcast_to(example_y, (k, *example_y.shape))
+    return run(state, xs, ys, jnp.zeros((k,), bool))
+
+
+# --------------------------------------------------------------------------------------
+# The SG pipeline on a mesh.
+
+
+class MeshRunner(NamedTuple):
+    """A pipeline bound to a mesh: ``pack``/``unpack`` convert between the per-stage
+    state and the device-stacked, padded one that ``run`` (jitted) advances."""
+
+    mesh: Mesh
+    pack: Callable[[Any], Any]
+    unpack: Callable[[Any], Any]
+    run: Callable[..., tuple[Any, dict[str, jax.Array]]]
+
+
+class PackedSG(NamedTuple):
+    flat: dict  # dtype -> (N, L): (θ_s, opt_s, φ_s, sg_opt_s) of device s
+    inbox: Message  # (N, B, D) etc.: what device s consumes next tick
+    prev: Message  # (N, B, D) etc.: device s's own output of the last tick
+    tick: jax.Array
+
+
+def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
+    """Bind the SG pipeline to a 1-D mesh with one device per stage.
+
+    ``runner.run(packed, xs, ys, valid=None)`` advances ``len(xs)`` ticks exactly like
+    :func:`sg_reference` (same arguments, same metrics), with stage s on device s.
+
+    Example (with at least two devices; here the mesh mismatch is the point):
+        >>> import optax
+        >>> from sgjax import nets
+        >>> pipe = sg_pipeline(nets.mlp([4, 8, 2]), optimizer=optax.sgd(0.1))
+        >>> sg_on_mesh(pipe, make_mesh(1), batch_size=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: pipeline: the network has 2 stages but the mesh has 1 devices; ...
+    """
+    net = pipe.net
+    n = _check_mesh(net, mesh)
+    width = _width(net)
+    c = net.out_dim
+    dummy = init_sg(pipe, jax.random.key(0), batch_size=batch_size)
+
+    def stage_tree(st: SGState, s: int):
+        if s < n - 1:
+            return (st.params[s], st.opt_state[s], st.sg_params[s], st.sg_opt_state[s])
+        return (st.params[s], st.opt_state[s], (), ())
+
+    layouts = [_layout(stage_tree(dummy, s)) for s in range(n)]
+    sizes = _sizes(layouts)
+
+    def pack(st: SGState) -> PackedSG:
+        flats = [_pack(stage_tree(st, s), layouts[s], sizes) for s in range(n)]
+        flat = {k: np.stack([np.asarray(f[k]) for f in flats]) for k in sizes}
+        zero = Message(
+            np.zeros((batch_size, width), np.float32), np.zeros((batch_size, c), np.float32), 0.0
+        )
+
+        def padded(m: Message) -> Message:
+            return Message(
+                np.asarray(_pad_h(m.h, width)), np.asarray(m.y, np.float32), float(m.valid)
+            )
+
+        outs = [padded(m) for m in st.outbox]
+        prev = [*outs, zero]
+        inbox = [zero, *outs]
+
+        def stack(ms: list[Message]) -> Message:
+            return Message(
+                np.stack([m.h for m in ms]),
+                np.stack([m.y for m in ms]),
+                np.asarray([m.valid for m in ms], np.float32),
+            )
+
+        spec = P(AXIS)
+        return PackedSG(
+            {k: _put(v, mesh, spec) for k, v in flat.items()},
+            jax.tree.map(lambda a: _put(a, mesh, spec), stack(inbox)),
+            jax.tree.map(lambda a: _put(a, mesh, spec), stack(prev)),
+            _put(np.asarray(st.tick), mesh, P()),
+        )
+
+    def unpack(pk: PackedSG) -> SGState:
+        flat = {k: np.asarray(jax.device_get(v)) for k, v in pk.flat.items()}
+        trees = [
+            _unpack({k: jnp.asarray(v[s]) for k, v in flat.items()}, layouts[s]) for s in range(n)
+        ]
+        prev_h = np.asarray(jax.device_get(pk.prev.h))
+        prev_y = np.asarray(jax.device_get(pk.prev.y))
+        prev_v = np.asarray(jax.device_get(pk.prev.valid))
+        outbox = tuple(
+            Message(
+                _crop_h(jnp.asarray(prev_h[s]), net.stages[s].out_shape),
+                jnp.asarray(prev_y[s]),
+                jnp.asarray(prev_v[s] > 0.5),
+            )
+            for s in range(n - 1)
+        )
+        return SGState(
+            tuple(t[0] for t in trees),
+            tuple(t[1] for t in trees),
+            tuple(trees[s][2] for s in range(n - 1)),
+            tuple(trees[s][3] for s in range(n - 1)),
+            outbox,
+            jnp.asarray(jax.device_get(pk.tick)),
+        )
+
+    def forward_branch(s: int):
+        def branch(flat, msg: Message):
+            theta, opt, phi, sg_opt = _unpack(flat, layouts[s])
+            inp = Message(
+                _crop_h(msg.h, net.in_shape if s == 0 else net.stages[s - 1].out_shape),
+                msg.y,
+                msg.valid > 0.5,
+            )
+            theta, opt, h_out, g_in, loss, acc = _stage_update(pipe, s, theta, opt, phi, inp)
+            flat = _pack((theta, opt, phi, sg_opt), layouts[s], sizes)
+            return flat, _pad_h(h_out, width), _pad_h(g_in, width), loss, acc
+
+        return branch
+
+    def sg_branch(s: int):
+        def branch(flat, prev: Message, target):
+            if s == n - 1:  # the last stage has the true gradient, no module to train
+                return flat, jnp.zeros((), jnp.float32)
+            theta, opt, phi, sg_opt = _unpack(flat, layouts[s])
+            shape = net.stages[s].out_shape
+            msg = Message(_crop_h(prev.h, shape), prev.y, prev.valid > 0.5)
+            phi, sg_opt, sgl = _sg_update(pipe, phi, sg_opt, msg, _crop_h(target, shape))
+            return _pack((theta, opt, phi, sg_opt), layouts[s], sizes), sgl
+
+        return branch
+
+    fwd_branches = [forward_branch(s) for s in range(n)]
+    sg_branches = [sg_branch(s) for s in range(n)]
+    down = [(s, s + 1) for s in range(n - 1)]
+    up = [(s + 1, s) for s in range(n - 1)]
+
+    def device(flat, inbox, prev, tick, xs, ys, valid):
+        flat = {k: v[0] for k, v in flat.items()}
+        inbox = jax.tree.map(lambda a: a[0], inbox)
+        prev = jax.tree.map(lambda a: a[0], prev)
+        s = lax.axis_index(AXIS)
+
+        def one_tick(carry, inp):
+            flat, inbox, prev = carry
+            x, y, v = inp
+            first = s == 0
+            msg = Message(
+                jnp.where(first, _pad_h(x, width), inbox.h),
+                jnp.where(first, y, inbox.y),
+                jnp.where(first, v.astype(jnp.float32), inbox.valid),
+            )
+            flat, h_out, g_in, loss, acc = lax.switch(s, fwd_branches, flat, msg)
+            out = Message(h_out, msg.y, msg.valid)
+            # Both messages leave in the same tick: h_s goes down the pipeline for the
+            # next tick, the target for SG_{s-1} goes back up and is used right away.
+            new_inbox = lax.ppermute(out, AXIS, down) if down else out
+            target = lax.ppermute(g_in, AXIS, up) if up else g_in
+            flat, sgl = lax.switch(s, sg_branches, flat, prev, target)
+            metrics = (loss, acc, msg.valid, sgl)
+            return (flat, new_inbox, out), metrics
+
+        (flat, inbox, prev), (loss, acc, done, sgl) = lax.scan(
+            one_tick, (flat, inbox, prev), (xs, ys, valid)
+        )
+        add = lambda a: a[None]  # noqa: E731 — the device axis of the outputs
+        return (
+            {k: add(v) for k, v in flat.items()},
+            jax.tree.map(add, inbox),
+            jax.tree.map(add, prev),
+            tick + xs.shape[0],
+            add(loss),
+            add(acc),
+            add(done),
+            add(sgl),
+        )
+
+    spec = P(AXIS)
+    mapped = jax.shard_map(
+        device,
+        mesh=mesh,
+        in_specs=(spec, spec, spec, P(), P(), P(), P()),
+        out_specs=(spec, spec, spec, P(), spec, spec, spec, spec),
+        check_vma=False,
+    )
+
+    @jax.jit
+    def _run(pk: PackedSG, xs, y_vec, valid):
+        flat, inbox, prev, tick, loss, acc, done, sgl = mapped(
+            pk.flat, pk.inbox, pk.prev, pk.tick, xs, y_vec, valid
+        )
+        metrics = {
+            "loss": jnp.where(done[n - 1] > 0.5, loss[n - 1], 0.0),
+            "accuracy": jnp.where(done[n - 1] > 0.5, acc[n - 1], 0.0),
+            "done": done[n - 1] > 0.5,
+            "sg_loss": sgl[: n - 1].T,
+        }
+        return PackedSG(flat, inbox, prev, tick), metrics
+
+    def run(pk: PackedSG, xs, ys, valid=None):
+        xs, y_vec, valid = _check_stream(pipe, dummy, xs, ys, valid)
+        return _run(pk, xs, y_vec, valid)
+
+    return MeshRunner(mesh, pack, unpack, run)
