@@ -684,3 +684,238 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
         return _run(pk, xs, y_vec, valid)
 
     return MeshRunner(mesh, pack, unpack, run)
+
+
+# --------------------------------------------------------------------------------------
+# The backprop pipeline (GPipe schedule).
+
+
+class BPState(NamedTuple):
+    """State of backprop training: per-stage parameters and optimiser states."""
+
+    params: tuple
+    opt_state: tuple
+    step: jax.Array
+
+
+def init_bp(net: Network, optimizer: optax.GradientTransformation, key: jax.Array) -> BPState:
+    """Initialise a network and one optimiser state per stage for :func:`gpipe_on_mesh`.
+
+    Example:
+        >>> import jax, optax
+        >>> from sgjax import nets
+        >>> len(init_bp(nets.mlp([4, 8, 2]), optax.sgd(0.1), jax.random.key(0)).params)
+        2
+    """
+    params = net.init(key)
+    return BPState(params, tuple(optimizer.init(th) for th in params), jnp.zeros((), jnp.int32))
+
+
+class PackedBP(NamedTuple):
+    flat: dict  # dtype -> (N, L): (θ_s, opt_s) of device s
+    step: jax.Array
+
+
+class GPipeRunner(NamedTuple):
+    """:class:`MeshRunner` of the backprop pipeline, plus ``gradients(packed, xs, ys) ->
+    (per-stage gradients, loss)`` (the same schedule without the update, for tests)."""
+
+    mesh: Mesh
+    pack: Callable[[BPState], PackedBP]
+    unpack: Callable[[PackedBP], BPState]
+    run: Callable[..., tuple[PackedBP, dict[str, jax.Array]]]
+    gradients: Callable[..., tuple[tuple, jax.Array]]
+
+
+def gpipe_on_mesh(
+    net: Network,
+    loss: loss_lib.Loss | str,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    batch_size: int,
+    micro_batches: int,
+) -> GPipeRunner:
+    """The backprop pipeline baseline: GPipe with M micro-batches, stage s on device s.
+
+    One ``run(packed, xs, ys)`` is one optimiser step on the M·B examples ``xs`` of shape
+    ``(M, B, *in_shape)``: M + N − 1 forward ticks (device s stores its inputs), then
+    M + N − 1 backward ticks in which device s recomputes its forward from the stored
+    input and takes the VJP of the gradient device s+1 sent (the last device starts from
+    ∂ℓ/∂p), accumulating its parameter gradient; then every device updates its stage.
+    The gradient is exactly that of the mean loss over all M·B examples (ordinary
+    backprop); the idle fraction of each phase is the bubble (N−1)/(M+N−1). Activations
+    are recomputed in the backward phase rather than stored (GPipe's re-materialisation):
+    one extra forward per stage and micro-batch.
+
+    Example (the mismatch of stages and devices is a clear error):
+        >>> import optax
+        >>> from sgjax import nets
+        >>> gpipe_on_mesh(nets.mlp([4, 8, 2]), "xent", optax.sgd(0.1), make_mesh(1),
+        ...               batch_size=2, micro_batches=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: pipeline: the network has 2 stages but the mesh has 1 devices; ...
+    """
+    n = _check_mesh(net, mesh)
+    loss = loss_lib.get(loss)
+    for arg, v in (("batch_size", batch_size), ("micro_batches", micro_batches)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"gpipe_on_mesh: `{arg}` must be an int ≥ 1, got {v!r}")
+    width, c, M, B = _width(net), net.out_dim, micro_batches, batch_size
+    dummy = init_bp(net, optimizer, jax.random.key(0))
+    layouts = [_layout((dummy.params[s], dummy.opt_state[s])) for s in range(n)]
+    sizes = _sizes(layouts)
+    g_layouts = [_layout(dummy.params[s]) for s in range(n)]
+    g_sizes = _sizes(g_layouts)
+
+    def in_shape(s: int):
+        return net.in_shape if s == 0 else net.stages[s - 1].out_shape
+
+    def pack(st: BPState) -> PackedBP:
+        flats = [_pack((st.params[s], st.opt_state[s]), layouts[s], sizes) for s in range(n)]
+        flat = {k: np.stack([np.asarray(f[k]) for f in flats]) for k in sizes}
+        return PackedBP(
+            {k: _put(v, mesh, P(AXIS)) for k, v in flat.items()},
+            _put(np.asarray(st.step), mesh, P()),
+        )
+
+    def unpack(pk: PackedBP) -> BPState:
+        flat = {k: np.asarray(jax.device_get(v)) for k, v in pk.flat.items()}
+        trees = [
+            _unpack({k: jnp.asarray(v[s]) for k, v in flat.items()}, layouts[s]) for s in range(n)
+        ]
+        return BPState(
+            tuple(t[0] for t in trees),
+            tuple(t[1] for t in trees),
+            jnp.asarray(jax.device_get(pk.step)),
+        )
+
+    def fwd_branch(s: int):
+        def branch(flat, h):
+            if s == n - 1:  # the last stage's forward is redone in its backward tick
+                return jnp.zeros_like(h)
+            theta, _ = _unpack(flat, layouts[s])
+            return _pad_h(net.stages[s].apply(theta, _crop_h(h, in_shape(s))), width)
+
+        return branch
+
+    def bwd_branch(s: int):
+        def branch(flat, h, g_out, y):
+            theta, _ = _unpack(flat, layouts[s])
+            h_out, vjp = jax.vjp(net.stages[s].apply, theta, _crop_h(h, in_shape(s)))
+            if s == n - 1:
+                delta = loss.output_grad(h_out, y)  # per-example ∂ℓ/∂p
+                value, acc = loss.fn(h_out, y), loss_lib.accuracy(h_out, y)
+            else:
+                delta = _crop_h(g_out, net.stages[s].out_shape)
+                value = acc = jnp.zeros((), h.dtype)
+            g_theta, g_in = vjp(delta.astype(h_out.dtype))
+            return _pack(g_theta, g_layouts[s], g_sizes), _pad_h(g_in, width), value, acc
+
+        return branch
+
+    def update_branch(s: int):
+        def branch(flat, g_flat):
+            theta, opt = _unpack(flat, layouts[s])
+            g = _unpack(g_flat, g_layouts[s])
+            updates, opt = optimizer.update(g, opt, theta)
+            return _pack((optax.apply_updates(theta, updates), opt), layouts[s], sizes)
+
+        return branch
+
+    fwd_branches = [fwd_branch(s) for s in range(n)]
+    bwd_branches = [bwd_branch(s) for s in range(n)]
+    update_branches = [update_branch(s) for s in range(n)]
+    down = [(s, s + 1) for s in range(n - 1)]
+    up = [(s + 1, s) for s in range(n - 1)]
+    ticks = M + n - 1
+
+    def grads_on_device(flat, xs, y_vec):
+        s = lax.axis_index(AXIS)
+
+        def fwd_tick(carry, t):
+            buf, inbox = carry
+            m = t - s
+            valid = (m >= 0) & (m < M)
+            mc = jnp.clip(m, 0, M - 1)
+            h_in = jnp.where(s == 0, _pad_h(xs[mc], width), inbox)
+            buf = lax.dynamic_update_index_in_dim(buf, jnp.where(valid, h_in, buf[mc]), mc, 0)
+            h_out = lax.switch(s, fwd_branches, flat, h_in)
+            return (buf, lax.ppermute(h_out, AXIS, down) if down else h_out), None
+
+        zeros_h = jnp.zeros((B, width), xs.dtype)
+        (buf, _), _ = lax.scan(
+            fwd_tick, (jnp.zeros((M, B, width), xs.dtype), zeros_h), jnp.arange(ticks)
+        )
+
+        def bwd_tick(carry, u):
+            acc, inbox, value, correct = carry
+            m = u - (n - 1 - s)
+            valid = (m >= 0) & (m < M)
+            mc = jnp.clip(m, 0, M - 1)
+            g_flat, g_in, v, a = lax.switch(s, bwd_branches, flat, buf[mc], inbox, y_vec[mc])
+            acc = jax.tree.map(lambda t, g: t + jnp.where(valid, g, 0), acc, g_flat)
+            value = value + jnp.where(valid, v, 0.0)
+            correct = correct + jnp.where(valid, a, 0.0)
+            return (acc, lax.ppermute(g_in, AXIS, up) if up else g_in, value, correct), None
+
+        acc0 = {k: jnp.zeros((L,), k) for k, L in g_sizes.items()}
+        zero = jnp.zeros((), xs.dtype)
+        (acc, _, value, correct), _ = lax.scan(
+            bwd_tick, (acc0, zeros_h, zero, zero), jnp.arange(ticks)
+        )
+        # Per-example signals: the VJPs summed the loss over the M·B examples.
+        g_flat = jax.tree.map(lambda g: g / (M * B), acc)
+        return g_flat, value / M, correct / M
+
+    def gradients_device(flat, xs, y_vec):
+        flat = {k: v[0] for k, v in flat.items()}
+        g_flat, value, correct = grads_on_device(flat, xs, y_vec)
+        return {k: v[None] for k, v in g_flat.items()}, value[None], correct[None]
+
+    def step_device(flat, xs, y_vec):
+        flat = {k: v[0] for k, v in flat.items()}
+        g_flat, value, correct = grads_on_device(flat, xs, y_vec)
+        flat = lax.switch(lax.axis_index(AXIS), update_branches, flat, g_flat)
+        return {k: v[None] for k, v in flat.items()}, value[None], correct[None]
+
+    spec = P(AXIS)
+    kw = dict(mesh=mesh, in_specs=(spec, P(), P()), out_specs=(spec, spec, spec), check_vma=False)
+    grads_mapped = jax.shard_map(gradients_device, **kw)
+    step_mapped = jax.shard_map(step_device, **kw)
+
+    def check(xs, ys):
+        xs, ys = jnp.asarray(xs), jnp.asarray(ys)
+        if tuple(xs.shape) != (M, B, *net.in_shape):
+            raise ValueError(
+                f"gpipe: `xs` must have shape (micro_batches, batch_size, *in_shape) = "
+                f"{(M, B, *net.in_shape)}, got {tuple(xs.shape)}"
+            )
+        if tuple(ys.shape[:2]) != (M, B):
+            raise ValueError(f"gpipe: `ys` must have shape ({M}, {B}[, width]), got {ys.shape}")
+        return xs, jax.vmap(lambda y: loss_lib.as_target(y, c, xs.dtype))(ys)
+
+    @jax.jit
+    def _run(pk: PackedBP, xs, y_vec):
+        flat, value, correct = step_mapped(pk.flat, xs, y_vec)
+        return PackedBP(flat, pk.step + 1), {"loss": value[n - 1], "accuracy": correct[n - 1]}
+
+    @jax.jit
+    def _grads(pk: PackedBP, xs, y_vec):
+        g_flat, value, _ = grads_mapped(pk.flat, xs, y_vec)
+        return g_flat, value[n - 1]
+
+    def run(pk: PackedBP, xs, ys):
+        return _run(pk, *check(xs, ys))
+
+    def gradients(pk: PackedBP, xs, ys):
+        g_flat, value = _grads(pk, *check(xs, ys))
+        g_flat = {k: np.asarray(jax.device_get(v)) for k, v in g_flat.items()}
+        grads = tuple(
+            _unpack({k: jnp.asarray(v[s]) for k, v in g_flat.items()}, g_layouts[s])
+            for s in range(n)
+        )
+        return grads, value
+
+    return GPipeRunner(mesh, pack, unpack, run, gradients)
