@@ -190,8 +190,13 @@ def _unpack(flat: dict[str, jax.Array], lay: _Layout) -> Any:
     leaves = []
     for shape, dt, off in zip(lay.shapes, lay.dtypes, lay.offsets):
         n = int(np.prod(shape, dtype=np.int64))
-        leaves.append(lax.slice_in_dim(flat[dt], off, off + n).reshape(shape))
+        # Plain slicing: static under jit, and host-side numpy when unpacking results.
+        leaves.append(flat[dt][off : off + n].reshape(shape))
     return jax.tree.unflatten(lay.treedef, leaves)
+
+
+def _host_unpack(flat: dict[str, np.ndarray], lay: _Layout) -> Any:
+    return jax.tree.map(jnp.asarray, _unpack(flat, lay))
 
 
 def _size(shape: Sequence[int]) -> int:
@@ -520,7 +525,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     n = _check_mesh(net, mesh)
     width = _width(net)
     c = net.out_dim
-    dummy = init_sg(pipe, jax.random.key(0), batch_size=batch_size)
+    dummy = jax.eval_shape(lambda: init_sg(pipe, jax.random.key(0), batch_size=batch_size))
 
     def stage_tree(st: SGState, s: int):
         if s < n - 1:
@@ -563,9 +568,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
 
     def unpack(pk: PackedSG) -> SGState:
         flat = {k: np.asarray(jax.device_get(v)) for k, v in pk.flat.items()}
-        trees = [
-            _unpack({k: jnp.asarray(v[s]) for k, v in flat.items()}, layouts[s]) for s in range(n)
-        ]
+        trees = [_host_unpack({k: v[s] for k, v in flat.items()}, layouts[s]) for s in range(n)]
         prev_h = np.asarray(jax.device_get(pk.prev.h))
         prev_y = np.asarray(jax.device_get(pk.prev.y))
         prev_v = np.asarray(jax.device_get(pk.prev.valid))
@@ -763,7 +766,7 @@ def gpipe_on_mesh(
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"gpipe_on_mesh: `{arg}` must be an int ≥ 1, got {v!r}")
     width, c, M, B = _width(net), net.out_dim, micro_batches, batch_size
-    dummy = init_bp(net, optimizer, jax.random.key(0))
+    dummy = jax.eval_shape(lambda: init_bp(net, optimizer, jax.random.key(0)))
     layouts = [_layout((dummy.params[s], dummy.opt_state[s])) for s in range(n)]
     sizes = _sizes(layouts)
     g_layouts = [_layout(dummy.params[s]) for s in range(n)]
@@ -782,9 +785,7 @@ def gpipe_on_mesh(
 
     def unpack(pk: PackedBP) -> BPState:
         flat = {k: np.asarray(jax.device_get(v)) for k, v in pk.flat.items()}
-        trees = [
-            _unpack({k: jnp.asarray(v[s]) for k, v in flat.items()}, layouts[s]) for s in range(n)
-        ]
+        trees = [_host_unpack({k: v[s] for k, v in flat.items()}, layouts[s]) for s in range(n)]
         return BPState(
             tuple(t[0] for t in trees),
             tuple(t[1] for t in trees),
@@ -913,9 +914,356 @@ def gpipe_on_mesh(
         g_flat, value = _grads(pk, *check(xs, ys))
         g_flat = {k: np.asarray(jax.device_get(v)) for k, v in g_flat.items()}
         grads = tuple(
-            _unpack({k: jnp.asarray(v[s]) for k, v in g_flat.items()}, g_layouts[s])
-            for s in range(n)
+            _host_unpack({k: v[s] for k, v in g_flat.items()}, g_layouts[s]) for s in range(n)
         )
         return grads, value
 
     return GPipeRunner(mesh, pack, unpack, run, gradients)
+
+
+# --------------------------------------------------------------------------------------
+# Training loops, data, and the throughput benchmark.
+
+METHODS = ("sg-pipeline", "gpipe", "backprop", "sg")
+
+
+def load_dataset(name: str, data_dir: str | None = None):
+    """Load ``"digits"`` or ``"mnist"`` as flat float32 inputs (a :class:`sgjax.data.Dataset`).
+
+    Uses :func:`sgjax.data.load` when it knows the name; MNIST is otherwise read here from
+    IDX files (raw or ``.gz``) in ``data_dir``, ``$SGJAX_DATA_DIR`` or the shared copy.
+    Nothing is downloaded.
+
+    Example:
+        >>> load_dataset("digits").x_train.shape[1]
+        64
+    """
+    import os
+    from pathlib import Path
+
+    from sgjax import data
+
+    kwargs = {} if data_dir is None else {"data_dir": data_dir}
+    if name in getattr(data, "LOADERS", {}):
+        ds = data.load(name, **kwargs)
+    elif name == "mnist":
+        here = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+        dirs = [d for d in (data_dir, os.environ.get("SGJAX_DATA_DIR"), str(here)) if d]
+        for d in dirs:
+            if _idx_path(Path(d), "train-images-idx3-ubyte") is not None:
+                ds = _mnist(Path(d))
+                break
+        else:
+            raise FileNotFoundError(
+                f"MNIST IDX files not found in {dirs}: pass data_dir or set SGJAX_DATA_DIR "
+                "to a directory holding train-images-idx3-ubyte[.gz] and the other three"
+            )
+    else:
+        raise ValueError(f"load_dataset: unknown dataset {name!r}; expected 'digits' or 'mnist'")
+    flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
+    return ds._replace(x_train=flat(ds.x_train), x_test=flat(ds.x_test))
+
+
+def _idx_path(d, stem: str):
+    for name in (stem, stem + ".gz"):
+        if (d / name).exists():
+            return d / name
+    return None
+
+
+def _read_idx(path) -> np.ndarray:
+    import gzip
+
+    raw = (gzip.open if str(path).endswith(".gz") else open)(path, "rb").read()
+    ndim = raw[3]
+    dims = np.frombuffer(raw[4 : 4 + 4 * ndim], ">i4")
+    return np.frombuffer(raw[4 + 4 * ndim :], np.uint8).reshape(tuple(int(d) for d in dims))
+
+
+def _mnist(d):
+    from sgjax.data import Dataset
+
+    def get(stem):
+        path = _idx_path(d, stem)
+        if path is None:
+            raise FileNotFoundError(f"MNIST: {stem}[.gz] missing in {d}")
+        return _read_idx(path)
+
+    x_tr = get("train-images-idx3-ubyte").astype(np.float32) / 255.0
+    x_te = get("t10k-images-idx3-ubyte").astype(np.float32) / 255.0
+    y_tr = get("train-labels-idx1-ubyte").astype(np.int32)
+    y_te = get("t10k-labels-idx1-ubyte").astype(np.int32)
+    return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10)
+
+
+def _single_device_chunk(net: Network, rule, loss, optimizer, sg_optimizer):
+    from sgjax import train
+
+    step = train.make_step(net, rule, loss, optimizer, sg_optimizer)
+
+    @jax.jit
+    def chunk(state, xs, ys):
+        # A scan over the chunk: one dispatch per chunk, as for the mesh runners.
+        return lax.scan(lambda s, b: step(s, b), state, (xs, ys))
+
+    return chunk
+
+
+def train_pipelined(
+    method: str,
+    net: Network,
+    x_train: Any,
+    y_train: Any,
+    *,
+    steps: int | None = None,
+    seconds: float | None = None,
+    batch_size: int = 64,
+    micro_batches: int = 4,
+    loss: str | loss_lib.Loss = "xent",
+    lr: float = 1e-3,
+    sg_lr: float = 1e-3,
+    seed: int = 0,
+    chunk: int = 50,
+    mesh: Mesh | None = None,
+    x_test: Any = None,
+    y_test: Any = None,
+) -> dict[str, Any]:
+    """Train ``net`` with a pipeline (or a single-device baseline) and report the result.
+
+    Args:
+        method: ``"sg-pipeline"`` (:func:`sg_on_mesh`, one update per stage and
+            micro-batch), ``"gpipe"`` (:func:`gpipe_on_mesh`, one update per M
+            micro-batches), or the single-device baselines ``"backprop"`` and ``"sg"``
+            (sequential DNI) with one update per micro-batch.
+        net: the network; the pipelines need a mesh with one device per stage (built with
+            :func:`make_mesh` if ``mesh`` is None).
+        x_train, y_train: training data (flat inputs, integer labels).
+        steps: micro-batches of ``batch_size`` to train on (rounded up to whole chunks of
+            ``chunk`` micro-batches; GPipe to whole steps of M micro-batches).
+        seconds: alternatively (or also) a wall-clock budget for training, compile
+            excluded; training stops after the first chunk that ends past it.
+        batch_size: micro-batch size B.
+        micro_batches: M of GPipe.
+        loss, lr, sg_lr, seed: loss, Adam learning rates of the stages and SG modules,
+            seed of the initialisation and of the batch order.
+        chunk: micro-batches per jitted call (the pipelines never drain between calls).
+        mesh: the mesh for the pipelines.
+        x_test, y_test: evaluated at the end if given.
+
+    Returns:
+        A dict with ``method``, ``micro_batches_seen``, ``updates`` (per stage),
+        ``examples``, ``seconds`` (training, compile excluded), ``compile_seconds``,
+        ``examples_per_s``, ``final_loss`` (mean of the last chunk), ``params`` and, with
+        test data, ``test_accuracy`` and ``test_loss``.
+
+    Example:
+        >>> from sgjax import nets
+        >>> ds = load_dataset("digits")
+        >>> r = train_pipelined("backprop", nets.mlp([64, 32, 10]), ds.x_train, ds.y_train,
+        ...                     steps=20, batch_size=32, chunk=10)
+        >>> r["micro_batches_seen"], r["updates"]
+        (20, 20)
+    """
+    from sgjax import rules, train
+
+    if method not in METHODS:
+        raise ValueError(f"train_pipelined: `method` must be one of {METHODS}, got {method!r}")
+    if steps is None and seconds is None:
+        raise ValueError("train_pipelined: give `steps`, `seconds` or both")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"train_pipelined: `steps` must be an int ≥ 1, got {steps!r}")
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"train_pipelined: `seconds` must be > 0, got {seconds!r}")
+    x_train = np.asarray(x_train, np.float32).reshape(len(x_train), -1)
+    y_train = np.asarray(y_train)
+    train.check_labels(y_train, net.out_dim, name="y_train")
+    loss = loss_lib.get(loss)
+    opt, sg_opt = optax.adam(lr), optax.adam(sg_lr)
+    key = jax.random.key(seed)
+    per_call = micro_batches if method == "gpipe" else chunk
+    calls_cap = None if steps is None else -(-steps // per_call)
+    data = train.batches(x_train, y_train, batch_size, seed=seed)
+
+    def next_chunk(k):
+        xb, yb = zip(*(next(data) for _ in range(k)))
+        return np.stack(xb), np.stack(yb)
+
+    if method in ("sg-pipeline", "gpipe"):
+        mesh = make_mesh(net.depth) if mesh is None else mesh
+    if method == "sg-pipeline":
+        pipe = sg_pipeline(net, loss, opt, sg_opt)
+        runner = sg_on_mesh(pipe, mesh, batch_size=batch_size)
+        state = runner.pack(init_sg(pipe, key, batch_size=batch_size))
+
+        def call(state, xs, ys):
+            return runner.run(state, xs, ys)
+
+        def finish(state):
+            xs = np.zeros((chunk, batch_size, x_train.shape[1]), np.float32)
+            ys = np.zeros((chunk, batch_size), y_train.dtype)
+            # Drain the micro-batches still in flight (N−1 empty ticks, padded to a chunk
+            # so that the jitted call is reused).
+            valid = np.zeros(chunk, bool)
+            state, _ = runner.run(state, xs, ys, valid)
+            return runner.unpack(state).params
+    elif method == "gpipe":
+        runner = gpipe_on_mesh(
+            net, loss, opt, mesh, batch_size=batch_size, micro_batches=micro_batches
+        )
+        state = runner.pack(init_bp(net, opt, key))
+        call = runner.run
+
+        def finish(state):
+            return runner.unpack(state).params
+    else:
+        rule = rules.backprop() if method == "backprop" else rules.synthetic_gradients()
+        state = train.init(key, net, rule, opt, sg_opt)
+        call = _single_device_chunk(net, rule, loss, opt, sg_opt)
+
+        def finish(state):
+            return state.params
+
+    # Compile on the first chunk (which is then trained on, like every other).
+    t0 = time.perf_counter()
+    state, metrics = call(state, *next_chunk(per_call))
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - t0
+    calls, train_seconds = 1, 0.0
+    while calls_cap is None or calls < calls_cap:
+        if seconds is not None and train_seconds >= seconds:
+            break
+        xs, ys = next_chunk(per_call)
+        t0 = time.perf_counter()
+        state, metrics = call(state, xs, ys)
+        jax.block_until_ready(metrics)
+        train_seconds += time.perf_counter() - t0
+        calls += 1
+    params = finish(state)
+    seen = calls * per_call
+    updates = calls if method == "gpipe" else seen
+    last = np.asarray(metrics["loss"])
+    if method == "sg-pipeline":
+        last = last[np.asarray(metrics["done"])]
+    # The timed part excludes the first (compiling) call: count its examples out too.
+    timed = (calls - 1) * per_call * batch_size
+    out: dict[str, Any] = {
+        "method": method,
+        "stages": net.depth,
+        "batch_size": batch_size,
+        "micro_batches_seen": seen,
+        "updates": updates,
+        "examples": seen * batch_size,
+        "seconds": train_seconds,
+        "compile_seconds": compile_seconds,
+        "examples_per_s": timed / train_seconds if train_seconds > 0 else float("nan"),
+        "final_loss": float(np.mean(last)) if last.size else float("nan"),
+        "params": params,
+    }
+    if method == "gpipe":
+        out["micro_batches"] = micro_batches
+    if x_test is not None:
+        x_test = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
+        ev = train.evaluate(net, params, loss, x_test, np.asarray(y_test))
+        out["test_accuracy"], out["test_loss"] = ev["accuracy"], ev["loss"]
+    return out
+
+
+def benchmark_pipeline(
+    n_devices: int,
+    *,
+    sizes: Sequence[int] | None = None,
+    batch_size: int = 64,
+    micro_batches: int = 8,
+    ticks: int = 64,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Throughput (examples/s) of the pipelines on ``n_devices`` and their single-device
+    baselines, from one process that already has the devices.
+
+    The network is ``mlp(sizes)`` with ``n_devices`` stages (default
+    ``[784, 256, ..., 256, 10]``). Each figure is the best of ``repeats`` timed jitted
+    calls (after a compiling call) on random data of ``ticks`` micro-batches of
+    ``batch_size``:
+
+    * ``backprop_1dev`` / ``sg_1dev``: one device, one update per micro-batch;
+    * ``backprop_1dev_big``: one device, batches of M·B (what GPipe computes per step);
+    * ``sg_pipeline``: the SG pipeline in steady state (filled before timing);
+    * ``gpipe``: the backprop pipeline with M micro-batches per step.
+
+    Ratios to the ideal: ``sg_pipeline_ratio = sg_pipeline / (N · sg_1dev)`` and
+    ``gpipe_ratio = gpipe / (N · M/(M+N−1) · backprop_1dev)`` (the bubble bound).
+
+    Example:
+        >>> r = benchmark_pipeline(1, sizes=[16, 8], batch_size=4, micro_batches=2,
+        ...                        ticks=4, repeats=1)
+        >>> sorted(k for k in r if k.endswith("ratio"))
+        ['gpipe_ratio', 'sg_pipeline_ratio']
+    """
+    from sgjax import nets, rules, train
+
+    n = n_devices
+    sizes = [784, *([256] * (n - 1)), 10] if sizes is None else list(sizes)
+    net = nets.mlp(sizes)
+    if net.depth != n:
+        raise ValueError(
+            f"benchmark_pipeline: `sizes` {sizes} give {net.depth} stages but n_devices = {n}"
+        )
+    mesh = make_mesh(n)
+    loss = loss_lib.softmax_cross_entropy
+    opt = optax.adam(1e-3)
+    rng = np.random.default_rng(seed)
+    d_in = sizes[0]
+    xs = rng.random((ticks, batch_size, d_in), np.float32)
+    ys = rng.integers(0, sizes[-1], (ticks, batch_size)).astype(np.int32)
+    M = micro_batches
+
+    def best(fn, *args):
+        state, metrics = fn(*args)  # compile (and fill the pipeline)
+        jax.block_until_ready(metrics)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            state, metrics = fn(state, *args[1:])
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    key = jax.random.key(seed)
+    out: dict[str, Any] = {
+        "n_devices": n,
+        "sizes": sizes,
+        "batch_size": batch_size,
+        "micro_batches": M,
+        "ticks": ticks,
+        "cpu_count": __import__("os").cpu_count(),
+        "platform": jax.devices()[0].platform,
+    }
+    for name, rule in (
+        ("backprop_1dev", rules.backprop()),
+        ("sg_1dev", rules.synthetic_gradients()),
+    ):
+        chunk_fn = _single_device_chunk(net, rule, loss, opt, opt)
+        t = best(chunk_fn, train.init(key, net, rule, opt, opt), xs, ys)
+        out[name] = ticks * batch_size / t
+    big = _single_device_chunk(net, rules.backprop(), loss, opt, opt)
+    k = max(ticks // M, 1)
+    xs_big = xs[: k * M].reshape(k, M * batch_size, d_in)
+    ys_big = ys[: k * M].reshape(k, M * batch_size)
+    t = best(big, train.init(key, net, rules.backprop(), opt, opt), xs_big, ys_big)
+    out["backprop_1dev_big"] = k * M * batch_size / t
+
+    pipe = sg_pipeline(net, loss, opt, opt)
+    runner = sg_on_mesh(pipe, mesh, batch_size=batch_size)
+    t = best(runner.run, runner.pack(init_sg(pipe, key, batch_size=batch_size)), xs, ys)
+    out["sg_pipeline"] = ticks * batch_size / t
+
+    gp = gpipe_on_mesh(net, loss, opt, mesh, batch_size=batch_size, micro_batches=M)
+    t = best(gp.run, gp.pack(init_bp(net, opt, key)), xs[:M], ys[:M])
+    out["gpipe"] = M * batch_size / t
+
+    out["sg_pipeline_ideal"] = n * out["sg_1dev"]
+    out["gpipe_ideal"] = n * M / (M + n - 1) * out["backprop_1dev"]
+    out["sg_pipeline_ratio"] = out["sg_pipeline"] / out["sg_pipeline_ideal"]
+    out["gpipe_ratio"] = out["gpipe"] / out["gpipe_ideal"]
+    return out
