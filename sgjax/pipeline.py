@@ -174,15 +174,16 @@ def _sizes(layouts: Sequence[_Layout]) -> dict[str, int]:
     return {k: max(1, *(lay.totals.get(k, 0) for lay in layouts)) for k in keys}
 
 
-def _pack(tree: Any, lay: _Layout, sizes: dict[str, int]) -> dict[str, jax.Array]:
+def _pack(tree: Any, lay: _Layout, sizes: dict[str, int], xp: Any = jnp) -> dict[str, Any]:
+    # xp = numpy packs on the host (no per-leaf device dispatch), jnp inside jitted code.
     parts: dict[str, list] = {k: [] for k in sizes}
     for leaf, dt in zip(jax.tree.leaves(tree), lay.dtypes):
-        parts[dt].append(jnp.ravel(leaf).astype(dt))
+        parts[dt].append(xp.ravel(xp.asarray(leaf)).astype(dt))
     out = {}
     for k, n in sizes.items():
         used = lay.totals.get(k, 0)
-        vec = jnp.concatenate(parts[k]) if parts[k] else jnp.zeros((0,), k)
-        out[k] = jnp.pad(vec, (0, n - used))
+        vec = xp.concatenate(parts[k]) if parts[k] else xp.zeros((0,), k)
+        out[k] = xp.pad(vec, (0, n - used))
     return out
 
 
@@ -312,6 +313,11 @@ def init_sg(pipe: SGPipeline, key: jax.Array, *, batch_size: int) -> SGState:
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"init_sg: `batch_size` must be an int ≥ 1, got {batch_size!r}")
+    # One compiled call instead of dozens of eager ops.
+    return jax.jit(_init_sg, static_argnums=(0, 2))(pipe, key, batch_size)
+
+
+def _init_sg(pipe: SGPipeline, key: jax.Array, batch_size: int) -> SGState:
     net = pipe.net
     k_net, k_sg = jax.random.split(key)
     params = net.init(k_net)
@@ -536,16 +542,17 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     sizes = _sizes(layouts)
 
     def pack(st: SGState) -> PackedSG:
-        flats = [_pack(stage_tree(st, s), layouts[s], sizes) for s in range(n)]
+        st = jax.device_get(st)
+        flats = [_pack(stage_tree(st, s), layouts[s], sizes, np) for s in range(n)]
         flat = {k: np.stack([np.asarray(f[k]) for f in flats]) for k in sizes}
         zero = Message(
             np.zeros((batch_size, width), np.float32), np.zeros((batch_size, c), np.float32), 0.0
         )
 
         def padded(m: Message) -> Message:
-            return Message(
-                np.asarray(_pad_h(m.h, width)), np.asarray(m.y, np.float32), float(m.valid)
-            )
+            h = np.asarray(m.h, np.float32).reshape(batch_size, -1)
+            h = np.pad(h, ((0, 0), (0, width - h.shape[1])))
+            return Message(h, np.asarray(m.y, np.float32), float(m.valid))
 
         outs = [padded(m) for m in st.outbox]
         prev = [*outs, zero]
@@ -574,7 +581,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
         prev_v = np.asarray(jax.device_get(pk.prev.valid))
         outbox = tuple(
             Message(
-                _crop_h(jnp.asarray(prev_h[s]), net.stages[s].out_shape),
+                jnp.asarray(_crop_h(prev_h[s], net.stages[s].out_shape)),
                 jnp.asarray(prev_y[s]),
                 jnp.asarray(prev_v[s] > 0.5),
             )
@@ -710,6 +717,10 @@ def init_bp(net: Network, optimizer: optax.GradientTransformation, key: jax.Arra
         >>> len(init_bp(nets.mlp([4, 8, 2]), optax.sgd(0.1), jax.random.key(0)).params)
         2
     """
+    return jax.jit(_init_bp, static_argnums=(0, 1))(net, optimizer, key)
+
+
+def _init_bp(net: Network, optimizer: optax.GradientTransformation, key: jax.Array) -> BPState:
     params = net.init(key)
     return BPState(params, tuple(optimizer.init(th) for th in params), jnp.zeros((), jnp.int32))
 
@@ -776,7 +787,8 @@ def gpipe_on_mesh(
         return net.in_shape if s == 0 else net.stages[s - 1].out_shape
 
     def pack(st: BPState) -> PackedBP:
-        flats = [_pack((st.params[s], st.opt_state[s]), layouts[s], sizes) for s in range(n)]
+        st = jax.device_get(st)
+        flats = [_pack((st.params[s], st.opt_state[s]), layouts[s], sizes, np) for s in range(n)]
         flat = {k: np.stack([np.asarray(f[k]) for f in flats]) for k in sizes}
         return PackedBP(
             {k: _put(v, mesh, P(AXIS)) for k, v in flat.items()},
