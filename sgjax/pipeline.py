@@ -612,7 +612,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
 
     def forward_branch(s: int):
         def branch(flat, msg: Message):
-            theta, opt, phi, sg_opt = _unpack(flat, layouts[s])
+            theta, opt, phi, _ = _unpack(flat, layouts[s])
             inp = Message(
                 _crop_h(msg.h, net.in_shape if s == 0 else net.stages[s - 1].out_shape),
                 msg.y,
