@@ -109,7 +109,7 @@ def make_mesh(n_devices: int, devices: Sequence[Any] | None = None) -> Mesh:
             fake CPU devices).
 
     Example:
-        >>> make_mesh(1).shape
+        >>> dict(make_mesh(1).shape)
         {'stage': 1}
     """
     if not isinstance(n_devices, int) or isinstance(n_devices, bool) or n_devices < 1:
