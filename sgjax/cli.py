@@ -51,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     module.add_arguments(subparsers[name])
     args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        # Bad input and diverging runs are the user's to fix: a message, not a traceback.
+        print(f"sgjax {name}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

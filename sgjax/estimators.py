@@ -1,0 +1,186 @@
+"""Synthetic-gradient modules SG(h, y) ≈ ∂ℓ/∂h (paper §1.2–1.4, Table 1).
+
+An :class:`Estimator` is a pure ``(init, apply)`` pair:
+
+* ``init(key, h_shape, y_dim) -> params`` for activations of per-example shape
+  ``h_shape`` and label/target vectors of width ``y_dim``;
+* ``apply(params, h, y) -> delta_hat`` with ``h`` of shape ``(batch, *h_shape)``, ``y`` of
+  shape ``(batch, y_dim)`` (one-hot labels, see :func:`sgjax.losses.as_target`); the result
+  has ``h``'s shape and estimates the **per-example** gradient ∂ℓ_b/∂h_b.
+
+Every estimator's output layer is initialised to zero, weights **and** bias (Jaderberg et
+al.; paper §1.6), so a fresh SG outputs exactly 0 and the network below it does not move
+on the first step.
+
+The estimators:
+
+==================  =============================  ===================================
+name                SG(h, y)                       use
+==================  =============================  ===================================
+``linear``          hA + C                         unconditioned DNI
+``conditioned``     hA + yB + C                    cDNI, the paper's default SG(h, y)
+``sigmoid_linear``  σ(hA)·d + yB + C               log loss (paper §2.4, footnote 3)
+``label_only``      yB + C                         ablation of Fig. 9 (e–h)
+``mlp``             MLP([h, y]) with zero output   DNI paper's SG model
+==================  =============================  ===================================
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> sg = conditioned()
+    >>> theta = sg.init(jax.random.key(0), (4,), 3)
+    >>> sg.apply(theta, jnp.ones((2, 4)), jnp.ones((2, 3))).tolist()
+    [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+
+
+class Estimator(NamedTuple):
+    """A synthetic-gradient module: ``init(key, h_shape, y_dim)``, ``apply(params, h, y)``."""
+
+    init: Callable[..., Params]
+    apply: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    name: str
+    uses_h: bool = True
+    uses_y: bool = True
+
+
+def _flat(h: jax.Array) -> jax.Array:
+    return h.reshape(h.shape[0], -1)
+
+
+def _dim(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _affine(*, use_h: bool, use_y: bool, name: str) -> Estimator:
+    def init(key: jax.Array, h_shape: Sequence[int], y_dim: int, dtype=jnp.float32) -> Params:
+        del key  # zero initialisation: nothing random
+        d = _dim(h_shape)
+        theta = {"C": jnp.zeros((d,), dtype)}
+        if use_h:
+            theta["A"] = jnp.zeros((d, d), dtype)
+        if use_y:
+            theta["B"] = jnp.zeros((y_dim, d), dtype)
+        return theta
+
+    def apply(theta: Params, h: jax.Array, y: jax.Array) -> jax.Array:
+        out = jnp.broadcast_to(theta["C"], (h.shape[0], theta["C"].shape[0]))
+        if use_h:
+            out = out + _flat(h) @ theta["A"]
+        if use_y:
+            out = out + y.astype(out.dtype) @ theta["B"]
+        return out.reshape(h.shape)
+
+    return Estimator(init, apply, name, use_h, use_y)
+
+
+def linear() -> Estimator:
+    """SG(h) = hA + C, not conditioned on the label (plain DNI)."""
+    return _affine(use_h=True, use_y=False, name="linear")
+
+
+def conditioned() -> Estimator:
+    """SG(h, y) = hA + yB + C, the label-conditioned linear SG (cDNI; the default)."""
+    return _affine(use_h=True, use_y=True, name="conditioned")
+
+
+def label_only() -> Estimator:
+    """SG(y) = yB + C: a per-label stale gradient model (Fig. 9 e–h ablation)."""
+    return _affine(use_h=False, use_y=True, name="label_only")
+
+
+def sigmoid_linear(*, use_y: bool = True) -> Estimator:
+    """SG(h, y) = σ(hA)·d + yB + C — a pointwise sigmoid on a linear map (paper §2.4).
+
+    Matches log-loss gradients σ(p) − y, which a linear SG cannot represent on separable
+    data. ``d`` (the output scale) and ``A``, ``B``, ``C`` start at zero, so the module
+    outputs 0 at first; ``d`` receives gradient σ(hA) = ½ immediately and ``A`` follows.
+    """
+
+    def init(key: jax.Array, h_shape: Sequence[int], y_dim: int, dtype=jnp.float32) -> Params:
+        del key
+        d = _dim(h_shape)
+        theta = {
+            "A": jnp.zeros((d, d), dtype),
+            "d": jnp.zeros((d,), dtype),
+            "C": jnp.zeros((d,), dtype),
+        }
+        if use_y:
+            theta["B"] = jnp.zeros((y_dim, d), dtype)
+        return theta
+
+    def apply(theta: Params, h: jax.Array, y: jax.Array) -> jax.Array:
+        out = jax.nn.sigmoid(_flat(h) @ theta["A"]) * theta["d"] + theta["C"]
+        if use_y:
+            out = out + y.astype(out.dtype) @ theta["B"]
+        return out.reshape(h.shape)
+
+    return Estimator(init, apply, "sigmoid_linear", True, use_y)
+
+
+def mlp(
+    hidden: Sequence[int] = (1024, 1024),
+    *,
+    use_y: bool = True,
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+) -> Estimator:
+    """An MLP on ``[h, y]`` with a zero-initialised linear output (the DNI paper's SG model).
+
+    Hidden layers use He-normal weights; only the output layer (weights and bias) is zero.
+    """
+    hidden = tuple(int(w) for w in hidden)
+
+    def init(key: jax.Array, h_shape: Sequence[int], y_dim: int, dtype=jnp.float32) -> Params:
+        d = _dim(h_shape)
+        sizes = [d + (y_dim if use_y else 0), *hidden]
+        keys = jax.random.split(key, len(hidden))
+        layers = [
+            {
+                "W": jax.nn.initializers.he_normal()(k, (a, b), dtype),
+                "b": jnp.zeros((b,), dtype),
+            }
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+        ]
+        out = {"W": jnp.zeros((sizes[-1], d), dtype), "b": jnp.zeros((d,), dtype)}
+        return {"hidden": layers, "out": out}
+
+    def apply(theta: Params, h: jax.Array, y: jax.Array) -> jax.Array:
+        z = _flat(h)
+        if use_y:
+            z = jnp.concatenate([z, y.astype(z.dtype)], axis=-1)
+        for layer in theta["hidden"]:
+            z = activation(z @ layer["W"] + layer["b"])
+        out = z @ theta["out"]["W"] + theta["out"]["b"]
+        return out.reshape(h.shape)
+
+    return Estimator(init, apply, "mlp", True, use_y)
+
+
+ESTIMATORS: dict[str, Callable[[], Estimator]] = {
+    "linear": linear,
+    "conditioned": conditioned,
+    "label_only": label_only,
+    "sigmoid_linear": sigmoid_linear,
+    "mlp": mlp,
+}
+
+
+def get(name: str | Estimator) -> Estimator:
+    """Look an estimator up by name, or pass an :class:`Estimator` through."""
+    if isinstance(name, Estimator):
+        return name
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]()

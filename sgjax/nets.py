@@ -1,0 +1,239 @@
+"""Networks as sequences of stages, each a pure ``(init, apply)`` pair.
+
+A network is a sequence of stages f_1..f_N (paper §1.1): ``h_0 = x``,
+``h_i = f_i(θ_i, h_{i-1})``, ``p = h_N``. Every update rule in :mod:`sgjax.rules`
+trains a stage with the chain rule *inside* the stage and replaces the gradient arriving
+at its output, ∂L/∂h_i, by an error signal δ̂_i — so the unit of the library is the stage,
+not the layer.
+
+Contract of a :class:`Stage`:
+
+* ``init(key) -> params`` — a pytree of arrays (float32 by default);
+* ``apply(params, h) -> h_out`` — pure, batched over the leading axis of ``h``;
+* ``in_shape`` / ``out_shape`` — per-example shapes (no batch axis);
+* ``feedback_apply(params, B, h) -> h_out`` (optional) — same value as ``apply`` but whose
+  derivative with respect to ``h`` sends the error back through the fixed matrix ``B``
+  instead of the forward weights. Feedback alignment needs it; stages without it cannot be
+  trained with FA (a clear error says so).
+
+Normalisation. The paper's MNIST networks use batch norm (Supp. C). Batch norm with
+running averages carries mutable state that every rule, the pipeline and vmap would have
+to thread, and it couples the examples of a batch, which breaks the per-example reading of
+SG(h, y). We therefore offer ``norm="layer"`` (LayerNorm, per example, stateless) as the
+recommended choice and ``norm="batch"`` (normalisation by the *current batch's*
+statistics, as batch norm does in training mode, no running averages: evaluation on a
+large batch uses that batch's statistics) for experiments that want to stay close to the
+paper.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sgjax import nets
+    >>> net = nets.mlp([64, 32, 10], activation="relu")
+    >>> params = net.init(jax.random.key(0))
+    >>> net.apply(params, jnp.ones((5, 64))).shape
+    (5, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+Shape = tuple[int, ...]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "identity": lambda a: a,
+}
+NORMS = (None, "layer", "batch")
+
+
+class Stage(NamedTuple):
+    """One stage f_i of a network: a pure ``(init, apply)`` pair with its shapes."""
+
+    init: Callable[[jax.Array], Params]
+    apply: Callable[[Params, jax.Array], jax.Array]
+    in_shape: Shape
+    out_shape: Shape
+    feedback_apply: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = None
+    name: str = "stage"
+
+
+class Network(NamedTuple):
+    """A sequence of stages; ``p = f_N(...f_1(x))``."""
+
+    stages: tuple[Stage, ...]
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.stages[0].in_shape
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.stages[-1].out_shape
+
+    @property
+    def out_dim(self) -> int:
+        return int(_size(self.out_shape))
+
+    @property
+    def depth(self) -> int:
+        return len(self.stages)
+
+    def init(self, key: jax.Array) -> tuple[Params, ...]:
+        """Initialise every stage from one key (split per stage)."""
+        keys = jax.random.split(key, len(self.stages))
+        return tuple(s.init(k) for s, k in zip(self.stages, keys))
+
+    def apply(self, params: Sequence[Params], x: jax.Array) -> jax.Array:
+        """The plain forward pass p = f_N(...f_1(x))."""
+        return self.hidden(params, x)[-1]
+
+    def hidden(self, params: Sequence[Params], x: jax.Array) -> list[jax.Array]:
+        """All activations ``[h_0 = x, h_1, ..., h_N = p]``."""
+        check_input(self, x)
+        hs = [x]
+        for stage, theta in zip(self.stages, params):
+            hs.append(stage.apply(theta, hs[-1]))
+        return hs
+
+
+def network(stages: Sequence[Stage]) -> Network:
+    """Build a :class:`Network`, checking that consecutive shapes agree."""
+    stages = tuple(stages)
+    if not stages:
+        raise ValueError("network: `stages` is empty; a network needs at least one stage")
+    for i, (a, b) in enumerate(zip(stages[:-1], stages[1:])):
+        if tuple(a.out_shape) != tuple(b.in_shape):
+            raise ValueError(
+                f"network: stage {i + 1} outputs shape {a.out_shape} but stage {i + 2} "
+                f"expects input shape {b.in_shape}"
+            )
+    return Network(stages)
+
+
+def check_input(net: Network, x: Any) -> None:
+    """Raise a clear ``ValueError`` if ``x`` is not a batch of the network's inputs."""
+    shape = tuple(getattr(x, "shape", ()))
+    want = tuple(net.in_shape)
+    if len(shape) != len(want) + 1 or shape[1:] != want:
+        raise ValueError(
+            f"input `x`: expected shape (batch, {', '.join(map(str, want))}), got {shape}"
+        )
+
+
+def _size(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _normalise(kind: str | None, a: jax.Array, theta: Params, eps: float = 1e-5) -> jax.Array:
+    if kind is None:
+        return a
+    axis = -1 if kind == "layer" else 0  # per example over units / per unit over the batch
+    mean = jnp.mean(a, axis=axis, keepdims=True)
+    var = jnp.var(a, axis=axis, keepdims=True)
+    return (a - mean) * jax.lax.rsqrt(var + eps) * theta["scale"] + theta["shift"]
+
+
+def dense(
+    in_dim: int,
+    out_dim: int,
+    activation: str = "relu",
+    *,
+    norm: str | None = None,
+    w_init: Callable[..., jax.Array] | None = None,
+    dtype: Any = jnp.float32,
+) -> Stage:
+    """A dense block ``activation(norm(h W + b))``.
+
+    Args:
+        in_dim, out_dim: input and output widths.
+        activation: one of ``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"identity"``.
+        norm: ``None``, ``"layer"`` or ``"batch"`` (batch statistics; see module docs).
+        w_init: initialiser ``(key, shape, dtype) -> W``; default LeCun-normal for
+            identity/tanh/sigmoid and He-normal for ReLU.
+        dtype: parameter dtype.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> s = dense(3, 2, "tanh")
+        >>> s.apply(s.init(jax.random.key(0)), jnp.ones((4, 3))).shape
+        (4, 2)
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"dense: unknown `activation` {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+    if norm not in NORMS:
+        raise ValueError(f"dense: unknown `norm` {norm!r}; expected one of {NORMS}")
+    for arg, v in (("in_dim", in_dim), ("out_dim", out_dim)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"dense: `{arg}` must be a positive int, got {v!r}")
+    act = ACTIVATIONS[activation]
+    if w_init is None:
+        w_init = (
+            jax.nn.initializers.he_normal()
+            if activation == "relu"
+            else jax.nn.initializers.lecun_normal()
+        )
+
+    def init(key: jax.Array) -> Params:
+        theta = {"W": w_init(key, (in_dim, out_dim), dtype), "b": jnp.zeros((out_dim,), dtype)}
+        if norm is not None:
+            theta["scale"] = jnp.ones((out_dim,), dtype)
+            theta["shift"] = jnp.zeros((out_dim,), dtype)
+        return theta
+
+    def post(theta: Params, a: jax.Array) -> jax.Array:
+        return act(_normalise(norm, a, theta))
+
+    def apply(theta: Params, h: jax.Array) -> jax.Array:
+        return post(theta, h @ theta["W"] + theta["b"])
+
+    def feedback_apply(theta: Params, B: jax.Array, h: jax.Array) -> jax.Array:
+        # Value: h W + b, exactly as `apply`. Derivative: w.r.t. W it is hᵀ(·) as usual,
+        # w.r.t. h it is (·) B — the fixed feedback matrix B (shape (out, in), the shape of
+        # Wᵀ) replaces Wᵀ. The h-path through W is cut; the B-path adds zero in value.
+        hB = h @ B.T
+        a = jax.lax.stop_gradient(h) @ theta["W"] + (hB - jax.lax.stop_gradient(hB))
+        return post(theta, a + theta["b"])
+
+    return Stage(init, apply, (in_dim,), (out_dim,), feedback_apply, f"dense[{activation}]")
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    *,
+    norm: str | None = None,
+    output_activation: str = "identity",
+    dtype: Any = jnp.float32,
+) -> Network:
+    """A multilayer perceptron: one dense stage per consecutive pair of ``sizes``.
+
+    ``sizes = [in, h_1, ..., h_{N-1}, out]`` gives N stages; the hidden stages use
+    ``activation`` (and ``norm``), the output stage is linear by default (logits) and is
+    never normalised.
+
+    Example:
+        >>> net = mlp([784, 256, 256, 10])
+        >>> net.depth, net.in_shape, net.out_shape
+        (3, (784,), (10,))
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"mlp: `sizes` needs at least an input and an output width, got {sizes!r}")
+    stages = [
+        dense(a, b, activation, norm=norm, dtype=dtype) for a, b in zip(sizes[:-2], sizes[1:-1])
+    ]
+    stages.append(dense(sizes[-2], sizes[-1], output_activation, dtype=dtype))
+    return network(stages)

@@ -1,0 +1,293 @@
+"""Training: ``TrainState``, ``init``, ``make_step``, ``evaluate`` and a small ``fit`` loop.
+
+``make_step(net, rule, loss, optimizer, sg_optimizer)`` returns a pure function
+``step(state, (x, y)) -> (state, metrics)``: ``jax.jit`` compiles it once, ``jax.vmap``
+maps it over seeds (vmap ``init`` over keys and the step with ``in_axes=(0, None)``).
+The network's parameters are updated by ``optimizer`` from the rule's gradients; the SG
+modules, if the rule has any, by ``sg_optimizer`` from their regression losses.
+
+A step whose loss or gradients are not finite leaves the state unchanged and reports
+``metrics["finite"] = False``; :func:`fit` turns that into a :class:`NonFiniteLossError`
+naming the step, so that a diverging run stops with its last good state instead of
+silently training on NaNs.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from sgjax import nets, rules, losses, train
+    >>> net = nets.mlp([4, 16, 3])
+    >>> rule = rules.synthetic_gradients()
+    >>> state = train.init(jax.random.key(0), net, rule, optax.adam(1e-3))
+    >>> step = jax.jit(train.make_step(net, rule, losses.softmax_cross_entropy,
+    ...                                optax.adam(1e-3)))
+    >>> state, metrics = step(state, (jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)))
+    >>> sorted(metrics)
+    ['accuracy', 'finite', 'loss', 'sg_loss']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sgjax import losses as loss_lib
+from sgjax.nets import Network, check_input
+from sgjax.rules import RuleState, UpdateRule, exact_signals
+
+Batch = tuple[jax.Array, jax.Array]
+
+
+class TrainState(NamedTuple):
+    """Everything a run carries from one step to the next."""
+
+    step: jax.Array
+    params: tuple
+    opt_state: Any
+    rule_state: RuleState
+    sg_opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by :func:`fit` when a step produced a non-finite loss or gradient."""
+
+    def __init__(self, step: int, loss: float, state: TrainState):
+        super().__init__(
+            f"step {step}: the loss or a gradient became non-finite (loss = {loss}); the "
+            "update was not applied and training stopped. Lower the learning rates, or check "
+            "the inputs for NaN/inf. The last good state is in `err.state`."
+        )
+        self.step = step
+        self.loss = loss
+        self.state = state
+
+
+def init(
+    key: jax.Array,
+    net: Network,
+    rule: UpdateRule,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation | None = None,
+) -> TrainState:
+    """Initialise the network, the rule (SG modules or feedback matrices) and optimisers.
+
+    ``sg_optimizer`` defaults to ``optimizer`` (a separate state is kept either way).
+    """
+    k_net, k_rule = jax.random.split(key)
+    params = net.init(k_net)
+    rule_state = rule.init(k_rule, net)
+    sg_opt = optimizer if sg_optimizer is None else sg_optimizer
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rule_state=rule_state,
+        sg_opt_state=sg_opt.init(rule_state.params),
+    )
+
+
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    a, b = a.reshape(-1), b.reshape(-1)
+    denom = jnp.linalg.norm(a) * jnp.linalg.norm(b)
+    return jnp.where(denom > 0, jnp.dot(a, b) / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_step(
+    net: Network,
+    rule: UpdateRule,
+    loss: loss_lib.Loss | str,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation | None = None,
+    *,
+    cosine: bool = False,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Build the pure training step ``step(state, (x, y)) -> (state, metrics)``.
+
+    Args:
+        net: the network.
+        rule: an :class:`~sgjax.rules.UpdateRule`.
+        loss: a :class:`~sgjax.losses.Loss` or its name (``"xent"``, ``"mse"``).
+        optimizer: optax transformation for the network's parameters.
+        sg_optimizer: optax transformation for the SG modules (default: ``optimizer``).
+        cosine: also report, per hidden boundary, the cosine between the signal δ̂_i the
+            rule used and the true ∂L/∂h_i (costs one more forward and backward pass).
+
+    Metrics: ``loss`` and ``accuracy`` (of this batch, before the update), ``sg_loss``
+    (one entry per SG module), ``finite``, and ``cosine`` (shape ``(N-1,)``) if asked.
+    """
+    loss = loss_lib.get(loss)
+    sg_opt = optimizer if sg_optimizer is None else sg_optimizer
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        x, y = batch
+        check_input(net, x)
+        out = rule.gradients(state.rule_state, net, state.params, x, y, loss)
+        updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        sg_updates, sg_opt_state = sg_opt.update(
+            out.rule_grads, state.sg_opt_state, state.rule_state.params
+        )
+        rule_state = state.rule_state._replace(
+            params=optax.apply_updates(state.rule_state.params, sg_updates)
+        )
+        finite = jnp.isfinite(out.loss) & _all_finite((out.grads, out.rule_grads))
+        new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
+        # A non-finite step is not applied: the state stays at its last good value.
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics = {
+            "loss": out.loss,
+            "accuracy": loss_lib.accuracy(out.p, y),
+            "sg_loss": out.sg_loss,
+            "finite": finite,
+        }
+        if cosine:
+            true = exact_signals(net, state.params, x, y, loss)
+            metrics["cosine"] = (
+                jnp.stack([_cosine(d, t) for d, t in zip(out.signals[:-1], true[:-1])])
+                if net.depth > 1
+                else jnp.zeros((0,))
+            )
+        return new, metrics
+
+    return step
+
+
+def check_labels(y: Any, num_classes: int, *, name: str = "y") -> None:
+    """Raise ``ValueError`` if integer labels fall outside ``[0, num_classes)``."""
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        return
+    if y.ndim != 1:
+        raise ValueError(f"labels `{name}`: expected shape (batch,), got {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        bad = y[(y < 0) | (y >= num_classes)]
+        raise ValueError(
+            f"labels `{name}`: expected integers in [0, {num_classes}) (the network has "
+            f"{num_classes} outputs), got values such as {int(bad[0])} "
+            f"(range {int(y.min())}..{int(y.max())})"
+        )
+
+
+def evaluate(
+    net: Network,
+    params: Any,
+    loss: loss_lib.Loss | str,
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Mean loss and accuracy of ``params`` on ``(x, y)``, in batches.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from sgjax import nets
+        >>> net = nets.mlp([2, 3])
+        >>> r = evaluate(net, net.init(jax.random.key(0)), "xent", jnp.ones((4, 2)),
+        ...              jnp.zeros(4, jnp.int32))
+        >>> sorted(r)
+        ['accuracy', 'loss']
+    """
+    loss = loss_lib.get(loss)
+    check_input(net, x)
+    check_labels(y, net.out_dim)
+    n = len(x)
+    if n == 0:
+        raise ValueError("evaluate: `x` is empty")
+
+    @jax.jit
+    def sums(params, xb, yb):
+        p = net.apply(params, xb)
+        k = xb.shape[0]
+        return loss.fn(p, yb) * k, loss_lib.accuracy(p, yb) * k
+
+    tot_l = tot_a = 0.0
+    for i in range(0, n, batch_size):
+        l_sum, a_sum = sums(
+            params, jnp.asarray(x[i : i + batch_size]), jnp.asarray(y[i : i + batch_size])
+        )
+        tot_l += float(l_sum)
+        tot_a += float(a_sum)
+    return {"loss": tot_l / n, "accuracy": tot_a / n}
+
+
+def batches(
+    x: Any, y: Any, batch_size: int, *, seed: int = 0, start: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled mini-batches, a fresh permutation per epoch (seeded).
+
+    ``start`` skips that many batches, so that a resumed run sees exactly the batches an
+    uninterrupted run would have seen.
+    """
+    n = len(x)
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"`batch_size` must be in 1..{n} (the dataset size), got {batch_size}")
+    per_epoch = n // batch_size
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        for j in range(offset, per_epoch):
+            idx = perm[j * batch_size : (j + 1) * batch_size]
+            yield x[idx], y[idx]
+        epoch, offset = epoch + 1, 0
+
+
+def fit(
+    net: Network,
+    rule: UpdateRule,
+    loss: loss_lib.Loss | str,
+    optimizer: optax.GradientTransformation,
+    x: Any,
+    y: Any,
+    *,
+    steps: int,
+    batch_size: int,
+    key: jax.Array,
+    sg_optimizer: optax.GradientTransformation | None = None,
+    seed: int = 0,
+    state: TrainState | None = None,
+    cosine: bool = False,
+    progress: bool = False,
+    log_every: int = 0,
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Train for ``steps`` steps on ``(x, y)``; returns the state and logged metrics.
+
+    Validates the data once (input width, label range), jits the step, and raises
+    :class:`NonFiniteLossError` at the first non-finite step. ``log_every = k > 0`` keeps
+    the metrics of every k-th step (and the last).
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`steps` must be an int ≥ 0, got {steps!r}")
+    check_input(net, x)
+    check_labels(y, net.out_dim)
+    if state is None:
+        state = init(key, net, rule, optimizer, sg_optimizer)
+    step_fn = jax.jit(make_step(net, rule, loss, optimizer, sg_optimizer, cosine=cosine))
+    start = int(state.step)
+    data = batches(x, y, batch_size, seed=seed, start=start)
+    history: list[dict[str, Any]] = []
+    it = range(start, start + steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"{rule.name}", unit="step", leave=False)
+    metrics: dict[str, Any] = {}
+    for i in it:
+        xb, yb = next(data)
+        new_state, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
+        if not bool(metrics["finite"]):
+            raise NonFiniteLossError(i + 1, float(metrics["loss"]), state)
+        state = new_state
+        if log_every and ((i + 1) % log_every == 0 or i + 1 == start + steps):
+            history.append({"step": i + 1, **jax.tree.map(np.asarray, metrics)})
+    return state, history

@@ -1,0 +1,213 @@
+"""``sgjax train``: train an MLP with one of the six rules and report accuracy.
+
+Example (shell)::
+
+    sgjax train --rule sg --dataset digits --steps 500 --json runs/sg.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+RULE_NAMES = ("backprop", "sg", "sg-prop", "fa", "dfa", "kickback")
+
+
+def _positive_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text}")
+        return v
+
+    return parse
+
+
+def _positive_int(name: str, minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be ≥ {minimum}, got {v}")
+        return v
+
+    return parse
+
+
+def _placement(text: str) -> str | tuple[int, ...]:
+    if text in ("all", "middle", "output"):
+        return text
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--sg-at must be 'all', 'middle', 'output' or comma-separated boundary numbers, "
+            f"got {text!r}"
+        ) from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rule", choices=RULE_NAMES, default="sg", help="update rule (default: sg)")
+    p.add_argument("--dataset", default="digits", help="dataset name (default: digits)")
+    p.add_argument("--data-dir", default=None, help="directory of IDX files (MNIST-like data)")
+    p.add_argument(
+        "--depth",
+        type=_positive_int("--depth", 0),
+        default=3,
+        help="number of hidden layers (default: 3)",
+    )
+    p.add_argument(
+        "--width", type=_positive_int("--width"), default=256, help="hidden width (default: 256)"
+    )
+    p.add_argument("--activation", choices=("relu", "sigmoid", "tanh", "identity"), default="relu")
+    p.add_argument(
+        "--norm",
+        choices=("none", "layer", "batch"),
+        default="none",
+        help="normalisation after each hidden dense layer (default: none)",
+    )
+    p.add_argument("--loss", choices=("xent", "mse"), default="xent")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=500)
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64)
+    p.add_argument(
+        "--lr",
+        type=_positive_float("--lr"),
+        default=1e-3,
+        help="Adam learning rate of the network (default: 1e-3)",
+    )
+    p.add_argument(
+        "--sg-lr",
+        type=_positive_float("--sg-lr"),
+        default=1e-3,
+        help="Adam learning rate of the SG modules (default: 1e-3)",
+    )
+    p.add_argument(
+        "--sg-at",
+        type=_placement,
+        default="all",
+        help="SG placement: all | middle | output | e.g. 2,4 (default: all)",
+    )
+    p.add_argument(
+        "--estimator",
+        default="conditioned",
+        choices=("conditioned", "linear", "label_only", "sigmoid_linear", "mlp"),
+        help="SG module (default: conditioned, i.e. hA + yB + C)",
+    )
+    p.add_argument("--targets", choices=("bootstrap", "true"), default="bootstrap")
+    p.add_argument(
+        "--prop",
+        type=float,
+        default=None,
+        help="α of SG + prop (default: 0 for sg, 0.1 for sg-prop)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cosine",
+        action="store_true",
+        help="log the cosine between each signal and the true gradient",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write final metrics and config here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_rule(args: argparse.Namespace):
+    from sgjax import rules
+
+    if args.rule in ("sg", "sg-prop"):
+        prop = args.prop if args.prop is not None else (0.1 if args.rule == "sg-prop" else 0.0)
+        if args.rule == "sg-prop" and prop <= 0:
+            raise ValueError(f"--prop must be > 0 for sg-prop, got {prop}")
+        return rules.synthetic_gradients(
+            args.estimator, at=args.sg_at, targets=args.targets, prop=prop
+        )
+    if args.prop is not None:
+        raise ValueError(f"--prop only applies to sg and sg-prop, not {args.rule}")
+    return rules.get(args.rule)
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+    import optax
+
+    from sgjax import data, nets, train
+
+    kwargs: dict[str, Any] = {}
+    if args.data_dir is not None:
+        kwargs["data_dir"] = args.data_dir
+    ds = (
+        data.load(args.dataset, seed=args.seed, **kwargs)
+        if args.dataset == "digits"
+        else (data.load(args.dataset, **kwargs))
+    )
+    x_train = ds.x_train.reshape(len(ds.x_train), -1)
+    x_test = ds.x_test.reshape(len(ds.x_test), -1)
+    sizes = [x_train.shape[1], *([args.width] * args.depth), ds.num_classes]
+    net = nets.mlp(sizes, args.activation, norm=None if args.norm == "none" else args.norm)
+    rule = build_rule(args)
+    loss = args.loss
+    opt, sg_opt = optax.adam(args.lr), optax.adam(args.sg_lr)
+    batch_size = min(args.batch_size, len(x_train))
+    t0 = time.perf_counter()
+    state, history = train.fit(
+        net,
+        rule,
+        loss,
+        opt,
+        x_train,
+        ds.y_train,
+        steps=args.steps,
+        batch_size=batch_size,
+        key=jax.random.key(args.seed),
+        sg_optimizer=sg_opt,
+        seed=args.seed,
+        cosine=args.cosine,
+        progress=not args.no_progress,
+        log_every=max(1, args.steps // 20),
+    )
+    seconds = time.perf_counter() - t0
+    tr = train.evaluate(net, state.params, loss, x_train, ds.y_train)
+    te = train.evaluate(net, state.params, loss, x_test, ds.y_test)
+    last = history[-1]
+    result = {
+        "rule": rule.name if args.rule != "sg-prop" else "sg-prop",
+        "dataset": ds.name,
+        "steps": args.steps,
+        "final_loss": float(last["loss"]),
+        "train_loss": tr["loss"],
+        "train_accuracy": tr["accuracy"],
+        "test_loss": te["loss"],
+        "test_accuracy": te["accuracy"],
+        "sg_loss": [float(v) for v in last["sg_loss"]],
+        "seconds": seconds,
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("json",)
+        },
+        "sizes": sizes,
+    }
+    if args.cosine:
+        result["cosine"] = [float(c) for c in last["cosine"]]
+    print(
+        f"{result['rule']} on {ds.name}: {args.steps} steps in {seconds:.1f}s  "
+        f"final batch loss {result['final_loss']:.4f}  "
+        f"train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
+    )
+    if args.cosine:
+        print(
+            "cosine(δ̂_i, ∂L/∂h_i) per hidden boundary:",
+            " ".join(f"{c:.3f}" for c in result["cosine"]),
+        )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
