@@ -65,6 +65,8 @@ def linear_sg_exact(
             f"n={n}, dim h={m}, dim y={o}",
         )
     ]
+    if not label:
+        return [control(out[0], "SG(h) = hA + C without the label")]
     if label:
         out.append(
             at_most(

@@ -13,7 +13,15 @@ from collections.abc import Callable
 
 import jax
 
-from theory import corollary1, critical_points, implied_loss, proposition2, table2, theorem1
+from theory import (
+    corollary1,
+    critical_points,
+    implied_loss,
+    proposition2,
+    table1,
+    table2,
+    theorem1,
+)
 from theory.record import Claim
 
 ClaimFn = Callable[[jax.Array, int], list[Claim]]
@@ -78,6 +86,16 @@ def _implied(key: jax.Array, n: int) -> list[Claim]:
     )
 
 
+def _table1(key: jax.Array, n: int) -> list[Claim]:
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return (
+        table1.table1_identities(k1, n)
+        + table1.table1_identities(k2, n, wrong_B=True)
+        + table1.table1_trajectories(k3, n)
+        + table1.table1_trajectories(k4, n, random_B=True)
+    )
+
+
 def _table2(key: jax.Array, n: int) -> list[Claim]:
     # The default run keeps to the cheap cells (k = 2, and the headline linear100);
     # with 10 or more datasets per cell (``--thorough``) every shallow cell is run.
@@ -98,6 +116,7 @@ CLAIMS: OrderedDict[str, ClaimFn] = OrderedDict(
         ("prop2-error", _prop2_errors),
         ("cor1", _cor1),
         ("implied-loss", _implied),
+        ("table1", _table1),
         ("table2", _table2),
     ]
 )
@@ -113,5 +132,6 @@ DEFAULT_INSTANCES: dict[str, int] = {
     "prop2-error": 16,
     "cor1": 16,
     "implied-loss": 64,
+    "table1": 8,
     "table2": 2,
 }
