@@ -1,5 +1,8 @@
+"""``python -m sgjax`` is the ``sgjax`` command."""
+
 import sys
 
 from sgjax.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

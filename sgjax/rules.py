@@ -449,7 +449,14 @@ def direct_feedback_alignment(B: Sequence[jax.Array] | None = None) -> UpdateRul
 
 
 def kickback() -> UpdateRule:
-    """Kickback (Balduzzi et al.): δ̂_i = (∂ℓ/∂p) **1**, i.e. DFA with B = ones (Table 1)."""
+    """Kickback (Balduzzi et al.): δ̂_i = (∂ℓ/∂p) **1**, i.e. DFA with B = ones (Table 1).
+
+    Every unit of h_i receives Σ_k ∂ℓ/∂p_k. Kickback was made for a single output; with
+    softmax cross-entropy that sum is exactly 0 (Σ softmax = Σ one-hot = 1), so the hidden
+    stages receive no signal at all — only float rounding residue, which an adaptive
+    optimiser such as Adam rescales into steps of full size. Use it with MSE or a single
+    output.
+    """
     return _direct("kickback", None, ones=True)
 
 

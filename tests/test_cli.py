@@ -1,0 +1,129 @@
+"""The ``sgjax`` command line: ``sgjax train`` for each rule, JSON output, argument errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sgjax import cli
+
+RULES = ("backprop", "sg", "sg-prop", "fa", "dfa", "kickback")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_train_each_rule_writes_json(tmp_path, capsys, rule):
+    out = tmp_path / f"{rule}.json"
+    code = cli.main(
+        [
+            "train",
+            "--rule",
+            rule,
+            "--dataset",
+            "digits",
+            "--steps",
+            "40",
+            "--depth",
+            "2",
+            "--width",
+            "32",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    for key in ("rule", "steps", "final_loss", "train_accuracy", "test_accuracy"):
+        assert key in result
+    assert result["rule"] == rule and result["steps"] == 40
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+    assert "test acc" in capsys.readouterr().out
+
+
+def test_train_backprop_learns_the_digits(tmp_path):
+    out = tmp_path / "bp.json"
+    assert (
+        cli.main(
+            [
+                "train",
+                "--rule",
+                "backprop",
+                "--steps",
+                "150",
+                "--depth",
+                "1",
+                "--width",
+                "64",
+                "--no-progress",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["test_accuracy"] > 0.9
+
+
+def test_cosine_flag_reports_one_value_per_hidden_boundary(tmp_path):
+    out = tmp_path / "c.json"
+    assert (
+        cli.main(
+            [
+                "train",
+                "--rule",
+                "sg",
+                "--steps",
+                "20",
+                "--depth",
+                "3",
+                "--width",
+                "16",
+                "--cosine",
+                "--no-progress",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert len(json.loads(out.read_text())["cosine"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr", "0"], "--lr must be a finite number > 0, got 0"),
+        (["--sg-lr=-1e-3"], "--sg-lr must be a finite number > 0, got -1e-3"),
+        (["--rule", "rprop"], "invalid choice: 'rprop'"),
+        (["--steps", "0"], "--steps must be ≥ 1, got 0"),
+        (["--sg-at", "top"], "--sg-at must be 'all', 'middle', 'output'"),
+    ],
+)
+def test_bad_arguments_name_the_argument(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_library_errors_become_one_line_messages(capsys):
+    assert cli.main(["train", "--dataset", "imagenet", "--steps", "1", "--no-progress"]) == 1
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+    assert cli.main(["train", "--rule", "backprop", "--prop", "0.3", "--no-progress"]) == 1
+    assert "--prop only applies to sg and sg-prop" in capsys.readouterr().err
+
+
+def test_module_entry_point_lists_the_commands():
+    res = subprocess.run(
+        [sys.executable, "-m", "sgjax", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0
+    for name in ("train", "verify", "reproduce", "bench"):
+        assert name in res.stdout

@@ -1,0 +1,337 @@
+"""Exact equivalences between the rules, and the Table 1 identities (paper §4.2, §6 19–21).
+
+Every comparison is float32 at a tolerance of a few ulps of the quantities compared.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgjax import estimators, losses, nets, rules
+
+RTOL, ATOL = 2e-5, 1e-6  # float32: a handful of ulps after a few matmuls
+
+
+def _batch(key, net, n=16, regression=False):
+    kx, ky = jax.random.split(key)
+    x = jax.random.normal(kx, (n, *net.in_shape))
+    if regression:
+        y = jax.random.normal(ky, (n, net.out_dim))
+    else:
+        y = jax.random.randint(ky, (n,), 0, net.out_dim)
+    return x, y
+
+
+def _assert_trees_close(a, b, rtol=RTOL, atol=ATOL):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+
+
+def _grad_of_whole_loss(net, params, x, y, loss):
+    return jax.grad(lambda p: loss.fn(net.apply(p, x), y))(params)
+
+
+NETS = {
+    "relu": lambda: nets.mlp([5, 7, 6, 4], "relu"),
+    "tanh-layernorm": lambda: nets.mlp([5, 8, 8, 8, 3], "tanh", norm="layer"),
+    "sigmoid-batchnorm": lambda: nets.mlp([6, 9, 5, 3], "sigmoid", norm="batch"),
+    "single-stage": lambda: nets.mlp([4, 3]),
+}
+
+
+@pytest.mark.parametrize("net_name", sorted(NETS))
+@pytest.mark.parametrize("loss", [losses.softmax_cross_entropy, losses.mse], ids=["xent", "mse"])
+def test_backprop_equals_jax_grad_of_the_whole_loss(getkey, net_name, loss):
+    net = NETS[net_name]()
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net)
+    out = rules.backprop().gradients(rules.RuleState(), net, params, x, y, loss)
+    _assert_trees_close(out.grads, _grad_of_whole_loss(net, params, x, y, loss))
+    np.testing.assert_allclose(out.loss, loss.fn(net.apply(params, x), y), rtol=1e-6)
+
+
+def test_exact_signals_are_the_per_example_gradients(getkey):
+    net = NETS["tanh-layernorm"]()
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net, n=6)
+    signals = rules.exact_signals(net, params, x, y, losses.softmax_cross_entropy)
+    hs = net.hidden(params, x)
+    for b in range(1, net.depth + 1):
+        # ∂ℓ_0/∂h_b for example 0 alone: perturb h_b and run the stages above it.
+        def upper(h, b=b):
+            for s, th in zip(net.stages[b:], params[b:]):
+                h = s.apply(th, h)
+            return losses.softmax_cross_entropy.fn(h, y[:1])
+
+        want = jax.grad(upper)(hs[b][:1])
+        np.testing.assert_allclose(signals[b - 1][:1], want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("net_name", ["relu", "tanh-layernorm", "sigmoid-batchnorm"])
+def test_fa_with_forward_weights_transposed_equals_backprop(getkey, net_name):
+    net = NETS[net_name]()
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net)
+    B = [params[i + 1]["W"].T for i in range(net.depth - 1)]
+    rule = rules.feedback_alignment(B)
+    fa = rule.gradients(rule.init(getkey(), net), net, params, x, y, losses.softmax_cross_entropy)
+    bp = rules.backprop().gradients((), net, params, x, y, losses.softmax_cross_entropy)
+    _assert_trees_close(fa.grads, bp.grads)
+
+
+def test_fa_with_random_matrices_differs_from_backprop_below_the_top(getkey):
+    net = NETS["relu"]()
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net)
+    rule = rules.feedback_alignment()
+    fa = rule.gradients(rule.init(getkey(), net), net, params, x, y, losses.mse)
+    bp = rules.backprop().gradients((), net, params, x, y, losses.mse)
+    # The output stage sees the exact error in both; the stages below do not.
+    _assert_trees_close(fa.grads[-1], bp.grads[-1])
+    assert not np.allclose(fa.grads[0]["W"], bp.grads[0]["W"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("loss", [losses.softmax_cross_entropy, losses.mse], ids=["xent", "mse"])
+def test_dfa_on_one_hidden_layer_with_output_weights_equals_backprop(getkey, loss):
+    net = nets.mlp([6, 10, 4], "tanh")
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net)
+    rule = rules.direct_feedback_alignment([params[1]["W"].T])
+    dfa = rule.gradients(rule.init(getkey(), net), net, params, x, y, loss)
+    bp = rules.backprop().gradients((), net, params, x, y, loss)
+    _assert_trees_close(dfa.grads, bp.grads)
+
+
+def test_kickback_equals_dfa_with_ones(getkey):
+    net = NETS["relu"]()
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net, regression=True)
+    ones = [jnp.ones((net.out_dim, s.out_shape[0])) for s in net.stages[:-1]]
+    dfa = rules.direct_feedback_alignment(ones)
+    kb = rules.kickback()
+    a = kb.gradients(kb.init(getkey(), net), net, params, x, y, losses.mse)
+    b = dfa.gradients(dfa.init(getkey(), net), net, params, x, y, losses.mse)
+    _assert_trees_close(a.grads, b.grads)
+    _assert_trees_close(a.signals, b.signals)
+
+
+def _exact_linear_sg(net, params, boundaries):
+    """Parameters (A, B, C) of hA + yB + C that reproduce ∂ℓ/∂h_b exactly.
+
+    For an affine upper network p = h M + c and ℓ = ½‖p − y‖²: ∂ℓ/∂h = (p − y)Mᵀ, so
+    A = M Mᵀ, B = −Mᵀ, C = c Mᵀ (paper §6 item 1, per example).
+    """
+    modules = []
+    for b in boundaries:
+        M = jnp.eye(net.stages[b - 1].out_shape[0])
+        c = jnp.zeros((net.stages[b - 1].out_shape[0],))
+        for th in params[b:]:
+            M, c = M @ th["W"], c @ th["W"] + th["b"]
+        modules.append({"A": M @ M.T, "B": -M.T, "C": c @ M.T})
+    return tuple(modules)
+
+
+@pytest.mark.parametrize("targets", ["bootstrap", "true"])
+@pytest.mark.parametrize("at", [None, "middle", (1, 3)])
+def test_sg_with_an_exact_estimator_equals_backprop(getkey, targets, at):
+    net = nets.mlp([5, 6, 7, 6, 3], "identity")  # deep linear: every SG can be exact
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net, regression=True)
+    rule = rules.synthetic_gradients("conditioned", at=at, targets=targets)
+    boundaries = rules._resolve_at(at, net.depth)
+    state = rules.RuleState(params=_exact_linear_sg(net, params, boundaries))
+    sg = rule.gradients(state, net, params, x, y, losses.mse)
+    bp = rules.backprop().gradients((), net, params, x, y, losses.mse)
+    _assert_trees_close(sg.grads, bp.grads, rtol=1e-4, atol=1e-5)
+    # ... and the SG regression loss is zero up to rounding, relative to ‖∂ℓ/∂h‖².
+    scale = [float(jnp.mean(jnp.sum(bp.signals[b - 1] ** 2, -1))) for b in boundaries]
+    assert np.all(np.asarray(sg.sg_loss) <= 1e-9 * np.maximum(scale, 1.0))
+
+
+def test_sg_loss_gradient_is_the_regression_onto_the_stop_gradient_target(getkey):
+    net = nets.mlp([4, 5, 3], "tanh")
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net)
+    theta = {
+        "A": 0.1 * jax.random.normal(getkey(), (5, 5)),
+        "B": 0.1 * jax.random.normal(getkey(), (3, 5)),
+        "C": 0.1 * jax.random.normal(getkey(), (5,)),
+    }
+    rule = rules.synthetic_gradients()
+    out = rule.gradients(rules.RuleState((theta,)), net, params, x, y, losses.softmax_cross_entropy)
+    h = net.hidden(params, x)[1]
+    t = rules.exact_signals(net, params, x, y, losses.softmax_cross_entropy)[0]  # top SG: exact
+    y_vec = losses.as_target(y, 3)
+
+    def l_sg(th):
+        s = estimators.conditioned().apply(th, h, y_vec)
+        return jnp.mean(jnp.sum((t - s) ** 2, -1))
+
+    _assert_trees_close(out.rule_grads[0], jax.grad(l_sg)(theta))
+    np.testing.assert_allclose(out.sg_loss[0], l_sg(theta), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Table 1 (paper §4.2): each rule's δ̂ at a boundary equals ∂L_SG/∂h of its
+# (SG, target, L_SG) triple with the target held constant.
+
+
+def _l_sg_grad(sg_fn, t, l_sg):
+    """∂/∂h of L_SG(stop_grad(t), SG(h)), per example (L_SG summed over the batch)."""
+    return jax.grad(lambda h: l_sg(jax.lax.stop_gradient(t), sg_fn(h)))
+
+
+def _neg_inner(t, s):
+    return -jnp.sum(t * s)
+
+
+@pytest.fixture
+def table1_setup(getkey):
+    net = nets.mlp([6, 8, 7, 4], "tanh")
+    params = net.init(getkey())
+    x, y = _batch(getkey(), net)
+    loss = losses.softmax_cross_entropy
+    hs = net.hidden(params, x)
+    e = loss.output_grad(hs[-1], y)  # ∂ℓ/∂p per example
+    return net, params, x, y, loss, hs, e
+
+
+def test_table1_bprop_row(table1_setup):
+    net, params, x, y, loss, hs, _ = table1_setup
+    out = rules.backprop().gradients((), net, params, x, y, loss)
+    for b in (1, 2):
+        t = -rules.exact_signals(net, params, x, y, loss)[b - 1]  # t = −∂L/∂h
+        got = _l_sg_grad(lambda h: h, t, _neg_inner)(hs[b])  # SG(h) = h
+        np.testing.assert_allclose(out.signals[b - 1], got, rtol=RTOL, atol=ATOL)
+
+
+def test_table1_dfa_and_kickback_rows(table1_setup, getkey):
+    net, params, x, y, loss, hs, e = table1_setup
+    dfa = rules.direct_feedback_alignment()
+    st = dfa.init(getkey(), net)
+    out = dfa.gradients(st, net, params, x, y, loss)
+    kb = rules.kickback().gradients((), net, params, x, y, loss)
+    for b in (1, 2):
+        A = st.fixed[b - 1].T  # SG(h) = hA, A = Bᵀ
+        got = _l_sg_grad(lambda h, A=A: h @ A, -e, _neg_inner)(hs[b])
+        np.testing.assert_allclose(out.signals[b - 1], got, rtol=RTOL, atol=ATOL)
+        ones = jnp.ones((hs[b].shape[1], net.out_dim))  # SG(h) = h1
+        got = _l_sg_grad(lambda h, o=ones: h @ o, -e, _neg_inner)(hs[b])
+        np.testing.assert_allclose(kb.signals[b - 1], got, rtol=RTOL, atol=ATOL)
+
+
+def test_table1_fa_row(table1_setup, getkey):
+    net, params, x, y, loss, hs, _ = table1_setup
+    fa = rules.feedback_alignment()
+    st = fa.init(getkey(), net)
+    out = fa.gradients(st, net, params, x, y, loss)
+    for b in (1, 2):
+        # g = h_b W + b of stage b+1; ∂ℓ/∂g from the FA signal arriving at h_{b+1}.
+        g = hs[b] @ params[b]["W"] + params[b]["b"]
+        act_grad = (1 - jnp.tanh(g) ** 2) if b + 1 < net.depth else jnp.ones_like(g)
+        dl_dg = out.signals[b] * act_grad
+        A = st.fixed[b - 1].T  # SG(h) = hA with A of W's shape
+        got = _l_sg_grad(lambda h, A=A: h @ A, -dl_dg, _neg_inner)(hs[b])
+        np.testing.assert_allclose(out.signals[b - 1], got, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_table1_sg_and_sg_prop_rows(table1_setup, getkey, alpha):
+    net, params, x, y, loss, hs, _ = table1_setup
+    sg = estimators.conditioned()
+    rule = rules.synthetic_gradients(sg, at="all", prop=alpha)
+    thetas = tuple(
+        jax.tree.map(lambda a: 0.1 * jax.random.normal(getkey(), a.shape), m)
+        for m in rule.init(getkey(), net).params
+    )
+    out = rule.gradients(rules.RuleState(thetas), net, params, x, y, loss)
+    y_vec = losses.as_target(y, net.out_dim)
+    # Bootstrapped target of the top SG (boundary 2): the exact gradient through the
+    # output stage; of the bottom SG (boundary 1): the top SG's output through stage 2.
+    t2 = rules.exact_signals(net, params, x, y, loss)[1]
+    _, vjp2 = jax.vjp(lambda h: net.stages[1].apply(params[1], h), hs[1])
+    t1 = vjp2(out.signals[1])[0]  # δ̂_2, with its prop term if any
+    for b, t in ((2, t2), (1, t1)):
+        theta = thetas[b - 1]
+
+        def sg_fn(h, theta=theta):
+            return sg.apply(theta, h, y_vec)
+
+        s = sg_fn(hs[b])
+        prop = _l_sg_grad(sg_fn, t, lambda t, s: jnp.sum((t - s) ** 2))(hs[b])
+        np.testing.assert_allclose(out.signals[b - 1], s + alpha * prop, rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_unknown_rule_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown rule 'bogus'; expected one of"):
+        rules.get("bogus")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"targets": "oracle"}, r"`targets` must be 'bootstrap' or 'true', got 'oracle'"),
+        ({"prop": -0.5}, r"`prop` \(α\) must be a float ≥ 0, got -0.5"),
+        ({"estimator": "quadratic"}, r"unknown estimator 'quadratic'"),
+    ],
+)
+def test_bad_sg_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rules.synthetic_gradients(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("at", "match"),
+    [
+        (0, r"`at` entries must be ints in 1\.\.3 .* got 0"),
+        ((2, 9), r"got 9"),
+        ("top", r"`at` must be 'all', 'middle', 'output'"),
+    ],
+)
+def test_bad_sg_placement(getkey, at, match):
+    net = nets.mlp([4, 5, 5, 3])
+    with pytest.raises(ValueError, match=match):
+        rules.synthetic_gradients(at=at).init(getkey(), net)
+
+
+def test_sg_on_a_single_stage_network_needs_an_explicit_output_placement(getkey):
+    net = nets.mlp([4, 3])
+    with pytest.raises(ValueError, match=r"no hidden boundary .* at='output'"):
+        rules.synthetic_gradients().init(getkey(), net)
+    rules.synthetic_gradients(at="output").init(getkey(), net)  # fine
+
+
+@pytest.mark.parametrize("make", [rules.feedback_alignment, rules.direct_feedback_alignment])
+def test_supplied_feedback_matrices_are_shape_checked(getkey, make):
+    net = nets.mlp([4, 5, 6, 3])
+    with pytest.raises(ValueError, match=r"one matrix per hidden boundary \(2\), got 1"):
+        make([jnp.ones((5, 4))]).init(getkey(), net)
+    with pytest.raises(ValueError, match=r"`B\[1\]` .* must have shape .* got \(2, 2\)"):
+        make(
+            [
+                jnp.ones((6, 5)) if make is rules.feedback_alignment else jnp.ones((3, 5)),
+                jnp.ones((2, 2)),
+            ]
+        ).init(getkey(), net)
+
+
+def test_mismatched_input_width_is_a_clear_error(getkey):
+    net = nets.mlp([4, 5, 3])
+    params = net.init(getkey())
+    with pytest.raises(ValueError, match=r"input `x`: expected shape \(batch, 4\), got \(2, 7\)"):
+        rules.backprop().gradients((), net, params, jnp.ones((2, 7)), jnp.zeros(2, int), "xent")
+
+
+def test_wrong_target_shape_is_a_clear_error(getkey):
+    net = nets.mlp([4, 5, 3])
+    params = net.init(getkey())
+    with pytest.raises(ValueError, match=r"targets `y`: expected .* \(batch, 3\)"):
+        rules.backprop().gradients((), net, params, jnp.ones((2, 4)), jnp.ones((2, 5)), "mse")
