@@ -61,13 +61,13 @@ print(sg.apply(theta, h, y))
 
 # %% [markdown]
 # ## One network, six rules, the digits
-# A 3-hidden-layer ReLU MLP on scikit-learn's 8×8 digits (bundled, offline). Each rule is
+# A 3-hidden-layer ReLU MLP (2 narrow layers in smoke mode) on scikit-learn's 8×8 digits (bundled, offline). Each rule is
 # trained by the same jitted step; `cosine=True` also logs, per hidden layer, the cosine between
 # the signal the rule used and the true gradient.
 
 # %%
 ds = data.digits()
-net = nets.mlp([64, 128, 128, 128, 10], "relu")
+net = nets.mlp([64, 32, 32, 10] if SMOKE else [64, 128, 128, 128, 10], "relu")
 RULES = {
     "backprop": rules.backprop(),
     "sg": rules.synthetic_gradients(),  # an SG module at every hidden boundary (SG*)
@@ -102,14 +102,15 @@ for name, rule in RULES.items():
 # align later. FA and DFA align as the forward weights come to agree with the fixed feedback.
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+H = net.depth - 1  # hidden layers
+fig, axes = plt.subplots(1, H + 1, figsize=(4.3 * (H + 1), 3.6))
 for name, (hist, _) in runs.items():
     steps = [m["step"] for m in hist]
     axes[0].plot(steps, [m["loss"] for m in hist], label=name)
-    for layer in range(3):
+    for layer in range(H):
         axes[layer + 1].plot(steps, [m["cosine"][layer] for m in hist], label=name)
 axes[0].set(title="training loss", xlabel="step", yscale="log")
-for layer in range(3):
+for layer in range(H):
     axes[layer + 1].set(title=f"cos(δ̂, ∂L/∂h) at h_{layer + 1}", xlabel="step", ylim=(-0.2, 1.05))
 axes[0].legend(fontsize=8)
 fig.tight_layout()
