@@ -109,6 +109,12 @@ def _group(items: list[Any]) -> list[tuple[list[Callable], nnx.Module, list[Call
     return groups
 
 
+def _split(module: nnx.Module) -> tuple[Any, Any, Any]:
+    """(graphdef, Param state, the rest) of a module."""
+    parts: Any = nnx.split(module, nnx.Param, ...)
+    return parts[0], parts[1], parts[2]
+
+
 def _same_tree(a: Any, b: Any) -> bool:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return len(la) == len(lb) and all(
@@ -174,7 +180,7 @@ def network_from_nnx(blocks: Any, example_input: Any) -> tuple[nets.Network, tup
     stages: list[nets.Stage] = []
     params: list[Params] = []
     for k, (pre, module, post) in enumerate(_group(_blocks(blocks))):
-        graphdef, state, rest = nnx.split(module, nnx.Param, ...)
+        graphdef, state, rest = _split(module)
         theta = nnx.to_pure_dict(state)
 
         def apply(theta, h, graphdef=graphdef, state=state, rest=rest, pre=pre, post=post):
@@ -197,7 +203,7 @@ def network_from_nnx(blocks: Any, example_input: Any) -> tuple[nets.Network, tup
             for fn in pre:
                 h0 = fn(h0)
             copy(h0)
-            if not _same_tree(nnx.split(copy, nnx.Param, ...)[2], rest):
+            if not _same_tree(_split(copy)[2], rest):
                 raise ValueError(
                     f"network_from_nnx: block {k} ({type(module).__name__}) changes its "
                     "non-parameter state (e.g. BatchNorm running statistics or a dropout RNG) "
@@ -205,20 +211,25 @@ def network_from_nnx(blocks: Any, example_input: Any) -> tuple[nets.Network, tup
                     "`model.eval()` first, or use a stateless block (e.g. nnx.LayerNorm)."
                 )
         out = jax.eval_shape(apply, theta, h_spec)
+        feedback_apply: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = None
         if hasattr(module, "feedback"):
 
-            def feedback_apply(theta, B, h, graphdef=graphdef, state=state, rest=rest):
+            def module_feedback(theta, B, h, graphdef=graphdef, state=state, rest=rest):
                 template = jax.tree.map(lambda v: v, state)
                 nnx.replace_by_pure_dict(template, theta)
                 return nnx.merge(graphdef, template, jax.tree.map(lambda v: v, rest)).feedback(B, h)
 
+            feedback_apply = module_feedback
         elif isinstance(module, nnx.Linear):
             feedback_apply = _linear_feedback(pre, post)
-        else:
-            feedback_apply = None
+
+        def init(key: jax.Array, theta: Params = theta) -> Params:
+            del key  # the module was initialised by the user's own nnx.Rngs
+            return jax.tree.map(jnp.asarray, theta)
+
         stages.append(
             nets.Stage(
-                init=lambda key, theta=theta: jax.tree.map(jnp.asarray, theta),
+                init=init,
                 apply=apply,
                 in_shape=tuple(h_spec.shape[1:]),
                 out_shape=tuple(out.shape[1:]),
@@ -303,7 +314,7 @@ def estimator_from_nnx(make: Callable[..., nnx.Module], *, name: str = "nnx") ->
     def init(key: jax.Array, h_shape: Sequence[int], y_dim: int, dtype=jnp.float32) -> Params:
         h_shape = tuple(int(d) for d in h_shape)
         module = make(h_shape, int(y_dim), nnx.Rngs(key))
-        _, state, rest = nnx.split(module, nnx.Param, ...)
+        _, state, rest = _split(module)
         if jax.tree.leaves(rest):
             raise ValueError(
                 f"estimator_from_nnx: the module built by `make` has non-parameter state "

@@ -264,3 +264,35 @@ def test_bad_blocks_are_type_errors():
         flax_adapter.network_from_nnx("linear", jnp.ones((1, 2)))
     with pytest.raises(ValueError, match="example_input"):
         flax_adapter.network_from_nnx([nnx.Linear(2, 2, rngs=nnx.Rngs(0))], [1.0, 2.0])
+
+
+class _TanhDense(nnx.Module):
+    """A user block with its own FA path: ``feedback(B, h)`` as in sgjax.nets.dense."""
+
+    def __init__(self, a, b, rngs):
+        self.lin = nnx.Linear(a, b, rngs=rngs)
+
+    def __call__(self, h):
+        return jnp.tanh(self.lin(h))
+
+    def feedback(self, B, h):
+        hB = h @ B.T
+        a = jax.lax.stop_gradient(h) @ self.lin.kernel[...] + (hB - jax.lax.stop_gradient(hB))
+        return jnp.tanh(a + self.lin.bias[...])
+
+
+def test_feedback_method_of_a_user_block_is_used(data):
+    x, y = (jnp.asarray(a[:16]) for a in data)
+    rngs = nnx.Rngs(6)
+    blocks = [_TanhDense(64, 16, rngs), _TanhDense(16, 16, rngs), nnx.Linear(16, 10, rngs=rngs)]
+    net, params = flax_adapter.network_from_nnx(blocks, x)
+    pure = nets.mlp([64, 16, 16, 10], "tanh")
+    pure_params = tuple({"W": p["lin"]["kernel"], "b": p["lin"]["bias"]} for p in params[:2])
+    pure_params += _as_dense(params[2:])
+    B = rules.feedback_alignment().init(jax.random.key(9), pure).fixed
+    rule = rules.feedback_alignment(B=B)
+    out_n = rule.gradients(rule.init(None, net), net, params, x, y, "xent")
+    out_p = rule.gradients(rule.init(None, pure), pure, pure_params, x, y, "xent")
+    for s_n, s_p in zip(out_n.signals, out_p.signals):
+        np.testing.assert_allclose(s_n, s_p, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out_n.grads[0]["lin"]["kernel"], out_p.grads[0]["W"], atol=1e-7)
