@@ -207,23 +207,24 @@ def _bomb(at: int, lr: float = 1e-2) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def test_nonfinite_state_is_never_written(ds, tmp_path):
-    """Finite gradients, infinite update (at step 6): the state itself turns NaN/inf before
-    the loss does. The runner must not write that state over the good step-4 checkpoint."""
+def test_an_overflowing_update_is_caught_before_it_reaches_the_state(ds, tmp_path):
+    """Finite gradients, infinite update (at step 6): the step reports it as non-finite
+    (it checks the updated parameters too), so the state is never NaN and the last good
+    state (step 5) is checkpointed beside the regular step-4 checkpoint."""
     x, y = ds
     with pytest.raises(NonFiniteLossError) as e:
         run_training(NET, BP, "xent", _bomb(at=5), x, y, steps=50,
                      batch_size=32, seed=3, ckpt_dir=tmp_path, ckpt_every=4)  # fmt: skip
-    assert e.value.step == 7 and e.value.checkpoint_step == 4
-    assert "already held NaN/inf and was not saved" in str(e.value)
+    assert e.value.step == 6 and e.value.checkpoint_step == 5
     with Checkpointer(tmp_path) as ckpt:
-        assert ckpt.steps() == [4]
+        assert ckpt.steps() == [4, 5]
         state, _ = ckpt.restore(abstract_state(train.init, jax.random.key(3), NET, BP, _bomb(5)))
         assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(state))
         # And directly: saving a NaN state is refused and changes nothing.
-        with pytest.raises(NonFiniteStateError, match="refusing to checkpoint step 6"):
-            ckpt.save(e.value.state)
-        assert ckpt.steps() == [4]
+        bad = jax.tree.map(lambda v: v * np.nan if v.dtype.kind == "f" else v, e.value.state)
+        with pytest.raises(NonFiniteStateError, match="refusing to checkpoint step 5"):
+            ckpt.save(bad)
+        assert ckpt.steps() == [4, 5]
 
 
 def test_leftover_temporary_directory_is_ignored(ds, tmp_path):
