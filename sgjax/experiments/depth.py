@@ -22,7 +22,7 @@ from sgjax.experiments import common as C
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        depths=(1, 2),
+        depths=(2,),
         width=32,
         activations=("relu", "sigmoid"),
         n_train=1000,
