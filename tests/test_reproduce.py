@@ -50,6 +50,7 @@ def deep_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("deep_cache")
 
 
+@pytest.mark.mnist
 def test_fig3_fig5_fig8_smoke_share_networks(tmp_path, mnist_dir, deep_cache):
     def ctx(name):
         return C.Context(
@@ -91,6 +92,7 @@ def test_fig3_fig5_fig8_smoke_share_networks(tmp_path, mnist_dir, deep_cache):
         assert all(v >= 0 for v in r8["methods"][m]["regressor_mse"])
 
 
+@pytest.mark.mnist
 def test_fig4_smoke(tmp_path, mnist_dir):
     ctx = C.Context(out=tmp_path / "fig4", scale="smoke", data_dir=str(mnist_dir))
     res = depth.run(ctx)
@@ -101,6 +103,7 @@ def test_fig4_smoke(tmp_path, mnist_dir):
         assert c["steps"][-1] == cfg["steps"] and set(res["check_steps"]) <= set(c["steps"])
 
 
+@pytest.mark.mnist
 def test_dni_mnist_smoke(tmp_path, mnist_dir):
     ctx = C.Context(out=tmp_path / "dni", scale="smoke", data_dir=str(mnist_dir))
     res = dni.run(ctx)
@@ -134,6 +137,7 @@ def test_no_bprop_trains_only_the_last_layer():
     assert not np.allclose(state.params[2]["W"], init.params[2]["W"])
 
 
+@pytest.mark.mnist
 def test_cli_reproduce_uses_shared_cache(tmp_path, mnist_dir, deep_cache, capsys):
     # fig5 after the shared-network test: the cache makes this cheap.
     rc = cli.main(
