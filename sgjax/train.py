@@ -96,10 +96,13 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.asarray(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    # x * 0 is 0 for finite x and NaN for ±inf and NaN, so one sum per leaf tells all
+    # (XLA keeps float x * 0: it is not folded without fast-math). One reduction per leaf
+    # and no stack: fewer kernels to compile than isfinite + all + stack + all.
+    total = jnp.zeros((), jnp.float32)
+    for x in jax.tree.leaves(tree):
+        total = total + jnp.sum(x * 0, dtype=jnp.float32)
+    return total == 0
 
 
 def make_step(
@@ -142,8 +145,10 @@ def make_step(
         )
         finite = jnp.isfinite(out.loss) & _all_finite((out.grads, out.rule_grads))
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
-        # A non-finite step is not applied: the state stays at its last good value.
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        # A non-finite step is not applied: the state stays at its last good value. One
+        # conditional instead of a select per leaf: cheaper to compile, and under vmap
+        # (a batched predicate) JAX turns it back into the per-leaf select.
+        new = jax.lax.cond(finite, lambda: new, lambda: state)
         metrics = {
             "loss": out.loss,
             "accuracy": loss_lib.accuracy(out.p, y),
