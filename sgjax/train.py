@@ -145,10 +145,11 @@ def make_step(
         )
         finite = jnp.isfinite(out.loss) & _all_finite((out.grads, out.rule_grads))
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
-        # A non-finite step is not applied: the state stays at its last good value. One
-        # conditional instead of a select per leaf: cheaper to compile, and under vmap
-        # (a batched predicate) JAX turns it back into the per-leaf select.
-        new = jax.lax.cond(finite, lambda: new, lambda: state)
+        # A non-finite step is not applied: the state stays at its last good value. (A
+        # select per leaf, not lax.cond: XLA fuses the selects into the optimiser's
+        # kernels, while a conditional copies the whole new state through a temporary,
+        # 3.6x the temporary memory of SG-everywhere on a 50-stage net.)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {
             "loss": out.loss,
             "accuracy": loss_lib.accuracy(out.p, y),
