@@ -46,8 +46,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,8 @@ FULL = {
     "deep_stages": 50,
     "deep_width": 512,
     "deep_batch": 1024,
-    "pipeline_devices": 4,
+    # More fake devices than cores cannot run side by side: 2 to 4, as the cores allow.
+    "pipeline_devices": max(2, min(4, os.cpu_count() or 2)),
 }
 QUICK = {
     "mlp": [64, 32, 32, 10],
@@ -117,7 +118,7 @@ def _load() -> list[float] | None:
 class _CompileCounter:
     """Counts XLA backend compilations (and their seconds) through ``jax.monitoring``."""
 
-    EVENTS = {
+    EVENTS: ClassVar[dict[str, str]] = {
         "/jax/core/compile/jaxpr_trace_duration": "trace",
         "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
         "/jax/core/compile/backend_compile_duration": "compile",
@@ -308,6 +309,207 @@ def bench_steps(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict
 
 
 # --------------------------------------------------------------------------------------
+# Section 3: the theory sweep, vmapped against a Python loop.
+
+
+def _own_theorem1_run(key: jax.Array, d: int, S: int, steps: int) -> jax.Array:
+    """Theorem 1's setting (linear regression, linear SG ``(α+1)p − (β+1)y + γ`` between
+    p and the loss, both trained by gradient steps): distance to the least-squares fit."""
+    kx, kw = jax.random.split(key)
+    Xb = jnp.concatenate([jax.random.normal(kx, (d, S)), jnp.ones((1, S))], axis=0)
+    y = jax.random.normal(kw, (d + 1,)) @ Xb
+    G = Xb @ Xb.T
+    mu = 0.5 / jnp.linalg.eigvalsh(G)[-1]
+    W_ols = jnp.linalg.solve(G, Xb @ y)
+
+    def step(carry, _):
+        W, omega = carry
+        p = W @ Xb
+        A = jnp.stack([p, -y, jnp.ones_like(y)], axis=1)
+        xi = A @ omega
+        sg = p - y + xi
+        return (W - mu * sg @ Xb.T, omega - 0.1 / S * (A.T @ xi)), None
+
+    (W, _), _ = jax.lax.scan(step, (jnp.zeros(d + 1), jnp.array([-1.0, -1.0, 0.0])), None, steps)
+    return jnp.linalg.norm(W - W_ols)
+
+
+def _theory_claim(steps: int) -> tuple[str, Callable[[jax.Array], jax.Array]]:
+    """The per-instance check to sweep: theory's own Theorem 1 run if importable."""
+    try:
+        from theory import theorem1  # the claim package may be absent from this install
+
+        run_one = theorem1._line_search_run
+        omega0 = jnp.array([-1.0, -1.0, 0.0])
+        jax.eval_shape(lambda k: run_one(k, 5, 50, 2, False, omega0), jax.random.key(0))
+    except (ImportError, AttributeError, TypeError):
+        return (
+            f"Theorem 1 linear-SG regression, {steps} steps (bench's own copy: the theory "
+            "package is not importable)",
+            lambda k: _own_theorem1_run(k, 5, 50, steps),
+        )
+    return (
+        f"theory.theorem1 line-search run (d=5, S=50, {steps} steps): the thm1 claim check",
+        lambda k: run_one(k, 5, 50, steps, False, omega0),
+    )
+
+
+def bench_theory(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Instances per second of a claim check: ``jit(vmap(check))`` over all instances
+    against a Python loop calling ``jit(check)`` once per instance (compile excluded).
+
+    Example:
+        >>> r = bench_theory({**QUICK, "theory_instances": 2, "theory_steps": 3},
+        ...                  log=lambda s: None)
+        >>> r["instances"], r["max_rel_diff"] < 1e-6
+        (2, True)
+    """
+    n, steps = cfg["theory_instances"], cfg["theory_steps"]
+    with jax.enable_x64(True):  # the claims are checked in float64
+        name, check = _theory_claim(steps)
+        keys = jax.random.split(jax.random.key(0), n)
+        one = jax.jit(check)
+        many = jax.jit(jax.vmap(check))
+        jax.block_until_ready((one(keys[0]), many(keys)))  # compile both
+        t0 = time.perf_counter()
+        loop_out = jnp.stack([one(k) for k in keys])
+        jax.block_until_ready(loop_out)
+        t_loop = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        vm_out = jax.block_until_ready(many(keys))
+        t_vmap = time.perf_counter() - t0
+        # Batched kernels may sum in another order: compare relative to the values' scale.
+        scale = float(jnp.max(jnp.abs(jnp.nan_to_num(loop_out))))
+        diff = float(jnp.max(jnp.abs(jnp.nan_to_num(vm_out - loop_out)))) / max(scale, 1e-300)
+    log(f"  theory: {name}: loop {t_loop:.2f} s, vmap {t_vmap:.2f} s")
+    return {
+        "claim": name,
+        "instances": n,
+        "loop_s": t_loop,
+        "vmap_s": t_vmap,
+        "loop_per_s": n / t_loop,
+        "vmap_per_s": n / t_vmap,
+        "speedup": t_loop / t_vmap,
+        "max_rel_diff": diff,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Section 4: peak memory of a deep network.
+
+
+def _memory(compiled: Any) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    out = {
+        "argument_bytes": int(m.argument_size_in_bytes),
+        "output_bytes": int(m.output_size_in_bytes),
+        "temp_bytes": int(m.temp_size_in_bytes),
+        "alias_bytes": int(m.alias_size_in_bytes),
+    }
+    # Everything live at the peak, by XLA's buffer assignment: inputs, outputs, scratch.
+    out["peak_bytes"] = (
+        out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    )
+    return out
+
+
+def bench_memory(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """XLA's memory account of one training step (and of the gradients alone) of a deep MLP
+    under backprop, SG everywhere, and SG everywhere without the label term.
+
+    ``temp`` is the scratch memory (activations and intermediates); ``peak`` adds the
+    arguments and outputs (parameters, optimiser states, SG modules). Compiled only, never
+    run: the figures are deterministic.
+
+    Example:
+        >>> r = bench_memory(QUICK, log=lambda s: None)
+        >>> [row["rule"] for row in r["rows"]]
+        ['backprop', 'sg', 'sg-linear']
+    """
+    n, width, batch = cfg["deep_stages"], cfg["deep_width"], cfg["deep_batch"]
+    net = nets.mlp([width] * n + [10])
+    loss = losses.softmax_cross_entropy
+    opt = optax.adam(1e-3)
+    x = jax.ShapeDtypeStruct((batch, width), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    variants = {
+        "backprop": rules.backprop(),
+        "sg": rules.synthetic_gradients(),
+        "sg-linear": rules.synthetic_gradients("linear"),
+    }
+    rows = []
+    for name, rule in variants.items():
+        state = jax.eval_shape(
+            lambda k, rule=rule: train.init(k, net, rule, opt), jax.random.key(0)
+        )
+
+        def grads(s, x, y, rule=rule):
+            out = rule.gradients(s.rule_state, net, s.params, x, y, loss)
+            return out.grads, out.rule_grads
+
+        step = _memory(
+            jax.jit(train.make_step(net, rule, loss, opt)).lower(state, (x, y)).compile()
+        )
+        grad = _memory(jax.jit(grads).lower(state, x, y).compile())
+        rows.append({"rule": name, "step": step, "gradients": grad})
+        log(f"  memory: compiled {name}")
+    bp = rows[0]
+    for row in rows:
+        row["temp_ratio"] = row["gradients"]["temp_bytes"] / bp["gradients"]["temp_bytes"]
+        row["step_temp_ratio"] = row["step"]["temp_bytes"] / bp["step"]["temp_bytes"]
+        row["step_peak_ratio"] = row["step"]["peak_bytes"] / bp["step"]["peak_bytes"]
+    act = batch * width * 4
+    return {
+        "model": f"mlp {n} stages ({n - 1}×{width} hidden, 10 out), batch {batch}, adam",
+        "activation_bytes": act,
+        "rows": rows,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Section 5: the pipeline rows (another process: fake devices are fixed at JAX start-up).
+
+
+def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run :func:`sgjax.pipeline.benchmark_pipeline` on fake CPU devices in a subprocess.
+
+    Returns ``{"available": False, "reason": ...}`` when sgjax has no pipeline module.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("sgjax.pipeline") is None:
+        return {"available": False, "reason": "sgjax.pipeline is not part of this version"}
+    n = cfg["pipeline_devices"]
+    kwargs = (
+        {}
+        if cfg is FULL
+        else {
+            "sizes": [16, *([8] * (n - 1)), 4],
+            "batch_size": 4,
+            "micro_batches": 2,
+            "ticks": 4,
+            "repeats": 1,
+        }
+    )
+    code = (
+        "import json, sys\n"
+        "from sgjax.pipeline import benchmark_pipeline\n"
+        f"r = benchmark_pipeline({n}, **{kwargs!r})\n"
+        "print('RESULT' + json.dumps(r, default=float))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"available": False, "reason": "pipeline benchmark failed: " + " | ".join(tail)}
+    log(f"  pipeline: {n} fake devices done")
+    return {"available": True, "devices": n, **json.loads(lines[-1][len("RESULT") :])}
+
+
+# --------------------------------------------------------------------------------------
 # Output.
 
 
@@ -327,8 +529,9 @@ def _fmt_steps(r: dict[str, Any]) -> str:
             f"{row['rule']:9s} {row['median_s'] * 1e3:8.2f} {row['time_ratio']:7.2f} "
             f"{row['flops'] / 1e6:8.1f} {row['flop_ratio']:6.2f} {row['overhead']:6.2f} "
             f"{row['gflops']:8.1f} {100 * row['frac_of_peak']:5.0f}% "
-            f"{row['first_call_s']:10.2f} {row['first_call_cpu_s']:5.2f} {row['trace_s']:5.2f} {row['lower_s']:5.2f} "
-            f"{row['compile_s']:5.2f} {row['recompiles_after_first']:3d}/{row['steps_after_first']}"
+            f"{row['first_call_s']:10.2f} {row['first_call_cpu_s']:5.2f} "
+            f"{row['trace_s']:5.2f} {row['lower_s']:5.2f} {row['compile_s']:5.2f} "
+            f"{row['recompiles_after_first']:3d}/{row['steps_after_first']}"
         )
     lines.append(
         "overhd = ×bprop / ×FLOP (1.00: no cost beyond the extra arithmetic); 1st call = "
@@ -336,6 +539,51 @@ def _fmt_steps(r: dict[str, Any]) -> str:
         "recomp = compilations / steps after the first"
     )
     return "\n".join(lines)
+
+
+def _fmt_theory(r: dict[str, Any]) -> str:
+    return (
+        f"Theory sweep: {r['claim']}\n"
+        f"{r['instances']} instances: Python loop {r['loop_per_s']:.1f}/s, vmapped "
+        f"{r['vmap_per_s']:.1f}/s, speed-up {r['speedup']:.1f}x "
+        f"(max |vmap - loop| / max |loop| = {r['max_rel_diff']:.1e})"
+    )
+
+
+def _fmt_memory(r: dict[str, Any]) -> str:
+    mib = 2.0**20
+    lines = [
+        f"Peak memory (XLA memory_analysis, compiled step): {r['model']}; "
+        f"one activation = {r['activation_bytes'] / mib:.1f} MiB",
+        f"{'rule':10s} {'grads temp':>10s} {'×bprop':>6s} {'step temp':>9s} {'×bprop':>6s} "
+        f"{'step args':>9s} {'step peak':>9s} {'×bprop':>6s}   (MiB)",
+    ]
+    for row in r["rows"]:
+        g, st = row["gradients"], row["step"]
+        lines.append(
+            f"{row['rule']:10s} {g['temp_bytes'] / mib:10.1f} {row['temp_ratio']:6.2f} "
+            f"{st['temp_bytes'] / mib:9.1f} {row['step_temp_ratio']:6.2f} "
+            f"{st['argument_bytes'] / mib:9.1f} {st['peak_bytes'] / mib:9.1f} "
+            f"{row['step_peak_ratio']:6.2f}"
+        )
+    lines.append(
+        "grads temp: scratch of the gradient computation alone (activations); step peak: "
+        "arguments + outputs + scratch\n(SG's arguments include one 512×512 module and its "
+        "Adam state per boundary)"
+    )
+    return "\n".join(lines)
+
+
+def _fmt_pipeline(r: dict[str, Any]) -> str:
+    if not r.get("available"):
+        return f"Pipeline: not run ({r.get('reason')})"
+    rows = [f"Pipeline on {r['devices']} fake CPU devices (sgjax.pipeline.benchmark_pipeline):"]
+    rows += [
+        f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}"
+        for k, v in r.items()
+        if k not in ("available", "devices")
+    ]
+    return "\n".join(rows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -357,9 +605,18 @@ def run(args: argparse.Namespace) -> int:
         f"sgjax bench on {result['meta']['device']} ({os.cpu_count()} CPUs), "
         f"load average at start {result['meta']['load_start']}"
     )
-    if "step" in only:
-        result["step"] = bench_steps(cfg)
-        print(_fmt_steps(result["step"]))
+    sections = {
+        "step": (bench_steps, _fmt_steps),
+        "theory": (bench_theory, _fmt_theory),
+        "memory": (bench_memory, _fmt_memory),
+        "pipeline": (bench_pipeline, _fmt_pipeline),
+    }
+    for name, (bench, fmt) in sections.items():
+        if name in only:
+            t0 = time.perf_counter()
+            result[name] = bench(cfg)
+            result[name]["section_s"] = time.perf_counter() - t0
+            print(fmt(result[name]), flush=True)
     result["meta"]["load_end"] = _load()
     result["meta"]["elapsed_s"] = time.perf_counter() - t_start
     print(
