@@ -75,6 +75,14 @@ def init(
     """Initialise the network, the rule (SG modules or feedback matrices) and optimisers.
 
     ``sg_optimizer`` defaults to ``optimizer`` (a separate state is kept either way).
+
+    Example:
+        >>> import jax, optax
+        >>> from sgjax import nets, rules
+        >>> s = init(jax.random.key(0), nets.mlp([4, 8, 3]), rules.synthetic_gradients(),
+        ...          optax.adam(1e-3))
+        >>> int(s.step), len(s.params), len(s.rule_state.params)
+        (0, 2, 1)
     """
     k_net, k_rule = jax.random.split(key)
     params = net.init(k_net)
@@ -143,7 +151,11 @@ def make_step(
         rule_state = state.rule_state._replace(
             params=optax.apply_updates(state.rule_state.params, sg_updates)
         )
-        finite = jnp.isfinite(out.loss) & _all_finite((out.grads, out.rule_grads))
+        # Finite loss and gradients can still overflow into the new parameters (a huge
+        # learning rate), so the updated parameters are checked too.
+        finite = jnp.isfinite(out.loss) & _all_finite(
+            (out.grads, out.rule_grads, params, rule_state.params)
+        )
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
         # A non-finite step is not applied: the state stays at its last good value. (A
         # select per leaf, not lax.cond: XLA fuses the selects into the optimiser's
@@ -169,7 +181,14 @@ def make_step(
 
 
 def check_labels(y: Any, num_classes: int, *, name: str = "y") -> None:
-    """Raise ``ValueError`` if integer labels fall outside ``[0, num_classes)``."""
+    """Raise ``ValueError`` if integer labels fall outside ``[0, num_classes)``.
+
+    Example:
+        >>> check_labels(np.array([0, 3]), 3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: labels `y`: expected integers in [0, 3) ... got values such as 3 (range 0..3)
+    """
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer):
         return
@@ -234,6 +253,12 @@ def batches(
 
     ``start`` skips that many batches, so that a resumed run sees exactly the batches an
     uninterrupted run would have seen.
+
+    Example:
+        >>> x, y = np.arange(10.0)[:, None], np.arange(10)
+        >>> xb, yb = next(batches(x, y, 4, seed=0))
+        >>> xb.shape, yb.shape
+        ((4, 1), (4,))
     """
     n = len(x)
     if not 1 <= batch_size <= n:
@@ -261,7 +286,6 @@ def fit(
     key: jax.Array,
     sg_optimizer: optax.GradientTransformation | None = None,
     seed: int = 0,
-    state: TrainState | None = None,
     cosine: bool = False,
     progress: bool = False,
     log_every: int = 0,
@@ -270,30 +294,23 @@ def fit(
 
     Validates the data once (input width, label range), jits the step, and raises
     :class:`NonFiniteLossError` at the first non-finite step. ``log_every = k > 0`` keeps
-    the metrics of every k-th step (and the last).
-    """
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`steps` must be an int ≥ 0, got {steps!r}")
-    check_input(net, x)
-    check_labels(y, net.out_dim)
-    if state is None:
-        state = init(key, net, rule, optimizer, sg_optimizer)
-    step_fn = jax.jit(make_step(net, rule, loss, optimizer, sg_optimizer, cosine=cosine))
-    start = int(state.step)
-    data = batches(x, y, batch_size, seed=seed, start=start)
-    history: list[dict[str, Any]] = []
-    it = range(start, start + steps)
-    if progress:
-        from tqdm.auto import tqdm
+    the metrics of every k-th step (and the last). ``seed`` orders the batches. This is
+    :func:`sgjax.runner.run_training` without checkpoints; use that for long runs.
 
-        it = tqdm(it, desc=f"{rule.name}", unit="step", leave=False)
-    metrics: dict[str, Any] = {}
-    for i in it:
-        xb, yb = next(data)
-        new_state, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
-        if not bool(metrics["finite"]):
-            raise NonFiniteLossError(i + 1, float(metrics["loss"]), state)
-        state = new_state
-        if log_every and ((i + 1) % log_every == 0 or i + 1 == start + steps):
-            history.append({"step": i + 1, **jax.tree.map(np.asarray, metrics)})
-    return state, history
+    Example:
+        >>> import jax, optax
+        >>> from sgjax import data, nets, rules
+        >>> ds = data.digits()
+        >>> state, hist = fit(nets.mlp([64, 32, 10]), rules.backprop(), "xent",
+        ...                   optax.adam(1e-2), ds.x_train, ds.y_train, steps=20,
+        ...                   batch_size=32, key=jax.random.key(0), log_every=10)
+        >>> int(state.step), [h["step"] for h in hist]
+        (20, [10, 20])
+    """
+    from sgjax.runner import run_training  # the one training loop, with checkpointing
+
+    return run_training(
+        net, rule, loss, optimizer, x, y, steps=steps, batch_size=batch_size, seed=seed,
+        key=key, sg_optimizer=sg_optimizer, cosine=cosine, progress=progress,
+        log_every=log_every,
+    )  # fmt: skip

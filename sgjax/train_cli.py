@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RULE_NAMES = ("backprop", "sg", "sg-prop", "fa", "dfa", "kickback")
 
 
@@ -58,7 +60,18 @@ def _placement(text: str) -> str | tuple[int, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", choices=RULE_NAMES, default="sg", help="update rule (default: sg)")
     p.add_argument("--dataset", default="digits", help="dataset name (default: digits)")
-    p.add_argument("--data-dir", default=None, help="directory of IDX files (MNIST-like data)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory of IDX files for mnist / fashion_mnist "
+        "(default: $SGJAX_DATA_DIR, then ../shared/data/<name>)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=_positive_int("--train-size"),
+        default=None,
+        help="use only the first N training examples (mnist / fashion_mnist)",
+    )
     p.add_argument(
         "--depth",
         type=_positive_int("--depth", 0),
@@ -116,6 +129,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="log the cosine between each signal and the true gradient",
     )
     p.add_argument("--json", type=Path, default=None, help="write final metrics and config here")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="save the full training state here periodically (atomic, last 3 kept)",
+    )
+    p.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=1000)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --checkpoint-dir; ends bit-identical to an uninterrupted run",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -134,20 +159,34 @@ def build_rule(args: argparse.Namespace):
     return rules.get(args.rule)
 
 
-def run(args: argparse.Namespace) -> int:
-    import jax
-    import optax
+IDX_DATASETS = ("mnist", "fashion_mnist", "fashion-mnist")
 
-    from sgjax import data, nets, train
+
+def load_dataset(args: argparse.Namespace):
+    from sgjax import data
 
     kwargs: dict[str, Any] = {}
-    if args.data_dir is not None:
+    if args.dataset in IDX_DATASETS:
         kwargs["data_dir"] = args.data_dir
-    ds = (
-        data.load(args.dataset, seed=args.seed, **kwargs)
-        if args.dataset == "digits"
-        else (data.load(args.dataset, **kwargs))
-    )
+        kwargs["n_train"] = args.train_size
+    else:
+        for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size)):
+            if value is not None:
+                raise ValueError(
+                    f"{flag} applies to {', '.join(IDX_DATASETS)}, not {args.dataset!r}"
+                )
+        kwargs["seed"] = args.seed  # the split of digits, the draw of generated sets
+    return data.load(args.dataset, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    import optax
+
+    from sgjax import nets, runner, train
+
+    if args.resume and args.checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
+    ds = load_dataset(args)
     x_train = ds.x_train.reshape(len(ds.x_train), -1)
     x_test = ds.x_test.reshape(len(ds.x_test), -1)
     sizes = [x_train.shape[1], *([args.width] * args.depth), ds.num_classes]
@@ -156,29 +195,25 @@ def run(args: argparse.Namespace) -> int:
     loss = args.loss
     opt, sg_opt = optax.adam(args.lr), optax.adam(args.sg_lr)
     batch_size = min(args.batch_size, len(x_train))
+    config = {
+        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("json", "resume", "no_progress")
+    }
     t0 = time.perf_counter()
-    state, history = train.fit(
-        net,
-        rule,
-        loss,
-        opt,
-        x_train,
-        ds.y_train,
-        steps=args.steps,
-        batch_size=batch_size,
-        key=jax.random.key(args.seed),
-        sg_optimizer=sg_opt,
-        seed=args.seed,
-        cosine=args.cosine,
-        progress=not args.no_progress,
-        log_every=max(1, args.steps // 20),
-    )
+    state, history = runner.run_training(
+        net, rule, loss, opt, x_train, ds.y_train,
+        steps=args.steps, batch_size=batch_size, seed=args.seed, sg_optimizer=sg_opt,
+        cosine=args.cosine, progress=not args.no_progress,
+        log_every=max(1, args.steps // 20), ckpt_dir=args.checkpoint_dir,
+        ckpt_every=args.checkpoint_every, resume=args.resume, metadata={"config": config},
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
     tr = train.evaluate(net, state.params, loss, x_train, ds.y_train)
     te = train.evaluate(net, state.params, loss, x_test, ds.y_test)
     last = history[-1]
     result = {
-        "rule": rule.name if args.rule != "sg-prop" else "sg-prop",
+        "rule": args.rule,
         "dataset": ds.name,
         "steps": args.steps,
         "final_loss": float(last["loss"]),
@@ -186,13 +221,9 @@ def run(args: argparse.Namespace) -> int:
         "train_accuracy": tr["accuracy"],
         "test_loss": te["loss"],
         "test_accuracy": te["accuracy"],
-        "sg_loss": [float(v) for v in last["sg_loss"]],
+        "sg_loss": [float(v) for v in np.ravel(last.get("sg_loss", []))],
         "seconds": seconds,
-        "config": {
-            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("json",)
-        },
+        "config": config,
         "sizes": sizes,
     }
     if args.cosine:

@@ -1,0 +1,93 @@
+"""``sgjax verify``: run the claim registry, print the table, exit 1 on any failure.
+
+A negative control (a check run with the paper's assumption broken) counts as a
+success when it *fails*; the table marks it "control: failed as expected".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from theory.record import Claim
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    parser.add_argument(
+        "--instances", type=int, default=None, help="random instances per claim family"
+    )
+    parser.add_argument(
+        "--claims",
+        type=lambda s: [c for c in s.split(",") if c],
+        default=None,
+        help="comma-separated subset of claim families (default: all); see --list",
+    )
+    parser.add_argument("--thorough", action="store_true", help="10× the default instances (slow)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the records here")
+    parser.add_argument("--list", action="store_true", help="list the claim families and exit")
+
+
+def _verdict(c: Claim) -> str:
+    if c.expect_pass:
+        return "pass" if c.passed else "FAIL"
+    return "control: failed as expected" if not c.passed else "CONTROL PASSED (check blind)"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if math.isfinite(x) else str(x)
+
+
+def format_records(records: list[Claim]) -> str:
+    rows = [("claim", "reference", "measured", "target", "n", "verdict")]
+    rows += [
+        (c.name, c.reference, _fmt(c.measured), c.target, str(c.instances), _verdict(c))
+        for c in records
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from theory import table2
+    from theory.registry import CLAIMS, DEFAULT_INSTANCES
+
+    if args.list:
+        for name in CLAIMS:
+            print(f"{name}  (default instances {DEFAULT_INSTANCES[name]})")
+        return 0
+    names = args.claims or list(CLAIMS)
+    unknown = [n for n in names if n not in CLAIMS]
+    if unknown:
+        print(f"unknown claim families {unknown}; known: {', '.join(CLAIMS)}", file=sys.stderr)
+        return 2
+    key = jax.random.key(args.seed)
+    records: list[Claim] = []
+    t_all = time.perf_counter()
+    for i, name in enumerate(names):
+        n = args.instances or DEFAULT_INSTANCES[name] * (10 if args.thorough else 1)
+        t0 = time.perf_counter()
+        recs = CLAIMS[name](jax.random.fold_in(key, i), n)
+        records += recs
+        print(f"[{name}: {len(recs)} checks, {time.perf_counter() - t0:.1f}s]", file=sys.stderr)
+    print(format_records(records))
+    if "table2" in names and table2.LAST_TABLE:
+        print("\nTable 2, loss gap SG − reference (ours: mean over instances):")
+        print(table2.format_table(table2.LAST_TABLE))
+    bad = [c for c in records if not c.ok]
+    n_ctrl = sum(not c.expect_pass for c in records)
+    print(
+        f"\n{len(records) - len(bad)}/{len(records)} as expected ({n_ctrl} negative controls); "
+        f"{time.perf_counter() - t_all:.1f}s"
+    )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([c.to_json() for c in records], f, indent=1, ensure_ascii=False)
+    return 1 if bad else 0

@@ -1,0 +1,86 @@
+"""The loss implied by a linear SG, and the symmetric-part caveat (paper.md §1.4).
+
+A linear SG ``hA + yB + C`` models ``∂L/∂h``, so the lower network minimises
+``L̂(h) = ½ h A_sym hᵀ + (yB + C) hᵀ`` with ``A_sym = (A + Aᵀ)/2``. For an affine upper
+network with MSE the fitted SG is exact and ``L̂`` equals the true per-point loss up
+to a per-``y`` constant (item 11). The field ``hA + yB + C`` is the gradient of
+``L̂`` only if ``A`` is symmetric (item 12): ``½hAhᵀ`` cannot see the skew part.
+
+Negative control: adding a skew-symmetric part to ``A`` leaves ``L̂`` unchanged but
+makes the SG field non-conservative, and the gradient-field check fails.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from theory._common import fit_linear_sg, keys, x64
+from theory.critical_points import _affine_instance
+from theory.record import Claim, at_most, control
+
+
+def _implied_one(key: jax.Array, n: int, m: int, o: int, skew: float, probes: int) -> jax.Array:
+    kp, kq, ks, ki = jax.random.split(key, 4)
+    h, y, W, b = _affine_instance(kp, n, m, o)
+    G = (h @ W + b - y) @ W.T / n
+    _, theta = fit_linear_sg(h, y, G)
+    A, B, C = theta[:m], theta[m : m + o], theta[m + o]
+    S = jax.random.normal(ks, (m, m))
+    A = A + skew * jnp.linalg.norm(A) * (S - S.T) / jnp.linalg.norm(S - S.T)
+    A_sym = (A + A.T) / 2
+    y0 = y[jax.random.randint(ki, (), 0, n)]  # one fixed label
+    H = 3.0 * jax.random.normal(kq, (probes, m))
+
+    def L_hat(hh: jax.Array) -> jax.Array:
+        return 0.5 * hh @ A_sym @ hh + (y0 @ B + C) @ hh
+
+    def L_true(hh: jax.Array) -> jax.Array:
+        return 0.5 * jnp.sum((hh @ W + b - y0) ** 2) / n
+
+    lh, lt = jax.vmap(L_hat)(H), jax.vmap(L_true)(H)
+    sg = H @ A + y0 @ B + C
+    grad_lh = jax.vmap(jax.grad(L_hat))(H)
+    return jnp.array(
+        [
+            jnp.std(lh - lt) / jnp.std(lt),
+            jnp.linalg.norm(grad_lh - sg) / jnp.linalg.norm(sg),
+            jnp.linalg.norm(A - A.T) / jnp.linalg.norm(A),
+        ]
+    )
+
+
+@x64
+def implied_quadratic_loss(
+    key: jax.Array,
+    instances: int,
+    *,
+    skew: float = 0.0,
+    sizes: tuple[int, int, int] = (64, 6, 3),
+    probes: int = 1000,
+) -> list[Claim]:
+    """Items 11–12: std(L̂ − L) ≤ 1e-9·std(L); ∇L̂ = SG iff A symmetric."""
+    n, m, o = sizes
+    f = jax.jit(jax.vmap(lambda k: _implied_one(k, n, m, o, skew, probes)))
+    r = jnp.max(f(keys(key, instances)), axis=0)
+    asym = f"‖A − Aᵀ‖/‖A‖ = {float(r[2]):.2g}"
+    field = at_most(
+        "implied-loss/SG-is-∇L̂" + ("/skew-A" if skew else ""),
+        "§3 (symmetric part)",
+        r[1],
+        1e-10,
+        instances,
+        f"max ‖∇L̂(h) − SG(h)‖/‖SG‖ over {probes} random h; {asym}",
+    )
+    quad = at_most(
+        "implied-loss/L̂=L+const" + ("/skew-A" if skew else ""),
+        "§3 (implied loss)",
+        r[0],
+        1e-9,
+        instances,
+        f"max std(L̂ − L)/std(L) over {probes} random h, one y; {asym}",
+    )
+    if skew:
+        # The caveat: L̂ is blind to the skew part (still passes), the field check is not.
+        return [quad, control(field, f"A plus a skew part of relative norm {skew:g}")]
+    return [quad, field]
