@@ -66,7 +66,7 @@ FULL = {
     "peak_n": 1024,
     "rounds": 15,
     "inner": 5,
-    "theory_instances": 256,
+    "theory_instances": 64,
     "theory_steps": 2000,
     "deep_stages": 50,
     "deep_width": 512,
@@ -337,7 +337,12 @@ def _own_theorem1_run(key: jax.Array, d: int, S: int, steps: int) -> jax.Array:
         A = jnp.stack([p, -y, jnp.ones_like(y)], axis=1)
         xi = A @ omega
         sg = p - y + xi
-        return (W - mu * sg @ Xb.T, omega - 0.1 / S * (A.T @ xi)), None
+        # The SG's own step is line-searched as in the theorem: ν = ‖Aᵀξ‖² / ‖AAᵀξ‖².
+        Atxi = A.T @ xi
+        AAtxi = A @ Atxi
+        den = AAtxi @ AAtxi
+        nu = jnp.where(den > 0, (Atxi @ Atxi) / jnp.where(den > 0, den, 1.0), 0.0)
+        return (W - mu * sg @ Xb.T, omega - nu * Atxi), None
 
     (W, _), _ = jax.lax.scan(step, (jnp.zeros(d + 1), jnp.array([-1.0, -1.0, 0.0])), None, steps)
     return jnp.linalg.norm(W - W_ols)
