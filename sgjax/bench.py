@@ -64,7 +64,7 @@ FULL = {
     "mlp": [784, 256, 256, 256, 10],
     "batch": 256,
     "peak_n": 1024,
-    "rounds": 15,
+    "rounds": 25,
     "inner": 5,
     "theory_instances": 64,
     "theory_steps": 2000,
