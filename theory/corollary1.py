@@ -70,7 +70,7 @@ def _run_one(
         return (c[3] < max_steps) & (c[4] > stop)
 
     def body(c: tuple) -> tuple:
-        lower, upper, theta_sg, k, gap, closed = c
+        lower, upper, theta_sg, k, _, closed = c
         h, vjp_lower = jax.vjp(lambda lo: _forward(lo, X), lower)
         g_up, G = jax.grad(loss_up, argnums=(0, 1))(upper, h)
         D = jnp.concatenate([h, Y, jnp.ones((n, 1))], axis=1)

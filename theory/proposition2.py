@@ -59,7 +59,9 @@ def cosine_lemma(
     for dim in dims:
         delta = g_np.uniform(0.05, 0.95, instances)
         g = g_np.normal(size=(instances, dim))
-        u = np.where(np.arange(samples) < samples // 2, 1.0, g_np.uniform(size=(instances, samples)))
+        u = np.where(
+            np.arange(samples) < samples // 2, 1.0, g_np.uniform(size=(instances, samples))
+        )
         e_dir = _unit_np(g_np, (instances, samples, dim))
         worst.append(np.min(np.asarray(_cosine_runner(delta, g, u, e_dir, r_scale)), axis=0))
     w = np.min(np.stack(worst), axis=0)

@@ -19,11 +19,10 @@ Negative controls: every row against a broken version of itself (see
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sgjax import estimators, losses, nets, rules
@@ -80,17 +79,17 @@ def _identity_one(key: jax.Array, sizes: tuple[int, ...], wrong: bool) -> jax.Ar
     sg_est = estimators.conditioned()
     alpha = 0.7
     sg_out = {}
-    thetas = None
+    thetas: tuple = ()
     for a in (0.0, alpha):
         rule = rules.synthetic_gradients(sg_est, at="all", prop=a)
-        if thetas is None:
+        if not thetas:
             mods = rule.init(jax.random.fold_in(key, 3), net).params
             thetas = tuple(
                 jax.tree.map(lambda m, i=i: 0.1 * rand_like(10 + i, m), mod)
                 for i, mod in enumerate(mods)
             )
         sg_out[a] = rule.gradients(rules.RuleState(thetas), net, params, x, y, loss).signals
-    errs = {r: [] for r in ROWS}
+    errs: dict[str, list[jax.Array]] = {r: [] for r in ROWS}
     for i in range(1, net.depth):  # hidden boundaries
         h = hs[i]
         got = table_signal(h, sign * -exact[i - 1], lambda hh: hh, neg_inner)

@@ -25,6 +25,7 @@ log loss on separable data with a linear SG must fail.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -221,7 +222,7 @@ def gap_table(
     out: dict[tuple[str, str, str], dict[str, float]] = {}
     for (_, model), members in groups.items():
 
-        def cat(i: int, members: list = members) -> object:
+        def cat(i: int, members: list = members) -> Any:
             parts = [data[c][i] for c in members]
             return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 

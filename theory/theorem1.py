@@ -85,11 +85,11 @@ def _line_search_one(
     def err(W: jax.Array, omega: jax.Array) -> jax.Array:
         return jnp.maximum(jnp.linalg.norm(W - W_ols), jnp.linalg.norm(omega))
 
-    def cond(c: tuple[jax.Array, ...]) -> jax.Array:
+    def cond(c: tuple) -> jax.Array:
         W, omega, k = c[0], c[1], c[2]
         return (k < max_steps) & (err(W, omega) > tol)
 
-    def body(c: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    def body(c: tuple) -> tuple:
         W, omega, k, V, max_rise, max_perp, max_rise_frozen, max_abs_omega = c
         p = W @ Xb
         A = jnp.stack([p, -y, ones], axis=1)
