@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from sgjax import losses, nets, pipeline, rules, train
+from sgjax import data, losses, nets, pipeline, rules, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6  # float32, a few dozen ops deep
@@ -148,7 +148,7 @@ def _child() -> dict:
         out["mismatch"] = str(e)
 
     # The SG pipeline learns: digits, 4 stages on 4 devices, a short run.
-    ds = pipeline.load_dataset("digits")
+    ds = data.load("digits")
     r = pipeline.train_pipelined(
         "sg-pipeline",
         nets.mlp([64, 128, 128, 128, 10]),
@@ -297,8 +297,6 @@ def test_errors_name_the_argument():
         pipeline.init_sg(pipe, jax.random.key(0), batch_size=0)
     with pytest.raises(ValueError, match="method"):
         pipeline.train_pipelined("pipedream", net, np.ones((4, 5)), np.zeros(4, int), steps=1)
-    with pytest.raises(ValueError, match="unknown dataset"):
-        pipeline.load_dataset("cifar")
 
 
 if __name__ == "__main__":
