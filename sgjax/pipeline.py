@@ -767,7 +767,7 @@ class PackedBP(NamedTuple):
 
 class GPipeRunner(NamedTuple):
     """:class:`MeshRunner` of the backprop pipeline, plus ``gradients(packed, xs, ys) ->
-    (per-stage gradients, loss)`` (the same schedule without the update, for tests)."""
+    (per-stage gradients, loss)``: what ``run`` would apply, without applying it."""
 
     mesh: Mesh
     pack: Callable[[BPState], PackedBP]
@@ -871,7 +871,7 @@ def gpipe_on_mesh(
     up = [(s + 1, s) for s in range(n - 1)]
     ticks = M + n - 1
 
-    def device(flat, xs, y_vec, *, update: bool):
+    def device(flat, xs, y_vec):
         flat = {k: v[0] for k, v in flat.items()}  # drop the device axis
         s = lax.axis_index(AXIS)
 
@@ -907,14 +907,13 @@ def gpipe_on_mesh(
             bwd_tick, (acc0, zeros_h, zero, zero), jnp.arange(ticks)
         )
         # Per-example signals: the VJPs summed the loss over the M·B examples.
-        out = jax.tree.map(lambda g: g / (M * B), acc)
-        if update:
-            out = lax.switch(s, update_branches, flat, out)
-        return {k: v[None] for k, v in out.items()}, value[None] / M, correct[None] / M
+        g_flat = jax.tree.map(lambda g: g / (M * B), acc)
+        flat = lax.switch(s, update_branches, flat, g_flat)
+        add = lambda a: a[None]  # noqa: E731 — the device axis of the outputs
+        return jax.tree.map(add, (flat, g_flat, value / M, correct / M))
 
-    specs = ((P(AXIS), P(), P()), (P(AXIS), P(AXIS), P(AXIS)))
-    grads_mapped = _stage_specs(lambda *a: device(*a, update=False), mesh, *specs)
-    step_mapped = _stage_specs(lambda *a: device(*a, update=True), mesh, *specs)
+    spec = P(AXIS)
+    mapped = _stage_specs(device, mesh, (spec, P(), P()), (spec, spec, spec, spec))
 
     def check(xs: Any, ys: Any) -> tuple[jax.Array, jax.Array]:
         xs, ys = jnp.asarray(xs), jnp.asarray(ys)
@@ -929,20 +928,19 @@ def gpipe_on_mesh(
 
     @jax.jit
     def _run(pk: PackedBP, xs, y_vec):
-        flat, value, correct = step_mapped(pk.flat, xs, y_vec)
-        return PackedBP(flat, pk.step + 1), {"loss": value[n - 1], "accuracy": correct[n - 1]}
-
-    @jax.jit
-    def _grads(pk: PackedBP, xs, y_vec):
-        g_flat, value, _ = grads_mapped(pk.flat, xs, y_vec)
-        return g_flat, value[n - 1]
+        # The gradients come out of the same compiled step (a buffer the size of the
+        # parameters), so that `gradients` costs no second compilation.
+        flat, g_flat, value, correct = mapped(pk.flat, xs, y_vec)
+        metrics = {"loss": value[n - 1], "accuracy": correct[n - 1]}
+        return PackedBP(flat, pk.step + 1), metrics, g_flat
 
     def run(pk: PackedBP, xs: Any, ys: Any) -> tuple[PackedBP, dict[str, jax.Array]]:
-        return _run(pk, *check(xs, ys))
+        new, metrics, _ = _run(pk, *check(xs, ys))
+        return new, metrics
 
     def gradients(pk: PackedBP, xs: Any, ys: Any) -> tuple[tuple, jax.Array]:
-        g_flat, value = _grads(pk, *check(xs, ys))
-        return tuple(_get_stages(g_flat, g_layouts)), value
+        _, metrics, g_flat = _run(pk, *check(xs, ys))
+        return tuple(_get_stages(g_flat, g_layouts)), metrics["loss"]
 
     return GPipeRunner(mesh, pack, unpack, run, gradients)
 
@@ -1089,7 +1087,7 @@ def train_pipelined(
         finish = lambda st: gp.unpack(st).params  # noqa: E731
     else:
         rule = rules.backprop() if method == "backprop" else rules.synthetic_gradients(estimator)
-        state = train.init(key, net, rule, opt, sg_opt)
+        state = jax.jit(train.init, static_argnums=(1, 2, 3, 4))(key, net, rule, opt, sg_opt)
         call = _single_device_chunk(net, rule, loss, opt, sg_opt)
         finish = lambda st: st.params  # noqa: E731
 
