@@ -295,9 +295,15 @@ def _stage_vjp(
     return h_out, g_theta, lax.stop_gradient(g_in), value, acc
 
 
-def _stage_specs(fn: Callable, mesh: Mesh, in_specs: tuple, out_specs: tuple) -> Callable:
-    # check_vma=False: the per-device branches of lax.switch mix device-varying and
-    # replicated values in ways the varying-manual-axes check cannot follow.
+def _send(x: Any, pairs: list[tuple[int, int]]) -> Any:
+    """``lax.ppermute`` along the stage axis; with one device there is no one to send to."""
+    return lax.ppermute(x, AXIS, pairs) if pairs else x
+
+
+def _shard_map(fn: Callable, mesh: Mesh, in_specs: tuple, out_specs: tuple) -> Callable:
+    # check_vma=False: the scans start from replicated zeros and some switch branches
+    # return constants, while every tick yields device-varying values; with the check on,
+    # each such value would need a lax.pcast(..., to="varying") to type-check.
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
@@ -694,8 +700,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             out = Message(h_out, msg.y, msg.valid)
             # Both messages leave in the same tick: h_s goes down the pipeline for the
             # next tick, the target for SG_{s-1} goes back up and is used right away.
-            new_inbox = lax.ppermute(out, AXIS, down) if down else out
-            target = lax.ppermute(g_in, AXIS, up) if up else g_in
+            new_inbox, target = _send(out, down), _send(g_in, up)
             flat, sgl = lax.switch(s, sg_branches, flat, prev, target)
             return (flat, new_inbox, out), (loss, acc, msg.valid, sgl)
 
@@ -705,7 +710,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
         return jax.tree.map(add, carry), tick + xs.shape[0], jax.tree.map(add, per_tick)
 
     spec = P(AXIS)
-    mapped = _stage_specs(
+    mapped = _shard_map(
         device, mesh, (spec, spec, spec, P(), P(), P(), P()), ((spec, spec, spec), P(), spec)
     )
 
@@ -883,7 +888,7 @@ def gpipe_on_mesh(
             h_in = jnp.where(s == 0, _pad_h(xs[mc], width), inbox)
             buf = lax.dynamic_update_index_in_dim(buf, jnp.where(valid, h_in, buf[mc]), mc, 0)
             h_out = lax.switch(s, fwd_branches, flat, h_in)
-            return (buf, lax.ppermute(h_out, AXIS, down) if down else h_out), None
+            return (buf, _send(h_out, down)), None
 
         zeros_h = jnp.zeros((B, width), xs.dtype)
         (buf, _), _ = lax.scan(
@@ -899,7 +904,7 @@ def gpipe_on_mesh(
             acc = jax.tree.map(lambda t, g: t + jnp.where(valid, g, 0), acc, g_flat)
             value = value + jnp.where(valid, v, 0.0)
             correct = correct + jnp.where(valid, a, 0.0)
-            return (acc, lax.ppermute(g_in, AXIS, up) if up else g_in, value, correct), None
+            return (acc, _send(g_in, up), value, correct), None
 
         acc0 = {k: jnp.zeros((L,), k) for k, L in g_sizes.items()}
         zero = jnp.zeros((), xs.dtype)
@@ -913,7 +918,7 @@ def gpipe_on_mesh(
         return jax.tree.map(add, (flat, g_flat, value / M, correct / M))
 
     spec = P(AXIS)
-    mapped = _stage_specs(device, mesh, (spec, P(), P()), (spec, spec, spec, spec))
+    mapped = _shard_map(device, mesh, (spec, P(), P()), (spec, spec, spec, spec))
 
     def check(xs: Any, ys: Any) -> tuple[jax.Array, jax.Array]:
         xs, ys = jnp.asarray(xs), jnp.asarray(ys)
