@@ -87,17 +87,35 @@ def _affine(*, use_h: bool, use_y: bool, name: str) -> Estimator:
 
 
 def linear() -> Estimator:
-    """SG(h) = hA + C, not conditioned on the label (plain DNI)."""
+    """SG(h) = hA + C, not conditioned on the label (plain DNI).
+
+    Example:
+        >>> import jax
+        >>> sorted(linear().init(jax.random.key(0), (4,), 3))
+        ['A', 'C']
+    """
     return _affine(use_h=True, use_y=False, name="linear")
 
 
 def conditioned() -> Estimator:
-    """SG(h, y) = hA + yB + C, the label-conditioned linear SG (cDNI; the default)."""
+    """SG(h, y) = hA + yB + C, the label-conditioned linear SG (cDNI; the default).
+
+    Example:
+        >>> import jax
+        >>> sorted(conditioned().init(jax.random.key(0), (4,), 3))
+        ['A', 'B', 'C']
+    """
     return _affine(use_h=True, use_y=True, name="conditioned")
 
 
 def label_only() -> Estimator:
-    """SG(y) = yB + C: a per-label stale gradient model (Fig. 9 e–h ablation)."""
+    """SG(y) = yB + C: a per-label stale gradient model (Fig. 9 e–h ablation).
+
+    Example:
+        >>> import jax
+        >>> sorted(label_only().init(jax.random.key(0), (4,), 3))
+        ['B', 'C']
+    """
     return _affine(use_h=False, use_y=True, name="label_only")
 
 
@@ -107,6 +125,13 @@ def sigmoid_linear(*, use_y: bool = True) -> Estimator:
     Matches log-loss gradients σ(p) − y, which a linear SG cannot represent on separable
     data. ``d`` (the output scale) and ``A``, ``B``, ``C`` start at zero, so the module
     outputs 0 at first; ``d`` receives gradient σ(hA) = ½ immediately and ``A`` follows.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> sg = sigmoid_linear()
+        >>> theta = sg.init(jax.random.key(0), (2,), 2)
+        >>> sg.apply(theta, jnp.ones((1, 2)), jnp.ones((1, 2))).tolist()
+        [[0.0, 0.0]]
     """
 
     def init(key: jax.Array, h_shape: Sequence[int], y_dim: int, dtype=jnp.float32) -> Params:
@@ -139,6 +164,13 @@ def mlp(
     """An MLP on ``[h, y]`` with a zero-initialised linear output (the DNI paper's SG model).
 
     Hidden layers use He-normal weights; only the output layer (weights and bias) is zero.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> sg = mlp((16,))
+        >>> theta = sg.init(jax.random.key(0), (4,), 3)
+        >>> float(jnp.abs(sg.apply(theta, jnp.ones((2, 4)), jnp.ones((2, 3)))).max())
+        0.0
     """
     hidden = tuple(int(w) for w in hidden)
 
@@ -178,7 +210,12 @@ ESTIMATORS: dict[str, Callable[[], Estimator]] = {
 
 
 def get(name: str | Estimator) -> Estimator:
-    """Look an estimator up by name, or pass an :class:`Estimator` through."""
+    """Look an estimator up by name, or pass an :class:`Estimator` through.
+
+    Example:
+        >>> get("conditioned").name
+        'conditioned'
+    """
     if isinstance(name, Estimator):
         return name
     if name not in ESTIMATORS:

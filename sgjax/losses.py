@@ -83,7 +83,12 @@ LOSSES = {"mse": mse, "xent": softmax_cross_entropy, "softmax_cross_entropy": so
 
 
 def get(name: str | Loss) -> Loss:
-    """Look a loss up by name (``"mse"``, ``"xent"``) or pass a :class:`Loss` through."""
+    """Look a loss up by name (``"mse"``, ``"xent"``) or pass a :class:`Loss` through.
+
+    Example:
+        >>> get("xent").name
+        'softmax_cross_entropy'
+    """
     if isinstance(name, Loss):
         return name
     if name not in LOSSES:
@@ -92,6 +97,11 @@ def get(name: str | Loss) -> Loss:
 
 
 def accuracy(p: jax.Array, y: jax.Array) -> jax.Array:
-    """Fraction of rows whose arg-max equals the label (or the target's arg-max)."""
+    """Fraction of rows whose arg-max equals the label (or the target's arg-max).
+
+    Example:
+        >>> float(accuracy(jnp.array([[0.1, 0.9], [0.8, 0.2]]), jnp.array([1, 1])))
+        0.5
+    """
     label = y if jnp.issubdtype(y.dtype, jnp.integer) else jnp.argmax(y, axis=-1)
     return jnp.mean(jnp.argmax(p, axis=-1) == label)

@@ -66,7 +66,14 @@ class Stage(NamedTuple):
 
 
 class Network(NamedTuple):
-    """A sequence of stages; ``p = f_N(...f_1(x))``."""
+    """A sequence of stages; ``p = f_N(...f_1(x))``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = mlp([3, 5, 2])
+        >>> [h.shape for h in net.hidden(net.init(jax.random.key(0)), jnp.ones((4, 3)))]
+        [(4, 3), (4, 5), (4, 2)]
+    """
 
     stages: tuple[Stage, ...]
 
@@ -105,7 +112,13 @@ class Network(NamedTuple):
 
 
 def network(stages: Sequence[Stage]) -> Network:
-    """Build a :class:`Network`, checking that consecutive shapes agree."""
+    """Build a :class:`Network`, checking that consecutive shapes agree.
+
+    Example:
+        >>> net = network([dense(4, 8, "tanh"), dense(8, 2, "identity")])
+        >>> net.depth, net.out_dim
+        (2, 2)
+    """
     stages = tuple(stages)
     if not stages:
         raise ValueError("network: `stages` is empty; a network needs at least one stage")
@@ -119,7 +132,15 @@ def network(stages: Sequence[Stage]) -> Network:
 
 
 def check_input(net: Network, x: Any) -> None:
-    """Raise a clear ``ValueError`` if ``x`` is not a batch of the network's inputs."""
+    """Raise a clear ``ValueError`` if ``x`` is not a batch of the network's inputs.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> check_input(mlp([3, 2]), jnp.zeros((5, 4)))
+        Traceback (most recent call last):
+        ...
+        ValueError: input `x`: expected shape (batch, 3), got (5, 4)
+    """
     shape = tuple(getattr(x, "shape", ()))
     want = tuple(net.in_shape)
     if len(shape) != len(want) + 1 or shape[1:] != want:

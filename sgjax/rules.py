@@ -206,6 +206,16 @@ def backprop() -> UpdateRule:
     """Exact backpropagation: δ̂_i = ∂ℓ/∂h_i.
 
     In the unified view: SG(h) = h, t = −∂ℓ/∂h, L_SG = −⟨t, s⟩ (Table 1, "Bprop").
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from sgjax import nets, losses
+        >>> net = nets.mlp([3, 4, 2]); params = net.init(jax.random.key(0))
+        >>> x, y = jnp.ones((5, 3)), jnp.array([0, 1, 0, 1, 1])
+        >>> out = backprop().gradients((), net, params, x, y, losses.mse)
+        >>> g = jax.grad(lambda p: losses.mse.fn(net.apply(p, x), y))(params)
+        >>> bool(jnp.allclose(out.grads[0]["W"], g[0]["W"], atol=1e-6))
+        True
     """
 
     def init(key: jax.Array, net: Network) -> RuleState:
@@ -275,6 +285,15 @@ def synthetic_gradients(
 
     Each module's loss is ``mean_b ‖t_b − SG(h_b, y_b)‖²``; its gradients come back in
     ``RuleOutput.rule_grads`` for the training step's SG optimiser.
+
+    Example:
+        >>> import jax
+        >>> from sgjax import nets
+        >>> net = nets.mlp([4, 8, 8, 8, 3])  # 4 stages, hidden boundaries 1..3
+        >>> len(synthetic_gradients(at="all").init(jax.random.key(0), net).params)
+        3
+        >>> len(synthetic_gradients(at="middle").init(jax.random.key(0), net).params)
+        1
     """
     estimator = est_lib.get(estimator)
     if targets not in ("bootstrap", "true"):
@@ -381,6 +400,13 @@ def feedback_alignment(B: Sequence[jax.Array] | None = None) -> UpdateRule:
     δ̂_i = (δ̂_{i+1} through stage i+1's activation) · B_i, with B_i of the shape of
     W_{i+1}ᵀ. Drawn with ``init``'s key unless supplied (see the module docstring for the
     shape convention). Needs stages with ``feedback_apply`` (dense stages have it).
+
+    Example:
+        >>> import jax
+        >>> from sgjax import nets
+        >>> net = nets.mlp([4, 8, 6, 3])
+        >>> [m.shape for m in feedback_alignment().init(jax.random.key(0), net).fixed]
+        [(6, 8), (3, 6)]
     """
 
     def shapes(net: Network) -> list[tuple[int, int]]:
@@ -444,6 +470,13 @@ def direct_feedback_alignment(B: Sequence[jax.Array] | None = None) -> UpdateRul
 
     ``B[k]`` has shape ``(width of p, width of h_{k+1})``; drawn with ``init``'s key unless
     supplied. With one hidden layer and ``B[0] = W_outᵀ`` this is exactly backprop.
+
+    Example:
+        >>> import jax
+        >>> from sgjax import nets
+        >>> net = nets.mlp([4, 8, 6, 3])
+        >>> [m.shape for m in direct_feedback_alignment().init(jax.random.key(0), net).fixed]
+        [(3, 8), (3, 6)]
     """
     return _direct("dfa", B, ones=False)
 
@@ -456,6 +489,15 @@ def kickback() -> UpdateRule:
     stages receive no signal at all — only float rounding residue, which an adaptive
     optimiser such as Adam rescales into steps of full size. Use it with MSE or a single
     output.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from sgjax import nets, losses
+        >>> net = nets.mlp([3, 4, 2]); params = net.init(jax.random.key(0))
+        >>> out = kickback().gradients((), net, params, jnp.ones((2, 3)), jnp.zeros((2, 2)),
+        ...                            losses.mse)
+        >>> bool(jnp.all(out.signals[0] == out.signals[0][:, :1]))  # one value per example
+        True
     """
     return _direct("kickback", None, ones=True)
 

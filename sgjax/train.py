@@ -75,6 +75,14 @@ def init(
     """Initialise the network, the rule (SG modules or feedback matrices) and optimisers.
 
     ``sg_optimizer`` defaults to ``optimizer`` (a separate state is kept either way).
+
+    Example:
+        >>> import jax, optax
+        >>> from sgjax import nets, rules
+        >>> s = init(jax.random.key(0), nets.mlp([4, 8, 3]), rules.synthetic_gradients(),
+        ...          optax.adam(1e-3))
+        >>> int(s.step), len(s.params), len(s.rule_state.params)
+        (0, 2, 1)
     """
     k_net, k_rule = jax.random.split(key)
     params = net.init(k_net)
@@ -167,7 +175,14 @@ def make_step(
 
 
 def check_labels(y: Any, num_classes: int, *, name: str = "y") -> None:
-    """Raise ``ValueError`` if integer labels fall outside ``[0, num_classes)``."""
+    """Raise ``ValueError`` if integer labels fall outside ``[0, num_classes)``.
+
+    Example:
+        >>> check_labels(np.array([0, 3]), 3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: labels `y`: expected integers in [0, 3) ... got values such as 3 (range 0..3)
+    """
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer):
         return
@@ -232,6 +247,12 @@ def batches(
 
     ``start`` skips that many batches, so that a resumed run sees exactly the batches an
     uninterrupted run would have seen.
+
+    Example:
+        >>> x, y = np.arange(10.0)[:, None], np.arange(10)
+        >>> xb, yb = next(batches(x, y, 4, seed=0))
+        >>> xb.shape, yb.shape
+        ((4, 1), (4,))
     """
     n = len(x)
     if not 1 <= batch_size <= n:
@@ -269,6 +290,16 @@ def fit(
     :class:`NonFiniteLossError` at the first non-finite step. ``log_every = k > 0`` keeps
     the metrics of every k-th step (and the last). ``seed`` orders the batches. This is
     :func:`sgjax.runner.run_training` without checkpoints; use that for long runs.
+
+    Example:
+        >>> import jax, optax
+        >>> from sgjax import data, nets, rules
+        >>> ds = data.digits()
+        >>> state, hist = fit(nets.mlp([64, 32, 10]), rules.backprop(), "xent",
+        ...                   optax.adam(1e-2), ds.x_train, ds.y_train, steps=20,
+        ...                   batch_size=32, key=jax.random.key(0), log_every=10)
+        >>> int(state.step), [h["step"] for h in hist]
+        (20, [10, 20])
     """
     from sgjax.runner import run_training  # the one training loop, with checkpointing
 
