@@ -1,8 +1,9 @@
 """The README's quick example runs as printed and trains a network that works.
 
 The code is read from the first ```python block under the "Quick example" heading of
-``README.md``, so the test follows the text whenever it is edited. The example must reach ≥ 0.9 test accuracy on the
-digits (it measured 0.969 with synthetic gradients when this test was written).
+``README.md``, so the test follows the text whenever it is edited. The example must reach
+≥ 0.9 test accuracy on the digits (it measured 0.969 with synthetic gradients when this
+test was written).
 """
 
 from __future__ import annotations
