@@ -348,23 +348,38 @@ def _own_theorem1_run(key: jax.Array, d: int, S: int, steps: int) -> jax.Array:
     return jnp.linalg.norm(W - W_ols)
 
 
-def _theory_claim(steps: int) -> tuple[str, Callable[[jax.Array], jax.Array]]:
-    """The per-instance check to sweep: theory's own Theorem 1 run if importable."""
+def _theory_claim(steps: int, n: int) -> tuple[str, Callable[[Any], jax.Array], Any]:
+    """The per-instance check to sweep and ``n`` instances of its input (leading axis):
+    theory's own Theorem 1 run when importable, else the bench's copy."""
     try:
         from theory import theorem1  # the claim package may be absent from this install
 
-        run_one = theorem1._line_search_run
+        run_one = theorem1._line_search_one
+        Xb, y = theorem1.instances_np(jax.random.key(0), n, 5, 50)
         omega0 = jnp.array([-1.0, -1.0, 0.0])
-        jax.eval_shape(lambda k: run_one(k, 5, 50, 2, False, omega0), jax.random.key(0))
+
+        def check(inputs: Any) -> jax.Array:
+            return run_one(
+                inputs[0],
+                inputs[1],
+                omega0,
+                jnp.asarray(steps),
+                jnp.asarray(0.0),
+                jnp.asarray(False),
+            )
+
+        jax.eval_shape(check, (Xb[0], y[0]))
     except (ImportError, AttributeError, TypeError):
         return (
             f"Theorem 1 linear-SG regression, {steps} steps (bench's own copy: the theory "
             "package is not importable)",
             lambda k: _own_theorem1_run(k, 5, 50, steps),
+            jax.random.split(jax.random.key(0), n),
         )
     return (
         f"theory.theorem1 line-search run (d=5, S=50, {steps} steps): the thm1 claim check",
-        lambda k: run_one(k, 5, 50, steps, False, omega0),
+        check,
+        (jnp.asarray(Xb), jnp.asarray(y)),
     )
 
 
@@ -380,17 +395,17 @@ def bench_theory(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dic
     """
     n, steps = cfg["theory_instances"], cfg["theory_steps"]
     with jax.enable_x64(True):  # the claims are checked in float64
-        name, check = _theory_claim(steps)
-        keys = jax.random.split(jax.random.key(0), n)
+        name, check, inputs = _theory_claim(steps, n)
+        each = [jax.tree.map(lambda a, i=i: a[i], inputs) for i in range(n)]
         one = jax.jit(check)
         many = jax.jit(jax.vmap(check))
-        jax.block_until_ready((one(keys[0]), many(keys)))  # compile both
+        jax.block_until_ready((one(each[0]), many(inputs)))  # compile both
         t0 = time.perf_counter()
-        loop_out = jnp.stack([one(k) for k in keys])
+        loop_out = jnp.stack([one(item) for item in each])
         jax.block_until_ready(loop_out)
         t_loop = time.perf_counter() - t0
         t0 = time.perf_counter()
-        vm_out = jax.block_until_ready(many(keys))
+        vm_out = jax.block_until_ready(many(inputs))
         t_vmap = time.perf_counter() - t0
         # Batched kernels may sum in another order: compare relative to the values' scale.
         scale = float(jnp.max(jnp.abs(jnp.nan_to_num(loop_out))))
