@@ -236,11 +236,11 @@ def _after(y_vec: jax.Array, h: jax.Array) -> jax.Array:
 
     An SG module's label term ``y B`` needs only the labels, so XLA's CPU scheduler
     computes it for every module at the start of the step and keeps N activation-sized
-    results alive to the end (an optimisation barrier does not survive XLA's CPU
-    pipeline). Tied to h_b, it is computed when stage b has run and dies with it, which
+    results alive to the end (``jax.lax.optimization_barrier`` did not stop it on CPU).
+    Tied to h_b, it is computed when stage b has run and dies with it, which
     is what lets SG free activations early. ``0 · x`` is not folded for floats (it is
     NaN for non-finite x), so the values are unchanged wherever h is finite; where it is
-    not, the module's output was non-finite already.
+    not, a module that reads h (``hA + yB + C``) had a non-finite output already.
     """
     tie = jax.lax.stop_gradient(h.reshape(h.shape[0], -1)[:, :1]) * 0
     return y_vec + tie.astype(y_vec.dtype).reshape((h.shape[0],) + (1,) * (y_vec.ndim - 1))
@@ -346,7 +346,9 @@ def synthetic_gradients(
                 return g, None
             theta = state.params[slot[b]]
             t = jax.lax.stop_gradient(g_true if targets == "true" else g)
-            y_b = _after(y_vec, h)
+            # Only for modules that read h: there a non-finite h_b makes the output
+            # non-finite anyway, so the tie changes no value (see _after).
+            y_b = _after(y_vec, h) if estimator.uses_h and estimator.uses_y else y_vec
 
             def module(th, hh):
                 return estimator.apply(th, hh, y_b)
