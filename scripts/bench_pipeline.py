@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from sgjax import nets, pipeline
+    from sgjax import data, nets, pipeline
 
     print(f"{len(jax.devices())} {jax.devices()[0].platform} devices on {os.cpu_count()} cores")
     rows = [
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_accuracy:
         n = args.accuracy_devices
-        ds = pipeline.load_dataset("mnist", args.data_dir)
+        ds = data.load("mnist", data_dir=args.data_dir)
         net = nets.mlp([784, *([256] * (n - 1)), 10])
         common = dict(batch_size=B, x_test=ds.x_test, y_test=ds.y_test, chunk=50)
         runs = {}

@@ -77,8 +77,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -91,10 +92,13 @@ from jax.sharding import PartitionSpec as P
 
 from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
+from sgjax import rules, train
 from sgjax.nets import Network
 
 AXIS = "stage"
 Params = Any
+#: a flat stage state: dtype name -> vector (a jax.Array on devices, numpy on the host)
+Flat = Mapping[str, Any]
 
 
 # --------------------------------------------------------------------------------------
@@ -112,8 +116,7 @@ def make_mesh(n_devices: int, devices: Sequence[Any] | None = None) -> Mesh:
         >>> dict(make_mesh(1).shape)
         {'stage': 1}
     """
-    if not isinstance(n_devices, int) or isinstance(n_devices, bool) or n_devices < 1:
-        raise ValueError(f"make_mesh: `n_devices` must be an int ≥ 1, got {n_devices!r}")
+    _check_count("make_mesh", "n_devices", n_devices)
     devices = list(jax.devices() if devices is None else devices)
     if len(devices) < n_devices:
         raise ValueError(
@@ -127,6 +130,11 @@ def make_mesh(n_devices: int, devices: Sequence[Any] | None = None) -> Mesh:
         axis_types=(jax.sharding.AxisType.Auto,),
         devices=devices[:n_devices],
     )
+
+
+def _check_count(fn: str, arg: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{fn}: `{arg}` must be an int ≥ 1, got {value!r}")
 
 
 def _check_mesh(net: Network, mesh: Mesh) -> int:
@@ -151,71 +159,92 @@ def _check_mesh(net: Network, mesh: Mesh) -> int:
 
 class _Layout(NamedTuple):
     treedef: Any
-    shapes: tuple
-    dtypes: tuple  # dtype name of each leaf
-    offsets: tuple  # offset of each leaf inside its dtype's vector
-    totals: dict  # dtype name -> length used
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]  # dtype name of each leaf
+    offsets: tuple[int, ...]  # offset of each leaf inside its dtype's vector
+    totals: dict[str, int]  # dtype name -> length used
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def _layout(tree: Any) -> _Layout:
     leaves, treedef = jax.tree.flatten(tree)
-    shapes, dtypes, offsets, totals = [], [], [], {}
+    shapes, dtypes, offsets = [], [], []
+    totals: dict[str, int] = {}
     for leaf in leaves:
         dt = jnp.dtype(leaf.dtype).name
         shapes.append(tuple(leaf.shape))
         dtypes.append(dt)
         offsets.append(totals.get(dt, 0))
-        totals[dt] = totals.get(dt, 0) + int(np.prod(leaf.shape, dtype=np.int64))
+        totals[dt] = totals.get(dt, 0) + _size(leaf.shape)
     return _Layout(treedef, tuple(shapes), tuple(dtypes), tuple(offsets), totals)
 
 
 def _sizes(layouts: Sequence[_Layout]) -> dict[str, int]:
+    """Length of each dtype's vector: the longest stage's (at least 1)."""
     keys = sorted({k for lay in layouts for k in lay.totals})
     return {k: max(1, *(lay.totals.get(k, 0) for lay in layouts)) for k in keys}
 
 
-def _pack(tree: Any, lay: _Layout, sizes: dict[str, int], xp: Any = jnp) -> dict[str, Any]:
+def _pack(tree: Any, lay: _Layout, sizes: Mapping[str, int], xp: Any = jnp) -> dict[str, Any]:
     # xp = numpy packs on the host (no per-leaf device dispatch), jnp inside jitted code.
     parts: dict[str, list] = {k: [] for k in sizes}
     for leaf, dt in zip(jax.tree.leaves(tree), lay.dtypes):
         parts[dt].append(xp.ravel(xp.asarray(leaf)).astype(dt))
     out = {}
     for k, n in sizes.items():
-        used = lay.totals.get(k, 0)
         vec = xp.concatenate(parts[k]) if parts[k] else xp.zeros((0,), k)
-        out[k] = xp.pad(vec, (0, n - used))
+        out[k] = xp.pad(vec, (0, n - lay.totals.get(k, 0)))
     return out
 
 
-def _write(flat: dict[str, jax.Array], leaves: Sequence[jax.Array], lay: _Layout, start: int):
+def _write(flat: Flat, leaves: Sequence[jax.Array], lay: _Layout, start: int) -> dict[str, Any]:
     """Write ``leaves`` (leaf ``start`` onwards of ``lay``) into ``flat`` in place.
 
     Cheaper than re-packing inside a stage's branch: only the leaves that changed are
     written (XLA updates the buffer in place) instead of a fresh concatenation of the
     whole stage state every tick.
     """
-    flat = dict(flat)
+    out = dict(flat)
     for i, leaf in enumerate(leaves, start):
         dt, off = lay.dtypes[i], lay.offsets[i]
-        flat[dt] = lax.dynamic_update_slice(flat[dt], jnp.ravel(leaf).astype(dt), (off,))
-    return flat
+        out[dt] = lax.dynamic_update_slice(out[dt], jnp.ravel(leaf).astype(dt), (off,))
+    return out
 
 
-def _unpack(flat: dict[str, jax.Array], lay: _Layout) -> Any:
-    leaves = []
-    for shape, dt, off in zip(lay.shapes, lay.dtypes, lay.offsets):
-        n = int(np.prod(shape, dtype=np.int64))
-        # Plain slicing: static under jit, and host-side numpy when unpacking results.
-        leaves.append(flat[dt][off : off + n].reshape(shape))
+def _unpack(flat: Flat, lay: _Layout) -> Any:
+    # Plain slicing: static under jit, and host-side numpy when unpacking results.
+    leaves = [
+        flat[dt][off : off + _size(shape)].reshape(shape)
+        for shape, dt, off in zip(lay.shapes, lay.dtypes, lay.offsets)
+    ]
     return jax.tree.unflatten(lay.treedef, leaves)
 
 
-def _host_unpack(flat: dict[str, np.ndarray], lay: _Layout) -> Any:
-    return jax.tree.map(jnp.asarray, _unpack(flat, lay))
+def _put(x: Any, mesh: Mesh, spec: P) -> jax.Array:
+    # make_array_from_callback builds a global array from host data, so the same call works
+    # when the mesh spans several processes (each passes the same host data).
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda i: x[i])
 
 
-def _size(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+def _put_stages(
+    trees: Sequence[Any], layouts: Sequence[_Layout], sizes: Mapping[str, int], mesh: Mesh
+) -> dict[str, jax.Array]:
+    """Per-stage trees -> per dtype one ``(N, L)`` array, row s on device s."""
+    flats = [_pack(t, lay, sizes, np) for t, lay in zip(jax.device_get(trees), layouts)]
+    return {k: _put(np.stack([f[k] for f in flats]), mesh, P(AXIS)) for k in sizes}
+
+
+def _get_stages(flat: Flat, layouts: Sequence[_Layout]) -> list[Any]:
+    """The inverse of :func:`_put_stages`: the per-stage trees, as jax arrays."""
+    host = {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
+    return [
+        jax.tree.map(jnp.asarray, _unpack({k: v[s] for k, v in host.items()}, lay))
+        for s, lay in enumerate(layouts)
+    ]
 
 
 def _pad_h(h: jax.Array, width: int) -> jax.Array:
@@ -228,18 +257,54 @@ def _crop_h(h: jax.Array, shape: Sequence[int]) -> jax.Array:
 
 
 def _where(c: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree.map(lambda n, o: jnp.where(c, n, o), new, old)
-
-
-def _put(x: Any, mesh: Mesh, spec: P) -> jax.Array:
-    # make_array_from_callback builds a global array from host data, so the same call works
-    # when the mesh spans several processes (each passes the same host data).
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda i: x[i])
+    return jax.tree.map(lambda a, b: jnp.where(c, a, b), new, old)
 
 
 def _width(net: Network) -> int:
     return max(_size(net.in_shape), *(_size(s.out_shape) for s in net.stages))
+
+
+def _in_shape(net: Network, s: int) -> tuple[int, ...]:
+    return tuple(net.in_shape if s == 0 else net.stages[s - 1].out_shape)
+
+
+def _stage_vjp(
+    net: Network,
+    loss: loss_lib.Loss,
+    s: int,
+    theta: Params,
+    h: jax.Array,
+    y: jax.Array,
+    signal: Callable[[jax.Array], jax.Array],
+) -> tuple[jax.Array, Params, jax.Array, jax.Array, jax.Array]:
+    """Stage s's forward and the VJP of its error signal, shared by both pipelines.
+
+    The signal is the true per-example ∂ℓ/∂p on the last stage and ``signal(h_out)``
+    elsewhere. Returns ``h_out``, the parameter gradient *of the summed loss* (signals
+    are per example), the input gradient, and the loss and accuracy (zero but on the
+    last stage).
+    """
+    h_out, vjp = jax.vjp(net.stages[s].apply, theta, h)
+    if s == net.depth - 1:
+        delta = loss.output_grad(h_out, y)
+        value, acc = loss.fn(h_out, y), loss_lib.accuracy(h_out, y)
+    else:
+        delta = signal(h_out)
+        value = acc = jnp.zeros((), h_out.dtype)
+    g_theta, g_in = vjp(lax.stop_gradient(delta).astype(h_out.dtype))
+    return h_out, g_theta, lax.stop_gradient(g_in), value, acc
+
+
+def _send(x: Any, pairs: list[tuple[int, int]]) -> Any:
+    """``lax.ppermute`` along the stage axis; with one device there is no one to send to."""
+    return lax.ppermute(x, AXIS, pairs) if pairs else x
+
+
+def _shard_map(fn: Callable, mesh: Mesh, in_specs: tuple, out_specs: tuple) -> Callable:
+    # check_vma=False: the scans start from replicated zeros and some switch branches
+    # return constants, while every tick yields device-varying values; with the check on,
+    # each such value would need a lax.pcast(..., to="varying") to type-check.
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -311,7 +376,7 @@ class SGState(NamedTuple):
     opt_state: tuple
     sg_params: tuple
     sg_opt_state: tuple
-    outbox: tuple
+    outbox: tuple[Message, ...]
     tick: jax.Array
 
 
@@ -325,8 +390,7 @@ def init_sg(pipe: SGPipeline, key: jax.Array, *, batch_size: int) -> SGState:
         >>> len(s.params), len(s.sg_params), s.outbox[0].h.shape
         (2, 1, (3, 8))
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"init_sg: `batch_size` must be an int ≥ 1, got {batch_size!r}")
+    _check_count("init_sg", "batch_size", batch_size)
     # One compiled call instead of dozens of eager ops.
     return jax.jit(_init_sg, static_argnums=(0, 2))(pipe, key, batch_size)
 
@@ -336,10 +400,10 @@ def _init_sg(pipe: SGPipeline, key: jax.Array, batch_size: int) -> SGState:
     k_net, k_sg = jax.random.split(key)
     params = net.init(k_net)
     dtype = jnp.result_type(*jax.tree.leaves(params))
+    hidden = range(net.depth - 1)  # the stages with an SG module at their output
     keys = jax.random.split(k_sg, max(net.depth - 1, 1))
     sg_params = tuple(
-        pipe.estimator.init(keys[s], net.stages[s].out_shape, net.out_dim, dtype)
-        for s in range(net.depth - 1)
+        pipe.estimator.init(keys[s], net.stages[s].out_shape, net.out_dim, dtype) for s in hidden
     )
     outbox = tuple(
         Message(
@@ -347,7 +411,7 @@ def _init_sg(pipe: SGPipeline, key: jax.Array, batch_size: int) -> SGState:
             jnp.zeros((batch_size, net.out_dim), dtype),
             jnp.zeros((), bool),
         )
-        for s in range(net.depth - 1)
+        for s in hidden
     )
     return SGState(
         params=params,
@@ -359,50 +423,42 @@ def _init_sg(pipe: SGPipeline, key: jax.Array, batch_size: int) -> SGState:
     )
 
 
-def _stage_update(pipe: SGPipeline, s: int, theta, opt, phi, msg: Message):
+def _stage_update(
+    pipe: SGPipeline, s: int, theta: Params, opt: Any, phi: Params, msg: Message
+) -> tuple[Params, Any, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Steps 2–4 of a tick on stage s: forward, signal, immediate update of θ_s."""
-    net = pipe.net
-    last = s == net.depth - 1
-    h_out, vjp = jax.vjp(net.stages[s].apply, theta, msg.h)
-    if last:
-        delta = pipe.loss.output_grad(h_out, msg.y)  # the true per-example ∂ℓ/∂p
-        loss = pipe.loss.fn(h_out, msg.y)
-        acc = loss_lib.accuracy(h_out, msg.y)
-    else:
-        delta = pipe.estimator.apply(phi, h_out, msg.y)
-        loss = acc = jnp.zeros((), h_out.dtype)
-    g_theta, g_in = vjp(lax.stop_gradient(delta).astype(h_out.dtype))
-    batch = msg.h.shape[0]
-    # Signals are per example, so the VJP is the gradient of the summed loss.
-    g_theta = jax.tree.map(lambda g: g / batch, g_theta)
+    h_out, g_theta, g_in, loss, acc = _stage_vjp(
+        pipe.net, pipe.loss, s, theta, msg.h, msg.y, lambda h: pipe.estimator.apply(phi, h, msg.y)
+    )
+    g_theta = jax.tree.map(lambda g: g / msg.h.shape[0], g_theta)  # batch-mean loss
     updates, new_opt = pipe.optimizer.update(g_theta, opt, theta)
-    new_theta = optax.apply_updates(theta, updates)
-    theta, opt = _where(msg.valid, (new_theta, new_opt), (theta, opt))
-    return theta, opt, h_out, lax.stop_gradient(g_in), loss, acc
+    theta, opt = _where(msg.valid, (optax.apply_updates(theta, updates), new_opt), (theta, opt))
+    return theta, opt, h_out, g_in, loss, acc
 
 
-def _sg_update(pipe: SGPipeline, phi, sg_opt, prev: Message, target: jax.Array):
+def _sg_update(
+    pipe: SGPipeline, phi: Params, sg_opt: Any, prev: Message, target: jax.Array
+) -> tuple[Params, Any, jax.Array]:
     """Step 6: regress SG_s at last tick's (h, y) onto the target stage s+1 returned."""
     t = lax.stop_gradient(target)
 
-    def sg_loss(ph):
+    def sg_loss(ph: Params) -> jax.Array:
         r = pipe.estimator.apply(ph, prev.h, prev.y) - t
         return jnp.mean(jnp.sum(jnp.square(r).reshape(r.shape[0], -1), axis=-1))
 
     value, g = jax.value_and_grad(sg_loss)(phi)
     updates, new_opt = pipe.sg_optimizer.update(g, sg_opt, phi)
-    new_phi = optax.apply_updates(phi, updates)
-    phi, sg_opt = _where(prev.valid, (new_phi, new_opt), (phi, sg_opt))
+    phi, sg_opt = _where(prev.valid, (optax.apply_updates(phi, updates), new_opt), (phi, sg_opt))
     return phi, sg_opt, jnp.where(prev.valid, value, 0.0)
 
 
-def _check_stream(pipe: SGPipeline, state: SGState, xs, ys, valid):
-    net = pipe.net
-    xs = jnp.asarray(xs)
-    ys = jnp.asarray(ys)
-    batch = state.outbox[0].h.shape[0] if state.outbox else None
-    want = (batch, *net.in_shape) if batch else None
-    if xs.ndim != len(net.in_shape) + 2 or (want and tuple(xs.shape[1:]) != want):
+def _check_stream(
+    net: Network, batch: int | None, xs: Any, ys: Any, valid: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Validate a stream of micro-batches; returns ``xs``, one-hot ``ys`` and ``valid``."""
+    xs, ys = jnp.asarray(xs), jnp.asarray(ys)
+    want = (batch, *net.in_shape) if batch is not None else None
+    if xs.ndim != len(net.in_shape) + 2 or (want is not None and tuple(xs.shape[1:]) != want):
         raise ValueError(
             f"pipeline: `xs` must be a stack of micro-batches of shape (ticks, "
             f"{batch or 'batch'}, {', '.join(map(str, net.in_shape))}), got {tuple(xs.shape)}"
@@ -440,21 +496,21 @@ def sg_reference(
         the last stage finished (``done`` says whether it finished one) and ``sg_loss``
         of shape ``(ticks, N−1)``.
     """
-    xs, y_vec, valid = _check_stream(pipe, state, xs, ys, valid)
+    batch = state.outbox[0].h.shape[0] if state.outbox else None
+    xs, y_vec, valid = _check_stream(pipe.net, batch, xs, ys, valid)
     n = pipe.net.depth
 
-    def tick(st: SGState, inp):
-        x, y, v = inp
-        inbox = [Message(x, y, v), *st.outbox]
-        params, opt, outs, targets = list(st.params), list(st.opt_state), [], [None] * n
-        loss = acc = None
+    def tick(st: SGState, inp: tuple[jax.Array, jax.Array, jax.Array]):
+        inbox = [Message(*inp), *st.outbox]
+        params, opt = list(st.params), list(st.opt_state)
+        outs, targets = [], []  # targets[s]: stage s's input gradient, the target of SG_{s-1}
         for s in range(n):
-            phi = st.sg_params[s] if s < n - 1 else None
+            phi = st.sg_params[s] if s < n - 1 else ()
             params[s], opt[s], h_out, g_in, loss, acc = _stage_update(
                 pipe, s, params[s], opt[s], phi, inbox[s]
             )
             outs.append(Message(h_out, inbox[s].y, inbox[s].valid))
-            targets[s] = g_in  # target for SG_{s-1}
+            targets.append(g_in)
         sg_params, sg_opt, sg_losses = list(st.sg_params), list(st.sg_opt_state), []
         for s in range(n - 1):
             sg_params[s], sg_opt[s], sgl = _sg_update(
@@ -462,26 +518,28 @@ def sg_reference(
             )
             sg_losses.append(sgl)
         new = SGState(
-            tuple(params),
-            tuple(opt),
-            tuple(sg_params),
-            tuple(sg_opt),
-            tuple(outs[: n - 1]),
+            tuple(params), tuple(opt), tuple(sg_params), tuple(sg_opt), tuple(outs[:-1]),
             st.tick + 1,
-        )
-        done = inbox[n - 1].valid
+        )  # fmt: skip
+        done = inbox[-1].valid
         metrics = {
-            "loss": jnp.where(done, loss, 0.0),
+            "loss": jnp.where(done, loss, 0.0),  # of the last stage
             "accuracy": jnp.where(done, acc, 0.0),
             "done": done,
-            "sg_loss": jnp.stack(sg_losses) if sg_losses else jnp.zeros((0,), x.dtype),
+            "sg_loss": jnp.stack(sg_losses) if sg_losses else jnp.zeros((0,), xs.dtype),
         }
         return new, metrics
 
     return lax.scan(tick, state, (xs, y_vec, valid))
 
 
-def flush(run: Callable, state: Any, n_stages: int, example_x: jax.Array, example_y: jax.Array):
+def flush(
+    run: Callable[..., tuple[Any, dict[str, jax.Array]]],
+    state: Any,
+    n_stages: int,
+    example_x: jax.Array,
+    example_y: jax.Array,
+) -> tuple[Any, dict[str, jax.Array]]:
     """Feed ``n_stages − 1`` empty ticks so every micro-batch in flight finishes.
 
     ``run`` is :func:`sg_reference` bound to its pipeline, or a mesh runner's ``run``;
@@ -509,21 +567,23 @@ def flush(run: Callable, state: Any, n_stages: int, example_x: jax.Array, exampl
 # The SG pipeline on a mesh.
 
 
+class PackedSG(NamedTuple):
+    """The SG pipeline's state on the mesh: row s of every array lives on device s."""
+
+    flat: dict[str, jax.Array]  # dtype -> (N, L): (θ_s, opt_s, φ_s, sg_opt_s) of device s
+    inbox: Message  # (N, B, width) etc.: what device s consumes next tick
+    prev: Message  # (N, B, width) etc.: device s's own output of the last tick
+    tick: jax.Array
+
+
 class MeshRunner(NamedTuple):
-    """A pipeline bound to a mesh: ``pack``/``unpack`` convert between the per-stage
+    """The SG pipeline bound to a mesh: ``pack``/``unpack`` convert between the per-stage
     state and the device-stacked, padded one that ``run`` (jitted) advances."""
 
     mesh: Mesh
-    pack: Callable[[Any], Any]
-    unpack: Callable[[Any], Any]
-    run: Callable[..., tuple[Any, dict[str, jax.Array]]]
-
-
-class PackedSG(NamedTuple):
-    flat: dict  # dtype -> (N, L): (θ_s, opt_s, φ_s, sg_opt_s) of device s
-    inbox: Message  # (N, B, D) etc.: what device s consumes next tick
-    prev: Message  # (N, B, D) etc.: device s's own output of the last tick
-    tick: jax.Array
+    pack: Callable[[SGState], PackedSG]
+    unpack: Callable[[PackedSG], SGState]
+    run: Callable[..., tuple[PackedSG, dict[str, jax.Array]]]
 
 
 def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
@@ -543,11 +603,11 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     """
     net = pipe.net
     n = _check_mesh(net, mesh)
-    width = _width(net)
-    c = net.out_dim
-    dummy = jax.eval_shape(lambda: init_sg(pipe, jax.random.key(0), batch_size=batch_size))
+    _check_count("sg_on_mesh", "batch_size", batch_size)
+    width, c, B = _width(net), net.out_dim, batch_size
+    dummy = jax.eval_shape(lambda: init_sg(pipe, jax.random.key(0), batch_size=B))
 
-    def stage_tree(st: SGState, s: int):
+    def stage_tree(st: SGState, s: int) -> tuple:
         if s < n - 1:
             return (st.params[s], st.opt_state[s], st.sg_params[s], st.sg_opt_state[s])
         return (st.params[s], st.opt_state[s], (), ())
@@ -557,77 +617,59 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
 
     def pack(st: SGState) -> PackedSG:
         st = jax.device_get(st)
-        flats = [_pack(stage_tree(st, s), layouts[s], sizes, np) for s in range(n)]
-        flat = {k: np.stack([np.asarray(f[k]) for f in flats]) for k in sizes}
-        zero = Message(
-            np.zeros((batch_size, width), np.float32), np.zeros((batch_size, c), np.float32), 0.0
-        )
+        # prev[s] is stage s's last output (none for the last stage); inbox[s] = prev[s−1].
+        h = np.zeros((n, B, width), np.float32)
+        y = np.zeros((n, B, c), np.float32)
+        v = np.zeros(n, np.float32)
+        for s, m in enumerate(st.outbox):
+            out = np.asarray(m.h, np.float32).reshape(B, -1)
+            h[s, :, : out.shape[1]], y[s], v[s] = out, m.y, m.valid
+        shift = lambda a: np.concatenate([np.zeros_like(a[:1]), a[:-1]])  # noqa: E731
 
-        def padded(m: Message) -> Message:
-            h = np.asarray(m.h, np.float32).reshape(batch_size, -1)
-            h = np.pad(h, ((0, 0), (0, width - h.shape[1])))
-            return Message(h, np.asarray(m.y, np.float32), float(m.valid))
+        def put(arrays: tuple[np.ndarray, ...]) -> Message:
+            return Message(*(_put(a, mesh, P(AXIS)) for a in arrays))
 
-        outs = [padded(m) for m in st.outbox]
-        prev = [*outs, zero]
-        inbox = [zero, *outs]
-
-        def stack(ms: list[Message]) -> Message:
-            return Message(
-                np.stack([m.h for m in ms]),
-                np.stack([m.y for m in ms]),
-                np.asarray([m.valid for m in ms], np.float32),
-            )
-
-        spec = P(AXIS)
         return PackedSG(
-            {k: _put(v, mesh, spec) for k, v in flat.items()},
-            jax.tree.map(lambda a: _put(a, mesh, spec), stack(inbox)),
-            jax.tree.map(lambda a: _put(a, mesh, spec), stack(prev)),
-            _put(np.asarray(st.tick), mesh, P()),
+            _put_stages([stage_tree(st, s) for s in range(n)], layouts, sizes, mesh),
+            put((shift(h), shift(y), shift(v))),
+            put((h, y, v)),
+            _put(st.tick, mesh, P()),
         )
 
     def unpack(pk: PackedSG) -> SGState:
-        flat = {k: np.asarray(jax.device_get(v)) for k, v in pk.flat.items()}
-        trees = [_host_unpack({k: v[s] for k, v in flat.items()}, layouts[s]) for s in range(n)]
-        prev_h = np.asarray(jax.device_get(pk.prev.h))
-        prev_y = np.asarray(jax.device_get(pk.prev.y))
-        prev_v = np.asarray(jax.device_get(pk.prev.valid))
+        trees = _get_stages(pk.flat, layouts)
+        h, y, v = (np.asarray(jax.device_get(a)) for a in pk.prev)
         outbox = tuple(
             Message(
-                jnp.asarray(_crop_h(prev_h[s], net.stages[s].out_shape)),
-                jnp.asarray(prev_y[s]),
-                jnp.asarray(prev_v[s] > 0.5),
+                jnp.asarray(_crop_h(h[s], net.stages[s].out_shape)),
+                jnp.asarray(y[s]),
+                jnp.asarray(v[s] > 0.5),
             )
             for s in range(n - 1)
         )
         return SGState(
             tuple(t[0] for t in trees),
             tuple(t[1] for t in trees),
-            tuple(trees[s][2] for s in range(n - 1)),
-            tuple(trees[s][3] for s in range(n - 1)),
+            tuple(t[2] for t in trees[:-1]),
+            tuple(t[3] for t in trees[:-1]),
             outbox,
             jnp.asarray(jax.device_get(pk.tick)),
         )
 
-    def forward_branch(s: int):
-        def branch(flat, msg: Message):
+    def forward_branch(s: int) -> Callable:
+        def branch(flat: Flat, msg: Message):
             theta, opt, phi, _ = _unpack(flat, layouts[s])
-            inp = Message(
-                _crop_h(msg.h, net.in_shape if s == 0 else net.stages[s - 1].out_shape),
-                msg.y,
-                msg.valid > 0.5,
-            )
+            inp = Message(_crop_h(msg.h, _in_shape(net, s)), msg.y, msg.valid > 0.5)
             theta, opt, h_out, g_in, loss, acc = _stage_update(pipe, s, theta, opt, phi, inp)
             flat = _write(flat, jax.tree.leaves((theta, opt)), layouts[s], 0)
             return flat, _pad_h(h_out, width), _pad_h(g_in, width), loss, acc
 
         return branch
 
-    def sg_branch(s: int):
-        def branch(flat, prev: Message, target):
+    def sg_branch(s: int) -> Callable:
+        def branch(flat: Flat, prev: Message, target: jax.Array):
             if s == n - 1:  # the last stage has the true gradient, no module to train
-                return flat, jnp.zeros((), jnp.float32)
+                return dict(flat), jnp.zeros((), jnp.float32)
             theta, opt, phi, sg_opt = _unpack(flat, layouts[s])
             shape = net.stages[s].out_shape
             msg = Message(_crop_h(prev.h, shape), prev.y, prev.valid > 0.5)
@@ -643,15 +685,12 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     up = [(s + 1, s) for s in range(n - 1)]
 
     def device(flat, inbox, prev, tick, xs, ys, valid):
-        flat = {k: v[0] for k, v in flat.items()}
-        inbox = jax.tree.map(lambda a: a[0], inbox)
-        prev = jax.tree.map(lambda a: a[0], prev)
         s = lax.axis_index(AXIS)
+        first = s == 0
 
         def one_tick(carry, inp):
             flat, inbox, prev = carry
             x, y, v = inp
-            first = s == 0
             msg = Message(
                 jnp.where(first, _pad_h(x, width), inbox.h),
                 jnp.where(first, y, inbox.y),
@@ -661,52 +700,36 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             out = Message(h_out, msg.y, msg.valid)
             # Both messages leave in the same tick: h_s goes down the pipeline for the
             # next tick, the target for SG_{s-1} goes back up and is used right away.
-            new_inbox = lax.ppermute(out, AXIS, down) if down else out
-            target = lax.ppermute(g_in, AXIS, up) if up else g_in
+            new_inbox, target = _send(out, down), _send(g_in, up)
             flat, sgl = lax.switch(s, sg_branches, flat, prev, target)
-            metrics = (loss, acc, msg.valid, sgl)
-            return (flat, new_inbox, out), metrics
+            return (flat, new_inbox, out), (loss, acc, msg.valid, sgl)
 
-        (flat, inbox, prev), (loss, acc, done, sgl) = lax.scan(
-            one_tick, (flat, inbox, prev), (xs, ys, valid)
-        )
+        carry = jax.tree.map(lambda a: a[0], (flat, inbox, prev))  # drop the device axis
+        carry, per_tick = lax.scan(one_tick, carry, (xs, ys, valid))
         add = lambda a: a[None]  # noqa: E731 — the device axis of the outputs
-        return (
-            {k: add(v) for k, v in flat.items()},
-            jax.tree.map(add, inbox),
-            jax.tree.map(add, prev),
-            tick + xs.shape[0],
-            add(loss),
-            add(acc),
-            add(done),
-            add(sgl),
-        )
+        return jax.tree.map(add, carry), tick + xs.shape[0], jax.tree.map(add, per_tick)
 
     spec = P(AXIS)
-    mapped = jax.shard_map(
-        device,
-        mesh=mesh,
-        in_specs=(spec, spec, spec, P(), P(), P(), P()),
-        out_specs=(spec, spec, spec, P(), spec, spec, spec, spec),
-        check_vma=False,
+    mapped = _shard_map(
+        device, mesh, (spec, spec, spec, P(), P(), P(), P()), ((spec, spec, spec), P(), spec)
     )
 
     @jax.jit
     def _run(pk: PackedSG, xs, y_vec, valid):
-        flat, inbox, prev, tick, loss, acc, done, sgl = mapped(
+        (flat, inbox, prev), tick, (loss, acc, done, sgl) = mapped(
             pk.flat, pk.inbox, pk.prev, pk.tick, xs, y_vec, valid
         )
+        finished = done[n - 1] > 0.5  # the last stage's view
         metrics = {
-            "loss": jnp.where(done[n - 1] > 0.5, loss[n - 1], 0.0),
-            "accuracy": jnp.where(done[n - 1] > 0.5, acc[n - 1], 0.0),
-            "done": done[n - 1] > 0.5,
+            "loss": jnp.where(finished, loss[n - 1], 0.0),
+            "accuracy": jnp.where(finished, acc[n - 1], 0.0),
+            "done": finished,
             "sg_loss": sgl[: n - 1].T,
         }
         return PackedSG(flat, inbox, prev, tick), metrics
 
-    def run(pk: PackedSG, xs, ys, valid=None):
-        xs, y_vec, valid = _check_stream(pipe, dummy, xs, ys, valid)
-        return _run(pk, xs, y_vec, valid)
+    def run(pk: PackedSG, xs: Any, ys: Any, valid: Any = None):
+        return _run(pk, *_check_stream(net, B, xs, ys, valid))
 
     return MeshRunner(mesh, pack, unpack, run)
 
@@ -741,13 +764,15 @@ def _init_bp(net: Network, optimizer: optax.GradientTransformation, key: jax.Arr
 
 
 class PackedBP(NamedTuple):
-    flat: dict  # dtype -> (N, L): (θ_s, opt_s) of device s
+    """Backprop state on the mesh: row s of every array lives on device s."""
+
+    flat: dict[str, jax.Array]  # dtype -> (N, L): (θ_s, opt_s) of device s
     step: jax.Array
 
 
 class GPipeRunner(NamedTuple):
     """:class:`MeshRunner` of the backprop pipeline, plus ``gradients(packed, xs, ys) ->
-    (per-stage gradients, loss)`` (the same schedule without the update, for tests)."""
+    (per-stage gradients, loss)``: what ``run`` would apply, without applying it."""
 
     mesh: Mesh
     pack: Callable[[BPState], PackedBP]
@@ -788,9 +813,8 @@ def gpipe_on_mesh(
     """
     n = _check_mesh(net, mesh)
     loss = loss_lib.get(loss)
-    for arg, v in (("batch_size", batch_size), ("micro_batches", micro_batches)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"gpipe_on_mesh: `{arg}` must be an int ≥ 1, got {v!r}")
+    _check_count("gpipe_on_mesh", "batch_size", batch_size)
+    _check_count("gpipe_on_mesh", "micro_batches", micro_batches)
     width, c, M, B = _width(net), net.out_dim, micro_batches, batch_size
     dummy = jax.eval_shape(lambda: init_bp(net, optimizer, jax.random.key(0)))
     layouts = [_layout((dummy.params[s], dummy.opt_state[s])) for s in range(n)]
@@ -798,59 +822,50 @@ def gpipe_on_mesh(
     g_layouts = [_layout(dummy.params[s]) for s in range(n)]
     g_sizes = _sizes(g_layouts)
 
-    def in_shape(s: int):
-        return net.in_shape if s == 0 else net.stages[s - 1].out_shape
-
     def pack(st: BPState) -> PackedBP:
-        st = jax.device_get(st)
-        flats = [_pack((st.params[s], st.opt_state[s]), layouts[s], sizes, np) for s in range(n)]
-        flat = {k: np.stack([np.asarray(f[k]) for f in flats]) for k in sizes}
-        return PackedBP(
-            {k: _put(v, mesh, P(AXIS)) for k, v in flat.items()},
-            _put(np.asarray(st.step), mesh, P()),
-        )
+        trees = [(st.params[s], st.opt_state[s]) for s in range(n)]
+        return PackedBP(_put_stages(trees, layouts, sizes, mesh), _put(st.step, mesh, P()))
 
     def unpack(pk: PackedBP) -> BPState:
-        flat = {k: np.asarray(jax.device_get(v)) for k, v in pk.flat.items()}
-        trees = [_host_unpack({k: v[s] for k, v in flat.items()}, layouts[s]) for s in range(n)]
+        trees = _get_stages(pk.flat, layouts)
         return BPState(
             tuple(t[0] for t in trees),
             tuple(t[1] for t in trees),
             jnp.asarray(jax.device_get(pk.step)),
         )
 
-    def fwd_branch(s: int):
-        def branch(flat, h):
+    def fwd_branch(s: int) -> Callable:
+        def branch(flat: Flat, h: jax.Array) -> jax.Array:
             if s == n - 1:  # the last stage's forward is redone in its backward tick
                 return jnp.zeros_like(h)
             theta, _ = _unpack(flat, layouts[s])
-            return _pad_h(net.stages[s].apply(theta, _crop_h(h, in_shape(s))), width)
+            return _pad_h(net.stages[s].apply(theta, _crop_h(h, _in_shape(net, s))), width)
 
         return branch
 
-    def bwd_branch(s: int):
-        def branch(flat, h, g_out, y):
+    def bwd_branch(s: int) -> Callable:
+        def branch(flat: Flat, h: jax.Array, g_out: jax.Array, y: jax.Array):
             theta, _ = _unpack(flat, layouts[s])
-            h_out, vjp = jax.vjp(net.stages[s].apply, theta, _crop_h(h, in_shape(s)))
-            if s == n - 1:
-                delta = loss.output_grad(h_out, y)  # per-example ∂ℓ/∂p
-                value, acc = loss.fn(h_out, y), loss_lib.accuracy(h_out, y)
-            else:
-                delta = _crop_h(g_out, net.stages[s].out_shape)
-                value = acc = jnp.zeros((), h.dtype)
-            g_theta, g_in = vjp(delta.astype(h_out.dtype))
+            shape = net.stages[s].out_shape
+            _, g_theta, g_in, value, acc = _stage_vjp(
+                net,
+                loss,
+                s,
+                theta,
+                _crop_h(h, _in_shape(net, s)),
+                y,
+                lambda _: _crop_h(g_out, shape),
+            )
             return _pack(g_theta, g_layouts[s], g_sizes), _pad_h(g_in, width), value, acc
 
         return branch
 
-    def update_branch(s: int):
-        def branch(flat, g_flat):
+    def update_branch(s: int) -> Callable:
+        def branch(flat: Flat, g_flat: Flat) -> dict[str, Any]:
             theta, opt = _unpack(flat, layouts[s])
-            g = _unpack(g_flat, g_layouts[s])
-            updates, opt = optimizer.update(g, opt, theta)
-            return _write(
-                flat, jax.tree.leaves((optax.apply_updates(theta, updates), opt)), layouts[s], 0
-            )
+            updates, opt = optimizer.update(_unpack(g_flat, g_layouts[s]), opt, theta)
+            new = jax.tree.leaves((optax.apply_updates(theta, updates), opt))
+            return _write(flat, new, layouts[s], 0)
 
         return branch
 
@@ -861,18 +876,19 @@ def gpipe_on_mesh(
     up = [(s + 1, s) for s in range(n - 1)]
     ticks = M + n - 1
 
-    def grads_on_device(flat, xs, y_vec):
+    def device(flat, xs, y_vec):
+        flat = {k: v[0] for k, v in flat.items()}  # drop the device axis
         s = lax.axis_index(AXIS)
 
         def fwd_tick(carry, t):
             buf, inbox = carry
-            m = t - s
+            m = t - s  # the micro-batch device s sees at tick t
             valid = (m >= 0) & (m < M)
             mc = jnp.clip(m, 0, M - 1)
             h_in = jnp.where(s == 0, _pad_h(xs[mc], width), inbox)
             buf = lax.dynamic_update_index_in_dim(buf, jnp.where(valid, h_in, buf[mc]), mc, 0)
             h_out = lax.switch(s, fwd_branches, flat, h_in)
-            return (buf, lax.ppermute(h_out, AXIS, down) if down else h_out), None
+            return (buf, _send(h_out, down)), None
 
         zeros_h = jnp.zeros((B, width), xs.dtype)
         (buf, _), _ = lax.scan(
@@ -888,7 +904,7 @@ def gpipe_on_mesh(
             acc = jax.tree.map(lambda t, g: t + jnp.where(valid, g, 0), acc, g_flat)
             value = value + jnp.where(valid, v, 0.0)
             correct = correct + jnp.where(valid, a, 0.0)
-            return (acc, lax.ppermute(g_in, AXIS, up) if up else g_in, value, correct), None
+            return (acc, _send(g_in, up), value, correct), None
 
         acc0 = {k: jnp.zeros((L,), k) for k, L in g_sizes.items()}
         zero = jnp.zeros((), xs.dtype)
@@ -897,25 +913,14 @@ def gpipe_on_mesh(
         )
         # Per-example signals: the VJPs summed the loss over the M·B examples.
         g_flat = jax.tree.map(lambda g: g / (M * B), acc)
-        return g_flat, value / M, correct / M
-
-    def gradients_device(flat, xs, y_vec):
-        flat = {k: v[0] for k, v in flat.items()}
-        g_flat, value, correct = grads_on_device(flat, xs, y_vec)
-        return {k: v[None] for k, v in g_flat.items()}, value[None], correct[None]
-
-    def step_device(flat, xs, y_vec):
-        flat = {k: v[0] for k, v in flat.items()}
-        g_flat, value, correct = grads_on_device(flat, xs, y_vec)
-        flat = lax.switch(lax.axis_index(AXIS), update_branches, flat, g_flat)
-        return {k: v[None] for k, v in flat.items()}, value[None], correct[None]
+        flat = lax.switch(s, update_branches, flat, g_flat)
+        add = lambda a: a[None]  # noqa: E731 — the device axis of the outputs
+        return jax.tree.map(add, (flat, g_flat, value / M, correct / M))
 
     spec = P(AXIS)
-    kw = dict(mesh=mesh, in_specs=(spec, P(), P()), out_specs=(spec, spec, spec), check_vma=False)
-    grads_mapped = jax.shard_map(gradients_device, **kw)
-    step_mapped = jax.shard_map(step_device, **kw)
+    mapped = _shard_map(device, mesh, (spec, P(), P()), (spec, spec, spec, spec))
 
-    def check(xs, ys):
+    def check(xs: Any, ys: Any) -> tuple[jax.Array, jax.Array]:
         xs, ys = jnp.asarray(xs), jnp.asarray(ys)
         if tuple(xs.shape) != (M, B, *net.in_shape):
             raise ValueError(
@@ -928,112 +933,52 @@ def gpipe_on_mesh(
 
     @jax.jit
     def _run(pk: PackedBP, xs, y_vec):
-        flat, value, correct = step_mapped(pk.flat, xs, y_vec)
-        return PackedBP(flat, pk.step + 1), {"loss": value[n - 1], "accuracy": correct[n - 1]}
+        # The gradients come out of the same compiled step (a buffer the size of the
+        # parameters), so that `gradients` costs no second compilation.
+        flat, g_flat, value, correct = mapped(pk.flat, xs, y_vec)
+        metrics = {"loss": value[n - 1], "accuracy": correct[n - 1]}
+        return PackedBP(flat, pk.step + 1), metrics, g_flat
 
-    @jax.jit
-    def _grads(pk: PackedBP, xs, y_vec):
-        g_flat, value, _ = grads_mapped(pk.flat, xs, y_vec)
-        return g_flat, value[n - 1]
+    def run(pk: PackedBP, xs: Any, ys: Any) -> tuple[PackedBP, dict[str, jax.Array]]:
+        new, metrics, _ = _run(pk, *check(xs, ys))
+        return new, metrics
 
-    def run(pk: PackedBP, xs, ys):
-        return _run(pk, *check(xs, ys))
-
-    def gradients(pk: PackedBP, xs, ys):
-        g_flat, value = _grads(pk, *check(xs, ys))
-        g_flat = {k: np.asarray(jax.device_get(v)) for k, v in g_flat.items()}
-        grads = tuple(
-            _host_unpack({k: v[s] for k, v in g_flat.items()}, g_layouts[s]) for s in range(n)
-        )
-        return grads, value
+    def gradients(pk: PackedBP, xs: Any, ys: Any) -> tuple[tuple, jax.Array]:
+        _, metrics, g_flat = _run(pk, *check(xs, ys))
+        return tuple(_get_stages(g_flat, g_layouts)), metrics["loss"]
 
     return GPipeRunner(mesh, pack, unpack, run, gradients)
 
 
 # --------------------------------------------------------------------------------------
-# Training loops, data, and the throughput benchmark.
+# Training loops and the throughput benchmark.
 
 METHODS = ("sg-pipeline", "gpipe", "backprop", "sg")
 
 
-def load_dataset(name: str, data_dir: str | None = None):
-    """Load ``"digits"`` or ``"mnist"`` as flat float32 inputs (a :class:`sgjax.data.Dataset`).
-
-    Uses :func:`sgjax.data.load` when it knows the name; MNIST is otherwise read here from
-    IDX files (raw or ``.gz``) in ``data_dir``, ``$SGJAX_DATA_DIR`` or the shared copy.
-    Nothing is downloaded.
-
-    Example:
-        >>> load_dataset("digits").x_train.shape[1]
-        64
+def _single_device_chunk(
+    net: Network,
+    rule: rules.UpdateRule,
+    loss: loss_lib.Loss,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation,
+) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
+    """``chunk(state, xs, ys, valid)``: :func:`sgjax.train.make_step` over a stack of
+    batches in one jitted scan (one dispatch per chunk, as for the mesh runners); a
+    batch with ``valid`` False is skipped (a partial last chunk reuses the compiled call).
     """
-    import os
-    from pathlib import Path
-
-    from sgjax import data
-
-    kwargs = {} if data_dir is None else {"data_dir": data_dir}
-    if name in getattr(data, "LOADERS", {}):
-        ds = data.load(name, **kwargs)
-    elif name == "mnist":
-        here = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-        dirs = [d for d in (data_dir, os.environ.get("SGJAX_DATA_DIR"), str(here)) if d]
-        for d in dirs:
-            if _idx_path(Path(d), "train-images-idx3-ubyte") is not None:
-                ds = _mnist(Path(d))
-                break
-        else:
-            raise FileNotFoundError(
-                f"MNIST IDX files not found in {dirs}: pass data_dir or set SGJAX_DATA_DIR "
-                "to a directory holding train-images-idx3-ubyte[.gz] and the other three"
-            )
-    else:
-        raise ValueError(f"load_dataset: unknown dataset {name!r}; expected 'digits' or 'mnist'")
-    flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
-    return ds._replace(x_train=flat(ds.x_train), x_test=flat(ds.x_test))
-
-
-def _idx_path(d, stem: str):
-    for name in (stem, stem + ".gz"):
-        if (d / name).exists():
-            return d / name
-    return None
-
-
-def _read_idx(path) -> np.ndarray:
-    import gzip
-
-    raw = (gzip.open if str(path).endswith(".gz") else open)(path, "rb").read()
-    ndim = raw[3]
-    dims = np.frombuffer(raw[4 : 4 + 4 * ndim], ">i4")
-    return np.frombuffer(raw[4 + 4 * ndim :], np.uint8).reshape(tuple(int(d) for d in dims))
-
-
-def _mnist(d):
-    from sgjax.data import Dataset
-
-    def get(stem):
-        path = _idx_path(d, stem)
-        if path is None:
-            raise FileNotFoundError(f"MNIST: {stem}[.gz] missing in {d}")
-        return _read_idx(path)
-
-    x_tr = get("train-images-idx3-ubyte").astype(np.float32) / 255.0
-    x_te = get("t10k-images-idx3-ubyte").astype(np.float32) / 255.0
-    y_tr = get("train-labels-idx1-ubyte").astype(np.int32)
-    y_te = get("t10k-labels-idx1-ubyte").astype(np.int32)
-    return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10)
-
-
-def _single_device_chunk(net: Network, rule, loss, optimizer, sg_optimizer):
-    from sgjax import train
-
     step = train.make_step(net, rule, loss, optimizer, sg_optimizer)
 
+    def masked(state: train.TrainState, batch: tuple[jax.Array, jax.Array, jax.Array]):
+        x, y, v = batch
+        skipped = jax.tree.map(
+            lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(step, state, (x, y))[1]
+        )
+        return lax.cond(v, lambda s: step(s, (x, y)), lambda s: (s, skipped), state)
+
     @jax.jit
-    def chunk(state, xs, ys):
-        # A scan over the chunk: one dispatch per chunk, as for the mesh runners.
-        return lax.scan(lambda s, b: step(s, b), state, (xs, ys))
+    def chunk(state: train.TrainState, xs: jax.Array, ys: jax.Array, valid: jax.Array):
+        return lax.scan(masked, state, (xs, ys, valid))
 
     return chunk
 
@@ -1051,6 +996,7 @@ def train_pipelined(
     loss: str | loss_lib.Loss = "xent",
     lr: float = 1e-3,
     sg_lr: float = 1e-3,
+    estimator: str | est_lib.Estimator = "conditioned",
     seed: int = 0,
     chunk: int = 50,
     mesh: Mesh | None = None,
@@ -1066,43 +1012,45 @@ def train_pipelined(
             (sequential DNI) with one update per micro-batch.
         net: the network; the pipelines need a mesh with one device per stage (built with
             :func:`make_mesh` if ``mesh`` is None).
-        x_train, y_train: training data (flat inputs, integer labels).
-        steps: micro-batches of ``batch_size`` to train on (rounded up to whole chunks of
-            ``chunk`` micro-batches; GPipe to whole steps of M micro-batches).
+        x_train, y_train: training data (inputs are flattened; integer labels).
+        steps: micro-batches of ``batch_size`` to train on (GPipe: rounded up to whole
+            optimiser steps of M micro-batches).
         seconds: alternatively (or also) a wall-clock budget for training, compile
-            excluded; training stops after the first chunk that ends past it.
+            excluded; training stops after the first call that ends past it.
         batch_size: micro-batch size B.
         micro_batches: M of GPipe.
-        loss, lr, sg_lr, seed: loss, Adam learning rates of the stages and SG modules,
-            seed of the initialisation and of the batch order.
+        loss, lr, sg_lr, estimator, seed: loss, Adam learning rates of the stages and SG
+            modules, the SG module, seed of the initialisation and of the batch order.
         chunk: micro-batches per jitted call (the pipelines never drain between calls).
         mesh: the mesh for the pipelines.
         x_test, y_test: evaluated at the end if given.
 
     Returns:
-        A dict with ``method``, ``micro_batches_seen``, ``updates`` (per stage),
-        ``examples``, ``seconds`` (training, compile excluded), ``compile_seconds``,
-        ``examples_per_s``, ``final_loss`` (mean of the last chunk), ``params`` and, with
-        test data, ``test_accuracy`` and ``test_loss``.
+        A dict with ``method``, ``stages``, ``batch_size``, ``micro_batches_seen``,
+        ``updates`` (per stage), ``examples``, ``seconds`` (training, compile excluded),
+        ``compile_seconds`` (the first call, which also trains), ``examples_per_s``,
+        ``final_loss`` (mean over the micro-batches finished in the last call),
+        ``params``, ``micro_batches`` (GPipe) and, with test data, ``test_accuracy`` and
+        ``test_loss``.
 
     Example:
-        >>> from sgjax import nets
-        >>> ds = load_dataset("digits")
+        >>> from sgjax import data, nets
+        >>> ds = data.load("digits")
         >>> r = train_pipelined("backprop", nets.mlp([64, 32, 10]), ds.x_train, ds.y_train,
-        ...                     steps=20, batch_size=32, chunk=10)
+        ...                     steps=15, batch_size=32, chunk=10)
         >>> r["micro_batches_seen"], r["updates"]
-        (20, 20)
+        (15, 15)
     """
-    from sgjax import rules, train
-
     if method not in METHODS:
         raise ValueError(f"train_pipelined: `method` must be one of {METHODS}, got {method!r}")
     if steps is None and seconds is None:
         raise ValueError("train_pipelined: give `steps`, `seconds` or both")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"train_pipelined: `steps` must be an int ≥ 1, got {steps!r}")
+    if steps is not None:
+        _check_count("train_pipelined", "steps", steps)
     if seconds is not None and not seconds > 0:
         raise ValueError(f"train_pipelined: `seconds` must be > 0, got {seconds!r}")
+    for arg, value in (("chunk", chunk), ("micro_batches", micro_batches)):
+        _check_count("train_pipelined", arg, value)
     x_train = np.asarray(x_train, np.float32).reshape(len(x_train), -1)
     y_train = np.asarray(y_train)
     train.check_labels(y_train, net.out_dim, name="y_train")
@@ -1110,89 +1058,79 @@ def train_pipelined(
     opt, sg_opt = optax.adam(lr), optax.adam(sg_lr)
     key = jax.random.key(seed)
     per_call = micro_batches if method == "gpipe" else chunk
-    calls_cap = None if steps is None else -(-steps // per_call)
+    if method == "gpipe" and steps is not None:
+        steps = -(-steps // per_call) * per_call  # whole optimiser steps
     data = train.batches(x_train, y_train, batch_size, seed=seed)
 
-    def next_chunk(k):
-        xb, yb = zip(*(next(data) for _ in range(k)))
-        return np.stack(xb), np.stack(yb)
+    def next_chunk(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``per_call`` micro-batches, the first ``k`` of them valid."""
+        xb, yb = zip(*(next(data) for _ in range(per_call)))
+        return np.stack(xb), np.stack(yb), np.arange(per_call) < k
 
-    if method in ("sg-pipeline", "gpipe"):
-        mesh = make_mesh(net.depth) if mesh is None else mesh
+    state: Any
+    call: Callable[..., tuple[Any, dict[str, jax.Array]]]
+    finish: Callable[[Any], Any]  # the final state -> the trained parameters
     if method == "sg-pipeline":
-        pipe = sg_pipeline(net, loss, opt, sg_opt)
-        runner = sg_on_mesh(pipe, mesh, batch_size=batch_size)
-        state = runner.pack(init_sg(pipe, key, batch_size=batch_size))
+        pipe = sg_pipeline(net, loss, opt, sg_opt, estimator=estimator)
+        sg_runner = sg_on_mesh(pipe, mesh or make_mesh(net.depth), batch_size=batch_size)
+        state, call = sg_runner.pack(init_sg(pipe, key, batch_size=batch_size)), sg_runner.run
 
-        def call(state, xs, ys):
-            return runner.run(state, xs, ys)
+        def finish(st: PackedSG) -> Any:
+            # Drain the micro-batches still in flight: N−1 empty ticks, in whole chunks so
+            # that the jitted call is reused.
+            for _ in range(-(-(net.depth - 1) // chunk)):
+                st, _ = sg_runner.run(st, *next_chunk(0))
+            return sg_runner.unpack(st).params
 
-        def finish(state):
-            xs = np.zeros((chunk, batch_size, x_train.shape[1]), np.float32)
-            ys = np.zeros((chunk, batch_size), y_train.dtype)
-            # Drain the micro-batches still in flight (N−1 empty ticks, padded to a chunk
-            # so that the jitted call is reused).
-            valid = np.zeros(chunk, bool)
-            state, _ = runner.run(state, xs, ys, valid)
-            return runner.unpack(state).params
     elif method == "gpipe":
-        runner = gpipe_on_mesh(
-            net, loss, opt, mesh, batch_size=batch_size, micro_batches=micro_batches
-        )
-        state = runner.pack(init_bp(net, opt, key))
-        call = runner.run
-
-        def finish(state):
-            return runner.unpack(state).params
+        gp = gpipe_on_mesh(
+            net, loss, opt, mesh or make_mesh(net.depth), batch_size=batch_size,
+            micro_batches=micro_batches,
+        )  # fmt: skip
+        state = gp.pack(init_bp(net, opt, key))
+        call = lambda st, xs, ys, valid: gp.run(st, xs, ys)  # noqa: E731 — always full
+        finish = lambda st: gp.unpack(st).params  # noqa: E731
     else:
-        rule = rules.backprop() if method == "backprop" else rules.synthetic_gradients()
-        state = train.init(key, net, rule, opt, sg_opt)
+        rule = rules.backprop() if method == "backprop" else rules.synthetic_gradients(estimator)
+        state = jax.jit(train.init, static_argnums=(1, 2, 3, 4))(key, net, rule, opt, sg_opt)
         call = _single_device_chunk(net, rule, loss, opt, sg_opt)
+        finish = lambda st: st.params  # noqa: E731
 
-        def finish(state):
-            return state.params
-
-    # Compile on the first chunk (which is then trained on, like every other).
-    t0 = time.perf_counter()
-    state, metrics = call(state, *next_chunk(per_call))
-    jax.block_until_ready(metrics)
-    compile_seconds = time.perf_counter() - t0
-    calls, train_seconds = 1, 0.0
-    while calls_cap is None or calls < calls_cap:
-        if seconds is not None and train_seconds >= seconds:
-            break
-        xs, ys = next_chunk(per_call)
+    seen = calls = timed = 0
+    compile_seconds = train_seconds = 0.0
+    while (steps is None or seen < steps) and (seconds is None or train_seconds < seconds):
+        k = per_call if steps is None else min(per_call, steps - seen)
+        xs, ys, valid = next_chunk(k)
         t0 = time.perf_counter()
-        state, metrics = call(state, xs, ys)
+        state, metrics = call(state, xs, ys, valid)
         jax.block_until_ready(metrics)
-        train_seconds += time.perf_counter() - t0
-        calls += 1
-    params = finish(state)
-    seen = calls * per_call
-    updates = calls if method == "gpipe" else seen
+        if calls == 0:  # the first call compiles (and trains like every other)
+            compile_seconds = time.perf_counter() - t0
+        else:
+            train_seconds += time.perf_counter() - t0
+            timed += k * batch_size
+        calls, seen = calls + 1, seen + k
+    finished = metrics["done"] if method == "sg-pipeline" else valid
     last = np.asarray(metrics["loss"])
-    if method == "sg-pipeline":
-        last = last[np.asarray(metrics["done"])]
-    # The timed part excludes the first (compiling) call: count its examples out too.
-    timed = (calls - 1) * per_call * batch_size
+    last = last if method == "gpipe" else last[np.asarray(finished)]
     out: dict[str, Any] = {
         "method": method,
         "stages": net.depth,
         "batch_size": batch_size,
         "micro_batches_seen": seen,
-        "updates": updates,
+        "updates": calls if method == "gpipe" else seen,
         "examples": seen * batch_size,
         "seconds": train_seconds,
         "compile_seconds": compile_seconds,
         "examples_per_s": timed / train_seconds if train_seconds > 0 else float("nan"),
         "final_loss": float(np.mean(last)) if last.size else float("nan"),
-        "params": params,
+        "params": finish(state),
     }
     if method == "gpipe":
         out["micro_batches"] = micro_batches
     if x_test is not None:
         x_test = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
-        ev = train.evaluate(net, params, loss, x_test, np.asarray(y_test))
+        ev = train.evaluate(net, out["params"], loss, x_test, np.asarray(y_test))
         out["test_accuracy"], out["test_loss"] = ev["accuracy"], ev["loss"]
     return out
 
@@ -1229,9 +1167,9 @@ def benchmark_pipeline(
         >>> sorted(k for k in r if k.endswith("ratio"))
         ['gpipe_ratio', 'sg_pipeline_ratio']
     """
-    from sgjax import nets, rules, train
+    from sgjax import nets
 
-    n = n_devices
+    n, M = n_devices, micro_batches
     sizes = [784, *([256] * (n - 1)), 10] if sizes is None else list(sizes)
     net = nets.mlp(sizes)
     if net.depth != n:
@@ -1242,53 +1180,50 @@ def benchmark_pipeline(
     loss = loss_lib.softmax_cross_entropy
     opt = optax.adam(1e-3)
     rng = np.random.default_rng(seed)
-    d_in = sizes[0]
-    xs = rng.random((ticks, batch_size, d_in), np.float32)
+    xs = rng.random((ticks, batch_size, sizes[0]), np.float32)
     ys = rng.integers(0, sizes[-1], (ticks, batch_size)).astype(np.int32)
-    M = micro_batches
+    key = jax.random.key(seed)
 
-    def best(fn, *args):
-        state, metrics = fn(*args)  # compile (and fill the pipeline)
+    def best(fn: Callable[..., tuple[Any, Any]], state: Any, *args: Any) -> float:
+        state, metrics = fn(state, *args)  # compile (and fill the pipeline)
         jax.block_until_ready(metrics)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            state, metrics = fn(state, *args[1:])
+            state, metrics = fn(state, *args)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    key = jax.random.key(seed)
+    def single(rule: rules.UpdateRule, xs: np.ndarray, ys: np.ndarray) -> float:
+        chunk_fn = _single_device_chunk(net, rule, loss, opt, opt)
+        state = train.init(key, net, rule, opt, opt)
+        return xs.shape[0] * xs.shape[1] / best(chunk_fn, state, xs, ys, np.ones(len(xs), bool))
+
     out: dict[str, Any] = {
         "n_devices": n,
         "sizes": sizes,
         "batch_size": batch_size,
         "micro_batches": M,
         "ticks": ticks,
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "platform": jax.devices()[0].platform,
     }
+    out["backprop_1dev"] = single(rules.backprop(), xs, ys)
     # One stage has no hidden boundary: its "SG" pipeline is plain backprop.
-    sg_rule = rules.synthetic_gradients() if n > 1 else rules.backprop()
-    for name, rule in (("backprop_1dev", rules.backprop()), ("sg_1dev", sg_rule)):
-        chunk_fn = _single_device_chunk(net, rule, loss, opt, opt)
-        t = best(chunk_fn, train.init(key, net, rule, opt, opt), xs, ys)
-        out[name] = ticks * batch_size / t
-    big = _single_device_chunk(net, rules.backprop(), loss, opt, opt)
+    out["sg_1dev"] = single(rules.synthetic_gradients() if n > 1 else rules.backprop(), xs, ys)
     k = max(ticks // M, 1)
-    xs_big = xs[: k * M].reshape(k, M * batch_size, d_in)
-    ys_big = ys[: k * M].reshape(k, M * batch_size)
-    t = best(big, train.init(key, net, rules.backprop(), opt, opt), xs_big, ys_big)
-    out["backprop_1dev_big"] = k * M * batch_size / t
-
+    out["backprop_1dev_big"] = single(
+        rules.backprop(),
+        xs[: k * M].reshape(k, M * batch_size, -1),
+        ys[: k * M].reshape(k, M * batch_size),
+    )
     pipe = sg_pipeline(net, loss, opt, opt)
     runner = sg_on_mesh(pipe, mesh, batch_size=batch_size)
-    t = best(runner.run, runner.pack(init_sg(pipe, key, batch_size=batch_size)), xs, ys)
-    out["sg_pipeline"] = ticks * batch_size / t
-
+    state = runner.pack(init_sg(pipe, key, batch_size=batch_size))
+    out["sg_pipeline"] = ticks * batch_size / best(runner.run, state, xs, ys)
     gp = gpipe_on_mesh(net, loss, opt, mesh, batch_size=batch_size, micro_batches=M)
-    t = best(gp.run, gp.pack(init_bp(net, opt, key)), xs[:M], ys[:M])
-    out["gpipe"] = M * batch_size / t
+    out["gpipe"] = M * batch_size / best(gp.run, gp.pack(init_bp(net, opt, key)), xs[:M], ys[:M])
 
     out["sg_pipeline_ideal"] = n * out["sg_1dev"]
     out["gpipe_ideal"] = n * M / (M + n - 1) * out["backprop_1dev"]

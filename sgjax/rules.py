@@ -231,6 +231,21 @@ def backprop() -> UpdateRule:
     return UpdateRule(init, gradients, "backprop")
 
 
+def _after(y_vec: jax.Array, h: jax.Array) -> jax.Array:
+    """``y_vec``, made to depend on ``h``: ``y_vec + 0 · h[:, :1]``.
+
+    An SG module's label term ``y B`` needs only the labels, so XLA's CPU scheduler
+    computes it for every module at the start of the step and keeps N activation-sized
+    results alive to the end (``jax.lax.optimization_barrier`` did not stop it on CPU).
+    Tied to h_b, it is computed when stage b has run and dies with it, which
+    is what lets SG free activations early. ``0 · x`` is not folded for floats (it is
+    NaN for non-finite x), so the values are unchanged wherever h is finite; where it is
+    not, a module that reads h (``hA + yB + C``) had a non-finite output already.
+    """
+    tie = jax.lax.stop_gradient(h.reshape(h.shape[0], -1)[:, :1]) * 0
+    return y_vec + tie.astype(y_vec.dtype).reshape((h.shape[0],) + (1,) * (y_vec.ndim - 1))
+
+
 def _resolve_at(at: int | str | Sequence[int] | None, depth: int) -> tuple[int, ...]:
     """Boundaries (1..N) that carry an SG module."""
     if at is None or (isinstance(at, str) and at == "all"):
@@ -331,9 +346,12 @@ def synthetic_gradients(
                 return g, None
             theta = state.params[slot[b]]
             t = jax.lax.stop_gradient(g_true if targets == "true" else g)
+            # Only for modules that read h: there a non-finite h_b makes the output
+            # non-finite anyway, so the tie changes no value (see _after).
+            y_b = _after(y_vec, h) if estimator.uses_h and estimator.uses_y else y_vec
 
             def module(th, hh):
-                return estimator.apply(th, hh, y_vec)
+                return estimator.apply(th, hh, y_b)
 
             s, module_vjp = jax.vjp(module, theta, h)
             r = s - t

@@ -104,10 +104,13 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.asarray(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    # x * 0 is 0 for finite x and NaN for ±inf and NaN, so one sum per leaf tells all
+    # (XLA keeps float x * 0: it is not folded without fast-math). One reduction per leaf
+    # and no stack: fewer kernels to compile than isfinite + all + stack + all.
+    total = jnp.zeros((), jnp.float32)
+    for x in jax.tree.leaves(tree):
+        total = total + jnp.sum(x * 0, dtype=jnp.float32)
+    return total == 0
 
 
 def make_step(
@@ -154,7 +157,10 @@ def make_step(
             (out.grads, out.rule_grads, params, rule_state.params)
         )
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
-        # A non-finite step is not applied: the state stays at its last good value.
+        # A non-finite step is not applied: the state stays at its last good value. (A
+        # select per leaf, not lax.cond: XLA fuses the selects into the optimiser's
+        # kernels, while a conditional copies the whole new state through a temporary,
+        # 3.6x the temporary memory of SG-everywhere on a 50-stage net.)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {
             "loss": out.loss,

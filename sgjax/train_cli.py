@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,12 @@ def _placement(text: str) -> str | tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rule", choices=RULE_NAMES, default="sg", help="update rule (default: sg)")
+    p.add_argument(
+        "--rule",
+        choices=RULE_NAMES,
+        default=None,
+        help="update rule (default: sg; with --pipeline: sg, or backprop for gpipe)",
+    )
     p.add_argument("--dataset", default="digits", help="dataset name (default: digits)")
     p.add_argument(
         "--data-dir",
@@ -75,8 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--depth",
         type=_positive_int("--depth", 0),
-        default=3,
-        help="number of hidden layers (default: 3)",
+        default=None,
+        help="number of hidden layers (default: 3; with --pipeline N: N − 1)",
     )
     p.add_argument(
         "--width", type=_positive_int("--width"), default=256, help="hidden width (default: 256)"
@@ -142,6 +149,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="continue the run in --checkpoint-dir; ends bit-identical to an uninterrupted run",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group(
+        "pipeline",
+        "train with one stage (one dense layer) per device: --pipeline N builds N stages, "
+        "i.e. --depth N − 1 hidden layers. On CPU, N fake devices are made when JAX has "
+        "not started yet (XLA_FLAGS=--xla_force_host_platform_device_count=N).",
+    )
+    g.add_argument(
+        "--pipeline",
+        type=_positive_int("--pipeline"),
+        default=None,
+        metavar="N",
+        help="train on a pipeline of N devices (sgjax.pipeline)",
+    )
+    g.add_argument(
+        "--pipeline-method",
+        choices=("sg", "gpipe"),
+        default=None,
+        help="sg: the update-unlocked SG pipeline (default); gpipe: the backprop pipeline",
+    )
+    g.add_argument(
+        "--micro-batches",
+        type=_positive_int("--micro-batches"),
+        default=None,
+        metavar="M",
+        help="GPipe: micro-batches per optimiser step (default: 4); --steps counts "
+        "micro-batches and must be a multiple of M",
+    )
 
 
 def build_rule(args: argparse.Namespace):
@@ -180,6 +214,16 @@ def load_dataset(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pipeline is not None:
+        return run_pipeline(args)
+    for flag, value in (
+        ("--pipeline-method", args.pipeline_method),
+        ("--micro-batches", args.micro_batches),
+    ):
+        if value is not None:
+            raise ValueError(f"{flag} applies only with --pipeline N")
+    args.rule = "sg" if args.rule is None else args.rule
+    args.depth = 3 if args.depth is None else args.depth
     import optax
 
     from sgjax import nets, runner, train
@@ -195,11 +239,7 @@ def run(args: argparse.Namespace) -> int:
     loss = args.loss
     opt, sg_opt = optax.adam(args.lr), optax.adam(args.sg_lr)
     batch_size = min(args.batch_size, len(x_train))
-    config = {
-        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-        if k not in ("json", "resume", "no_progress")
-    }
+    config = _config(args)
     t0 = time.perf_counter()
     state, history = runner.run_training(
         net, rule, loss, opt, x_train, ds.y_train,
@@ -238,7 +278,138 @@ def run(args: argparse.Namespace) -> int:
             "cosine(δ̂_i, ∂L/∂h_i) per hidden boundary:",
             " ".join(f"{c:.3f}" for c in result["cosine"]),
         )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    _write_json(args.json, result)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("json", "resume", "no_progress")
+    }
+
+
+def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def _pipeline_options(args: argparse.Namespace) -> tuple[str, int]:
+    """Check the options against ``--pipeline N``; returns (method, depth)."""
+    n = args.pipeline
+    method = args.pipeline_method or ("gpipe" if args.rule == "backprop" else "sg")
+    rule = "backprop" if method == "gpipe" else "sg"
+    if args.rule is not None and args.rule != rule:
+        raise ValueError(
+            f"--pipeline trains with --rule sg (--pipeline-method sg) or --rule backprop "
+            f"(--pipeline-method gpipe); got --rule {args.rule} with --pipeline-method {method}"
+        )
+    if args.depth is not None and args.depth + 1 != n:
+        raise ValueError(
+            f"--pipeline {n} puts one stage on each of {n} devices, so the network needs "
+            f"{n} stages (--depth {n - 1}), but --depth {args.depth} gives {args.depth + 1}; "
+            "drop --depth (it follows from --pipeline)"
+        )
+    unsupported = {
+        "--sg-at": args.sg_at != "all",
+        "--targets": args.targets != "bootstrap",
+        "--prop": args.prop is not None,
+        "--cosine": args.cosine,
+        "--checkpoint-dir": args.checkpoint_dir is not None,
+        "--resume": args.resume,
+    }
+    bad = [flag for flag, given in unsupported.items() if given]
+    if bad:
+        raise ValueError(
+            f"{', '.join(bad)} not supported with --pipeline (SG modules sit at every stage "
+            "boundary with bootstrapped targets; no checkpoints)"
+        )
+    if args.micro_batches is not None and method != "gpipe":
+        raise ValueError("--micro-batches applies only with --pipeline-method gpipe")
+    m = args.micro_batches or 4
+    if method == "gpipe" and args.steps % m:
+        raise ValueError(
+            f"--steps counts micro-batches; with gpipe it must be a multiple of "
+            f"--micro-batches {m}, got {args.steps}"
+        )
+    return method, n - 1
+
+
+def _fake_cpu_devices(n: int) -> None:
+    """Ask for ``n`` fake CPU devices, which only works before JAX starts its backends.
+
+    Done only when JAX is not imported yet and the platform is CPU; otherwise the device
+    count is what it is, and :func:`sgjax.pipeline.make_mesh` says how to get more.
+    """
+    flag = "--xla_force_host_platform_device_count"
+    flags = os.environ.get("XLA_FLAGS", "")
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if "jax" in sys.modules or platforms not in ("", "cpu") or flag in flags:
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}={n}".strip()
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """``sgjax train --pipeline N``: train on N devices with :mod:`sgjax.pipeline`."""
+    method, depth = _pipeline_options(args)
+    _fake_cpu_devices(args.pipeline)
+    args.rule = "backprop" if method == "gpipe" else "sg"
+    args.depth = depth
+    args.pipeline_method = method
+    args.micro_batches = (args.micro_batches or 4) if method == "gpipe" else None
+
+    import jax
+
+    from sgjax import nets, pipeline, train
+
+    mesh = pipeline.make_mesh(args.pipeline)  # too few devices: a clear error, before work
+    ds = load_dataset(args)
+    x_train = ds.x_train.reshape(len(ds.x_train), -1)
+    x_test = ds.x_test.reshape(len(ds.x_test), -1)
+    sizes = [x_train.shape[1], *([args.width] * depth), ds.num_classes]
+    net = nets.mlp(sizes, args.activation, norm=None if args.norm == "none" else args.norm)
+    batch_size = min(args.batch_size, len(x_train))
+    t0 = time.perf_counter()
+    r = pipeline.train_pipelined(
+        "gpipe" if method == "gpipe" else "sg-pipeline", net, x_train, ds.y_train,
+        steps=args.steps, batch_size=batch_size, micro_batches=args.micro_batches or 1,
+        loss=args.loss, lr=args.lr, sg_lr=args.sg_lr, estimator=args.estimator,
+        seed=args.seed, mesh=mesh,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    tr = train.evaluate(net, r["params"], args.loss, x_train, ds.y_train)
+    te = train.evaluate(net, r["params"], args.loss, x_test, ds.y_test)
+    result = {
+        "rule": args.rule,
+        "dataset": ds.name,
+        "steps": r["micro_batches_seen"],
+        "final_loss": r["final_loss"],
+        "train_loss": tr["loss"],
+        "train_accuracy": tr["accuracy"],
+        "test_loss": te["loss"],
+        "test_accuracy": te["accuracy"],
+        "seconds": seconds,
+        "config": _config(args),
+        "sizes": sizes,
+        "pipeline": {
+            "method": method,
+            "stages": net.depth,
+            "devices": [str(d) for d in mesh.devices.flat],
+            "platform": jax.devices()[0].platform,
+            "micro_batches": args.micro_batches,
+            "updates_per_stage": r["updates"],
+            "train_seconds": r["seconds"],
+            "compile_seconds": r["compile_seconds"],
+            "examples_per_s": r["examples_per_s"],
+        },
+    }
+    print(
+        f"{method} pipeline, {net.depth} stages on {net.depth} {result['pipeline']['platform']} "
+        f"devices, on {ds.name}: {args.steps} micro-batches ({r['updates']} updates per "
+        f"stage) in {seconds:.1f}s  final loss {r['final_loss']:.4f}  "
+        f"train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
+    )
+    _write_json(args.json, result)
     return 0

@@ -89,17 +89,16 @@ def test_vmap_over_seeds_equals_a_python_loop(rule_name):
     step = train.make_step(net, rule, loss, opt)
     keys = jax.random.split(jax.random.key(3), 4)
     batches = [_batch(jax.random.key(100 + i)) for i in range(3)]
-
-    def run(key):
-        s = train.init(key, net, rule, opt)
-        for b in batches:
-            s, _ = step(s, b)
-        return s
-
-    vmapped = jax.jit(jax.vmap(run))(keys)
-    for i, k in enumerate(keys):
-        single = jax.jit(run)(k)
-        for u, v in zip(jax.tree.leaves(single), jax.tree.leaves(vmapped)):
+    # One compiled step each way (batched over seeds, and single), run for 3 steps.
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, None)))
+    jstep = jax.jit(step)
+    vstate = jax.vmap(lambda k: train.init(k, net, rule, opt))(keys)
+    states = [train.init(k, net, rule, opt) for k in keys]
+    for b in batches:
+        vstate, _ = vstep(vstate, b)
+        states = [jstep(s, b)[0] for s in states]
+    for i, single in enumerate(states):
+        for u, v in zip(jax.tree.leaves(single), jax.tree.leaves(vstate)):
             np.testing.assert_allclose(np.asarray(u), np.asarray(v)[i], rtol=1e-5, atol=1e-6)
 
 
@@ -110,9 +109,10 @@ def test_training_lowers_the_loss(getkey, rule_name):
     y = jnp.argmax(x @ jax.random.normal(getkey(), (6, 4)), axis=-1)  # a learnable teacher
     jstep = jax.jit(step)
     _, first = jstep(state, (x, y))
-    for _ in range(100):
+    # 200 full-batch steps: DFA's random feedback can sit on a plateau for ~100 steps.
+    for _ in range(200):
         state, m = jstep(state, (x, y))
-    assert float(m["loss"]) < 0.7 * float(first["loss"])
+    assert float(m["loss"]) < 0.5 * float(first["loss"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,15 @@
 """``sgjax verify``: run the claim registry, print the table, exit 1 on any failure.
 
-A negative control (a check run with the paper's assumption broken) counts as a
-success when it *fails*; the table marks it "control: failed as expected".
+Every row is one of three kinds (:mod:`theory.record`):
+
+* claim: a statement of the paper; "pass" or "FAIL".
+* control: the same check with the paper's assumption broken on purpose; a success
+  when it *fails* ("control: failed as expected"), an error when it passes.
+* finding: a statement that is not the paper's (e.g. a step the digest read into a
+  proof) that we check and report, "finding: refuted" or "finding: holds"; it never
+  changes the exit code, but it is always printed and written to ``--json``.
+
+The exit code is 1 when a claim fails or a control passes, else 0.
 """
 
 from __future__ import annotations
@@ -26,12 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated subset of claim families (default: all); see --list",
     )
-    parser.add_argument("--thorough", action="store_true", help="10× the default instances (slow)")
+    parser.add_argument(
+        "--thorough",
+        action="store_true",
+        help="10× the default instances and every Table 2 cell, k = 100 included (slow)",
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "Row kinds: claim (a statement of the paper: pass/FAIL), control (the check with "
+        "the\npaper's assumption broken: must fail), finding (a statement that is not the "
+        "paper's,\ne.g. a step read into a proof: reported as holds/refuted, never changes "
+        "the exit code).\nExit code 1 when a claim fails or a control passes."
+    )
     parser.add_argument("--json", metavar="PATH", default=None, help="write the records here")
     parser.add_argument("--list", action="store_true", help="list the claim families and exit")
 
 
 def _verdict(c: Claim) -> str:
+    if c.kind == "finding":
+        return "finding: holds" if c.passed else "FINDING: refuted"
     if c.expect_pass:
         return "pass" if c.passed else "FAIL"
     return "control: failed as expected" if not c.passed else "CONTROL PASSED (check blind)"
@@ -42,6 +63,15 @@ def _fmt(x: float) -> str:
 
 
 def format_records(records: list[Claim]) -> str:
+    """The verify table: one row per record.
+
+    Example:
+        >>> from theory.record import at_most, control
+        >>> print(format_records([at_most("a/b", "Prop. 1", 1e-12, 1e-8, 4)]))
+        claim  reference  measured  target   n  verdict
+        -----  ---------  --------  -------  -  -------
+        a/b    Prop. 1    1e-12     ≤ 1e-08  4  pass
+    """
     rows = [("claim", "reference", "measured", "target", "n", "verdict")]
     rows += [
         (c.name, c.reference, _fmt(c.measured), c.target, str(c.instances), _verdict(c))
@@ -74,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     for i, name in enumerate(names):
         n = args.instances or DEFAULT_INSTANCES[name] * (10 if args.thorough else 1)
         t0 = time.perf_counter()
-        recs = CLAIMS[name](jax.random.fold_in(key, i), n)
+        recs = CLAIMS[name](jax.random.fold_in(key, i), n, args.thorough)
         records += recs
         print(f"[{name}: {len(recs)} checks, {time.perf_counter() - t0:.1f}s]", file=sys.stderr)
     print(format_records(records))
@@ -82,9 +112,11 @@ def run(args: argparse.Namespace) -> int:
         print("\nTable 2, loss gap SG − reference (ours: mean over instances):")
         print(table2.format_table(table2.LAST_TABLE))
     bad = [c for c in records if not c.ok]
-    n_ctrl = sum(not c.expect_pass for c in records)
+    n_ctrl = sum(c.kind == "control" for c in records)
+    findings = [c for c in records if c.kind == "finding"]
     print(
-        f"\n{len(records) - len(bad)}/{len(records)} as expected ({n_ctrl} negative controls); "
+        f"\n{len(records) - len(bad)}/{len(records)} as expected ({n_ctrl} negative controls, "
+        f"{len(findings)} findings, {sum(not c.passed for c in findings)} refuted); "
         f"{time.perf_counter() - t_all:.1f}s"
     )
     if args.json:

@@ -14,46 +14,78 @@ Negative controls: an SG without the label (item 1), log loss instead of MSE (it
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from theory._common import fit_linear_sg, keys, orthonormal, rel, x64
+from theory._common import fit_linear_sg, np_orthonormal, rel, rng, x64
 from theory.record import Claim, at_most, control
+
+Layers = list[tuple[jax.Array, jax.Array]]
 
 # --------------------------------------------------------------------------- item 1
 
 
-def _affine_instance(key: jax.Array, n: int, m: int, o: int) -> tuple[jax.Array, ...]:
-    kh, ky, kw, kb = jax.random.split(key, 4)
-    h = jax.random.normal(kh, (n, m))
-    y = jax.random.normal(ky, (n, o))  # continuous targets: (A, B, C) identifiable
-    W = jax.random.normal(kw, (m, o)) / jnp.sqrt(m)
-    b = jax.random.normal(kb, (o,))
+def affine_instances(
+    g: np.random.Generator, instances: int, n: int, m: int, o: int
+) -> tuple[np.ndarray, ...]:
+    """Batches of ``(h, y, W, b)``: an affine upper network ``p = hW + b`` and targets.
+
+    Example:
+        >>> h, y, W, b = affine_instances(np.random.default_rng(0), 2, 8, 3, 2)
+        >>> h.shape, y.shape, W.shape, b.shape
+        ((2, 8, 3), (2, 8, 2), (2, 3, 2), (2, 2))
+    """
+    h = g.normal(size=(instances, n, m))
+    y = g.normal(size=(instances, n, o))  # continuous targets: (A, B, C) identifiable
+    W = g.normal(size=(instances, m, o)) / np.sqrt(m)
+    b = g.normal(size=(instances, o))
     return h, y, W, b
 
 
-def _linear_sg_exact_one(key: jax.Array, n: int, m: int, o: int, label: bool) -> jax.Array:
-    h, y, W, b = _affine_instance(key, n, m, o)
+def _linear_sg_exact_one(
+    h: jax.Array, y: jax.Array, W: jax.Array, b: jax.Array, label: jax.Array
+) -> jax.Array:
+    n, m = h.shape
+    o = y.shape[1]
     G = (h @ W + b - y) @ W.T / n  # ∂L/∂h for L = ½ mean_i ‖h_i W + b − y_i‖²
-    D, theta = fit_linear_sg(h, y, G, label=label)
-    residual = rel(D @ theta, G)
-    if not label:
-        return jnp.array([residual, jnp.nan, jnp.nan, jnp.nan])
+    # Without the label the y columns are zero: lstsq's minimum-norm solution is then
+    # the fit of hA + C, with the same residual, and the program is shared.
+    D, theta = fit_linear_sg(h, label * y, G)
     A, B, C = theta[:m], theta[m : m + o], theta[m + o]
-    return jnp.array([residual, rel(A, W @ W.T / n), rel(B, -W.T / n), rel(C, b @ W.T / n)])
+    return jnp.array(
+        [rel(D @ theta, G), rel(A, W @ W.T / n), rel(B, -W.T / n), rel(C, b @ W.T / n)]
+    )
+
+
+_linear_sg_exact_runner = jax.jit(jax.vmap(_linear_sg_exact_one, (0, 0, 0, 0, None)))
 
 
 @x64
 def linear_sg_exact(
     key: jax.Array, instances: int, *, label: bool = True, sizes: tuple[int, int, int] = (64, 6, 3)
 ) -> list[Claim]:
-    """Item 1: residual ≤ 1e-10 and (A, B, C) to 1e-8 relative, worst over instances."""
+    """Item 1: residual ≤ 1e-10 and (A, B, C) to 1e-8 relative, worst over instances.
+
+    Args:
+        key: PRNG key for the instances.
+        instances: how many random affine upper networks to check.
+        label: False drops ``y`` from the SG (the negative control).
+        sizes: ``(n, dim h, dim y)``.
+
+    Returns:
+        The records: residual and (A, B, C) rows, or the control row.
+
+    Example:
+        >>> [c.passed for c in linear_sg_exact(jax.random.key(0), 2, sizes=(16, 3, 2))]
+        [True, True]
+    """
     n, m, o = sizes
-    with jax.enable_x64(True):
-        errs = jax.jit(
-            jax.vmap(lambda k: _linear_sg_exact_one(k, n, m, o, label)), static_argnums=()
-        )(keys(key, instances))
-        worst = jnp.max(errs, axis=0)
+    data = affine_instances(rng(key), instances, n, m, o)
+    errs = _linear_sg_exact_runner(*data, jnp.float64(label))
+    worst = jnp.max(errs, axis=0)
     tag = "" if label else "/no-label"
     out = [
         at_most(
@@ -67,66 +99,79 @@ def linear_sg_exact(
     ]
     if not label:
         return [control(out[0], "SG(h) = hA + C without the label")]
-    if label:
-        out.append(
-            at_most(
-                "linear-sg-exact/A,B,C",
-                "§3 (Prop. 1 ex.)",
-                jnp.max(worst[1:]),
-                1e-8,
-                instances,
-                "A=WWᵀ/n, B=−Wᵀ/n, C=bWᵀ/n",
-            )
+    out.append(
+        at_most(
+            "linear-sg-exact/A,B,C",
+            "§3 (Prop. 1 ex.)",
+            jnp.max(worst[1:]),
+            1e-8,
+            instances,
+            "A=WWᵀ/n, B=−Wᵀ/n, C=bWᵀ/n",
         )
+    )
     return out
 
 
 # --------------------------------------------------------------------------- item 2
 
 
-def _deep_linear_at_optimum(
-    key: jax.Array, n: int, k: int, width: int, depth: int, loss: str
-) -> tuple[list[tuple[jax.Array, jax.Array]], jax.Array, jax.Array]:
-    """A deep linear net whose function is the global optimum (OLS or logistic MLE).
+def _np_forward(layers: list[tuple[np.ndarray, np.ndarray]], h: np.ndarray) -> np.ndarray:
+    for W, b in layers:
+        h = h @ W + b
+    return h
 
-    Hidden layers are random scaled orthogonal maps (well conditioned); the last
-    layer is solved so that the whole network equals the optimal affine map.
+
+def deep_linear_at_optimum(
+    g: np.random.Generator, instances: int, n: int, k: int, width: int, depth: int, loss: str
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+    """Batches of deep linear nets whose function is the global optimum (OLS or logistic MLE).
+
+    Hidden layers are random scaled orthogonal maps (well conditioned); the last layer
+    is solved so that the whole network equals the optimal affine map. Returns the
+    layers (each ``(W, b)`` with a leading instance axis), inputs and targets.
+
+    Example:
+        >>> layers, X, Y = deep_linear_at_optimum(np.random.default_rng(0), 2, 20, 3, 4, 3, "mse")
+        >>> len(layers), X.shape, Y.shape
+        (3, (2, 20, 3), (2, 20, 1))
     """
-    kx, kt, kn, kl = jax.random.split(key, 4)
-    X = jax.random.normal(kx, (n, k))
-    Xb = jnp.concatenate([X, jnp.ones((n, 1))], axis=1)
-    w_true = jax.random.normal(kt, (k + 1, 1))
+    X = g.normal(size=(instances, n, k))
+    Xb = np.concatenate([X, np.ones((instances, n, 1))], axis=2)
+    w_true = g.normal(size=(instances, k + 1, 1))
     if loss == "mse":
-        Y = Xb @ w_true + 0.5 * jax.random.normal(kn, (n, 1))
-        w_opt = jnp.linalg.lstsq(Xb, Y)[0]
+        Y = Xb @ w_true + 0.5 * g.normal(size=(instances, n, 1))
+        w_opt = np.linalg.solve(np.swapaxes(Xb, 1, 2) @ Xb, np.swapaxes(Xb, 1, 2) @ Y)
     else:
         # Labels drawn from a logistic model: classes overlap, so the MLE exists.
-        Y = (jax.random.uniform(kn, (n, 1)) < jax.nn.sigmoid(Xb @ w_true)).astype(X.dtype)
-
-        def newton(w: jax.Array, _: None) -> tuple[jax.Array, None]:
-            s = jax.nn.sigmoid(Xb @ w)
-            g = Xb.T @ (s - Y)
-            H = Xb.T @ (Xb * (s * (1 - s)))
-            return w - jnp.linalg.solve(H, g), None
-
-        w_opt, _ = jax.lax.scan(newton, jnp.zeros((k + 1, 1)), None, length=40)
-    layers = []
+        Y = (g.uniform(size=(instances, n, 1)) < 1 / (1 + np.exp(-Xb @ w_true))).astype(float)
+        w_opt = np.zeros((instances, k + 1, 1))
+        for _ in range(40):  # Newton's method on the convex log loss
+            s = 1 / (1 + np.exp(-Xb @ w_opt))
+            grad = np.swapaxes(Xb, 1, 2) @ (s - Y)
+            H = np.swapaxes(Xb, 1, 2) @ (Xb * (s * (1 - s)))
+            w_opt = w_opt - np.linalg.solve(H, grad)
     dims = [k] + [width] * (depth - 1)
-    lkeys = jax.random.split(kl, 3 * depth)
+    layers = []
     for i in range(depth - 1):
-        scale = jax.random.uniform(lkeys[3 * i], (), minval=0.7, maxval=1.4)
-        W = scale * orthonormal(lkeys[3 * i + 1], dims[i], dims[i + 1])
-        b = 0.3 * jax.random.normal(lkeys[3 * i + 2], (dims[i + 1],))
+        scale = g.uniform(0.7, 1.4, size=(instances, 1, 1))
+        W = scale * np_orthonormal(g, dims[i], dims[i + 1], instances)
+        b = 0.3 * g.normal(size=(instances, dims[i + 1]))
         layers.append((W, b))
-    c = _forward(layers, jnp.zeros((1, k)))
-    M = _forward(layers, jnp.eye(k)) - c
-    W_last = jnp.linalg.pinv(M) @ w_opt[:k]
-    b_last = w_opt[k] - (c @ W_last)[0]
+
+    def fwd(h: np.ndarray) -> np.ndarray:
+        for W, b in layers:
+            h = h @ W + b[:, None, :]
+        return h
+
+    c = fwd(np.zeros((instances, 1, k)))
+    M = fwd(np.broadcast_to(np.eye(k), (instances, k, k))) - c
+    W_last = np.linalg.pinv(M) @ w_opt[:, :k]
+    b_last = w_opt[:, k] - (c @ W_last)[:, 0]
     layers.append((W_last, b_last))
     return layers, X, Y
 
 
-def _forward(layers: list[tuple[jax.Array, jax.Array]], h: jax.Array) -> jax.Array:
+def _forward(layers: Layers, h: jax.Array) -> jax.Array:
     for W, b in layers:
         h = h @ W + b
     return h
@@ -139,14 +184,15 @@ def _loss(p: jax.Array, y: jax.Array, loss: str) -> jax.Array:
     return jnp.sum(jnp.logaddexp(0.0, p) - y * p) / n  # binary log loss on a logit
 
 
-def _prop1_one(
-    key: jax.Array, n: int, k: int, width: int, depth: int, j: int, loss: str
-) -> jax.Array:
-    layers, X, Y = _deep_linear_at_optimum(key, n, k, width, depth, loss)
+def _norm(tree: object) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+
+
+def _prop1_one(layers: Layers, X: jax.Array, Y: jax.Array, j: int, loss: str) -> jax.Array:
     lower, upper = layers[:j], layers[j:]
     h, vjp_lower = jax.vjp(lambda lo: _forward(lo, X), lower)
 
-    def upper_loss(up: list[tuple[jax.Array, jax.Array]], h: jax.Array) -> jax.Array:
+    def upper_loss(up: Layers, h: jax.Array) -> jax.Array:
         return _loss(_forward(up, h), Y, loss)
 
     g_upper, G = jax.grad(upper_loss, argnums=(0, 1))(upper, h)
@@ -154,12 +200,13 @@ def _prop1_one(
     SG = D @ theta
     (g_lower_sg,) = vjp_lower(SG)
     g_sg = 2.0 * D.T @ (SG - G)  # ∂L_SG/∂Θ for L_SG = ‖SG − ∂L/∂h‖²
-
-    def norm(tree: object) -> jax.Array:
-        return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
-
     (g_lower_true,) = vjp_lower(G)
-    return jnp.array([norm(g_upper), norm(g_lower_sg), norm(g_sg), norm(g_lower_true)])
+    return jnp.array([_norm(g_upper), _norm(g_lower_sg), _norm(g_sg), _norm(g_lower_true)])
+
+
+@functools.cache
+def _prop1_runner(j: int, loss: str):  # type: ignore[no-untyped-def]
+    return jax.jit(jax.vmap(functools.partial(_prop1_one, j=j, loss=loss)))
 
 
 @x64
@@ -183,16 +230,21 @@ def prop1_critical_points(
     every lower layer's input, so the fitted SG gives *exactly* the true lower
     gradient whatever the loss. Only a lower net whose ``h`` does not span its inputs
     (the logit of a shallow model; or a non-linear one) exposes the failure.
+
+    Example:
+        >>> [c.passed for c in prop1_critical_points(jax.random.key(0), 2, sizes=(24, 2, 3, 3, 1))]
+        [True]
     """
+    if loss not in ("mse", "log"):
+        raise ValueError(f"`loss` must be 'mse' or 'log', got {loss!r}")
     n, k, width, depth, j = sizes
-    with jax.enable_x64(True):
-        f = jax.jit(jax.vmap(lambda kk: _prop1_one(kk, n, k, width, depth, j, loss)))
-        g = f(keys(key, instances))
-        worst = jnp.max(g, axis=0)
+    layers, X, Y = deep_linear_at_optimum(rng(key), instances, n, k, width, depth, loss)
+    g = _prop1_runner(j, loss)(layers, X, Y)
+    worst = jnp.max(g, axis=0)
     detail = (
         f"max ‖∂L/∂θ>h‖={float(worst[0]):.1e}, ‖SG·∂h/∂θ<h‖={float(worst[1]):.1e}, "
         f"‖∂L_SG/∂θ_SG‖={float(worst[2]):.1e} (true ‖∂L/∂θ<h‖={float(worst[3]):.1e}); "
-        f"{depth - 1} hidden layers, SG after layer {j}"
+        f"{depth - 1} hidden layers of width {width}, SG after layer {j}, n={n}, k={k}"
     )
     if loss == "mse":
         return [
@@ -215,31 +267,33 @@ _X_APPENDIX = (-2.0, -1.0, 1.0, 2.0)
 
 
 def _appendix_sg_run(
-    abc: jax.Array, x: jax.Array, steps: int, lr: float = 0.01, lr_sg: float = 0.1
+    abc: jax.Array, x: jax.Array, steps: jax.Array, lr: float = 0.01, lr_sg: float = 0.1
 ) -> jax.Array:
     """Full-batch SG training on L = Σ|ax + b| with a constant SG output c."""
 
-    def step(abc: jax.Array, _: None) -> tuple[jax.Array, None]:
+    def step(_: jax.Array, abc: jax.Array) -> jax.Array:
         a, b, c = abc
         delta = jnp.sign(a * x + b)  # true ∂L_i/∂p_i
         # The lower net follows the synthetic gradient c at every point.
         a_new = a - lr * jnp.sum(c * x)
         b_new = b - lr * jnp.sum(c * jnp.ones_like(x))
         c_new = c - lr_sg * jnp.sum(2.0 * (c - delta))  # L_SG = Σ_i (c − δ_i)²
-        return jnp.stack([a_new, b_new, c_new]), None
+        return jnp.stack([a_new, b_new, c_new])
 
-    out, _ = jax.lax.scan(step, abc, None, length=steps)
-    return out
+    return jax.lax.fori_loop(0, steps, step, abc)
 
 
 def _appendix_bp_run(ab: jax.Array, x: jax.Array, steps: int, lr: float = 0.01) -> jax.Array:
-    def step(ab: jax.Array, _: None) -> tuple[jax.Array, None]:
+    def step(_: jax.Array, ab: jax.Array) -> jax.Array:
         a, b = ab
         s = jnp.sign(a * x + b)
-        return jnp.stack([a - lr * jnp.sum(s * x), b - lr * jnp.sum(s)]), None
+        return jnp.stack([a - lr * jnp.sum(s * x), b - lr * jnp.sum(s)])
 
-    out, _ = jax.lax.scan(step, ab, None, length=steps)
-    return out
+    return jax.lax.fori_loop(0, steps, step, ab)
+
+
+_appendix_sg = jax.jit(jax.vmap(_appendix_sg_run, (0, None, None)))
+_appendix_bp = jax.jit(_appendix_bp_run, static_argnums=2)
 
 
 @x64
@@ -251,26 +305,32 @@ def appendix_a(
     Random starts (a, b) with |b| < |a| and any c: after ``steps`` full-batch SG steps
     ``a`` has not moved at all (bit-exact), ``c`` → 0, yet ``|∂L/∂a| = 6`` there.
     With ``data`` whose sum is not 0 (negative control) ``a`` moves.
+
+    Example:
+        >>> [c.passed for c in appendix_a(jax.random.key(0), 4, steps=500)]
+        [True, True, True, True, True]
     """
-    with jax.enable_x64(True):
-        x = jnp.asarray(data)
-        ka, kb, kc = jax.random.split(key, 3)
-        a = jax.random.uniform(ka, (instances,), minval=0.2, maxval=2.0)
-        a = a * jnp.where(jax.random.bernoulli(kc, 0.5, (instances,)), 1.0, -1.0)
-        b = jax.random.uniform(kb, (instances,), minval=-0.95, maxval=0.95) * jnp.abs(a)
-        c = jax.random.uniform(kc, (instances,), minval=-1.0, maxval=1.0)
-        starts = jnp.stack([a, b, c], axis=1)
-        ends = jax.jit(jax.vmap(lambda s: _appendix_sg_run(s, x, steps)))(starts)
-        moved_a = jnp.max(jnp.abs(ends[:, 0] - starts[:, 0]))
-        c_end = jnp.max(jnp.abs(ends[:, 2]))
-        true_da = jax.vmap(lambda e: jnp.sum(jnp.sign(e[0] * x + e[1]) * x))(ends)
-        # The paper's point (a, b, c) = (1, 0, 0): SG update exactly 0, ∂L/∂a = 6.
-        at_1 = _appendix_sg_run(jnp.array([1.0, 0.0, 0.0]), x, 1)
-        sg_update = jnp.max(jnp.abs(at_1 - jnp.array([1.0, 0.0, 0.0])))
-        paper_start = _appendix_sg_run(jnp.array([1.0, 0.5, 0.0]), x, steps)
-        bp = _appendix_bp_run(jnp.array([1.0, 0.5]), x, steps)
-        other = _appendix_sg_run(jnp.array([0.3, -0.2, 0.7]), x, steps)
-        da_at_1 = float(jnp.sum(jnp.sign(x) * x))
+    x = jnp.asarray(data, jnp.float64)
+    if x.shape != (4,):
+        raise ValueError(f"`data` must hold 4 points, got {len(data)}")
+    g = rng(key)
+    a = g.uniform(0.2, 2.0, instances) * np.where(g.uniform(size=instances) < 0.5, 1.0, -1.0)
+    b = g.uniform(-0.95, 0.95, instances) * np.abs(a)
+    c = g.uniform(-1.0, 1.0, instances)
+    starts = np.stack([a, b, c], axis=1)
+    # The random starts plus the paper's two starts, in one batch.
+    batch = np.concatenate([starts, [[1.0, 0.5, 0.0], [0.3, -0.2, 0.7]]])
+    ends_all = np.asarray(_appendix_sg(batch, x, steps))
+    ends, paper_start, other = ends_all[:instances], ends_all[-2], ends_all[-1]
+    moved_a = np.max(np.abs(ends[:, 0] - starts[:, 0]))
+    c_end = np.max(np.abs(ends[:, 2]))
+    xs = np.asarray(data)
+    true_da = np.array([np.sum(np.sign(e[0] * xs + e[1]) * xs) for e in ends])
+    # The paper's point (a, b, c) = (1, 0, 0): SG update exactly 0, ∂L/∂a = 6.
+    at_1 = np.asarray(_appendix_sg(np.array([[1.0, 0.0, 0.0]]), x, 1))[0]
+    sg_update = np.max(np.abs(at_1 - np.array([1.0, 0.0, 0.0])))
+    bp = np.asarray(_appendix_bp(jnp.array([1.0, 0.5]), x, steps))
+    da_at_1 = float(np.sum(np.sign(xs) * xs))
     balanced = sum(data) == 0
     tag = "" if balanced else "/unbalanced-data"
     stationary = at_most(
@@ -279,8 +339,8 @@ def appendix_a(
         moved_a,
         0.0,
         instances,
-        f"max |a_T − a_0| over starts with |b|<|a|; max |c_T|={float(c_end):.1e}; "
-        f"min |∂L/∂a| there={float(jnp.min(jnp.abs(true_da))):.3g} (not critical for L)",
+        f"max |a_T − a_0| over starts with |b|<|a|, {steps} steps; max |c_T|={c_end:.1e}; "
+        f"min |∂L/∂a| there={np.min(np.abs(true_da)):.3g} (not critical for L)",
     )
     if not balanced:
         return [control(stationary, f"data {data} with Σx ≠ 0")]
@@ -295,25 +355,30 @@ def appendix_a(
         ),
         stationary,
         at_most(
-            "appendixA/c→0-in-region", "App. A", c_end, 1e-6, instances, "max |c_T| over starts"
+            "appendixA/c→0-in-region",
+            "App. A",
+            c_end,
+            1e-6,
+            instances,
+            f"max |c_T| over starts, {steps} steps",
         ),
         at_most(
             "appendixA/paper-start",
             "App. A",
-            max(abs(float(paper_start[0]) - 1.0), abs(float(paper_start[2]))),
+            max(abs(paper_start[0] - 1.0), abs(paper_start[2])),
             1e-6,
             1,
-            f"SG from (1, 0.5, 0) ends at ({float(paper_start[0]):.6g}, "
-            f"{float(paper_start[1]):.6g}, {float(paper_start[2]):.2g}); from (0.3, −0.2, 0.7) "
-            f"at ({float(other[0]):.4g}, {float(other[1]):.4g}, {float(other[2]):.2g})",
+            f"SG from (1, 0.5, 0) ends at ({paper_start[0]:.6g}, {paper_start[1]:.6g}, "
+            f"{paper_start[2]:.2g}); from (0.3, −0.2, 0.7) at ({other[0]:.4g}, "
+            f"{other[1]:.4g}, {other[2]:.2g})",
         ),
         at_most(
             "appendixA/backprop-reaches-0",
             "App. A",
-            max(abs(float(bp[0])) / 0.06, abs(float(bp[1])) / 1e-6),
+            max(abs(bp[0]) / 0.06, abs(bp[1]) / 1e-6),
             1.0,
             1,
-            f"backprop from (1, 0.5) ends at a={float(bp[0]):.3g}, b={float(bp[1]):.2g} "
+            f"backprop from (1, 0.5) ends at a={bp[0]:.3g}, b={bp[1]:.2g} after {steps} steps "
             "(target |a|≤0.06, |b|≤1e-6; measured = max ratio to those)",
         ),
     ]

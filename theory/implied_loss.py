@@ -14,23 +14,30 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from theory._common import fit_linear_sg, keys, x64
-from theory.critical_points import _affine_instance
+from theory._common import fit_linear_sg, rng, x64
+from theory.critical_points import affine_instances
 from theory.record import Claim, at_most, control
 
 
-def _implied_one(key: jax.Array, n: int, m: int, o: int, skew: float, probes: int) -> jax.Array:
-    kp, kq, ks, ki = jax.random.split(key, 4)
-    h, y, W, b = _affine_instance(kp, n, m, o)
+def _implied_one(
+    h: jax.Array,
+    y: jax.Array,
+    W: jax.Array,
+    b: jax.Array,
+    S: jax.Array,
+    y0: jax.Array,
+    H: jax.Array,
+    skew: jax.Array,
+) -> jax.Array:
+    n, m = h.shape
+    o = y.shape[1]
     G = (h @ W + b - y) @ W.T / n
     _, theta = fit_linear_sg(h, y, G)
     A, B, C = theta[:m], theta[m : m + o], theta[m + o]
-    S = jax.random.normal(ks, (m, m))
     A = A + skew * jnp.linalg.norm(A) * (S - S.T) / jnp.linalg.norm(S - S.T)
     A_sym = (A + A.T) / 2
-    y0 = y[jax.random.randint(ki, (), 0, n)]  # one fixed label
-    H = 3.0 * jax.random.normal(kq, (probes, m))
 
     def L_hat(hh: jax.Array) -> jax.Array:
         return 0.5 * hh @ A_sym @ hh + (y0 @ B + C) @ hh
@@ -50,6 +57,9 @@ def _implied_one(key: jax.Array, n: int, m: int, o: int, skew: float, probes: in
     )
 
 
+_implied_runner = jax.jit(jax.vmap(_implied_one, (0, 0, 0, 0, 0, 0, 0, None)))
+
+
 @x64
 def implied_quadratic_loss(
     key: jax.Array,
@@ -59,10 +69,26 @@ def implied_quadratic_loss(
     sizes: tuple[int, int, int] = (64, 6, 3),
     probes: int = 1000,
 ) -> list[Claim]:
-    """Items 11–12: std(L̂ − L) ≤ 1e-9·std(L); ∇L̂ = SG iff A symmetric."""
+    """Items 11–12: std(L̂ − L) ≤ 1e-9·std(L); ∇L̂ = SG iff A symmetric.
+
+    Args:
+        key: PRNG key for the instances.
+        instances: random affine upper networks (the SG is fitted on each).
+        skew: relative norm of a skew part added to the fitted ``A`` (control if > 0).
+        sizes: ``(n, dim h, dim y)``.
+        probes: random points ``h`` where ``L̂`` and ``L`` are compared (one fixed y).
+
+    Example:
+        >>> [c.passed for c in implied_quadratic_loss(jax.random.key(0), 2, probes=50)]
+        [True, True]
+    """
     n, m, o = sizes
-    f = jax.jit(jax.vmap(lambda k: _implied_one(k, n, m, o, skew, probes)))
-    r = jnp.max(f(keys(key, instances)), axis=0)
+    g = rng(key)
+    h, y, W, b = affine_instances(g, instances, n, m, o)
+    S = g.normal(size=(instances, m, m))
+    y0 = y[np.arange(instances), g.integers(0, n, instances)]  # one fixed label each
+    H = 3.0 * g.normal(size=(instances, probes, m))
+    r = jnp.max(_implied_runner(h, y, W, b, S, y0, H, jnp.float64(skew)), axis=0)
     asym = f"‖A − Aᵀ‖/‖A‖ = {float(r[2]):.2g}"
     field = at_most(
         "implied-loss/SG-is-∇L̂" + ("/skew-A" if skew else ""),

@@ -16,40 +16,55 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from theory._common import keys, x64
+from theory._common import rng, x64
 from theory.record import Claim, at_least, at_most, control
 
 
-def _unit(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    v = jax.random.normal(key, shape)
-    return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+def _unit_np(g: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    v = g.normal(size=shape)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def _cosine_one(key: jax.Array, dim: int, samples: int, r_scale: float) -> jax.Array:
-    kd, kg, ke, ku = jax.random.split(key, 4)
-    delta = jax.random.uniform(kd, (), minval=0.05, maxval=0.95)
+def _cosine_one(
+    delta: jax.Array, g: jax.Array, u: jax.Array, e_dir: jax.Array, r_scale: jax.Array
+) -> jax.Array:
     r = (1 - delta) / (1 + delta)
-    g = jax.random.normal(kg, (dim,))
-    # Half the errors on the boundary ‖e‖ = r‖g‖ (the worst case), half inside.
-    u = jnp.where(jnp.arange(samples) < samples // 2, 1.0, jax.random.uniform(ku, (samples,)))
-    e = _unit(ke, (samples, dim)) * (r_scale * r * u * jnp.linalg.norm(g))[:, None]
+    e = e_dir * (r_scale * r * u * jnp.linalg.norm(g))[:, None]
     d = g + e
     cos = (d @ g) / (jnp.linalg.norm(d, axis=1) * jnp.linalg.norm(g))
     return jnp.array([jnp.min(cos) - delta, jnp.min(cos) - jnp.sqrt(1 - r**2)])
+
+
+_cosine_runner = jax.jit(jax.vmap(_cosine_one, (0, 0, 0, 0, None)))
 
 
 @x64
 def cosine_lemma(
     key: jax.Array, instances: int, *, r_scale: float = 1.0, dims: tuple[int, ...] = (2, 3, 10)
 ) -> list[Claim]:
-    """Item 14: min cos(g, g+e) − δ ≥ 0 over random δ, g and 1e5 errors in all."""
+    """Item 14: min cos(g, g+e) − δ ≥ 0 over random δ, g and 1e5 errors in all.
+
+    Half of the errors lie on the boundary ``‖e‖ = r‖g‖`` (the worst case), half
+    inside. ``r_scale > 1`` lets ``‖e‖`` exceed the lemma's bound (negative control).
+
+    Example:
+        >>> [c.passed for c in cosine_lemma(jax.random.key(0), 2, dims=(3,))]
+        [True, True]
+    """
     samples = max(100_000 // max(instances, 1), 200)
+    g_np = rng(key)
     worst = []
-    for i, dim in enumerate(dims):
-        f = jax.jit(jax.vmap(lambda k, dim=dim: _cosine_one(k, dim, samples, r_scale)))
-        worst.append(jnp.min(f(keys(jax.random.fold_in(key, i), instances)), axis=0))
-    w = jnp.min(jnp.stack(worst), axis=0)
+    for dim in dims:
+        delta = g_np.uniform(0.05, 0.95, instances)
+        g = g_np.normal(size=(instances, dim))
+        u = np.where(
+            np.arange(samples) < samples // 2, 1.0, g_np.uniform(size=(instances, samples))
+        )
+        e_dir = _unit_np(g_np, (instances, samples, dim))
+        worst.append(np.min(np.asarray(_cosine_runner(delta, g, u, e_dir, r_scale)), axis=0))
+    w = np.min(np.stack(worst), axis=0)
     n = instances * len(dims)
     detail = f"{n} (δ, g) pairs, {samples} errors each, dims {dims}"
     if r_scale != 1.0:
@@ -68,33 +83,44 @@ def cosine_lemma(
     ]
 
 
-def _lsq_instance(key: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    kj, ky = jax.random.split(key)
-    J = jax.random.normal(kj, (n, d))
-    y = jax.random.normal(ky, (n,))
-    theta_star = jnp.linalg.lstsq(J, y)[0]
-    return J, y, theta_star
-
-
 def _noisy_gd_one(
-    key: jax.Array, n: int, d: int, steps: int, eps: float | jax.Array, relative: bool
+    J: jax.Array,
+    y: jax.Array,
+    e_unit: jax.Array,
+    noise: jax.Array,
+    eps: jax.Array,
+    relative: jax.Array,
 ) -> jax.Array:
-    kp, kn, ke = jax.random.split(key, 3)
-    J, y, theta_star = _lsq_instance(kp, n, d)
-    lr = 1.0 / jnp.linalg.eigvalsh(J.T @ J)[-1]
-    e_const = eps * _unit(ke, (n,))  # a fixed SG error on ∂L/∂h, h = Jθ
+    d = J.shape[1]
+    H = J.T @ J
+    theta_star = jnp.linalg.solve(H, J.T @ y)
+    lr = 1.0 / jnp.linalg.eigvalsh(H)[-1]
+    e_const = eps * e_unit  # a fixed SG error on ∂L/∂h, h = Jθ
 
-    def step(theta: jax.Array, k: jax.Array) -> tuple[jax.Array, None]:
+    def step(theta: jax.Array, u: jax.Array) -> tuple[jax.Array, None]:
         g = J.T @ (J @ theta - y)
-        if relative:
-            err = _unit(k, (d,)) * jnp.linalg.norm(g) / 3.0  # vanishes with g
-        else:
-            err = J.T @ e_const  # SG = ∂L/∂h + e: error e·∂h/∂θ on the update
+        # relative: an error of norm ‖g‖/3 that vanishes with g (Prop. 2's assumption);
+        # otherwise SG = ∂L/∂h + e, an error e·∂h/∂θ on the update that does not.
+        err = jnp.where(relative, u * jnp.linalg.norm(g) / 3.0, J.T @ e_const)
         return theta - lr * (g + err), None
 
-    theta, _ = jax.lax.scan(step, jnp.zeros(d), jax.random.split(kn, steps))
-    predicted = theta_star - jnp.linalg.solve(J.T @ J, J.T @ e_const)
+    theta, _ = jax.lax.scan(step, jnp.zeros(d), noise)
+    predicted = theta_star - jnp.linalg.solve(H, J.T @ e_const)
     return jnp.array([jnp.linalg.norm(theta - theta_star), jnp.linalg.norm(theta - predicted)])
+
+
+_noisy_gd = jax.jit(jax.vmap(_noisy_gd_one, (0, 0, 0, 0, None, None)))
+
+
+def _noisy_gd_data(
+    key: jax.Array, instances: int, n: int, d: int, steps: int
+) -> tuple[np.ndarray, ...]:
+    g = rng(key)
+    J = g.normal(size=(instances, n, d))
+    y = g.normal(size=(instances, n))
+    e_unit = _unit_np(g, (instances, n))
+    noise = _unit_np(g, (instances, steps, d))
+    return J, y, e_unit, noise
 
 
 @x64
@@ -106,10 +132,17 @@ def vanishing_error(
     sizes: tuple[int, int] = (20, 8),
     steps: int = 20_000,
 ) -> list[Claim]:
-    """Item 15: GD with error of norm ‖g‖/3 converges: ‖θ − θ*‖ ≤ 1e-10."""
+    """Item 15: GD with error of norm ‖g‖/3 converges: ‖θ − θ*‖ ≤ 1e-10.
+
+    ``relative=False`` (negative control) uses a constant error of norm 0.1 instead.
+
+    Example:
+        >>> [c.passed for c in vanishing_error(jax.random.key(0), 2, steps=2000)]
+        [True]
+    """
     n, d = sizes
-    f = jax.jit(jax.vmap(lambda k: _noisy_gd_one(k, n, d, steps, 0.1, relative)))
-    r = f(keys(key, instances))
+    data = _noisy_gd_data(key, instances, n, d, steps)
+    r = _noisy_gd(*data, 0.1, relative)
     claim = at_most(
         "prop2/relative-error-converges" if relative else "prop2/constant-error",
         "Prop. 2",
@@ -127,11 +160,16 @@ def vanishing_error(
 def constant_error_bias(
     key: jax.Array, instances: int, *, sizes: tuple[int, int] = (20, 8), steps: int = 20_000
 ) -> list[Claim]:
-    """Item 16: constant error ⇒ fixed point θ* − H⁻¹Jᵀe; distance ∝ ε."""
+    """Item 16: constant error ⇒ fixed point θ* − H⁻¹Jᵀe; distance ∝ ε.
+
+    Example:
+        >>> [c.passed for c in constant_error_bias(jax.random.key(0), 2, steps=2000)]
+        [True, True]
+    """
     n, d = sizes
-    f = jax.jit(jax.vmap(lambda k, eps: _noisy_gd_one(k, n, d, steps, eps, False), (0, None)))
-    # Same keys for both ε: the same problem and the same error direction.
-    out = {eps: f(keys(key, instances), eps) for eps in (0.1, 1.0)}
+    # The same data for both ε: the same problem and the same error direction.
+    data = _noisy_gd_data(key, instances, n, d, steps)
+    out = {eps: _noisy_gd(*data, eps, False) for eps in (0.1, 1.0)}
     ratio = out[1.0][:, 0] / out[0.1][:, 0]
     return [
         at_most(

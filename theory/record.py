@@ -1,10 +1,18 @@
 """The claim record and the helpers that build one.
 
 Every claim function in :mod:`theory` returns a list of :class:`Claim` records: the
-measured figure, the target it is compared with, and the verdict. A record whose
-``expect_pass`` is False is a *negative control*: the paper's assumption has been
-broken on purpose, and the check is only worth something if it then fails. The
-record is ``ok`` when its verdict is the expected one.
+measured figure, the target it is compared with, and the verdict. Each record has a
+``kind``:
+
+* ``"claim"``: a statement of the paper (or of the digest's reading of it) that must
+  hold; ``ok`` when it passes.
+* ``"control"``: a *negative control*: the paper's assumption has been broken on
+  purpose, and the check is only worth something if it then fails; ``ok`` when it
+  fails.
+* ``"finding"``: a statement we checked and report *without* it deciding the exit
+  code, because it is not a claim of the paper: e.g. a step the digest inferred from a
+  proof that turns out false. ``passed`` says whether the statement held; the record
+  is always ``ok``, and the table shows it as "finding: refuted" or "finding: holds".
 """
 
 from __future__ import annotations
@@ -29,6 +37,16 @@ class Claim:
       instances: how many random problems were checked.
       detail: free text: the paper's figure, spread over instances, what was broken.
       expect_pass: False for a negative control (the check is expected to fail).
+      kind: ``"claim"``, ``"control"`` or ``"finding"`` (see the module docstring).
+
+    Example:
+        >>> c = at_most("demo/zero", "Prop. 1", 3e-12, 1e-8, 4)
+        >>> (c.passed, c.ok, c.kind, c.target)
+        (True, True, 'claim', '≤ 1e-08')
+        >>> control(c, "assumption broken").ok  # a control that passes is a blind check
+        False
+        >>> finding(c).ok
+        True
     """
 
     name: str
@@ -40,13 +58,22 @@ class Claim:
     instances: int
     detail: str = ""
     expect_pass: bool = True
+    kind: str = "claim"
 
     @property
     def ok(self) -> bool:
-        """The verdict is the expected one (a negative control must fail)."""
+        """The verdict is the expected one (a control must fail; a finding is reported)."""
+        if self.kind == "finding":
+            return True
         return self.passed == self.expect_pass
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: every field, ``ok``, and non-finite numbers as strings.
+
+        Example:
+            >>> at_most("demo", "Prop. 1", float("nan"), 1e-8, 1).to_json()["measured"]
+            'nan'
+        """
         d = dataclasses.asdict(self)
         d["measured"] = _finite_or_str(self.measured)
         d["ok"] = self.ok
@@ -67,7 +94,12 @@ def at_most(
     *,
     expect_pass: bool = True,
 ) -> Claim:
-    """A claim ``measured ≤ tolerance`` (NaN fails)."""
+    """A claim ``measured ≤ tolerance`` (NaN fails).
+
+    Example:
+        >>> at_most("demo", "Thm. 1", 2e-9, 1e-8, 16).passed
+        True
+    """
     m = float(measured)
     return Claim(
         name,
@@ -92,7 +124,12 @@ def at_least(
     *,
     expect_pass: bool = True,
 ) -> Claim:
-    """A claim ``measured ≥ tolerance`` (NaN fails)."""
+    """A claim ``measured ≥ tolerance`` (NaN fails).
+
+    Example:
+        >>> at_least("demo", "Table 2", 0.01, 5e-3, 2).passed
+        True
+    """
     m = float(measured)
     return Claim(
         name,
@@ -108,6 +145,28 @@ def at_least(
 
 
 def control(claim: Claim, what: str) -> Claim:
-    """Mark ``claim`` as a negative control: ``what`` names the broken assumption."""
+    """Mark ``claim`` as a negative control: ``what`` names the broken assumption.
+
+    Example:
+        >>> c = control(at_most("demo", "Prop. 1", 0.3, 1e-8, 4), "label dropped")
+        >>> (c.kind, c.ok, c.detail)
+        ('control', True, 'control: label dropped')
+    """
     detail = f"control: {what}" + (f"; {claim.detail}" if claim.detail else "")
-    return dataclasses.replace(claim, detail=detail, expect_pass=False)
+    return dataclasses.replace(claim, detail=detail, expect_pass=False, kind="control")
+
+
+def finding(claim: Claim, note: str = "") -> Claim:
+    """Mark ``claim`` as a finding: reported, but it does not decide the exit code.
+
+    Use it for a statement that is not the paper's own (e.g. a step the digest read
+    into a proof); ``claim.passed`` then says whether that statement held.
+
+    Example:
+        >>> f = finding(at_most("demo", "Thm. 1 (proof)", 0.1, 1e-12, 8), "proof gap")
+        >>> (f.kind, f.passed, f.ok, f.detail)
+        ('finding', False, True, 'finding: proof gap')
+    """
+    detail = f"finding: {note}" if note else ""
+    detail += ("; " if detail and claim.detail else "") + claim.detail
+    return dataclasses.replace(claim, detail=detail, kind="finding")

@@ -3,24 +3,29 @@
 paper.md §4, items 19–21 of §6. Each method's signal δ̂ at a hidden boundary is the
 gradient w.r.t. ``h`` of an SG loss ``L_SG(t, SG(h))`` with the target ``t``
 stop-gradiented: Bprop (``SG = h``, ``t = −∂L/∂h``, ``L_SG = −⟨t, s⟩``), DFA (``hA``,
-``t = −∂L/∂p``) and Kickback (``h1``). We compute that autograd expression and compare
+``t = −∂L/∂p``), Kickback (``h1``), FA (``hA``, ``t = −∂L/∂g``), SG and SG + prop
+(``SG(h, y)``, ``t = ∂L/∂h``, ``L_SG = ‖t − s‖²``). We compute that autograd expression and compare
 it with the signals the rules produce (item 19); check that Kickback trains exactly
 like DFA with ``B = 1`` (item 20) and that the backprop rule trains exactly like plain
 ``jax.grad`` of the loss (item 21), over 100 SGD steps, in float64.
 
-Not covered here: the SG / SG + prop rows (their identity is the SG regression loss
-itself) and the FA row.
+The FA row uses ``g = hW`` of the next stage and FA's own signal above it; the SG
+and SG + prop rows use the conditioned linear SG with random parameters and
+``L_SG = ‖t − s‖²`` with the bootstrapped target.
 
-Negative controls: DFA's identity with the wrong feedback matrix (a fresh random one);
-Kickback against DFA with a random ``B``.
+Negative controls: every row against a broken version of itself (see
+:func:`table1_identities`); Kickback against DFA with a random ``B``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from sgjax import losses, nets, rules
+from sgjax import estimators, losses, nets, rules
 from theory._common import keys, x64
 from theory.record import Claim, at_most, control
 
@@ -34,39 +39,94 @@ def _problem(key: jax.Array, n: int, sizes: tuple[int, ...]):
     return net, params, x, y
 
 
-def _identity_one(key: jax.Array, sizes: tuple[int, ...], wrong_B: bool) -> jax.Array:
+ROWS = ("Bprop", "DFA", "Kickback", "FA", "SG", "SG+prop")
+
+
+def _identity_one(key: jax.Array, sizes: tuple[int, ...], wrong: bool) -> jax.Array:
+    """Max abs error of each Table 1 row at every hidden boundary (one random problem).
+
+    With ``wrong`` every row is checked against a broken version of itself (negative
+    control): the sign of Bprop's target flipped, DFA/FA with a fresh random A,
+    Kickback with a random A instead of ones, SG with a prop term it does not have,
+    SG + prop without its prop term.
+    """
     net, params, x, y = _problem(key, 16, sizes)
     loss = losses.softmax_cross_entropy
     exact = rules.exact_signals(net, params, x, y, loss)  # per-example ∂ℓ/∂h_i
-    hs = [x]
-    for s, th in zip(net.stages, params):
-        hs.append(s.apply(th, hs[-1]))
+    hs = net.hidden(params, x)
     e = exact[-1]  # ∂ℓ/∂p
-    errs = []
+    y_vec = losses.as_target(y, net.out_dim, e.dtype)
+    sign = -1.0 if wrong else 1.0
 
-    def table_signal(h: jax.Array, t: jax.Array, A: jax.Array | None) -> jax.Array:
-        # ∂/∂h of L_SG = −⟨stop_grad(t), SG(h)⟩ with SG(h) = h or hA.
-        def L_sg(h: jax.Array) -> jax.Array:
-            s = h if A is None else h @ A
-            return -jnp.sum(jax.lax.stop_gradient(t) * s)
+    def table_signal(h: jax.Array, t: jax.Array, sg, l_sg) -> jax.Array:  # type: ignore[no-untyped-def]
+        # ∂/∂h of L_SG(stop_grad(t), SG(h)), summed over the batch (per-example rows).
+        return jax.grad(lambda hh: l_sg(jax.lax.stop_gradient(t), sg(hh)))(h)
 
-        return jax.grad(L_sg)(h)
+    def neg_inner(t: jax.Array, s: jax.Array) -> jax.Array:
+        return -jnp.sum(t * s)
+
+    def rand_like(i: int, m: jax.Array) -> jax.Array:
+        return jax.random.normal(jax.random.fold_in(key, 100 + i), m.shape) / jnp.sqrt(m.shape[0])
 
     bp = rules.backprop().gradients(rules.RuleState(), net, params, x, y, loss).signals
     dfa_rule = rules.direct_feedback_alignment()
     st = dfa_rule.init(jax.random.fold_in(key, 1), net)
     dfa = dfa_rule.gradients(st, net, params, x, y, loss).signals
     kb = rules.kickback().gradients(rules.RuleState(), net, params, x, y, loss).signals
+    fa_rule = rules.feedback_alignment()
+    fst = fa_rule.init(jax.random.fold_in(key, 2), net)
+    fa = fa_rule.gradients(fst, net, params, x, y, loss).signals
+    sg_est = estimators.conditioned()
+    alpha = 0.7
+    sg_out = {}
+    thetas: tuple = ()
+    for a in (0.0, alpha):
+        rule = rules.synthetic_gradients(sg_est, at="all", prop=a)
+        if not thetas:
+            mods = rule.init(jax.random.fold_in(key, 3), net).params
+            thetas = tuple(
+                jax.tree.map(lambda m, i=i: 0.1 * rand_like(10 + i, m), mod)
+                for i, mod in enumerate(mods)
+            )
+        sg_out[a] = rule.gradients(rules.RuleState(thetas), net, params, x, y, loss).signals
+    errs: dict[str, list[jax.Array]] = {r: [] for r in ROWS}
     for i in range(1, net.depth):  # hidden boundaries
         h = hs[i]
-        errs.append(jnp.max(jnp.abs(table_signal(h, -exact[i - 1], None) - bp[i - 1])))
-        B = st.fixed[i - 1]
-        if wrong_B:
-            B = jax.random.normal(jax.random.fold_in(key, 7 + i), B.shape) / jnp.sqrt(B.shape[0])
-        errs.append(jnp.max(jnp.abs(table_signal(h, -e, B.T) - dfa[i - 1])))
+        got = table_signal(h, sign * -exact[i - 1], lambda hh: hh, neg_inner)
+        errs["Bprop"].append(jnp.max(jnp.abs(got - bp[i - 1])))
+        B = rand_like(i, st.fixed[i - 1]) if wrong else st.fixed[i - 1]
+        got = table_signal(h, -e, lambda hh, A=B.T: hh @ A, neg_inner)
+        errs["DFA"].append(jnp.max(jnp.abs(got - dfa[i - 1])))
         ones = jnp.ones((h.shape[1], e.shape[1]))
-        errs.append(jnp.max(jnp.abs(table_signal(h, -e, ones) - kb[i - 1])))
-    return jnp.max(jnp.stack(errs))
+        A1 = rand_like(20 + i, ones) if wrong else ones
+        got = table_signal(h, -e, lambda hh, A=A1: hh @ A, neg_inner)
+        errs["Kickback"].append(jnp.max(jnp.abs(got - kb[i - 1])))
+        # FA: g = h W_(i+1) + b of the next stage; ∂ℓ/∂g from FA's own signal above.
+        g = h @ params[i]["W"] + params[i]["b"]
+        act = (1 - jnp.tanh(g) ** 2) if i + 1 < net.depth else jnp.ones_like(g)
+        Bf = rand_like(30 + i, fst.fixed[i - 1]) if wrong else fst.fixed[i - 1]
+        got = table_signal(h, -(fa[i] * act), lambda hh, A=Bf.T: hh @ A, neg_inner)
+        errs["FA"].append(jnp.max(jnp.abs(got - fa[i - 1])))
+    # SG and SG + prop: L_SG = ‖t − s‖², s = SG(h, y), t the bootstrapped target (the
+    # exact gradient at the top boundary; the signal above sent through the stage above).
+    for a, row in ((0.0, "SG"), (alpha, "SG+prop")):
+        sig = sg_out[a]
+        for i in range(net.depth - 1, 0, -1):
+            h = hs[i]
+            if i == net.depth - 1:
+                t = exact[i - 1]
+            else:
+                _, vjp = jax.vjp(lambda hh, i=i: net.stages[i].apply(params[i], hh), h)
+                t = vjp(sig[i])[0]
+
+            def sg_fn(hh: jax.Array, th=thetas[i - 1]) -> jax.Array:  # type: ignore[no-untyped-def]
+                return sg_est.apply(th, hh, y_vec)
+
+            s = sg_fn(h)
+            prop = table_signal(h, t, sg_fn, lambda t, s: jnp.sum((t - s) ** 2))
+            a_used = (alpha - a) if wrong else a  # control: prop term where there is none
+            errs[row].append(jnp.max(jnp.abs(s + a_used * prop - sig[i - 1])))
+    return jnp.stack([jnp.max(jnp.stack(errs[r])) for r in ROWS])
 
 
 def _sgd(rule: rules.UpdateRule, state, net, params, x, y, steps: int, lr: float = 0.1):
@@ -105,31 +165,66 @@ def _trajectories_one(key: jax.Array, sizes: tuple[int, ...], random_B: bool) ->
     return jnp.array([kick_vs_dfa, bp_vs_grad])
 
 
+@functools.cache
+def _identity_runner(sizes: tuple[int, ...], wrong: bool):  # type: ignore[no-untyped-def]
+    return jax.jit(jax.vmap(lambda k: _identity_one(k, sizes, wrong)))
+
+
 @x64
 def table1_identities(
-    key: jax.Array, instances: int, *, wrong_B: bool = False, sizes: tuple[int, ...] = (5, 7, 6, 3)
+    key: jax.Array, instances: int, *, wrong: bool = False, sizes: tuple[int, ...] = (5, 7, 6, 3)
 ) -> list[Claim]:
-    """Item 19: autograd of −⟨stop_grad(t), SG(h)⟩ equals each rule's signal."""
-    f = jax.jit(jax.vmap(lambda k: _identity_one(k, sizes, wrong_B)))
-    worst = jnp.max(f(keys(key, instances)))
-    c = at_most(
-        "table1/∂L_SG/∂h=δ̂ (Bprop, DFA, Kickback)",
-        "Table 1",
-        worst,
-        1e-12,
-        instances,
-        f"max abs error, float64, tanh MLP {sizes}, softmax cross-entropy",
-    )
-    return [control(c, "DFA row with a different random A")] if wrong_B else [c]
+    """Item 19: autograd of L_SG(stop_grad(t), SG(h)) equals each rule's signal.
+
+    One record per row of Table 1 (Bprop, DFA, Kickback, FA, SG, SG + prop), worst
+    absolute error over every hidden boundary and instance, float64.
+    ``wrong=True`` checks each row against a broken version of itself (controls).
+
+    Example:
+        >>> [c.passed for c in table1_identities(jax.random.key(0), 1)]
+        [True, True, True, True, True, True]
+    """
+    r = np.asarray(_identity_runner(tuple(sizes), wrong)(keys(key, instances)))
+    worst = r.max(axis=0)
+    out = []
+    broken = {
+        "Bprop": "target sign flipped",
+        "DFA": "a different random A",
+        "Kickback": "a random A instead of ones",
+        "FA": "a different random A",
+        "SG": "a prop term added",
+        "SG+prop": "the prop term dropped",
+    }
+    for row, w in zip(ROWS, worst):
+        c = at_most(
+            f"table1/{row}: ∂L_SG/∂h = δ̂",
+            "Table 1",
+            w,
+            1e-12,
+            instances,
+            f"max abs error over hidden boundaries, float64, tanh MLP {sizes}, "
+            "softmax cross-entropy, through sgjax.rules",
+        )
+        out.append(control(c, broken[row]) if wrong else c)
+    return out
+
+
+@functools.cache
+def _trajectory_runner(sizes: tuple[int, ...], random_B: bool):  # type: ignore[no-untyped-def]
+    return jax.jit(jax.vmap(lambda k: _trajectories_one(k, sizes, random_B)))
 
 
 @x64
 def table1_trajectories(
     key: jax.Array, instances: int, *, random_B: bool = False, sizes: tuple[int, ...] = (5, 7, 6, 3)
 ) -> list[Claim]:
-    """Items 20–21: Kickback ≡ DFA(B = 1) and backprop rule ≡ jax.grad, 100 SGD steps."""
-    f = jax.jit(jax.vmap(lambda k: _trajectories_one(k, sizes, random_B)))
-    r = jnp.max(f(keys(key, instances)), axis=0)
+    """Items 20–21: Kickback ≡ DFA(B = 1) and backprop rule ≡ jax.grad, 100 SGD steps.
+
+    Example:
+        >>> [c.passed for c in table1_trajectories(jax.random.key(0), 1)]
+        [True, True]
+    """
+    r = jnp.max(_trajectory_runner(tuple(sizes), random_B)(keys(key, instances)), axis=0)
     kick = at_most(
         "table1/kickback≡DFA(B=1)",
         "Table 1",
