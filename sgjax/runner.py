@@ -255,5 +255,5 @@ def _stop(step, loss, state, ckpt, last_saved, save, good_metrics) -> NonFiniteL
             else f"no good checkpoint was written to {ckpt.directory}"
         )
         err.args = (f"{err.args[0]}{note} Checkpoints: {where}.",)
-    err.checkpoint_step = ckpt_step  # type: ignore[attr-defined]
+    err.checkpoint_step = ckpt_step
     return err

@@ -63,6 +63,8 @@ class NonFiniteLossError(FloatingPointError):
         self.step = step
         self.loss = loss
         self.state = state
+        #: the newest checkpoint of the run, when it was checkpointed (set by the runner)
+        self.checkpoint_step: int | None = None
 
 
 def init(

@@ -84,6 +84,19 @@ def _finite_or_str(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)
 
 
+def _bound(
+    name: str, reference: str, measured: Any, tolerance: float, instances: int,
+    detail: str, expect_pass: bool, *, upper: bool,
+) -> Claim:  # fmt: skip
+    m = float(measured)
+    ok = m <= tolerance if upper else m >= tolerance  # NaN compares False: it fails
+    sign = "≤" if upper else "≥"
+    return Claim(
+        name, reference, m, f"{sign} {tolerance:.3g}", tolerance, bool(ok), int(instances),
+        detail, expect_pass,
+    )  # fmt: skip
+
+
 def at_most(
     name: str,
     reference: str,
@@ -100,18 +113,8 @@ def at_most(
         >>> at_most("demo", "Thm. 1", 2e-9, 1e-8, 16).passed
         True
     """
-    m = float(measured)
-    return Claim(
-        name,
-        reference,
-        m,
-        f"≤ {tolerance:.3g}",
-        tolerance,
-        bool(m <= tolerance),
-        int(instances),
-        detail,
-        expect_pass,
-    )
+    return _bound(name, reference, measured, tolerance, instances, detail, expect_pass,
+                  upper=True)  # fmt: skip
 
 
 def at_least(
@@ -130,18 +133,8 @@ def at_least(
         >>> at_least("demo", "Table 2", 0.01, 5e-3, 2).passed
         True
     """
-    m = float(measured)
-    return Claim(
-        name,
-        reference,
-        m,
-        f"≥ {tolerance:.3g}",
-        tolerance,
-        bool(m >= tolerance),
-        int(instances),
-        detail,
-        expect_pass,
-    )
+    return _bound(name, reference, measured, tolerance, instances, detail, expect_pass,
+                  upper=False)  # fmt: skip
 
 
 def control(claim: Claim, what: str) -> Claim:
