@@ -440,6 +440,7 @@ def grid(kind: str = "noisy", *, size: int = 10, seed: int = 0, noise: float = 0
 
 # -------------------------------------------------------------------------- registry
 
+#: The registry of datasets: name -> loader. Adding one is one entry here.
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "mnist": mnist,
@@ -447,6 +448,8 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "grid_noisy": lambda **kw: grid("noisy", **kw),
     "grid_random": lambda **kw: grid("random", **kw),
 }
+#: datasets read from IDX files: the only ones that take ``data_dir`` and ``n_train``.
+FILE_DATASETS = ("mnist", "fashion_mnist")
 _ARTIFICIAL_RE = re.compile(r"(linear|noisy|random)(\d+)")
 
 

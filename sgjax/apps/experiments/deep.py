@@ -241,7 +241,7 @@ def run_fig3(ctx: C.Context) -> dict:
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
     idx = dg.label_sorted_sample(ds.y_train, cfg["rdm_points"], seed=ctx.seed)
     xs, ys = ds.x_train[idx], ds.y_train[idx]
-    sg_boundary = rules._resolve_at("middle", L + 1)[0]
+    sg_boundary = rules.resolve_at("middle", L + 1)[0]
     results: dict = {"settings": cfg, "sg_boundary": sg_boundary, "methods": {}}
     rdms = {}
     for m, r in tr["methods"].items():
@@ -444,7 +444,7 @@ def run_fig5(ctx: C.Context) -> dict:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for m in METHODS:
         ax.plot(np.arange(1, L + 1), M[m]["norms"], "-o", ms=3, label=LABELS[m])
-    sgb = rules._resolve_at("middle", L + 1)[0]
+    sgb = rules.resolve_at("middle", L + 1)[0]
     ax.axvline(sgb + 0.5, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("layer")
     ax.set_ylabel("‖W_l‖² / Σ‖W_j‖²")
