@@ -67,11 +67,20 @@ def test_memory_rows_and_ratios(quick_report):
     assert rows["sg"]["step"]["argument_bytes"] > rows["backprop"]["step"]["argument_bytes"]
 
 
-def test_pipeline_row_is_reported_or_explained(quick_report):
+def test_pipeline_rows_are_reported(quick_report):
+    # A failed pipeline bench is a failed test (and `sgjax bench` exits 1), not a footnote.
     r = quick_report["pipeline"]
-    assert isinstance(r["available"], bool)
-    if not r["available"]:
-        assert r["reason"]
+    assert r["ok"] is True, r.get("error")
+    assert r["devices"] == bench.QUICK["pipeline_devices"]
+
+
+def test_a_failing_pipeline_bench_fails_the_command(monkeypatch, capsys):
+    from sgjax.apps.bench import pipeline_rows
+
+    monkeypatch.setattr(pipeline_rows.sys, "executable", "false")  # the subprocess fails
+    assert cli.main(["bench", "--quick", "--only", "pipeline"]) == 1
+    out = capsys.readouterr().out
+    assert "Pipeline: FAILED" in out and "section(s) failed: pipeline" in out
 
 
 def test_only_runs_the_sections_asked_for(tmp_path, capsys):

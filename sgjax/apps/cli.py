@@ -92,9 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = subparsers[name]
         module.add_arguments(sub)
         # The sub-command's own parser: a bad flag prints *its* usage.
-        args = sub.parse_args(argv[1:])
-        args.command = name
-        return int(module.run(args) or 0)
+        return int(module.run(sub.parse_args(argv[1:])) or 0)
     except KeyboardInterrupt as err:
         return _interrupted(name, argv, err)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:

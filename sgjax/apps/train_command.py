@@ -269,7 +269,7 @@ _OUTPUT_FLAGS = ("json", "checkpoint_dir", "checkpoint_every", "resume", "no_pro
 
 def parse(args: argparse.Namespace) -> tuple[RunConfig, Outputs]:
     """The one step from the command line to a :class:`RunConfig` (and the outputs)."""
-    given = {k: v for k, v in vars(args).items() if k not in (*_OUTPUT_FLAGS, "command")}
+    given = {k: v for k, v in vars(args).items() if k not in _OUTPUT_FLAGS}
     config = from_flags(given)
     outputs = Outputs(
         args.json, args.checkpoint_dir, args.checkpoint_every, args.resume, not args.no_progress

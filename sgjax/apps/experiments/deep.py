@@ -493,9 +493,17 @@ PAPER_PROBES = {  # paper.md §3.4, read off Fig. 8
 
 
 def run_fig8(ctx: C.Context) -> dict:
+    """Fig. 8: linear probes of every layer. Compute, then claims, then render."""
     tr = trained_networks(ctx)
+    results, n_probe, n_held = _fig8_compute(ctx, tr)
+    results["claims"] = _fig8_claims(results["methods"], tr["settings"]["hidden"])
+    _fig8_render(ctx, tr, results, n_probe, n_held)
+    return results
+
+
+def _fig8_compute(ctx: C.Context, tr: dict) -> tuple[dict, int, int]:
+    """Probe accuracies and regressor errors per method and layer (no files written)."""
     cfg = tr["settings"]
-    L = cfg["hidden"]
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
     # Train-set probes saturate when the probe set is small next to the width (points in
     # 256 dimensions are easily separable), so a held-out accuracy is reported beside the
@@ -523,10 +531,14 @@ def run_fig8(ctx: C.Context) -> dict:
             "classifier_heldout_accuracy": [f["eval"] for f in fits],
             "regressor_mse": mse,
         }
-    M = results["methods"]
+    return results, len(xs), len(xh)
+
+
+def _fig8_claims(M: dict, L: int) -> dict:
+    """The paper's Fig. 8 statements, checked on the computed probes."""
     l5 = min(5, L) - 1
     others = max(M[m]["regressor_mse"][l5] for m in ("backprop", "sg", "sg_all"))
-    results["claims"] = {
+    return {
         "backprop and single SG: classifier probe at layer 2 = 1.0 (train)": {
             "value": f"{M['backprop']['classifier_train_accuracy'][1]:.4f}, "
             f"{M['sg']['classifier_train_accuracy'][1]:.4f}",
@@ -575,6 +587,11 @@ def run_fig8(ctx: C.Context) -> dict:
             "holds": bool(M["dfa"]["regressor_mse"][l5] >= 1.3 * others),
         },
     }
+
+
+def _fig8_render(ctx: C.Context, tr: dict, results: dict, n_probe: int, n_held: int) -> None:
+    """The figure, report.md and results.json of Fig. 8."""
+    cfg, M, L = tr["settings"], results["methods"], tr["settings"]["hidden"]
     plt = C.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     layers = np.arange(1, L + 1)
@@ -604,9 +621,9 @@ def run_fig8(ctx: C.Context) -> dict:
         *train_sec,
         "## Linear probes per layer (Fig. 8)",
         "",
-        f"{len(xs)} training points; classifier: softmax regression (full-batch Adam, "
+        f"{n_probe} training points; classifier: softmax regression (full-batch Adam, "
         f"{cfg['probe_steps']} steps, standardised features, no regularisation), train "
-        f"accuracy (the paper's quantity) and accuracy on {len(xh)} other training points "
+        f"accuracy (the paper's quantity) and accuracy on {n_held} other training points "
         "(ours: the train accuracy saturates when the probe set is small); regressor: "
         "least squares from the layer back to the input, residual "
         "‖x − x̂‖² summed over pixels (pixels in [0, 1]) and averaged over points. The "
@@ -634,4 +651,3 @@ def run_fig8(ctx: C.Context) -> dict:
     ]
     C.write_report(ctx, "Fig. 8 — linear probes", sections, _settings_text(cfg))
     C.write_json(ctx.out / "results.json", results)
-    return results
