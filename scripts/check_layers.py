@@ -41,15 +41,21 @@ PACKAGES = ("sgjax", "theory")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "core",
-        ("sgjax$", "sgjax.nets", "sgjax.losses", "sgjax.estimators", "sgjax.sweep",
-         "sgjax.rules", "sgjax.train"),
+        (
+            "sgjax$",
+            "sgjax.nets",
+            "sgjax.losses",
+            "sgjax.estimators",
+            "sgjax.sweep",
+            "sgjax.rules",
+            "sgjax.train",
+        ),
     ),
-    ("adapters", ("sgjax.diagnostics", "sgjax.flax_adapter", "sgjax.interface",
-                  "sgjax.recurrent")),
+    ("adapters", ("sgjax.diagnostics", "sgjax.flax_adapter", "sgjax.interface", "sgjax.recurrent")),
     ("infra", ("sgjax.infra", "sgjax.pipeline")),
     ("theory", ("theory",)),
     ("apps", ("sgjax.apps", "sgjax.__main__")),
-]  # fmt: skip
+]
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

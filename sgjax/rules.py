@@ -1,5 +1,8 @@
 """Update rules: every method of the paper's Table 1 as a choice of error signal δ̂.
 
+(Over 400 lines on purpose: the six rules, their Table 1 rows and the registry that
+names them are read together; the machinery they share is in :mod:`sgjax.sweep`.)
+
 Czarnecki et al. (2017, §6, Table 1) observe that backprop, synthetic gradients (SG),
 SG + prop, feedback alignment (FA), direct feedback alignment (DFA) and Kickback all
 train each stage with the chain rule *inside* the stage and differ only in the signal δ̂_i

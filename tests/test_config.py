@@ -24,8 +24,19 @@ def test_resume_refuses_changed_options_naming_each_field(tmp_path, capsys):
     ck = tmp_path / "ck"
     assert _train("--steps", "6", "--checkpoint-every", "3", "--checkpoint-dir", str(ck)) == 0
     capsys.readouterr()
-    code = _train("--steps", "9", "--checkpoint-dir", str(ck), "--resume",
-                  "--activation", "tanh", "--lr", "0.5", "--targets", "true")  # fmt: skip
+    code = _train(
+        "--steps",
+        "9",
+        "--checkpoint-dir",
+        str(ck),
+        "--resume",
+        "--activation",
+        "tanh",
+        "--lr",
+        "0.5",
+        "--targets",
+        "true",
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "activation: relu → tanh" in err
@@ -51,23 +62,37 @@ def test_resume_on_an_empty_directory_says_so(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--rule", "dfa", "--estimator", "mlp"],
-         "--estimator applies to --rule sg, sg-prop; not to --rule dfa"),
-        (["--rule", "dfa", "--sg-at", "middle"],
-         "--sg-at applies to --rule sg, sg-prop; not to --rule dfa"),
-        (["--rule", "fa", "--targets", "true"],
-         "--targets applies to --rule sg, sg-prop; not to --rule fa"),
-        (["--rule", "dfa", "--sg-lr", "5"],
-         "--sg-lr applies to --rule sg, sg-prop; not to --rule dfa"),
-        (["--rule", "backprop", "--sg-optimizer", "sgd"],
-         "--sg-optimizer applies to --rule sg, sg-prop; not to --rule backprop"),
-        (["--train-size", "10"],
-         "--train-size applies to --dataset mnist, fashion_mnist; not to --dataset digits"),
+        (
+            ["--rule", "dfa", "--estimator", "mlp"],
+            "--estimator applies to --rule sg, sg-prop; not to --rule dfa",
+        ),
+        (
+            ["--rule", "dfa", "--sg-at", "middle"],
+            "--sg-at applies to --rule sg, sg-prop; not to --rule dfa",
+        ),
+        (
+            ["--rule", "fa", "--targets", "true"],
+            "--targets applies to --rule sg, sg-prop; not to --rule fa",
+        ),
+        (
+            ["--rule", "dfa", "--sg-lr", "5"],
+            "--sg-lr applies to --rule sg, sg-prop; not to --rule dfa",
+        ),
+        (
+            ["--rule", "backprop", "--sg-optimizer", "sgd"],
+            "--sg-optimizer applies to --rule sg, sg-prop; not to --rule backprop",
+        ),
+        (
+            ["--train-size", "10"],
+            "--train-size applies to --dataset mnist, fashion_mnist; not to --dataset digits",
+        ),
         (["--micro-batches", "2"], "--micro-batches applies only with --pipeline N"),
-        (["--batch-size", "100000"],
-         "--batch-size 100000 is larger than the 1438 training examples of digits"),
+        (
+            ["--batch-size", "100000"],
+            "--batch-size 100000 is larger than the 1438 training examples of digits",
+        ),
     ],
-)  # fmt: skip
+)
 def test_options_that_would_be_ignored_are_refused(capsys, argv, message):
     assert _train("--steps", "1", *argv) == 1
     assert message in capsys.readouterr().err

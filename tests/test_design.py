@@ -51,8 +51,9 @@ def sign_symmetry_row(ctx, b, options):
 def registered(monkeypatch):
     monkeypatch.setattr(rules, "RULES", dict(rules.RULES))  # undone after the test
     # Step 3: register it.
-    rules.register(rules.RuleSpec(NAME, sign_symmetry, "(δ̂ above) · sign(W)ᵀ",
-                                  table1=sign_symmetry_row))  # fmt: skip
+    rules.register(
+        rules.RuleSpec(NAME, sign_symmetry, "(δ̂ above) · sign(W)ᵀ", table1=sign_symmetry_row)
+    )
     return NAME
 
 
@@ -99,8 +100,20 @@ def test_the_cli_and_the_bench_offer_the_new_rule(registered, tmp_path, capsys):
 
     assert registered in bench.step_rules()
     out = tmp_path / "r.json"
-    argv = ["train", "--rule", registered, "--steps", "3", "--depth", "1", "--width", "8",
-            "--no-progress", "--json", str(out)]  # fmt: skip
+    argv = [
+        "train",
+        "--rule",
+        registered,
+        "--steps",
+        "3",
+        "--depth",
+        "1",
+        "--width",
+        "8",
+        "--no-progress",
+        "--json",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     assert json.loads(out.read_text())["config"]["rule"] == {"name": registered}
     # Options it does not take are refused like any other rule's.

@@ -33,25 +33,33 @@ def test_the_repository_imports_point_down_without_cycles():
 
 
 def test_an_upward_import_inside_a_function_is_caught(tmp_path):
-    root = _tree(tmp_path, {
-        "sgjax/train.py": "def fit():\n    from sgjax.infra.runner import run\n    return run\n",
-        "sgjax/infra/runner.py": "from sgjax import train\n",
-        "sgjax/apps/cli.py": "from sgjax.infra import runner\nimport theory.cli\n",
-        "theory/cli.py": "from sgjax import train\n",
-    })  # fmt: skip
+    root = _tree(
+        tmp_path,
+        {
+            "sgjax/train.py": "def fit():\n    from sgjax.infra.runner import run\n",
+            "sgjax/infra/runner.py": "from sgjax import train\n",
+            "sgjax/apps/cli.py": "from sgjax.infra import runner\nimport theory.cli\n",
+            "theory/cli.py": "from sgjax import train\n",
+        },
+    )
     found = _checker().problems(root)
-    assert any("sgjax/train.py:2: sgjax.train (core) imports sgjax.infra.runner (infra)" in p
-               for p in found), found  # fmt: skip
+    assert any(
+        "sgjax/train.py:2: sgjax.train (core) imports sgjax.infra.runner (infra)" in p
+        for p in found
+    ), found
     assert "import cycle: sgjax.infra.runner ↔ sgjax.train" in found
     assert len(found) == 2, found  # the downward imports (apps → infra, theory) are fine
 
 
 def test_theory_importing_an_app_and_an_unplaced_module_are_caught(tmp_path):
-    root = _tree(tmp_path, {
-        "theory/table1.py": "from sgjax.apps import cli\n",
-        "sgjax/apps/cli.py": "",
-        "sgjax/newthing.py": "",
-    })  # fmt: skip
+    root = _tree(
+        tmp_path,
+        {
+            "theory/table1.py": "from sgjax.apps import cli\n",
+            "sgjax/apps/cli.py": "",
+            "sgjax/newthing.py": "",
+        },
+    )
     found = _checker().problems(root)
     assert any("theory.table1 (theory) imports sgjax.apps.cli (apps)" in p for p in found)
     assert any("sgjax.newthing: no layer claims this module" in p for p in found)

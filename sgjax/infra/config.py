@@ -293,8 +293,12 @@ def from_flags(given: Mapping[str, Any]) -> RunConfig:
     rule = g.get("rule", "sg")
     spec = rules.spec(rule)
     options: dict[str, Any] = {}
-    for dest, option in (("estimator", "estimator"), ("sg_at", "at"), ("targets", "targets"),
-                         ("prop", "prop")):  # fmt: skip
+    for dest, option in (
+        ("estimator", "estimator"),
+        ("sg_at", "at"),
+        ("targets", "targets"),
+        ("prop", "prop"),
+    ):
         if dest in g:
             if option not in spec.options:
                 raise _refuse(RULE_FLAGS[option], _rules_taking(option), rule)
@@ -352,11 +356,17 @@ def _pipeline_flags(g: dict[str, Any]) -> tuple[PipelineConfig, dict[str, Any]]:
             "drop --depth (it follows from --pipeline)"
         )
     unsupported = [
-        flag for dest, flag in (("sg_at", "--sg-at"), ("targets", "--targets"),
-                                ("prop", "--prop"), ("cosine", "--cosine"),
-                                ("optimizer", "--optimizer"), ("sg_optimizer", "--sg-optimizer"))
+        flag
+        for dest, flag in (
+            ("sg_at", "--sg-at"),
+            ("targets", "--targets"),
+            ("prop", "--prop"),
+            ("cosine", "--cosine"),
+            ("optimizer", "--optimizer"),
+            ("sg_optimizer", "--sg-optimizer"),
+        )
         if g.get(dest)
-    ]  # fmt: skip
+    ]
     if unsupported:
         raise ValueError(
             f"{', '.join(unsupported)} not supported with --pipeline (Adam; SG modules sit at "

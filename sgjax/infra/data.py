@@ -1,5 +1,8 @@
 """Offline datasets. Nothing here downloads anything, ever.
 
+(Over 400 lines: the IDX reader with its checks of every header field, the generated
+datasets and the registry; each part is small, and they share the Dataset type.)
+
 A :class:`Dataset` holds float32 inputs (flattened to ``(n, in_dim)``) and int32 labels
 in ``[0, num_classes)``, split into train and test. Sources:
 

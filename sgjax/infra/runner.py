@@ -180,8 +180,8 @@ def run_training(
     try:
         state: TrainState | None = None
         if ckpt is not None:
-            restored = _restore(ckpt, resume, meta, config, steps, say, key, net, rule, optimizer,
-                                sg_optimizer)  # fmt: skip
+            target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
+            restored = _restore(ckpt, target, resume=resume, meta=meta, config=config, say=say)
             if restored is not None:
                 state, last = restored
                 if int(state.step) >= steps:
@@ -194,8 +194,15 @@ def run_training(
         run = _Run(ckpt, meta, ckpt_every, log_every, steps, callback, int(state.step))
         data = train.batches(x, y, batch_size, seed=seed, start=int(state.step))
         try:
-            state = train.loop(step_fn, state, data, steps=steps, on_step=run.on_step,
-                               progress=progress, desc=rule.name)  # fmt: skip
+            state = train.loop(
+                step_fn,
+                state,
+                data,
+                steps=steps,
+                on_step=run.on_step,
+                progress=progress,
+                desc=rule.name,
+            )
         except NonFiniteLossError as err:
             raise run.stopped(err) from None
         except TrainingInterrupted as err:
@@ -206,8 +213,17 @@ def run_training(
             ckpt.close()
 
 
-def _restore(ckpt, resume, meta, config, steps, say, key, net, rule, optimizer, sg_optimizer):
+def _restore(
+    ckpt: Checkpointer,
+    target: Any,
+    *,
+    resume: bool,
+    meta: dict[str, Any],
+    config: RunConfig | None,
+    say: Callable[[str], None],
+) -> tuple[TrainState, dict[str, Any]] | None:
     """The newest checkpoint as ``(state, last metrics)``, or None for a fresh start."""
+    steps = meta["steps"]
     existing = ckpt.latest_step()
     if existing is not None and not resume:
         raise ValueError(
@@ -218,7 +234,6 @@ def _restore(ckpt, resume, meta, config, steps, say, key, net, rule, optimizer, 
         if resume:
             say(f"--resume: no checkpoint in {ckpt.directory}; starting a new run at step 0")
         return None
-    target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
     state, saved = ckpt.restore(target)
     for k in _MUST_MATCH:
         if saved.get(k) != meta[k]:

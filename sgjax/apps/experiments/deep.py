@@ -1,5 +1,8 @@
 """Figs. 3, 5, 7, 8: what deep ReLU MNIST nets learn under each rule (paper §3.3–3.5).
 
+(Over 400 lines: three figures share one set of trained networks, kept in one module;
+Fig. 8 is split compute → claims → render, Figs. 3 and 5 not yet.)
+
 One set of networks serves three figures: a deep ReLU MLP (20 hidden layers at the
 medium and paper scales, norm after every hidden dense layer) trained on MNIST with
 
