@@ -1,7 +1,7 @@
 """Figs. 3, 5, 7, 8: what deep ReLU MNIST nets learn under each rule (paper §3.3–3.5).
 
 (Over 400 lines: three figures share one set of trained networks, kept in one module;
-Fig. 8 is split compute → claims → render, Figs. 3 and 5 not yet.)
+each figure is split compute → claims → render.)
 
 One set of networks serves three figures: a deep ReLU MLP (20 hidden layers at the
 medium and paper scales, norm after every hidden dense layer) trained on MNIST with
@@ -238,7 +238,17 @@ PAPER_RDM = {  # paper.md §3.3, read off Fig. 3 right (±0.02), 20 hidden layer
 
 
 def run_fig3(ctx: C.Context) -> dict:
+    """Fig. 3 / 7: RDM drift per layer. Compute, then claims, then render."""
     tr = trained_networks(ctx)
+    L = tr["settings"]["hidden"]
+    results, rdms = _fig3_compute(ctx, tr)
+    results["claims"] = _fig3_claims(results, L, results["sg_boundary"])
+    _fig3_render(ctx, tr, results, rdms)
+    return results
+
+
+def _fig3_compute(ctx: C.Context, tr: dict) -> tuple[dict, dict]:
+    """RDM distances to the last layer and the logged cosines, per method (no files)."""
     cfg = tr["settings"]
     L = cfg["hidden"]
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
@@ -258,7 +268,13 @@ def run_fig3(ctx: C.Context) -> dict:
             "cosine": cos[:, :L],
             "train_accuracy": [rec["train_accuracy"] for rec in r["log"]],
         }
-    results["claims"] = _fig3_claims(results, L, sg_boundary)
+    return results, rdms
+
+
+def _fig3_render(ctx: C.Context, tr: dict, results: dict, rdms: dict) -> None:
+    """The figures, report.md and results.json of Fig. 3 / 7."""
+    cfg = tr["settings"]
+    L, sg_boundary = cfg["hidden"], results["sg_boundary"]
     figs = _fig3_plots(ctx, results, rdms, L, sg_boundary)
     train_sec, results["training"] = _training_section(tr)
     claim_rows = [[k, v["value"], v["target"], v["holds"]] for k, v in results["claims"].items()]
@@ -304,7 +320,6 @@ def run_fig3(ctx: C.Context) -> dict:
     ]
     C.write_report(ctx, "Fig. 3 / Fig. 7 — representational drift", sections, _settings_text(cfg))
     C.write_json(ctx.out / "results.json", results)
-    return results
 
 
 def _cosine_table(results, k) -> str:
@@ -417,11 +432,20 @@ PAPER_NORMS = {  # paper.md §3.5, 20-layer ReLU panel
 
 
 def run_fig5(ctx: C.Context) -> dict:
+    """Fig. 5: normalised weight norms per layer. Compute, then claims, then render."""
     tr = trained_networks(ctx)
+    results = _fig5_compute(tr)
+    results["claims"] = _fig5_claims(results["methods"], results["k"])
+    _fig5_render(ctx, tr, results)
+    return results
+
+
+def _fig5_compute(tr: dict) -> dict:
+    """Normalised weight norms per method and layer, and the means of the first/last k."""
     cfg = tr["settings"]
     L = cfg["hidden"]
     k = 5 if L >= 10 else max(1, L // 3)
-    results: dict = {"settings": cfg, "methods": {}}
+    results: dict = {"settings": cfg, "k": k, "methods": {}}
     for m, r in tr["methods"].items():
         norms = dg.weight_norms(list(r["params"]))
         results["methods"][m] = {
@@ -429,9 +453,13 @@ def run_fig5(ctx: C.Context) -> dict:
             "first_mean": float(norms[:k].mean()),
             "last_mean": float(norms[-k:].mean()),
         }
-    M = results["methods"]
+    return results
+
+
+def _fig5_claims(M: dict, k: int) -> dict:
+    """The paper's Fig. 5 statements, checked on the computed norms."""
     ratio = M["sg_all"]["first_mean"] / M["sg_all"]["last_mean"]
-    results["claims"] = {
+    return {
         f"SG*: mean of first {k} ≥ 1.5 × mean of last {k}": {
             "value": float(ratio),
             "target": "≥ 1.5 (paper ≈ 0.07/0.033 ≈ 2.2)",
@@ -443,6 +471,12 @@ def run_fig5(ctx: C.Context) -> dict:
             "holds": bool(M["backprop"]["last_mean"] >= M["backprop"]["first_mean"]),
         },
     }
+
+
+def _fig5_render(ctx: C.Context, tr: dict, results: dict) -> None:
+    """The figure, report.md and results.json of Fig. 5."""
+    cfg, M, k = tr["settings"], results["methods"], results["k"]
+    L = cfg["hidden"]
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for m in METHODS:
@@ -482,7 +516,6 @@ def run_fig5(ctx: C.Context) -> dict:
     ]
     C.write_report(ctx, "Fig. 5 — normalised weight norms", sections, _settings_text(cfg))
     C.write_json(ctx.out / "results.json", results)
-    return results
 
 
 # ---------------------------------------------------------------------------------- Fig. 8
