@@ -159,3 +159,57 @@ def test_reproduce_help_gives_the_default_scale():
     from sgjax.apps import reproduce
 
     assert "default: smoke" in _helps(reproduce.add_arguments)["--scale"]
+
+
+def test_library_resume_compares_the_stored_configuration(tmp_path):
+    import optax
+
+    from sgjax import nets, rules
+    from sgjax.infra import data
+    from sgjax.infra.runner import StepCache, run_training
+
+    ds = data.load("linear2")
+    net, rule, opt = nets.mlp([2, 8, 2]), rules.get("sg"), optax.adam(1e-2)
+    cache, said = StepCache(), []
+
+    def run(d, steps, cfg, **kw):
+        return run_training(
+            net,
+            rule,
+            "xent",
+            opt,
+            ds.x_train,
+            ds.y_train,
+            steps=steps,
+            batch_size=10,
+            ckpt_dir=tmp_path / d,
+            config=cfg,
+            log=said.append,
+            step_cache=cache,
+            **kw,
+        )
+
+    cfg = config.RunConfig(width=8, depth=1, steps=4)
+    run("a", 4, cfg)
+    with pytest.raises(ValueError, match=r"width: 8 → 9"):
+        run("a", 6, config.RunConfig(width=9, depth=1, steps=6), resume=True)
+    state, _ = run("a", 6, config.RunConfig(width=8, depth=1, steps=6), resume=True)
+    assert int(state.step) == 6 and said[-1].startswith("resumed from step 4")
+    # A checkpoint written without a configuration: said, and `steps` still cannot go back.
+    run("b", 4, None)
+    run("b", 5, cfg, resume=True)
+    assert "stores no run configuration" in said[-2]
+    with pytest.raises(ValueError, match=r"the checkpoint is at step 5, past the 3 steps"):
+        run("b", 3, None, resume=True)
+
+
+def test_verify_list_describes_every_claim_with_a_rough_cost(capsys):
+    from theory.registry import CLAIMS
+
+    assert cli.main(["verify", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in CLAIMS:
+        (line,) = [ln for ln in lines if ln.split()[:1] == [name]]
+        about = line[len(name) :].split("[")[0].strip()
+        assert len(about) > 10, line  # a one-line description
+        assert any(f"cost: {c}]" in line for c in ("light", "medium", "heavy")), line

@@ -1,6 +1,7 @@
 """Long training runs: periodic atomic checkpoints, exact resume, a clean stop on NaN.
 
-:func:`run_training` is :func:`sgjax.train.fit` plus a checkpoint directory. It trains
+:func:`run_training` is :func:`sgjax.train.fit` plus a checkpoint directory (both drive
+:func:`sgjax.train.loop`, the one training loop). It trains
 until ``state.step == steps`` (``steps`` is the *total*, so rerunning the same call with
 ``resume=True`` after a crash finishes the same run), saving every ``ckpt_every``
 steps and at the end. With ``resume=True`` it restores the newest checkpoint and
@@ -11,7 +12,12 @@ run (tested leaf by leaf with ``np.array_equal``).
 A non-finite loss or gradient stops the run with :class:`sgjax.train.NonFiniteLossError`
 (the step is not applied, see :func:`sgjax.train.make_step`). The last good state is
 saved first if it is finite and newer than the last checkpoint; a state holding NaN or
-inf is never written, so the directory keeps only good checkpoints.
+inf is never written, so the directory keeps only good checkpoints. Ctrl-C saves the last
+finished step and raises :class:`sgjax.train.TrainingInterrupted`.
+
+Given its :class:`~sgjax.infra.config.RunConfig`, a run stores it with every checkpoint,
+and a resumed run must have the same one (only ``steps`` upward and where outputs go may
+change): each differing field is named, old → new.
 
 Example:
     >>> import tempfile, optax
@@ -173,7 +179,7 @@ def run_training(
         **(metadata or {}),
     }
     if config is not None:
-        meta["config"] = config.to_dict()
+        meta["run_config"] = config.to_dict()
     say = log or (lambda _msg: None)
     step_fn = (step_cache or StepCache(1)).get(net, rule, loss, optimizer, sg_optimizer, cosine)
     ckpt = Checkpointer(ckpt_dir, keep=keep) if ckpt_dir is not None else None
@@ -242,19 +248,26 @@ def _restore(
                 f"this one has {k}={meta[k]!r}; the batches would differ. Use the "
                 "original settings or another directory."
             )
-    if config is not None and "config" in saved:
-        problems = config.resume_problems(saved["config"], int(state.step))
+    if config is not None and "run_config" in saved:
+        problems = config.resume_problems(saved["run_config"], int(state.step))
         if problems:
             raise ValueError(
                 f"cannot resume from {ckpt.directory}: the run differs from the one that "
                 f"wrote it: {'; '.join(problems)}. Use the original settings or another "
                 f"directory ({describe_may_change()})."
             )
-    elif int(state.step) > steps:
-        raise ValueError(
-            f"cannot resume from {ckpt.directory}: the checkpoint is at step "
-            f"{int(state.step)}, past the {steps} steps asked for (a run cannot go back)"
-        )
+    else:
+        if config is not None:
+            say(
+                f"the checkpoint in {ckpt.directory} stores no run configuration (written by "
+                "an older sgjax or without one): only the seed, batch size, dataset size and "
+                "rule were compared"
+            )
+        if int(state.step) > steps:
+            raise ValueError(
+                f"cannot resume from {ckpt.directory}: the checkpoint is at step "
+                f"{int(state.step)}, past the {steps} steps asked for (a run cannot go back)"
+            )
     say(f"resumed from step {int(state.step)} ({ckpt.directory})")
     return state, saved.get("last_metrics") or {}
 
