@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("theory.cli", "check every formal claim of the paper numerically"),
     "reproduce": ("sgjax.apps.reproduce", "reproduce one of the paper's experiments"),
     "bench": ("sgjax.apps.bench", "benchmark training steps, compile time, memory"),
+    "launch": ("sgjax.apps.launch", "run a command as N local processes (one per stage)"),
 }
 
 

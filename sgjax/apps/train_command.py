@@ -364,7 +364,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
     import jax
 
     from sgjax import nets, pipeline, train
+    from sgjax.infra import jsonio
 
+    # A process of `sgjax launch` (or of a multi-host job): join it before JAX computes.
+    pipeline.initialize_from_env()
     mesh = pipeline.make_mesh(args.pipeline)  # too few devices: a clear error, before work
     ds = load_dataset(args)
     x_train = ds.x_train.reshape(len(ds.x_train), -1)
@@ -404,13 +407,23 @@ def run_pipeline(args: argparse.Namespace) -> int:
             "train_seconds": r["seconds"],
             "compile_seconds": r["compile_seconds"],
             "examples_per_s": r["examples_per_s"],
+            "processes": jax.process_count(),
+            "final_loss_micro_batches": r["final_loss_micro_batches"],
         },
     }
+    if jax.process_index() != 0:  # one report per job, from process 0
+        return 0
+    final = (
+        f"final loss {r['final_loss']:.4f} (mean of {r['final_loss_micro_batches']} micro-batches)"
+        if r["final_loss"] is not None
+        else "no micro-batch finished, so there is no final loss"
+    )
     print(
         f"{method} pipeline, {net.depth} stages on {net.depth} {result['pipeline']['platform']} "
-        f"devices, on {ds.name}: {args.steps} micro-batches ({r['updates']} updates per "
-        f"stage) in {seconds:.1f}s  final loss {r['final_loss']:.4f}  "
+        f"devices in {jax.process_count()} process(es), on {ds.name}: {args.steps} "
+        f"micro-batches ({r['updates']} updates per stage) in {seconds:.1f}s  {final}  "
         f"train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
     )
-    _write_json(args.json, result)
+    if args.json is not None:
+        jsonio.write(args.json, result)  # strict: non-finite values as null, flagged
     return 0

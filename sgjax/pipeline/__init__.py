@@ -72,7 +72,9 @@ The package, along its seams (each module imports only those above it):
 * :mod:`~sgjax.pipeline.gpipe` — the GPipe baseline;
 * :mod:`~sgjax.pipeline.dataparallel` — the data-parallel baseline;
 * :mod:`~sgjax.pipeline.loop` — :func:`train_pipelined`;
-* :mod:`~sgjax.pipeline.benchmark` — :func:`benchmark_pipeline`.
+* :mod:`~sgjax.pipeline.benchmark` — :func:`benchmark_pipeline`;
+* :mod:`~sgjax.pipeline.distributed` — N local processes as one ``jax.distributed`` job
+  (:func:`launch`, :func:`initialize_from_env`); imports nothing of the above.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -88,6 +90,7 @@ Example:
 
 from sgjax.pipeline.benchmark import benchmark_pipeline
 from sgjax.pipeline.dataparallel import DPRunner, dp_on_mesh
+from sgjax.pipeline.distributed import LaunchError, LaunchResult, initialize_from_env, launch
 from sgjax.pipeline.gpipe import BPState, GPipeRunner, PackedBP, gpipe_on_mesh, init_bp
 from sgjax.pipeline.loop import MESH_METHODS, METHODS, PipelineNonFiniteError, train_pipelined
 from sgjax.pipeline.mesh import AXIS, make_mesh
@@ -101,6 +104,8 @@ __all__ = [
     "BPState",
     "DPRunner",
     "GPipeRunner",
+    "LaunchError",
+    "LaunchResult",
     "MeshRunner",
     "Message",
     "PackedBP",
@@ -114,6 +119,8 @@ __all__ = [
     "gpipe_on_mesh",
     "init_bp",
     "init_sg",
+    "initialize_from_env",
+    "launch",
     "make_mesh",
     "sg_on_mesh",
     "sg_pipeline",
