@@ -193,7 +193,7 @@ def launch(
         raise ValueError(f"launch: `n` must be an int ≥ 1, got {n!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"launch: `timeout` must be > 0 seconds, got {timeout!r}")
-    cpus = cpu_sets(n, cores) if pin else [None] * n
+    cpus: list[list[int] | None] = cpu_sets(n, cores) if pin else [None] * n
     base = dict(os.environ if env is None else env)
     with contextlib.ExitStack() as stack:
         logs = Path(log_dir or stack.enter_context(tempfile.TemporaryDirectory()))
