@@ -98,6 +98,7 @@ def train_pipelined(
     x_test: Any = None,
     y_test: Any = None,
     eval_every: int | None = None,
+    target_accuracy: float | None = None,
 ) -> dict[str, Any]:
     """Train ``net`` with a pipeline (or a baseline) and report the result.
 
@@ -125,6 +126,8 @@ def train_pipelined(
         eval_every: with test data, also evaluate after every call that ends at least
             this many micro-batches after the last evaluation (a learning curve; the
             evaluation is not counted in ``seconds``).
+        target_accuracy: with ``eval_every``, also stop after the first evaluation that
+            reaches this test accuracy.
 
     Returns:
         A dict with ``method``, ``stages``, ``batch_size``, ``micro_batches_seen``,
@@ -232,6 +235,8 @@ def train_pipelined(
             ev = evaluate(params_of(state))
             curve.append({"micro_batches": seen, "seconds": train_seconds, **_named(ev)})
             last_eval = seen
+            if target_accuracy is not None and ev["accuracy"] >= target_accuracy:
+                break
     if method == "sg-pipeline":
         finished = np.asarray(metrics["done"])
         losses = np.asarray(metrics["loss"])[finished]
