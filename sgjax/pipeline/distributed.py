@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -115,13 +114,17 @@ def reserved_port(host: str = "127.0.0.1") -> Iterator[int]:
         sock.close()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """preexec_fn: the child gets SIGKILL when the launcher dies (Linux), so no orphans."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+#: Run in the child before the command: ask Linux to SIGKILL it when its parent (the
+#: launcher) dies, then exec the command (the request survives exec). A trampoline, not
+#: ``preexec_fn``: that forces a fork of the launcher, which JAX warns is unsafe once its
+#: threads run. If the launcher died before the request, the child exits at once.
+_TRAMPOLINE = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "    if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def _child_env(
@@ -207,12 +210,11 @@ def launch(
             files.append(f)
             procs.append(
                 subprocess.Popen(
-                    command,
+                    [sys.executable, "-c", _TRAMPOLINE, str(os.getpid()), *command],
                     env=_child_env(base, rank, n, port, cpus[rank], cpu),
                     stdout=f,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent,
                 )
             )
         t0 = time.monotonic()

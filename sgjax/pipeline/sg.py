@@ -131,6 +131,7 @@ def flush(
     Example:
         >>> import functools, jax, jax.numpy as jnp, optax
         >>> from sgjax import nets
+        >>> from sgjax.pipeline import sg_pipeline
         >>> pipe = sg_pipeline(nets.mlp([3, 4, 2]), optimizer=optax.sgd(0.1))
         >>> s = init_sg(pipe, jax.random.key(0), batch_size=2)
         >>> s, _ = sg_reference(pipe, s, jnp.ones((1, 2, 3)), jnp.zeros((1, 2), int))
