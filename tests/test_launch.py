@@ -222,5 +222,18 @@ def test_cpu_sets_and_argument_errors():
         launch([sys.executable, "-c", "pass"], 1, timeout=0)
 
 
+def test_launch_cli_checks_the_command_before_starting(capsys):
+    from sgjax.apps import cli
+
+    for argv, message in [
+        (["-n", "2", "--", "train", "--pipeline", "3"], "needs --pipeline 2, got --pipeline 3"),
+        (["-n", "2", "--", "train"], "needs --pipeline 2, got no --pipeline"),
+        (["-n", "2"], "give the sgjax command to run after `--`"),
+        (["-n", "0", "--", "train"], "-n/--processes must be ≥ 1, got 0"),
+    ]:
+        assert cli.main(["launch", *argv]) == 1, argv
+        assert message in capsys.readouterr().err, argv
+
+
 if __name__ == "__main__":
     print(json.dumps(_job()))
