@@ -235,5 +235,42 @@ def test_launch_cli_checks_the_command_before_starting(capsys):
         assert message in capsys.readouterr().err, argv
 
 
+def test_comparison_time_to_target_and_tables():
+    """The comparison's arithmetic on made-up rows: the time to the target is the first
+    evaluation at or above it plus the charge for the compiling call; tables render
+    rows that reached nothing or timed nothing."""
+    from sgjax.pipeline import compare
+
+    curve = [
+        {"micro_batches": 100, "seconds": 1.0, "test_accuracy": 0.90, "test_loss": 0.3},
+        {"micro_batches": 200, "seconds": 2.5, "test_accuracy": 0.951, "test_loss": 0.2},
+        {"micro_batches": 300, "seconds": 4.0, "test_accuracy": 0.96, "test_loss": 0.1},
+    ]
+    assert compare._time_to(curve, 0.95, 0.5) == 3.0
+    assert compare._time_to(curve, 0.99, 0.5) is None
+
+    def row(label, eps, reach=None, cpus=(0,), processes=1, **kw):
+        return {"label": label, "examples_per_s": eps, "seconds_to_target": reach,
+                "cpus": list(cpus), "processes": processes, "test_accuracy": 0.9,
+                "curve": curve, "batch_size": 64, **kw}  # fmt: skip
+
+    main = [row(label, 1000.0 * (i + 1), 3.0) for i, (label, *_) in enumerate(compare.CONTENDERS)]
+    main[-1] = row("sg-pipeline", None)
+    sweep = [
+        row("sg", 1000.0, sizes=[784, 64, 64, 64, 10]),
+        row("sg-pipeline", 1800.0, sizes=[784, 64, 64, 64, 10], s_per_tick=0.01,
+            messaging_s_per_tick=0.001, cpus=(1,), processes=2),
+    ]  # fmt: skip
+    text = compare.format_tables(
+        {"main": main, "sweep": sweep, "load": {"start": [0.1] * 3, "end": [0.2] * 3,
+         "cores": [0, 1]}, "config": {"sizes": [784, 64, 10], "processes": 2,
+         "batch_size": 64, "micro_batches": 8, "lr": 1e-3, "target": 0.95}}
+    )  # fmt: skip
+    assert "| backprop, 1 core | 1 × 1 | 1000 | 1.00 | 0.50 | 3.0 | 200 | 0.9000 |" in text
+    assert "| sg-pipeline | | no timed call |" in text
+    assert "| 64 | 64 | 1000 | 1800 | 1.80 | 10.00 ms | 1.000 ms | 10.0% |" in text
+    assert "bubble bound 1.78×" in text
+
+
 if __name__ == "__main__":
     print(json.dumps(_job()))
