@@ -60,8 +60,14 @@ by the largest stage.
 Devices. The code is ``jax.shard_map`` over a :class:`jax.sharding.Mesh` with
 ``lax.ppermute``; it runs unchanged on simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts), on GPUs, or on
-several hosts after ``jax.distributed.initialize()`` (every process passes the same
-data). The mesh must have exactly one device per stage.
+several processes of one ``jax.distributed`` job — :func:`launch` (``sgjax launch``)
+starts N local processes pinned to their own cores, :func:`initialize_from_env` joins
+one (also by hand on several hosts); every process passes the same data. The mesh must
+have exactly one device per stage.
+
+Non-finite updates are not applied (per stage and tick in the SG pipeline, per step in
+GPipe and data-parallel); :func:`train_pipelined` then raises
+:class:`PipelineNonFiniteError` naming the micro-batch and stage.
 
 The package, along its seams (each module imports only those above it):
 
@@ -74,7 +80,9 @@ The package, along its seams (each module imports only those above it):
 * :mod:`~sgjax.pipeline.loop` — :func:`train_pipelined`;
 * :mod:`~sgjax.pipeline.benchmark` — :func:`benchmark_pipeline`;
 * :mod:`~sgjax.pipeline.distributed` — N local processes as one ``jax.distributed`` job
-  (:func:`launch`, :func:`initialize_from_env`); imports nothing of the above.
+  (:func:`launch`, :func:`initialize_from_env`); imports nothing of the above;
+* :mod:`~sgjax.pipeline.compare` — the comparison on real processes (not imported here:
+  ``scripts/bench_pipeline.py`` runs it).
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
