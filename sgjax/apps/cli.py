@@ -40,12 +40,19 @@ def _bench() -> ModuleType:
     return bench
 
 
+def _launch() -> ModuleType:
+    from sgjax.apps import launch
+
+    return launch
+
+
 #: sub-command -> (loader of the module implementing it, one-line help)
 COMMANDS: dict[str, tuple[Callable[[], ModuleType], str]] = {
     "train": (_train, "train a network with one of the registered update rules"),
     "verify": (_verify, "check every formal claim of the paper numerically"),
     "reproduce": (_reproduce, "reproduce one of the paper's experiments"),
     "bench": (_bench, "benchmark training steps, compile time, memory"),
+    "launch": (_launch, "run a command as N local processes (one per stage)"),
 }
 
 

@@ -419,7 +419,10 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
     import jax
 
     from sgjax import pipeline, train
+    from sgjax.infra import jsonio
 
+    # A process of `sgjax launch` (or of a multi-host job): join it before JAX computes.
+    pipeline.initialize_from_env()
     mesh = pipeline.make_mesh(pipe.devices)  # too few devices: a clear error, before work
     ds, x_train, x_test = _flat_data(config)
     net = config.net(x_train.shape[1], ds.num_classes)
@@ -465,13 +468,23 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
             "train_seconds": r["seconds"],
             "compile_seconds": r["compile_seconds"],
             "examples_per_s": r["examples_per_s"],
+            "processes": jax.process_count(),
+            "final_loss_micro_batches": r["final_loss_micro_batches"],
         },
     }
+    if jax.process_index() != 0:  # one report per job, from process 0
+        return 0
+    final = (
+        f"final loss {r['final_loss']:.4f} (mean of {r['final_loss_micro_batches']} micro-batches)"
+        if r["final_loss"] is not None
+        else "no micro-batch finished, so there is no final loss"
+    )
     print(
         f"{pipe.method} pipeline, {net.depth} stages on {net.depth} "
-        f"{result['pipeline']['platform']} devices, on {ds.name}: {config.steps} "
-        f"micro-batches ({r['updates']} updates per stage) in {seconds:.1f}s  final loss "
-        f"{r['final_loss']:.4f}  train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
+        f"{result['pipeline']['platform']} devices in {jax.process_count()} process(es), "
+        f"on {ds.name}: {config.steps} micro-batches ({r['updates']} updates per stage) in "
+        f"{seconds:.1f}s  {final}  train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
     )
-    _write_json(outputs.json, result)
+    if outputs.json is not None:
+        jsonio.write(outputs.json, result)  # strict: non-finite values as null, flagged
     return 0
