@@ -256,7 +256,14 @@ def sg_interface(
         )
     _check_context(context, batch, where)
     scale = _scale_of(loss_reduction, batch, where)
-    out = jax.eval_shape(apply, sg_params, h, context)
+    try:
+        out = jax.eval_shape(apply, sg_params, h, context)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: `estimator` cannot be applied to `sg_params` and h of shape "
+            f"{tuple(h.shape)} ({type(err).__name__}: {err}); were `sg_params` made for this "
+            "activation (init_sg(key, h.shape[1:], context width))?"
+        ) from err
     if getattr(out, "shape", None) != h.shape:
         raise ValueError(
             f"{where}: `estimator` output must have h's shape {tuple(h.shape)} (an SG "
@@ -380,7 +387,13 @@ def synthetic_input(
             f"{where}: `model` must be apply(params, source) or an (init, apply) pair, got "
             f"{type(model).__name__}"
         )
-    out = jax.eval_shape(apply, si_params, source)
+    try:
+        out = jax.eval_shape(apply, si_params, source)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: `model` cannot be applied to `si_params` and `source` "
+            f"({type(err).__name__}: {err})"
+        ) from err
     if h is None:
         if mode == "train":
             raise ValueError(f"{where}: mode 'train' needs the real activation `h`, got None")
