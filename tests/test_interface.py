@@ -227,7 +227,7 @@ def test_composes_with_vmap_over_seeds():
     grad = jax.grad(_interface_loss(net, AT["all"], est), argnums=(0, 1))
     got = jax.vmap(grad, in_axes=(None, 0, None, None))(params, stacked, x, y)
     for i, sg in enumerate(sgs):
-        _assert_tree_close(jax.tree.map(lambda a: a[i], got), grad(params, sg, x, y), 1e-6)
+        _assert_tree_close(jax.tree.map(lambda a, i=i: a[i], got), grad(params, sg, x, y), 1e-6)
 
 
 def test_composes_with_scan_and_remat():
@@ -306,8 +306,9 @@ def test_composes_with_shard_map_on_four_devices():
     import sys
     from pathlib import Path
 
+    root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}  # fmt: skip
     res = subprocess.run(
         [sys.executable, "-c", SHARD_MAP_CHECK], env=env, capture_output=True, text=True
     )
@@ -338,16 +339,16 @@ def _two_part(x_shape, dtype, sg_dtype):
 
     lower = lambda w1: jnp.tanh(x * w1)  # noqa: E731
     upper = lambda h: jnp.mean(jnp.sum(((h * w2) ** 2).reshape(x_shape[0], -1), -1))  # noqa: E731
-    return x, w1, c, theta, apply, lower, upper
-
-
-@pytest.mark.parametrize("shape", [(4, 3, 2, 5)], ids=["4d"])
-def test_any_shape_with_a_users_own_module(shape):
-    x, w1, c, theta, apply, lower, upper = _two_part(shape, jnp.float32, jnp.float32)
 
     def loss(w1, theta):
         return upper(sg_interface(lower(w1), theta, c, estimator=(None, apply)))
 
+    return w1, c, theta, apply, lower, upper, loss
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 2, 5)], ids=["4d"])
+def test_any_shape_with_a_users_own_module(shape):
+    w1, c, theta, apply, lower, upper, loss = _two_part(shape, jnp.float32, jnp.float32)
     g_w1, g_theta = jax.jit(jax.grad(loss, argnums=(0, 1)))(w1, theta)
     # independent reference, written out: s = SG(h, c); below receives s / B; the module
     # regresses onto t = B · ∂L/∂h by mean_b ‖s_b − t_b‖²
@@ -365,11 +366,7 @@ def test_bfloat16_activations(sg_dtype):
     shape = (8, 4, 6)
     grads = {}
     for dtype, sgd in ((jnp.bfloat16, sg_dtype), (jnp.float32, jnp.float32)):
-        x, w1, c, theta, apply, lower, upper = _two_part(shape, dtype, sgd)
-
-        def loss(w1, theta):
-            return upper(sg_interface(lower(w1), theta, c, estimator=(None, apply)))
-
+        w1, _, theta, _, _, _, loss = _two_part(shape, dtype, sgd)
         grads[dtype] = jax.jit(jax.grad(loss, argnums=(0, 1)))(w1, theta)
     g16, g32 = grads[jnp.bfloat16], grads[jnp.float32]
     assert g16[0].dtype == jnp.bfloat16  # cotangents keep their primal's dtype
