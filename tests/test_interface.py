@@ -177,19 +177,29 @@ def test_no_backprop_sends_nothing_and_trains_nothing():
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_training_trajectory_equals_make_step(opt):
-    """Five steps of train.make_step with the rule vs five interface steps, update for
-    update (the same optax transformation applied to both sets of gradients)."""
+    """train.make_step with the rule vs interface steps (the same optax transformation
+    applied to the interface's gradients), step for step from the same start.
+
+    At every step both gradient computations are also run from the *same* state (the
+    rule's) and must agree to rtol 1e-6. The trajectories must agree to 1e-6 with SGD;
+    with Adam to 1e-5: Adam's first steps move each entry by about lr·g/(|g| + ε), so an
+    entry whose gradient is rounding noise (a sum that cancels to ~1e-9) moves by a
+    noise-sized fraction of lr in one run and not the other (measured: 1e-6 over these
+    5 steps; 6e-6 after one step of the bench's 784-256-256-256-10 MLP, where SGD stays
+    at 4e-7 over 60 steps).
+    """
     net, _, _, _, _ = _problem()
     optimizer = optax.sgd(0.1) if opt == "sgd" else optax.adam(1e-2)
     rule = rules.synthetic_gradients(at="all")
     state = train.init(jax.random.key(7), net, rule, optimizer)
     step = jax.jit(train.make_step(net, rule, XENT, optimizer))
+    rule_grads = jax.jit(lambda s, x, y: rule.gradients(s.rule_state, net, s.params, x, y, XENT))
     loss = _interface_loss(net, AT["all"], estimators.conditioned())
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
 
     @jax.jit
     def iface_step(params, sg, opt_state, x, y):
-        grads = jax.grad(loss, argnums=(0, 1))(params, sg, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, (params, sg))
+        updates, opt_state = optimizer.update(grad(params, sg, x, y), opt_state, (params, sg))
         params, sg = optax.apply_updates((params, sg), updates)
         return params, sg, opt_state
 
@@ -197,16 +207,21 @@ def test_training_trajectory_equals_make_step(opt):
     o = optimizer.init((p, sg))
     rng = np.random.default_rng(0)
     worst = 0.0
-    for _ in range(5):
+    for _ in range(10 if opt == "sgd" else 5):
         x = jnp.asarray(rng.normal(size=(24, 12)), jnp.float32)
         y = jnp.asarray(rng.integers(0, 5, 24))
+        ref = rule_grads(state, x, y)
+        same_state = grad(state.params, state.rule_state.params, x, y)
+        _assert_tree_close(same_state, (ref.grads, ref.rule_grads), 1e-6)
         state, _ = step(state, (x, y))
         p, sg, o = iface_step(p, sg, o, x, y)
         worst = max(worst, _max_rel((p, sg), (state.params, state.rule_state.params)))
-        _assert_tree_close((p, sg), (state.params, state.rule_state.params), 1e-6)
+        _assert_tree_close(
+            (p, sg), (state.params, state.rule_state.params), 1e-6 if opt == "sgd" else 1e-5
+        )
     # the SG modules moved away from zero, so later steps compared non-trivial signals
     assert float(jnp.abs(sg[0]["A"]).max()) > 0
-    print(f"{opt}: worst relative difference over 5 steps {worst:.2e}")
+    print(f"{opt}: worst relative difference of the trajectories {worst:.2e}")
 
 
 # --------------------------------------------------------------------------------------
