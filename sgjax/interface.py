@@ -42,7 +42,14 @@ predict the activation ``h`` that a lower part sends, regressing onto ``stop_gra
 that an upper part can run on ``I(source)`` before (or without) the lower one.
 
 Both compose with ``jax.jit``, ``jax.vmap``, ``lax.scan``, ``jax.checkpoint`` (remat) and
-``jax.shard_map``; their non-array settings (estimator, mode, λ, α, reduction) are static.
+``jax.shard_map``; their non-array settings (estimator, mode, λ, α, reduction) are static
+(a new value retraces; one setting, one compile). Data parallel with ``shard_map``: let each
+shard differentiate its *own* batch-mean loss (the interface scales by the local batch) —
+``shard_map`` then sums the gradients of replicated parameters over the shards, so divide
+by their number. (Differentiating a loss already ``pmean``-ed over shards would make every
+cotangent 1/shards too small for the local scale: pass ``loss_reduction=`` the global batch
+size then.) ``h`` must carry the batch on its leading axis: under ``jax.vmap`` over
+*examples* there is none — put the interface outside that vmap.
 
 Example:
     >>> import jax, jax.numpy as jnp
