@@ -41,7 +41,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from sgjax import data, estimators, nets, rules, train
+from sgjax import estimators, nets, rules, train
+from sgjax.infra import data
 
 SMOKE = os.environ.get("SGJAX_SMOKE") == "1"
 STEPS = 40 if SMOKE else 3000

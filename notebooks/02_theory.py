@@ -29,7 +29,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from sgjax import data, diagnostics, losses, nets, rules, train
+from sgjax import diagnostics, losses, nets, rules, train
+from sgjax.infra import data
 from theory import critical_points, proposition2, theorem1
 
 SMOKE = os.environ.get("SGJAX_SMOKE") == "1"

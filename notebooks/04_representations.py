@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from sgjax import data, diagnostics, nets, rules, train
+from sgjax import diagnostics, nets, rules, train
+from sgjax.infra import data
 
 SMOKE = os.environ.get("SGJAX_SMOKE") == "1"
 DEPTH, WIDTH = (4, 32) if SMOKE else (10, 128)

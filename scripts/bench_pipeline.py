@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from sgjax import data, nets, pipeline
+    from sgjax import nets, pipeline
+    from sgjax.infra import data
 
     print(f"{len(jax.devices())} {jax.devices()[0].platform} devices on {os.cpu_count()} cores")
     rows = [

@@ -2,7 +2,7 @@
 
 import sys
 
-from sgjax.cli import main
+from sgjax.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

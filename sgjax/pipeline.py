@@ -1034,7 +1034,8 @@ def train_pipelined(
         ``test_loss``.
 
     Example:
-        >>> from sgjax import data, nets
+        >>> from sgjax import nets
+        >>> from sgjax.infra import data
         >>> ds = data.load("digits")
         >>> r = train_pipelined("backprop", nets.mlp([64, 32, 10]), ds.x_train, ds.y_train,
         ...                     steps=15, batch_size=32, chunk=10)

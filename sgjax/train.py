@@ -297,11 +297,12 @@ def fit(
     Validates the data once (input width, label range), jits the step, and raises
     :class:`NonFiniteLossError` at the first non-finite step. ``log_every = k > 0`` keeps
     the metrics of every k-th step (and the last). ``seed`` orders the batches. This is
-    :func:`sgjax.runner.run_training` without checkpoints; use that for long runs.
+    :func:`sgjax.infra.runner.run_training` without checkpoints; use that for long runs.
 
     Example:
         >>> import jax, optax
-        >>> from sgjax import data, nets, rules
+        >>> from sgjax import nets, rules
+        >>> from sgjax.infra import data
         >>> ds = data.digits()
         >>> state, hist = fit(nets.mlp([64, 32, 10]), rules.backprop(), "xent",
         ...                   optax.adam(1e-2), ds.x_train, ds.y_train, steps=20,
@@ -309,7 +310,7 @@ def fit(
         >>> int(state.step), [h["step"] for h in hist]
         (20, [10, 20])
     """
-    from sgjax.runner import run_training  # the one training loop, with checkpointing
+    from sgjax.infra.runner import run_training  # the one training loop, with checkpointing
 
     return run_training(
         net, rule, loss, optimizer, x, y, steps=steps, batch_size=batch_size, seed=seed,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sgjax import bench, cli
+from sgjax.apps import bench, cli
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ import numpy as np
 import optax
 import pytest
 
-from sgjax import data, nets, rules, train
-from sgjax.checkpoint import Checkpointer, NonFiniteStateError, abstract_state
-from sgjax.runner import run_training
+from sgjax import nets, rules, train
+from sgjax.infra import data
+from sgjax.infra.checkpoint import Checkpointer, NonFiniteStateError, abstract_state
+from sgjax.infra.runner import run_training
 from sgjax.train import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,8 +242,9 @@ def test_leftover_temporary_directory_is_ignored(ds, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, optax
-    from sgjax import data, nets, rules
-    from sgjax.runner import run_training
+    from sgjax import nets, rules
+    from sgjax.infra import data
+    from sgjax.infra.runner import run_training
     d = data.load("digits")
     run_training(nets.mlp([64, 32, 32, 10]), rules.synthetic_gradients(), "xent",
                  optax.adam(3e-3), d.x_train[:400], d.y_train[:400], steps=10**7,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sgjax import cli
+from sgjax.apps import cli
 
 RULES = ("backprop", "sg", "sg-prop", "fa", "dfa", "kickback")
 

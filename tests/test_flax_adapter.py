@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from sgjax import estimators, flax_adapter, losses, nets, rules, train
-from sgjax.data import digits
+from sgjax.infra.data import digits
 
 RTOL, ATOL = 1e-5, 1e-6  # float32 after several optimiser steps
 STEPS = 6

@@ -24,7 +24,8 @@ import numpy as np
 import optax
 import pytest
 
-from sgjax import cli, losses, nets, pipeline, rules, train
+from sgjax import losses, nets, pipeline, rules, train
+from sgjax.apps import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6  # float32, a few dozen ops deep

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sgjax import cli
-from sgjax.experiments import common as C
-from sgjax.experiments import deep, depth, dni, grid
+from sgjax.apps import cli
+from sgjax.apps.experiments import common as C
+from sgjax.apps.experiments import deep, depth, dni, grid
 
 
 def _check_outputs(out: Path, pngs: list[str], keys: set[str]) -> dict:

@@ -153,7 +153,7 @@ def test_table2_k2_gaps_sigmoid_and_control(seed: int) -> None:
 
 
 def test_verify_cli_json_kinds_and_exit_code(tmp_path) -> None:
-    from sgjax.cli import main
+    from sgjax.apps.cli import main
 
     out = tmp_path / "r.json"
     argv = ["verify", "--claims", "linear-sg-exact,appendix-a", "--instances", "8"]

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from sgjax import data, estimators, losses, nets, rules, train
+from sgjax import estimators, losses, nets, rules, train
+from sgjax.infra import data
 
 RULES = {
     "backprop": rules.backprop,

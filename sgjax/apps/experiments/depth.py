@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from sgjax import losses, nets, rules
-from sgjax.experiments import common as C
+from sgjax.apps.experiments import common as C
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgjax import data, losses, nets, rules
 from sgjax import diagnostics as dg
-from sgjax.experiments import common as C
+from sgjax import losses, nets, rules
+from sgjax.apps.experiments import common as C
+from sgjax.infra import data
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 #: sub-command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("sgjax.train_cli", "train a network with one of the six update rules"),
+    "train": ("sgjax.apps.train_command", "train a network with one of the six update rules"),
     "verify": ("theory.cli", "check every formal claim of the paper numerically"),
-    "reproduce": ("sgjax.reproduce", "reproduce one of the paper's experiments"),
-    "bench": ("sgjax.bench", "benchmark training steps, compile time, memory"),
+    "reproduce": ("sgjax.apps.reproduce", "reproduce one of the paper's experiments"),
+    "bench": ("sgjax.apps.bench", "benchmark training steps, compile time, memory"),
 }
 
 

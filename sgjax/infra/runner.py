@@ -15,7 +15,8 @@ inf is never written, so the directory keeps only good checkpoints.
 
 Example:
     >>> import tempfile, optax
-    >>> from sgjax import data, nets, rules
+    >>> from sgjax import nets, rules
+    >>> from sgjax.infra import data
     >>> ds = data.load("linear2")
     >>> net, rule = nets.mlp([2, 8, 2]), rules.synthetic_gradients()
     >>> with tempfile.TemporaryDirectory() as d:
@@ -43,7 +44,7 @@ import optax
 
 from sgjax import losses as loss_lib
 from sgjax import train
-from sgjax.checkpoint import Checkpointer, abstract_state
+from sgjax.infra.checkpoint import Checkpointer, abstract_state
 from sgjax.nets import Network, check_input
 from sgjax.rules import UpdateRule
 from sgjax.train import NonFiniteLossError, TrainState

@@ -30,7 +30,7 @@ import numpy as np
 
 from sgjax import diagnostics as dg
 from sgjax import losses, nets, rules
-from sgjax.experiments import common as C
+from sgjax.apps.experiments import common as C
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(

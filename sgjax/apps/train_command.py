@@ -197,7 +197,7 @@ IDX_DATASETS = ("mnist", "fashion_mnist", "fashion-mnist")
 
 
 def load_dataset(args: argparse.Namespace):
-    from sgjax import data
+    from sgjax.infra import data
 
     kwargs: dict[str, Any] = {}
     if args.dataset in IDX_DATASETS:
@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     args.depth = 3 if args.depth is None else args.depth
     import optax
 
-    from sgjax import nets, runner, train
+    from sgjax import nets, train
+    from sgjax.infra import runner
 
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir (the run to continue)")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 def _experiments() -> dict[str, Callable]:
-    from sgjax.experiments import deep, depth, dni, grid
+    from sgjax.apps.experiments import deep, depth, dni, grid
 
     return {
         "fig2": grid.run,
@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sgjax.experiments.common import Context
+    from sgjax.apps.experiments.common import Context
 
     names = NAMES if args.experiment == "all" else (args.experiment,)
     if args.experiment == "all":

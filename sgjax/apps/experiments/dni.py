@@ -21,7 +21,7 @@ import jax
 import optax
 
 from sgjax import estimators, nets, rules, train
-from sgjax.experiments import common as C
+from sgjax.apps.experiments import common as C
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(

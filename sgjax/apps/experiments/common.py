@@ -230,7 +230,7 @@ def cache_save(ctx: Context, name: str, obj: Any) -> None:
 
 
 def load_mnist(ctx: Context, n_train: int | None, n_test: int | None = None):
-    """MNIST through :func:`sgjax.data.load` (``--data-dir``, ``SGJAX_DATA_DIR``, shared)."""
-    from sgjax import data
+    """MNIST through :func:`sgjax.infra.data.load` (``--data-dir``, ``SGJAX_DATA_DIR``, shared)."""
+    from sgjax.infra import data
 
     return data.load("mnist", data_dir=ctx.data_dir, n_train=n_train, n_test=n_test)
