@@ -43,7 +43,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from sgjax import data, estimators, losses, nets, rules, train
+from sgjax import estimators, losses, nets, rules, train
+from sgjax.infra import data
 from sgjax.interface import init_sg, sg_interface, synthetic_input
 
 SMOKE = os.environ.get("SGJAX_SMOKE") == "1"

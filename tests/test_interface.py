@@ -545,7 +545,7 @@ def test_an_upper_stage_trained_only_on_synthetic_inputs_learns_mnist(mnist_dir)
     Measured when written: 0.891 test accuracy on the real h, 0.881 on I(x) (seeds 1, 2:
     0.895/0.876, 0.888/0.885); the bar is 0.85.
     """
-    from sgjax import data
+    from sgjax.infra import data
 
     ds = data.idx_dataset("mnist", mnist_dir, n_train=10000, n_test=2000)
     k = jax.random.split(jax.random.key(0), 3)
