@@ -145,6 +145,19 @@ def main(argv: list[str] | None = None) -> int:
 
     diff = max(grad_diff(state0), grad_diff(carries["rule"]))
 
+    # Work per step as XLA counts it (independent of the machine's load).
+    def flops(fn: Callable[..., object], *args: object) -> float:
+        cost = fn.lower(*args).compile().cost_analysis()  # type: ignore[attr-defined]
+        if isinstance(cost, list | tuple):
+            return float(sum(c.get("flops", 0.0) for c in cost))
+        return float(cost.get("flops", 0.0))
+
+    mflops = {
+        "rule": flops(steps["rule"], state0, data[0]) / 1e6,
+        "iface": flops(steps["iface"], state0, data[0]) / 1e6,
+        "iface-min": flops(minimal, (v0, opt.init(v0)), data[0]) / 1e6,
+    }
+
     times: dict[str, list[float]] = {k: [] for k in carries}
     for _ in range(args.rounds):
         for name in carries:
@@ -170,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_iface_over_rule": med["iface"] / med["rule"],
         "ratio_iface_min_over_rule": med["iface-min"] / med["rule"],
         "compiles_in_3_calls": compiles,
+        "mflop_per_step": mflops,
         "max_rel_grad_diff_rule_vs_iface": diff,
     }
     for k in carries:
         print(
             f"{k:10s} median {1e3 * med[k]:7.2f} ms/step (min {1e3 * min(times[k]):6.2f}), "
-            f"{compiles[k]} compile(s) in 3 calls"
+            f"{mflops[k]:7.1f} MFLOP, {compiles[k]} compile(s) in 3 calls"
         )
     print(
         f"iface / rule = {result['ratio_iface_over_rule']:.3f}, iface-min / rule = "
