@@ -576,3 +576,11 @@ def test_an_upper_stage_trained_only_on_synthetic_inputs_learns_mnist(mnist_dir)
     synth = float(jnp.mean(logits(v, relu_dense(v["I"], ds.x_test)).argmax(-1) == ds.y_test))
     print(f"test accuracy: {real:.4f} on the real h, {synth:.4f} on the synthetic input I(x)")
     assert real >= 0.85 and synth >= 0.85
+
+
+def test_context_receives_a_zero_cotangent():
+    """The context (labels) is conditioning, not a path for the error: zero gradient."""
+    h, sg, c = jnp.ones((4, 8)), init_sg(jax.random.key(0), (8,), 3), jnp.ones((4, 3))
+    sg = jax.tree.map(lambda v: v + 0.5, sg)  # a module that does read its context
+    g_c = jax.grad(lambda c: jnp.sum(sg_interface(h, sg, c) ** 2), argnums=0)(c)
+    assert g_c.shape == c.shape and float(jnp.abs(g_c).max()) == 0.0
