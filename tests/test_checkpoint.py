@@ -35,11 +35,8 @@ def ds():
 NET = nets.mlp([64, 32, 32, 10])
 # Rule instances shared by all tests: with the same net and optimiser objects CACHE
 # reuses the jitted step, so each rule compiles once per session.
-RULES = {
-    "backprop": rules.backprop(),
-    "sg": rules.synthetic_gradients(),
-    "fa": rules.feedback_alignment(),
-}
+# Every registered rule (the contract: crash + resume is bit-identical for each).
+RULES = {name: rules.get(name) for name in rules.RULES}
 BP, SG = RULES["backprop"], RULES["sg"]
 
 

@@ -155,10 +155,14 @@ def test_every_train_flag_shows_its_default_and_dataset_lists_the_datasets():
     assert "sg-prop" in helps["--rule"]
 
 
-def test_reproduce_help_gives_the_default_scale():
-    from sgjax.apps import reproduce
+def test_reproduce_and_bench_flags_show_their_defaults():
+    from sgjax.apps import bench, reproduce
 
-    assert "default: smoke" in _helps(reproduce.add_arguments)["--scale"]
+    helps = _helps(reproduce.add_arguments)
+    assert "default: smoke" in helps["--scale"]
+    for add in (reproduce.add_arguments, bench.add_arguments):
+        missing = [flag for flag, h in _helps(add).items() if "default" not in h]
+        assert not missing, f"flags whose help does not give the default: {missing}"
 
 
 def test_library_resume_compares_the_stored_configuration(tmp_path):

@@ -161,7 +161,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sg-lr",
         type=_positive_float("--sg-lr"),
         default=_DEFAULT,
-        help=f"learning rate of the SG modules ({sg_rules}; default: 1e-3)",
+        help=f"learning rate of the SG modules ({sg_rules}; default: 0.001)",
     )
     sg_default = rules.spec("sg").options
     p.add_argument(
@@ -426,7 +426,13 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
     mesh = pipeline.make_mesh(pipe.devices)  # too few devices: a clear error, before work
     ds, x_train, x_test = _flat_data(config)
     net = config.net(x_train.shape[1], ds.num_classes)
-    sg_lr = config.sg_optimizer.learning_rate if config.sg_optimizer is not None else 1e-3
+    lr, sg = config.optimizer.learning_rate, config.sg_optimizer
+    sg_lr = sg.learning_rate if sg is not None else 1e-3
+    if lr is None or sg_lr is None:
+        raise ValueError(
+            "--pipeline trains with Adam at the learning rates --lr and --sg-lr; a custom "
+            "optax optimiser does not apply to it"
+        )
     t0 = time.perf_counter()
     r = pipeline.train_pipelined(
         "gpipe" if pipe.method == "gpipe" else "sg-pipeline",
@@ -437,7 +443,7 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
         batch_size=config.batch_size,
         micro_batches=pipe.micro_batches or 1,
         loss=config.loss,
-        lr=config.optimizer.learning_rate,
+        lr=lr,
         sg_lr=sg_lr,
         estimator=config.rule.options_dict().get("estimator", "conditioned"),
         seed=config.seed,

@@ -65,14 +65,19 @@ class OptimizerConfig:
     Example:
         >>> OptimizerConfig("sgd", 0.1).to_dict()
         {'name': 'sgd', 'learning_rate': 0.1}
+        >>> lion = OptimizerConfig.custom(optax.lion(1e-4), "lion 1e-4")
+        >>> lion.to_dict(), type(lion.build()).__name__
+        ({'name': 'lion 1e-4', 'custom': True}, 'GradientTransformationExtraArgs')
     """
 
     name: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float | None = 1e-3
     transform: optax.GradientTransformation | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.transform is None and self.name not in OPTIMIZERS:
+        if self.transform is not None:
+            return  # from code: the transformation is what it is; `name` describes it
+        if self.name not in OPTIMIZERS:
             raise ValueError(f"unknown optimiser {self.name!r}; expected one of {list(OPTIMIZERS)}")
         lr = self.learning_rate
         if not isinstance(lr, int | float) or not (lr > 0 and math.isfinite(lr)):
@@ -81,11 +86,12 @@ class OptimizerConfig:
     @classmethod
     def custom(cls, transform: optax.GradientTransformation, name: str) -> OptimizerConfig:
         """Any optax transformation; ``name`` describes it (stored, compared on resume)."""
-        return cls(name=name, learning_rate=1.0, transform=transform)
+        return cls(name=name, learning_rate=None, transform=transform)
 
     def build(self) -> optax.GradientTransformation:
         if self.transform is not None:
             return self.transform
+        assert self.learning_rate is not None  # checked in __post_init__
         return OPTIMIZERS[self.name](self.learning_rate)
 
     def to_dict(self) -> dict[str, Any]:

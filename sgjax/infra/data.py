@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -111,9 +112,6 @@ _IDX_SETS = {
         source="https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
     ),
 }
-
-# Decompressed uint8 arrays, keyed by (path, size, mtime); in memory only, never on disk.
-_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 
 
 def _idx_file(directory: Path, stem: str) -> Path | None:
@@ -223,8 +221,8 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
 
     Validates the magic number (``magic`` if given: ``0x803`` images, ``0x801`` labels),
     the dimension count, and that the payload has exactly the bytes the header promises.
-    The decompressed array is cached in memory (keyed by path, size and mtime) and
-    returned read-only; nothing is written to disk.
+    The decompressed array of the last 8 files read is cached in memory (keyed by path,
+    size and mtime) and returned read-only; nothing is written to disk.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -242,9 +240,17 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist")
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _CACHE:
-        return _CACHE[key]
+    return _parse_idx(str(path), str(path.resolve()), st.st_size, st.st_mtime_ns, magic)
+
+
+# Decompressed uint8 arrays, keyed by the file's identity (path, size, mtime) and the magic
+# asked for: a bounded cache (the last 8 files) in memory only, never on disk.
+@functools.lru_cache(maxsize=8)
+def _parse_idx(
+    shown: str, resolved: str, size: int, mtime_ns: int, magic: int | None
+) -> np.ndarray:
+    del resolved, size, mtime_ns  # the cache key: a changed file is read again
+    path = Path(shown)
     raw = _read_bytes(path)
     if len(raw) < 4:
         raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header (truncated)")
@@ -275,7 +281,6 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
         )
     arr = np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
     arr.setflags(write=False)  # the cached copy must not be changed by a caller
-    _CACHE[key] = arr
     return arr
 
 

@@ -75,16 +75,20 @@ SECTIONS = ("step", "theory", "memory", "pipeline")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sgjax bench``."""
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes and few repeats (a smoke test)"
+        "--json", metavar="PATH", help="also write the results as JSON (default: not written)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and few repeats, a smoke test (default: the full sizes)",
     )
     parser.add_argument(
         "--only",
         action="append",
         choices=SECTIONS,
         metavar="SECTION",
-        help=f"run only this section (repeatable); one of {', '.join(SECTIONS)}",
+        help=f"run only this section (repeatable); one of {', '.join(SECTIONS)} (default: all)",
     )
 
 
