@@ -103,6 +103,23 @@ def _job() -> dict:
     yb = rng.integers(0, 3, (4, 6)).astype(np.int32)
     st, _ = dp.run(dp.pack(pipeline.init_bp(net, sgd, jax.random.key(1))), xb, yb)
     dp_final = dp.unpack(st)
+
+    # A stop decided by the clock must be the same in every process: process 1's clock
+    # runs 10⁶× fast here, so on its own it would stop after its second call while
+    # process 0 goes on to the step cap, and the job would hang in a collective.
+    if jax.process_index() == 1:
+        import types
+
+        from sgjax.pipeline import loop
+
+        fast = time.perf_counter
+        loop.time = types.SimpleNamespace(perf_counter=lambda: 1e6 * fast())
+    x_tr, y_tr = xs[0].reshape(-1, 6), ys[0].reshape(-1)
+    r = pipeline.train_pipelined(
+        "sg-pipeline", net, x_tr, y_tr, steps=10, seconds=5.0, batch_size=batch, chunk=2,
+        mesh=mesh,
+    )  # fmt: skip
+    out["clock_stop_micro_batches"] = r["micro_batches_seen"]
     if jax.process_index() != 0:  # the single-device references: process 0 only
         return out
 
@@ -135,7 +152,7 @@ def _job() -> dict:
 
 @pytest.fixture(scope="module")
 def job() -> dict:
-    r = launch([sys.executable, __file__], 2, env=_env(), timeout=300, echo=False)
+    r = launch([sys.executable, __file__], 2, env=_env(), timeout=240, echo=False)
     return json.loads(r.outputs[0].strip().splitlines()[-1])
 
 
@@ -147,6 +164,11 @@ def test_two_process_sg_pipeline_equals_single_device_reference(job):
     assert job["sg_moved"] > 0, "the SG modules never trained: the comparison is vacuous"
     assert job["sg_state_err"] <= 0, job
     assert job["sg_metrics_err"] <= 0, job
+
+
+def test_a_clock_based_stop_is_taken_by_every_process_alike(job):
+    # Reaching this value at all means the job did not hang (see _job).
+    assert 2 <= job["clock_stop_micro_batches"] <= 10
 
 
 def test_two_process_gpipe_and_data_parallel_equal_backprop(job):

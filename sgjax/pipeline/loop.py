@@ -20,7 +20,7 @@ from sgjax import rules, train
 from sgjax.nets import Network
 from sgjax.pipeline.dataparallel import dp_on_mesh
 from sgjax.pipeline.gpipe import gpipe_on_mesh, init_bp
-from sgjax.pipeline.mesh import _check_count, make_mesh
+from sgjax.pipeline.mesh import _agree, _check_count, make_mesh
 from sgjax.pipeline.sg import flush, sg_on_mesh
 from sgjax.pipeline.stages import init_sg, sg_pipeline
 
@@ -218,7 +218,11 @@ def train_pipelined(
     seen = calls = timed = 0
     compile_seconds = train_seconds = 0.0
     last_eval = 0
-    while (steps is None or seen < steps) and (seconds is None or train_seconds < seconds):
+    # `seen` is the same in every process; a decision from the clock or an evaluation is
+    # process 0's (_agree), so that no process stops while another calls a collective.
+    while steps is None or seen < steps:
+        if seconds is not None and _agree(train_seconds >= seconds):
+            break
         k = per_call if steps is None else min(per_call, steps - seen)
         xs, ys, valid = next_chunk(k)
         t0 = time.perf_counter()
@@ -235,7 +239,7 @@ def train_pipelined(
             ev = evaluate(params_of(state))
             curve.append({"micro_batches": seen, "seconds": train_seconds, **_named(ev)})
             last_eval = seen
-            if target_accuracy is not None and ev["accuracy"] >= target_accuracy:
+            if target_accuracy is not None and _agree(ev["accuracy"] >= target_accuracy):
                 break
     if method == "sg-pipeline":
         finished = np.asarray(metrics["done"])

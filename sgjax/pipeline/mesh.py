@@ -86,6 +86,20 @@ def _global(mesh: Mesh, *arrays: Any) -> tuple[Any, ...]:
     return tuple(_put(a, mesh, P()) for a in arrays)
 
 
+def _agree(flag: bool) -> bool:
+    """Process 0's ``flag``, in every process (a tiny broadcast; no-op in one process).
+
+    Decisions that depend on a clock or a measurement (stop after ``seconds``, stop at a
+    target accuracy) may differ between processes; a process that stops while another
+    calls the next collective would hang both. Every process takes process 0's.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
 def _to_host(x: Any) -> np.ndarray:
     """A (global) array as one numpy array on this host, also when its shards live in
     several processes (then every process must call this, as with any collective)."""

@@ -177,6 +177,20 @@ class MeshRunner(NamedTuple):
     run: Callable[..., tuple[PackedSG, dict[str, jax.Array]]]
 
 
+def _send_message(m: Message, pairs: list[tuple[int, int]]) -> Message:
+    """Send a :class:`Message` as one buffer ``[h | y | valid]`` of shape (B, width + c +
+    1): one collective per tick downwards instead of one per part (on CPU processes each
+    collective costs a round trip; the parts are 0/1 or h's dtype, so the cast is exact).
+    """
+    b, w = m.h.shape
+    c = m.y.shape[1]
+    flag = jnp.broadcast_to(m.valid.astype(m.h.dtype), (b, 1))
+    buf = _send(jnp.concatenate([m.h, m.y.astype(m.h.dtype), flag], axis=1), pairs)
+    return Message(
+        buf[:, :w], buf[:, w : w + c].astype(m.y.dtype), buf[0, w + c].astype(m.valid.dtype)
+    )
+
+
 def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     """Bind the SG pipeline to a 1-D mesh with one device per stage.
 
@@ -292,7 +306,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             out = Message(h_out, msg.y, msg.valid)
             # Both messages leave in the same tick: h_s goes down the pipeline for the
             # next tick, the target for SG_{s-1} goes back up and is used right away.
-            new_inbox, target = _send(out, down), _send(g_in, up)
+            new_inbox, target = _send_message(out, down), _send(g_in, up)
             flat, sgl, sg_ok = lax.switch(s, sg_branches, flat, prev, target)
             return (flat, new_inbox, out), (loss, acc, msg.valid, sgl, fwd_ok & sg_ok)
 
