@@ -243,6 +243,7 @@ def compare(
         for w, b in sweep
         for method in ("sg", "sg-pipeline")
     ]  # fmt: skip
+    t0 = time.monotonic()
     load0 = os.getloadavg()
     log(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, cores {cores}")
     rows: dict[str, list[dict[str, Any]]] = {"main": [], "sweep": []}
@@ -263,11 +264,12 @@ def compare(
                 )  # fmt: skip
                 rows[part] += json.loads(out.read_text())["results"]
     load1 = os.getloadavg()
-    log(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    wall = time.monotonic() - t0
+    log(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; {wall:.0f} s in all")
     order = {r["label"]: i for i, r in enumerate(main + sweep_runs)}
     for part in rows:
         rows[part].sort(key=lambda r: order[r["label"]])
-    return {"load": {"start": load0, "end": load1, "cores": cores}, **rows,
+    return {"load": {"start": load0, "end": load1, "cores": cores}, "wall_seconds": wall, **rows,
             "config": {"sizes": list(sizes), "processes": processes, "batch_size": batch_size,
                        "micro_batches": micro_batches, "lr": lr, "target": target,
                        "seconds": seconds, "sweep": [list(p) for p in sweep]}}  # fmt: skip
