@@ -74,9 +74,8 @@ def _oracle(model, p, x, y, m):
     def grads(p, x, y, m):
         starts = _ref_states(model, p, x, y, m)
         return [
-            B * jax.grad(lambda s, k=k: _ref_loss_from(model, p, s, x, y, m, k * T, L)[0])(
-                starts[k]
-            )
+            B
+            * jax.grad(lambda s, k=k: _ref_loss_from(model, p, s, x, y, m, k * T, L)[0])(starts[k])
             for k in range(K)
         ]
 
@@ -100,9 +99,7 @@ def test_exact_oracle_sg_makes_dni_equal_full_bptt():
         p = core.init_params(model, jax.random.key(1), jnp.float64)
         theta = h.sg.init(jax.random.key(2), (model.cell.state_dim,), 1, jnp.float64)
         x, y, m = _data(0)
-        full = jax.jit(
-            jax.grad(lambda p: _ref_loss_from(model, p, _zero(model), x, y, m, 0, L)[0])
-        )
+        full = jax.jit(jax.grad(lambda p: _ref_loss_from(model, p, _zero(model), x, y, m, 0, L)[0]))
         g_ref = full(p)
         oracle = _oracle(model, p, x, y, m)
         carry = jnp.zeros((B, model.cell.state_dim))
@@ -122,8 +119,10 @@ def test_exact_oracle_sg_makes_dni_equal_full_bptt():
             out = _window_grads(h, p, theta, carry, win, jnp.zeros_like(carry))
             g_tr = out.grads if g_tr is None else jax.tree.map(jnp.add, g_tr, out.grads)
             carry = out.s_end
-        gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_tr),
-                                                                    jax.tree.leaves(g_ref)))
+        gap = max(
+            float(jnp.max(jnp.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(g_tr), jax.tree.leaves(g_ref))
+        )
         assert gap > 1e-4
 
 
@@ -133,7 +132,7 @@ def test_full_bptt_reference_matches_the_hand_written_oracle():
         h = core.harness(model, window=T, method="dni")
         p = core.init_params(model, jax.random.key(3), jnp.float64)
         x, y, m = _data(1)
-        _, starts, g = core.boundary_states_and_gradients(h, p, x, y, m)
+        _, _, g = core.boundary_states_and_gradients(h, p, x, y, m)
         oracle = _oracle(model, p, x, y, m)
         for k in range(K):
             np.testing.assert_allclose(g[k], oracle[k], rtol=1e-10, atol=1e-12)
@@ -202,8 +201,9 @@ def test_zero_initialised_sg_first_step_is_truncated_bptt_exactly(method):
         carry = jax.random.normal(jax.random.key(8), (B, model.cell.state_dim))
         outs[meth] = step(state, carry, win)[0]
     for key in ("cell", "out"):
-        for a, b in zip(jax.tree.leaves(outs["bptt"].params[key]),
-                        jax.tree.leaves(outs[method].params[key])):
+        for a, b in zip(
+            jax.tree.leaves(outs["bptt"].params[key]), jax.tree.leaves(outs[method].params[key])
+        ):
             assert np.array_equal(np.asarray(a), np.asarray(b))
     # ... while the SG module did learn from its first target
     assert float(jnp.max(jnp.abs(outs[method].sg_params["C"]))) > 0
@@ -304,8 +304,9 @@ def test_bad_inputs_name_the_argument():
     )
     hb = core.harness(model, window=T, method="dni", sg=bad)
     with pytest.raises(ValueError, match=r"returns shape \(3, 5\) for a state of shape \(3, 12\)"):
-        core.train_sequence(hb, core.make_window_step(hb, opt), core.init(hb, jax.random.key(0), opt),
-                            x, y, m)
+        core.train_sequence(
+            hb, core.make_window_step(hb, opt), core.init(hb, jax.random.key(0), opt), x, y, m
+        )
     with pytest.raises(ValueError, match=r"`method` must be one of"):
         core.harness(model, window=T, method="sg")
     with pytest.raises(ValueError, match=r"`ctx`: the harness has context_dim=2"):
