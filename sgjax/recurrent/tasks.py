@@ -97,7 +97,9 @@ class Curriculum:
 
     Example:
         >>> c = Curriculum("copy", threshold=0.15, patience=2)
-        >>> c.update(0.1); c.update(0.1); c.n, c.solved
+        >>> [c.update(0.1) for _ in range(2)]
+        [False, True]
+        >>> c.n, c.solved
         (2, 1)
     """
 
