@@ -31,17 +31,21 @@ def main() -> None:
     s = bench.speed(a.hidden, a.batch, a.window, a.length, a.rounds)
     m = bench.memory(a.hidden, a.batch, a.window, a.lengths)
     us = {k: v * 1e6 for k, v in s["seconds_per_char"].items()}
-    print(f"LSTM {a.hidden}, batch {a.batch}, T={a.window}, sequence {a.length}, "
-          f"{a.rounds} rounds (median)")
+    print(
+        f"LSTM {a.hidden}, batch {a.batch}, T={a.window}, sequence {a.length}, "
+        f"{a.rounds} rounds (median)"
+    )
     print("| method | µs / char |\n|---|---|")
     for k, v in us.items():
         print(f"| {k} | {v:.2f} |")
-    print(f"DNI-T / BPTT-T: {s['dni_over_bptt']:.2f}×, DNI-T / full BPTT: "
-          f"{s['dni_over_full']:.2f}×\n")
+    print(
+        f"DNI-T / BPTT-T: {s['dni_over_bptt']:.2f}×, DNI-T / full BPTT: {s['dni_over_full']:.2f}×\n"
+    )
     print("| L | DNI-T window temp bytes | full BPTT temp bytes | ratio |\n|---|---|---|---|")
     for r in m:
-        print(f"| {r['length']} | {r['dni_bytes']:,} | {r['full_bptt_bytes']:,} | "
-              f"{r['ratio']:.1f}× |")
+        print(
+            f"| {r['length']} | {r['dni_bytes']:,} | {r['full_bptt_bytes']:,} | {r['ratio']:.1f}× |"
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"speed": s, "memory": m}, f, indent=1)

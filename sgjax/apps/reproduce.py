@@ -3,7 +3,9 @@
 Experiments: ``fig2`` (loss reconstruction on the 2-D grid, with the Fig. 9 ablations),
 ``fig3`` (RDM drift; also logs SG-vs-true-gradient cosines), ``fig4`` (MNIST depth and
 activation), ``fig5`` (weight norms), ``fig8`` (linear probes), ``dni-mnist`` (the DNI
-paper's every-layer MNIST FCN), or ``all``. Figs. 3, 5 and 8 share their trained networks
+paper's every-layer MNIST FCN), ``dni-rnn`` (the DNI paper's recurrent experiments: Copy,
+Repeat Copy and Tiny Shakespeare with truncated BPTT vs boundary SGs;
+:mod:`sgjax.recurrent.experiment`), or ``all``. Figs. 3, 5 and 8 share their trained networks
 through a cache directory (default ``<out>/../_cache``), so they train once.
 
 Scales: ``smoke`` runs in seconds (tests, CI); ``medium`` is the largest that fits a 2-core
@@ -57,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=None,
-        help="MNIST IDX directory (default: $SGJAX_DATA_DIR, then ../shared/data/mnist)",
+        help="MNIST IDX directory, or for dni-rnn the Tiny Shakespeare directory "
+        "(default: $SGJAX_DATA_DIR, then ../shared/data/mnist or ../shared/data/tinyshakespeare)",
     )
     p.add_argument(
         "--steps",

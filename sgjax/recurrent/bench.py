@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,8 +73,13 @@ def memory(
     for L in lengths:
         full = temp_bytes(core.harness(model, window=L, method="bptt"), batch, L)
         rows.append(
-            {"length": L, "window": window, "dni_bytes": dni, "full_bptt_bytes": full,
-             "ratio": full / dni}
+            {
+                "length": L,
+                "window": window,
+                "dni_bytes": dni,
+                "full_bptt_bytes": full,
+                "ratio": full / dni,
+            }
         )
     return rows
 
@@ -91,7 +97,7 @@ def speed(
     x = np.eye(VOCAB, dtype=np.float32)[ids[:-1]]
     y = ids[1:]
     opt = optax.adam(1e-3)
-    runs = {}
+    runs: dict[str, list[Any]] = {}
     for name, method, T in (
         ("dni", "dni", window),
         ("bptt", "bptt", window),

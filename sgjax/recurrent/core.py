@@ -95,13 +95,13 @@ class Window(NamedTuple):
     boundaries ``c0``/``c1`` ``(B, max(context_dim, 1))``, and the scalars ``inject`` (1:
     inject the SG at the end) and ``sg_weight`` (1: train the SG at the start)."""
 
-    x: jax.Array
-    y: jax.Array
-    m: jax.Array
-    c0: jax.Array
-    c1: jax.Array
-    inject: jax.Array
-    sg_weight: jax.Array
+    x: Any
+    y: Any
+    m: Any
+    c0: Any
+    c1: Any
+    inject: Any
+    sg_weight: Any
 
 
 class WindowOut(NamedTuple):
@@ -278,14 +278,15 @@ def window_loss(
 
 
 def boundary_interface(sg: est_lib.Estimator) -> Callable:
-    """``f(s, sg_params, c, w)``: identity forward; backward interface for the SG.
+    """``f(s, sg_params, c)``: identity forward; backward interface for the SG.
 
     Its backward receives the cotangent g at ``s`` (batch-mean units) and returns to
-    ``sg_params`` ``w ·`` the gradient of ``mean_b ‖SG(s, c)_b − stop_grad(B·g_b)‖²``; to
-    ``s`` it sends ``SG(s, c)/B`` (the synthetic gradient, in batch-mean units). In a
-    window the state below is a stop-gradiented carry, so that part goes nowhere; the
-    module parameters' part is the DNI regression. (The shape of ``sgjax.interface``'s
-    backward interface, specialised to a batch-mean loss.)
+    ``sg_params`` the gradient of ``mean_b ‖SG(s, c)_b − stop_grad(B·g_b)‖²``; to ``s`` it
+    sends ``SG(s, c)/B`` (the synthetic gradient, in batch-mean units). In a window the
+    state below is a stop-gradiented carry, so that part goes nowhere; the module
+    parameters' part is the DNI regression. This is the contract of
+    ``sgjax.interface.sg_interface(s, sg_params, c, estimator=sg)`` (mode ``"apply"``,
+    ``loss_reduction="mean"``), written here until that module is on main.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -293,21 +294,21 @@ def boundary_interface(sg: est_lib.Estimator) -> Callable:
         >>> sg = estimators.linear(); f = boundary_interface(sg)
         >>> th = sg.init(jax.random.key(0), (2,), 1)
         >>> s = jnp.ones((4, 2)); c = jnp.zeros((4, 1))
-        >>> g = jax.grad(lambda th: jnp.sum(f(s, th, c, 1.0)) / 4)(th)  # target 1 everywhere
+        >>> g = jax.grad(lambda th: jnp.sum(f(s, th, c)) / 4)(th)  # target 1 everywhere
         >>> g["C"].tolist()  # d/dC mean_b ‖0 − 1‖² = −2
         [-2.0, -2.0]
     """
 
     @jax.custom_vjp
-    def f(s, theta, c, w):
-        del theta, c, w
+    def f(s, theta, c):
+        del theta, c
         return s
 
-    def fwd(s, theta, c, w):
-        return s, (s, theta, c, w)
+    def fwd(s, theta, c):
+        return s, (s, theta, c)
 
     def bwd(res, g):
-        s, theta, c, w = res
+        s, theta, c = res
         batch = s.shape[0]
         t = jax.lax.stop_gradient(g) * batch
 
@@ -316,9 +317,8 @@ def boundary_interface(sg: est_lib.Estimator) -> Callable:
             return jnp.mean(jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1))
 
         g_theta = jax.grad(regression)(theta)
-        g_theta = jax.tree.map(lambda a: (a * w).astype(a.dtype), g_theta)
         below = sg.apply(theta, s, c) / batch
-        return below.astype(s.dtype), g_theta, jnp.zeros_like(c), jnp.zeros_like(w)
+        return below.astype(s.dtype), g_theta, jnp.zeros_like(c)
 
     f.defvjp(fwd, bwd)
     return f
@@ -342,14 +342,14 @@ def window_grads(
     """
     model = h.model
     batch = carry.shape[0]
+    sg = h.sg if h.sg is not None else est_lib.linear()  # (unused without an SG)
     uses_sg = h.sg is not None
-    sg = h.sg
-    iface = boundary_interface(sg) if uses_sg else None
+    iface = boundary_interface(sg)
 
     def surrogate(params, theta, eps):
         s = jax.lax.stop_gradient(carry)
         if uses_sg:
-            s = iface(s, theta, win.c0, win.sg_weight)
+            s = iface(s, theta, win.c0)
         s = s + eps  # ∂/∂eps is the cotangent arriving at the window's first state
         loss, (s_T, states) = window_loss(model, params, s, win.x, win.y, win.m)
         total, aux_loss = loss, jnp.zeros((), loss.dtype)
@@ -367,6 +367,8 @@ def window_grads(
     grad_fn = jax.grad(surrogate, argnums=(0, 1, 2), has_aux=True)
     (g_params, g_theta, g_eps), (loss, s_T, aux_loss) = grad_fn(params, sg_params, eps)
     target = g_eps * batch
+    if uses_sg:  # the first boundary of a fresh sequence does not train the SG
+        g_theta = jax.tree.map(lambda a: (a * win.sg_weight).astype(a.dtype), g_theta)
     if uses_sg:
         sg_start = sg.apply(sg_params, carry, win.c0)
         r = (sg_start - target).reshape(batch, -1)
@@ -440,9 +442,8 @@ def make_window_step(
 
 def _shape_key(tree: Any, carry: jax.Array) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
-    return (str(treedef), tuple((np.shape(v), str(getattr(v, "dtype", type(v)))) for v in leaves)) + (
-        carry.shape,
-    )
+    shapes = tuple((np.shape(v), str(getattr(v, "dtype", type(v)))) for v in leaves)
+    return (str(treedef), shapes, carry.shape)
 
 
 def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.float32) -> None:
@@ -455,7 +456,7 @@ def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.flo
     c = jax.ShapeDtypeStruct((batch, max(h.context_dim, 1)), dtype)
     try:
         out = jax.eval_shape(h.sg.apply, sg_params, s, c)
-    except Exception as e:  # noqa: BLE001 — re-raised with the shapes that matter
+    except Exception as e:  # re-raised with the shapes that matter
         raise ValueError(
             f"`sg_params`: the SG module {h.sg.name!r} cannot be applied to the cell's state "
             f"(state_dim {S} of cell {h.model.cell.name!r}, context width "
@@ -509,19 +510,25 @@ def check_sequence(
     """
     I = h.model.in_dim
     if np.ndim(x) != 3:
-        raise ValueError(f"`x`: expected a time-major (length, batch, {I}) array, got {np.shape(x)}")
+        raise ValueError(
+            f"`x`: expected a time-major (length, batch, {I}) array, got {np.shape(x)}"
+        )
     L, B, feat = np.shape(x)
     if feat != I:
         raise ValueError(f"`x`: expected {I} features (model.in_dim) on the last axis, got {feat}")
     if L < 1 or B < 1:
         raise ValueError(f"`x`: length and batch must be ≥ 1, got shape {np.shape(x)}")
     if h.window > L:
-        raise ValueError(f"`window` (T={h.window}) is longer than the sequence (`x` has length {L})")
+        raise ValueError(
+            f"`window` (T={h.window}) is longer than the sequence (`x` has length {L})"
+        )
     if not pad and L % h.window:
         raise ValueError(f"`x`: length {L} is not a multiple of `window` (T={h.window})")
     y_shape = (L, B) if h.model.loss == "xent" else (L, B, h.model.out_dim)
     if np.shape(y) != y_shape:
-        raise ValueError(f"`y`: expected shape {y_shape} (loss {h.model.loss!r}), got {np.shape(y)}")
+        raise ValueError(
+            f"`y`: expected shape {y_shape} (loss {h.model.loss!r}), got {np.shape(y)}"
+        )
     if m is not None and np.shape(m) != (L, B):
         raise ValueError(f"`m`: expected shape {(L, B)}, got {np.shape(m)}")
     if h.context_dim:
@@ -566,8 +573,8 @@ def windows(
     C = max(h.context_dim, 1)
     c = np.zeros((L, B, C), x.dtype) if ctx is None else np.asarray(ctx, x.dtype)
     if P:
-        x = np.concatenate([x, np.zeros((P,) + x.shape[1:], x.dtype)])
-        y = np.concatenate([y, np.zeros((P,) + y.shape[1:], y.dtype)])
+        x = np.concatenate([x, np.zeros((P, *x.shape[1:]), x.dtype)])
+        y = np.concatenate([y, np.zeros((P, *y.shape[1:]), y.dtype)])
         m = np.concatenate([m, np.zeros((P, B), m.dtype)])
     tail = np.zeros((B, C), x.dtype) if next_ctx is None else np.asarray(next_ctx, x.dtype)
     out = []
@@ -634,10 +641,10 @@ def _padded(h: Harness, x, y, m):
     y = jnp.asarray(y)
     m = jnp.ones((L, B), x.dtype) if m is None else jnp.asarray(m, x.dtype)
     if P:
-        x = jnp.concatenate([x, jnp.zeros((P,) + x.shape[1:], x.dtype)])
-        y = jnp.concatenate([y, jnp.zeros((P,) + y.shape[1:], y.dtype)])
+        x = jnp.concatenate([x, jnp.zeros((P, *x.shape[1:]), x.dtype)])
+        y = jnp.concatenate([y, jnp.zeros((P, *y.shape[1:]), y.dtype)])
         m = jnp.concatenate([m, jnp.zeros((P, B), m.dtype)])
-    r = lambda a: a.reshape((K, T) + a.shape[1:])  # noqa: E731
+    r = lambda a: a.reshape((K, T, *a.shape[1:]))  # noqa: E731
     return r(x), r(y), r(m), K
 
 
@@ -718,7 +725,9 @@ def _sg_cosines(h: Harness, params, sg_params, x, y, m, ctx, carry) -> jax.Array
     C = max(h.context_dim, 1)
     c = jnp.zeros((L, B, C), starts.dtype) if ctx is None else jnp.asarray(ctx, starts.dtype)
     cs = c[jnp.arange(K) * h.window]
-    pred = jax.vmap(lambda s, ck: h.sg.apply(sg_params, s, ck))(starts, cs)
+    sg = h.sg
+    assert sg is not None
+    pred = jax.vmap(lambda s, ck: sg.apply(sg_params, s, ck))(starts, cs)
     num = jnp.sum(pred * g, axis=-1)
     den = jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(g, axis=-1)
     cos = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)

@@ -19,8 +19,8 @@ reaches lower BPC), and DNI+Aux further. Verdicts (per comparison, over the valu
 half of them or more; *not held* if the mean is better at half of the T or fewer;
 *inconclusive* otherwise.
 
-Every finished run is appended to ``<out>/runs/<part>-s<seed>.jsonl`` (with the settings it ran under),
-so an interrupted run resumes, and parts can run in parallel processes
+Every finished run is appended to ``<out>/runs/<part>-s<seed>.jsonl`` (with the settings
+it ran under), so an interrupted run resumes, and parts can run in parallel processes
 (``run_part(ctx, "copy")`` etc.) before ``run(ctx)`` assembles the report.
 """
 
@@ -36,17 +36,37 @@ import jax
 import numpy as np
 import optax
 
-from sgjax.experiments import common as C
+from sgjax.apps.experiments import common as C
 from sgjax.recurrent import cells, core, tasks
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
+    "smoke": dict(  # seconds: every code path, vanilla cells of 8 units
         Ts=(2,),
         seeds=(0,),
-        copy=dict(hidden=16, batch=8, bits=4, batches=12, patience=3, cos_every=6, lr=3e-3,
-                  sg_lr=1e-3, decay=1.0),
-        lm=dict(hidden=16, batch=4, chunk=24, chars=4 * 24 * 6, evals=2, eval_chars=2000,
-                lr=1e-3, sg_lr=1e-3, decay=0.5),
+        copy=dict(
+            hidden=8,
+            batch=4,
+            bits=3,
+            batches=4,
+            patience=2,
+            cos_every=4,
+            lr=3e-3,
+            sg_lr=1e-3,
+            decay=1.0,
+            cell="vanilla",
+        ),
+        lm=dict(
+            hidden=8,
+            batch=2,
+            chunk=8,
+            chars=2 * 8 * 3,
+            evals=1,
+            eval_chars=200,
+            lr=1e-3,
+            sg_lr=1e-3,
+            decay=0.5,
+            cell="vanilla",
+        ),
         lm_methods=("bptt", "dni"),
         clip=1.0,
         aux_weight=0.1,
@@ -55,10 +75,28 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "medium": dict(
         Ts=(2, 3, 4, 5, 8),
         seeds=(0, 1, 2),
-        copy=dict(hidden=64, batch=32, bits=4, batches=2000, patience=10, cos_every=250,
-                  lr=3e-3, sg_lr=1e-3, decay=1.0),
-        lm=dict(hidden=128, batch=32, chunk=120, chars=300_000, evals=5, eval_chars=None,
-                lr=1e-3, sg_lr=1e-3, decay=0.5),
+        copy=dict(
+            hidden=64,
+            batch=32,
+            bits=4,
+            batches=2000,
+            patience=10,
+            cos_every=250,
+            lr=3e-3,
+            sg_lr=1e-3,
+            decay=1.0,
+        ),
+        lm=dict(
+            hidden=128,
+            batch=32,
+            chunk=120,
+            chars=300_000,
+            evals=5,
+            eval_chars=None,
+            lr=1e-3,
+            sg_lr=1e-3,
+            decay=0.5,
+        ),
         lm_methods=("bptt", "dni", "dni_aux", "cdni"),
         clip=1.0,
         aux_weight=0.1,
@@ -67,10 +105,28 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "paper": dict(
         Ts=(2, 3, 4, 5, 8),
         seeds=(0, 1, 2),
-        copy=dict(hidden=256, batch=256, bits=8, batches=100_000, patience=50, cos_every=5000,
-                  lr=1e-3, sg_lr=1e-3, decay=1.0),
-        lm=dict(hidden=1024, batch=64, chunk=120, chars=100_000_000, evals=20, eval_chars=None,
-                lr=1e-3, sg_lr=1e-3, decay=0.5),
+        copy=dict(
+            hidden=256,
+            batch=256,
+            bits=8,
+            batches=100_000,
+            patience=50,
+            cos_every=5000,
+            lr=1e-3,
+            sg_lr=1e-3,
+            decay=1.0,
+        ),
+        lm=dict(
+            hidden=1024,
+            batch=64,
+            chunk=120,
+            chars=100_000_000,
+            evals=20,
+            eval_chars=None,
+            lr=1e-3,
+            sg_lr=1e-3,
+            decay=0.5,
+        ),
         lm_methods=("bptt", "dni", "dni_aux", "cdni"),
         clip=1.0,
         aux_weight=0.1,
@@ -91,6 +147,7 @@ PARTS = ("copy", "repeat_copy", "lm")
 
 def settings(ctx: C.Context) -> dict:
     cfg = json.loads(json.dumps(SETTINGS[ctx.scale]))  # deep copy, tuples → lists
+    cfg["seeds"] = [ctx.seed + s for s in cfg["seeds"]]
     if ctx.steps is not None:
         cfg["copy"]["batches"] = ctx.steps
         lm = cfg["lm"]
@@ -106,20 +163,47 @@ _CACHE: dict = {}
 
 
 def _machinery(
-    loss: str, in_dim: int, out_dim: int, hidden: int, method: str, T: int, cfg: dict,
-    part: dict, context_dim: int = 0,
+    loss: str,
+    in_dim: int,
+    out_dim: int,
+    hidden: int,
+    method: str,
+    T: int,
+    cfg: dict,
+    part: dict,
+    context_dim: int = 0,
 ) -> tuple[core.Harness, core.WindowStep, optax.GradientTransformation, Any]:
     """Harness, jitted window step and optimisers, shared by runs that differ only in the
     seed (so each configuration compiles once per process)."""
-    key = (loss, in_dim, out_dim, hidden, method, T, context_dim, cfg["clip"],
-           cfg["aux_weight"], part["lr"], part["sg_lr"], part["decay"])
+    key = (
+        part.get("cell", "lstm"),
+        loss,
+        in_dim,
+        out_dim,
+        hidden,
+        method,
+        T,
+        context_dim,
+        cfg["clip"],
+        cfg["aux_weight"],
+        part["lr"],
+        part["sg_lr"],
+        part["decay"],
+    )
     if key not in _CACHE:
-        mkey = ("model", loss, in_dim, out_dim, hidden)
+        mkey = ("model", loss, in_dim, out_dim, hidden, part.get("cell", "lstm"))
         if mkey not in _CACHE:
-            _CACHE[mkey] = core.Model(cells.lstm(hidden), in_dim, out_dim, loss)
+            cell = cells.get(part.get("cell", "lstm"), hidden)
+            _CACHE[mkey] = core.Model(cell, in_dim, out_dim, loss)
         model = _CACHE[mkey]
-        h = core.harness(model, window=T, method=method, context_dim=context_dim,
-                         aux_weight=cfg["aux_weight"], decay=part["decay"])
+        h = core.harness(
+            model,
+            window=T,
+            method=method,
+            context_dim=context_dim,
+            aux_weight=cfg["aux_weight"],
+            decay=part["decay"],
+        )
         opt = _optimizer(part["lr"], cfg["clip"])
         sg_opt = _optimizer(part["sg_lr"], cfg["clip"])
         _CACHE[key] = (h, core.make_window_step(h, opt, sg_opt), opt, sg_opt)
@@ -170,9 +254,7 @@ def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
     in_dim, out_dim = tasks.task_dims(task, cc["bits"])
     full = method == "full"
     args = ("bits", in_dim, out_dim, cc["hidden"])
-    h, step, opt, sg_opt = _machinery(
-        *args, "bptt" if full else method, 1 if full else T, cfg, cc
-    )
+    h, step, opt, sg_opt = _machinery(*args, "bptt" if full else method, 1 if full else T, cfg, cc)
     state = core.init(h, jax.random.key(seed), opt, sg_opt)
     cur = tasks.Curriculum(task, threshold=cfg["threshold"], patience=cc["patience"])
     rng = np.random.default_rng(seed)
@@ -255,8 +337,9 @@ def train_lm(data: tasks.CharData, method: str, T: int, seed: int, cfg: dict) ->
         nxt = tasks.one_hot(S[p + chunk], V) if cdni else None
         first = carry is None
         if h.sg is not None and i in eval_at:
-            c0 = None if first else carry
-            cos = core.sg_cosines(h, state.params, state.sg_params, x, y, None, ctx, c0)
+            cos = core.sg_cosines(
+                h, state.params, state.sg_params, x, y, None, ctx, None if first else carry
+            )
             cos_curve.append({"chars": i * chunk * B, "cos": np.asarray(cos).tolist()})
         state, carry, met = core.train_sequence(
             h, step, state, x, y, ctx=ctx, carry=carry, first=first, last=False, next_ctx=nxt
@@ -332,7 +415,9 @@ def run(ctx: C.Context) -> dict:
     results["claims"] = _claims(cfg, summary)
     figs = _plot(ctx, cfg, results["runs"], summary)
     _report(ctx, cfg, results, figs)
-    slim = {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in results["runs"].items()}
+    slim = {
+        k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in results["runs"].items()
+    }
     C.write_json(ctx.out / "results.json", {**results, "runs": slim})
     return results
 
@@ -392,9 +477,7 @@ def _claims(cfg: dict, summary: dict) -> dict:
         return {T: summary[part][f"{method}/T{T}"]["values"] for T in cfg["Ts"]}
 
     def fmt(part, method):
-        return ", ".join(
-            f"T={T}: {summary[part][f'{method}/T{T}']['mean']:.3g}" for T in cfg["Ts"]
-        )
+        return ", ".join(f"T={T}: {summary[part][f'{method}/T{T}']['mean']:.3g}" for T in cfg["Ts"])
 
     claims = {}
     for part, name in (("copy", "Copy"), ("repeat_copy", "Repeat Copy")):
@@ -456,8 +539,13 @@ def _plot(ctx: C.Context, cfg: dict, runs: dict, summary: dict) -> list[str]:
         for j, method in enumerate(cfg["lm_methods"]):
             for s in cfg["seeds"]:
                 c = np.asarray(runs[_key("lm", method, T, s)]["curve"], float)
-                ax.plot(c[:, 0], c[:, 1], color=f"C{j}", alpha=0.8,
-                        label=LABELS[method] if s == cfg["seeds"][0] else None)
+                ax.plot(
+                    c[:, 0],
+                    c[:, 1],
+                    color=f"C{j}",
+                    alpha=0.8,
+                    label=LABELS[method] if s == cfg["seeds"][0] else None,
+                )
         ax.set_title(f"T={T}")
         ax.set_xlabel("training characters")
     axes[0][0].set_ylabel("validation BPC")
@@ -466,15 +554,25 @@ def _plot(ctx: C.Context, cfg: dict, runs: dict, summary: dict) -> list[str]:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
     for ax, part in zip(axes, ("copy", "lm")):
-        methods = [m for m in (cfg["lm_methods"] if part == "lm" else COPY_METHODS)
-                   if m not in ("bptt", "full")]
+        methods = [
+            m
+            for m in (cfg["lm_methods"] if part == "lm" else COPY_METHODS)
+            if m not in ("bptt", "full")
+        ]
         for j, method in enumerate(methods):
             for k, T in enumerate(Ts):
                 c = runs[_key(part, method, T, cfg["seeds"][0])]["cos"]
                 xs = [r["batch" if part != "lm" else "chars"] for r in c]
                 ys = [np.mean(r["cos"]) if r["cos"] else np.nan for r in c]
-                ax.plot(xs, ys, "-o", ms=3, color=f"C{j}", alpha=0.3 + 0.7 * (k + 1) / len(Ts),
-                        label=f"{LABELS[method]} T={T}")
+                ax.plot(
+                    xs,
+                    ys,
+                    "-o",
+                    ms=3,
+                    color=f"C{j}",
+                    alpha=0.3 + 0.7 * (k + 1) / len(Ts),
+                    label=f"{LABELS[method]} T={T}",
+                )
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(f"{'Copy' if part == 'copy' else 'Tiny Shakespeare'}: cos(SG, true)")
         ax.set_xlabel("batches" if part == "copy" else "training characters")
@@ -527,6 +625,16 @@ def _report(ctx: C.Context, cfg: dict, results: dict, figs: list[str]) -> None:
             ],
         ),
         "",
+        "## Bootstrapping on an endless stream",
+        "",
+        "The copy tasks use exact bootstrapping (γ = 1): each sequence ends, so the SG's "
+        "target is the gradient of a finite future. On the character stream the future never "
+        "ends; with γ = 1 the linear SG on the LSTM state fed back on itself in our runs (the "
+        "injected SG pushed the unbounded cell state c ever further along −SG, the SG's "
+        "bootstrapped target grew with it, and BPC stalled far above BPTT's), so the LM uses "
+        "γ < 1 (the SG estimates the γ-discounted future gradient; `core.harness(decay=γ)`). "
+        "See docs/results/dni-rnn/ablation.md for the measurements.",
+        "",
         "## The DNI paper's claim",
         "",
         "The DNI paper (§3.1) reports that DNI-T solves longer Copy / Repeat Copy sequences "
@@ -554,16 +662,19 @@ def _report(ctx: C.Context, cfg: dict, results: dict, figs: list[str]) -> None:
         {
             "seeds": ", ".join(map(str, cfg["seeds"])),
             "T": ", ".join(map(str, Ts)),
-            "copy tasks": f"LSTM {cc['hidden']}, batch {cc['batch']}, {cc['bits']}-bit vectors, "
+            "copy tasks": f"{cc.get('cell', 'lstm')} cell, {cc['hidden']} units, batch "
+            f"{cc['batch']}, {cc['bits']}-bit vectors, "
             f"{cc['batches']} batches per run; curriculum threshold {cfg['threshold']} bits "
             f"per output step (mean of the last {cc['patience']} batches)",
-            "char LM": f"LSTM {lc['hidden']}, {lc['batch']} streams, chunks of {lc['chunk']}, "
+            "char LM": f"{lc.get('cell', 'lstm')} cell, {lc['hidden']} units, {lc['batch']} "
+            f"streams, chunks of {lc['chunk']}, "
             f"{lc['chars']:,} training characters; validation = last 10% of the text",
             "optimiser": f"Adam, copy tasks {cc['lr']:g} (SG {cc['sg_lr']:g}), LM {lc['lr']:g} "
             f"(SG {lc['sg_lr']:g}); global-norm clip {cfg['clip']:g}",
             "bootstrap decay γ": f"copy tasks {cc['decay']:g} (exact bootstrapping: the "
             f"sequences end), LM {lc['decay']:g} (the stream never ends; see below)",
-            "SG": "linear hA + C on the LSTM state [h, c], zero-initialised; cDNI adds the "
+            "SG": "linear hA + C on the cell state (LSTM: [h, c]), zero-initialised; cDNI adds "
+            "the "
             "next input character (one-hot) as context, hA + cB + C",
             "DNI+Aux": f"every in-window state predicts the window-end SG with a linear head "
             f"(weight {cfg['aux_weight']:g}; our reading of the paper's auxiliary task)",

@@ -97,7 +97,9 @@ class Curriculum:
 
     Example:
         >>> c = Curriculum("copy", threshold=0.15, patience=2)
-        >>> c.update(0.1); c.update(0.1); c.n, c.solved
+        >>> [c.update(0.1) for _ in range(2)]
+        [False, True]
+        >>> c.n, c.solved
         (2, 1)
     """
 
@@ -148,7 +150,7 @@ def pad(length: int, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         [(5, 2, 4), (5, 2)]
     """
     return tuple(
-        np.concatenate([a, np.zeros((length - a.shape[0],) + a.shape[1:], a.dtype)])
+        np.concatenate([a, np.zeros((length - a.shape[0], *a.shape[1:]), a.dtype)])
         if a.shape[0] < length
         else a
         for a in arrays
@@ -223,9 +225,7 @@ def find_tinyshakespeare(data_dir: str | os.PathLike | None = None) -> Path:
     )
 
 
-def load_tinyshakespeare(
-    data_dir: str | os.PathLike | None = None, split: float = 0.9
-) -> CharData:
+def load_tinyshakespeare(data_dir: str | os.PathLike | None = None, split: float = 0.9) -> CharData:
     """Tiny Shakespeare as character ids, split by position: first ``split`` for training.
 
     The vocabulary is the sorted set of characters of the whole file (65).

@@ -59,6 +59,12 @@ def _dni(ctx: Any) -> dict:
     return dni.run(ctx)
 
 
+def _dni_rnn(ctx: Any) -> dict:
+    from sgjax.recurrent import experiment
+
+    return experiment.run(ctx)
+
+
 #: name -> :class:`Experiment`, in the order ``reproduce all`` runs them.
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
@@ -69,5 +75,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("fig5", _fig5, "weight norms under SG"),
         Experiment("fig8", _fig8, "linear probes of each layer"),
         Experiment("dni-mnist", _dni, "the DNI paper's every-layer MNIST FCN"),
+        Experiment("dni-rnn", _dni_rnn, "recurrent DNI: truncated BPTT with a boundary SG"),
     )
 }
