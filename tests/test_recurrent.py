@@ -17,7 +17,8 @@ import pytest
 
 from sgjax import estimators
 from sgjax.apps import cli
-from sgjax.recurrent import cells, core, experiment, tasks
+from sgjax.apps.experiments import rnn as experiment
+from sgjax.recurrent import cells, core, tasks
 
 B, T, K, I, O = 3, 3, 3, 4, 5  # batch, window, windows, input and output widths
 L = T * K

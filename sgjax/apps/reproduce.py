@@ -5,7 +5,7 @@ Experiments: ``fig2`` (loss reconstruction on the 2-D grid, with the Fig. 9 abla
 activation), ``fig5`` (weight norms), ``fig8`` (linear probes), ``dni-mnist`` (the DNI
 paper's every-layer MNIST FCN), ``dni-rnn`` (the DNI paper's recurrent experiments: Copy,
 Repeat Copy and Tiny Shakespeare with truncated BPTT vs boundary SGs;
-:mod:`sgjax.recurrent.experiment`), or ``all``. Figs. 3, 5 and 8 share their trained networks
+:mod:`sgjax.apps.experiments.rnn`), or ``all``. Figs. 3, 5 and 8 share their trained networks
 through a cache directory (default ``<out>/../_cache``), so they train once.
 
 Scales: ``smoke`` runs in seconds (tests, CI); ``medium`` is the largest that fits a 2-core

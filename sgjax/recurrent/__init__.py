@@ -5,5 +5,5 @@
   the boundary interface, full-BPTT references and the SG cosine diagnostic;
 * :mod:`sgjax.recurrent.tasks` — Copy, Repeat Copy (with curricula) and Tiny Shakespeare;
 * :mod:`sgjax.recurrent.bench` — speed per character and XLA activation memory;
-* :mod:`sgjax.recurrent.experiment` — ``sgjax reproduce dni-rnn``.
+* the experiment, ``sgjax reproduce dni-rnn``, is :mod:`sgjax.apps.experiments.rnn` (an app).
 """

@@ -62,6 +62,7 @@ import numpy as np
 import optax
 
 from sgjax import estimators as est_lib
+from sgjax import interface
 from sgjax.recurrent.cells import Cell
 
 Params = Any
@@ -274,56 +275,6 @@ def window_loss(
     return jnp.sum(losses) / x.shape[1], (s_T, states)
 
 
-# ------------------------------------------------------------------- boundary interface
-
-
-def boundary_interface(sg: est_lib.Estimator) -> Callable:
-    """``f(s, sg_params, c)``: identity forward; backward interface for the SG.
-
-    Its backward receives the cotangent g at ``s`` (batch-mean units) and returns to
-    ``sg_params`` the gradient of ``mean_b ‖SG(s, c)_b − stop_grad(B·g_b)‖²``; to ``s`` it
-    sends ``SG(s, c)/B`` (the synthetic gradient, in batch-mean units). In a window the
-    state below is a stop-gradiented carry, so that part goes nowhere; the module
-    parameters' part is the DNI regression. This is the contract of
-    ``sgjax.interface.sg_interface(s, sg_params, c, estimator=sg)`` (mode ``"apply"``,
-    ``loss_reduction="mean"``), written here until that module is on main.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from sgjax import estimators
-        >>> sg = estimators.linear(); f = boundary_interface(sg)
-        >>> th = sg.init(jax.random.key(0), (2,), 1)
-        >>> s = jnp.ones((4, 2)); c = jnp.zeros((4, 1))
-        >>> g = jax.grad(lambda th: jnp.sum(f(s, th, c)) / 4)(th)  # target 1 everywhere
-        >>> g["C"].tolist()  # d/dC mean_b ‖0 − 1‖² = −2
-        [-2.0, -2.0]
-    """
-
-    @jax.custom_vjp
-    def f(s, theta, c):
-        del theta, c
-        return s
-
-    def fwd(s, theta, c):
-        return s, (s, theta, c)
-
-    def bwd(res, g):
-        s, theta, c = res
-        batch = s.shape[0]
-        t = jax.lax.stop_gradient(g) * batch
-
-        def regression(th):
-            r = sg.apply(th, s, c) - t
-            return jnp.mean(jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1))
-
-        g_theta = jax.grad(regression)(theta)
-        below = sg.apply(theta, s, c) / batch
-        return below.astype(s.dtype), g_theta, jnp.zeros_like(c)
-
-    f.defvjp(fwd, bwd)
-    return f
-
-
 # ---------------------------------------------------------------------------- the window
 
 
@@ -344,12 +295,12 @@ def window_grads(
     batch = carry.shape[0]
     sg = h.sg if h.sg is not None else est_lib.linear()  # (unused without an SG)
     uses_sg = h.sg is not None
-    iface = boundary_interface(sg)
 
     def surrogate(params, theta, eps):
         s = jax.lax.stop_gradient(carry)
         if uses_sg:
-            s = iface(s, theta, win.c0)
+            # the DNI regression of this boundary: the cotangent arriving here is its target
+            s = interface.sg_interface(s, theta, win.c0, estimator=sg)
         s = s + eps  # ∂/∂eps is the cotangent arriving at the window's first state
         loss, (s_T, states) = window_loss(model, params, s, win.x, win.y, win.m)
         total, aux_loss = loss, jnp.zeros((), loss.dtype)

@@ -60,7 +60,7 @@ def _dni(ctx: Any) -> dict:
 
 
 def _dni_rnn(ctx: Any) -> dict:
-    from sgjax.recurrent import experiment
+    from sgjax.apps.experiments import rnn as experiment
 
     return experiment.run(ctx)
 
