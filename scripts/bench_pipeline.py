@@ -16,7 +16,6 @@ Prints, from one process with fake CPU devices:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -114,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         result["accuracy"] = runs
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        from sgjax.infra import jsonio
+
+        jsonio.write_or_keep(args.json, result, name="--json")
     return 0
 
 

@@ -626,6 +626,10 @@ def _fmt_pipeline(r: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the selected sections, print the tables, optionally write JSON."""
+    from sgjax.infra import jsonio
+
+    if args.json:
+        jsonio.check_writable(args.json, name="--json")  # before the benchmarks, not after
     cfg = QUICK if args.quick else FULL
     only = args.only or list(SECTIONS)
     t_start = time.perf_counter()
@@ -662,6 +666,5 @@ def run(args: argparse.Namespace) -> int:
         f"{result['meta']['elapsed_s']:.0f} s in all"
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        jsonio.write_or_keep(args.json, result, name="--json")
     return 0

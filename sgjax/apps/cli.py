@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from sgjax.infra.jsonio import OutputKeptError  # results kept elsewhere: a message, exit 1
+
 #: sub-command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sgjax.apps.train_command", "train a network with one of the six update rules"),
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, OutputKeptError) as err:
         # Bad input and diverging runs are the user's to fix: a message, not a traceback.
         print(f"sgjax {name}: error: {err}", file=sys.stderr)
         return 1

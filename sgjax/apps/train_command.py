@@ -8,7 +8,6 @@ Example (shell)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -231,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
+    _check_outputs(args)
     ds = load_dataset(args)
     x_train = ds.x_train.reshape(len(ds.x_train), -1)
     x_test = ds.x_test.reshape(len(ds.x_test), -1)
@@ -291,10 +291,22 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unwritable output paths before any work (not after training)."""
+    from sgjax.infra.jsonio import check_writable
+
+    if args.json is not None:
+        check_writable(args.json, name="--json")
+    if getattr(args, "checkpoint_dir", None) is not None:
+        check_writable(args.checkpoint_dir, name="--checkpoint-dir", directory=True)
+
+
 def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """Strict JSON (sgjax.infra.jsonio); if writing fails, the results are kept elsewhere."""
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        from sgjax.infra.jsonio import write_or_keep
+
+        write_or_keep(path, result, name="--json")
 
 
 def _pipeline_options(args: argparse.Namespace) -> tuple[str, int]:
@@ -355,6 +367,7 @@ def _fake_cpu_devices(n: int) -> None:
 def run_pipeline(args: argparse.Namespace) -> int:
     """``sgjax train --pipeline N``: train on N devices with :mod:`sgjax.pipeline`."""
     method, depth = _pipeline_options(args)
+    _check_outputs(args)
     _fake_cpu_devices(args.pipeline)
     args.rule = "backprop" if method == "gpipe" else "sg"
     args.depth = depth

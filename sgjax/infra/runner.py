@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,7 @@ import optax
 from sgjax import losses as loss_lib
 from sgjax import train
 from sgjax.infra.checkpoint import Checkpointer, abstract_state
-from sgjax.nets import Network, check_input
+from sgjax.nets import Network
 from sgjax.rules import UpdateRule
 from sgjax.train import NonFiniteLossError, TrainState
 
@@ -115,8 +116,12 @@ def run_training(
         ckpt_every: save every this many steps (and always at the end).
         keep: how many of the newest checkpoints to keep.
         resume: continue from the newest checkpoint in ``ckpt_dir`` (a fresh start if it
-            holds none). Without it, a ``ckpt_dir`` that already holds checkpoints is an
-            error, so that two runs never mix.
+            holds none). Checkpoints are verified against the hashes written when they
+            were saved: newer ones that fail are named on stderr and the newest good one is
+            resumed from; if none verifies,
+            :class:`~sgjax.infra.checkpoint.CorruptCheckpointError`. Without ``resume``, a
+            ``ckpt_dir`` that already holds checkpoints is an error, so that two runs never
+            mix.
         metadata: extra JSON-serialisable data stored with every checkpoint (e.g. the
             command-line configuration).
         progress: show a tqdm progress bar.
@@ -143,12 +148,7 @@ def run_training(
         raise ValueError(f"`log_every` must be an int ≥ 0, got {log_every!r}")
     if resume and ckpt_dir is None:
         raise ValueError("`resume=True` needs a `ckpt_dir` to resume from")
-    check_input(net, x)
-    train.check_labels(y, net.out_dim)
-    if not 1 <= batch_size <= len(x):
-        raise ValueError(
-            f"`batch_size` must be in 1..{len(x)} (the dataset size), got {batch_size}"
-        )
+    train.check_data(net, x, y, batch_size)  # input width, labels, len(x) == len(y)
     key = jax.random.key(seed) if key is None else key
     meta: dict[str, Any] = {
         "seed": seed,
@@ -184,7 +184,8 @@ def _run(
             )
         if existing is not None:
             target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
-            state, saved = ckpt.restore(target)
+            # a corrupt newest checkpoint: say so, resume from the newest that verifies
+            state, saved = ckpt.restore_newest_good(target, report=_warn)
             for k in _MUST_MATCH:
                 if saved.get(k) != meta[k]:
                     raise ValueError(
@@ -220,7 +221,12 @@ def _run(
         xb, yb = next(data)
         new_state, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
         if not bool(metrics["finite"]):
-            raise _stop(i + 1, float(metrics["loss"]), state, ckpt, last_saved, save, good_metrics)
+            why = train.nonfinite_parts(  # which part: loss, a stage, an SG module, ...
+                net, rule, loss, optimizer, sg_optimizer, state, (jnp.asarray(xb), jnp.asarray(yb))
+            )
+            raise _stop(
+                i + 1, float(metrics["loss"]), state, ckpt, last_saved, save, good_metrics, why
+            )
         state, good_metrics = new_state, metrics
         n = i + 1
         logged = log_every and (n % log_every == 0 or n == steps)
@@ -234,9 +240,13 @@ def _run(
     return state, history
 
 
-def _stop(step, loss, state, ckpt, last_saved, save, good_metrics) -> NonFiniteLossError:
+def _warn(message: str) -> None:
+    print(f"sgjax: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _stop(step, loss, state, ckpt, last_saved, save, good_metrics, why) -> NonFiniteLossError:
     """The error for a non-finite step, after saving the last good state if that is safe."""
-    err = NonFiniteLossError(step, loss, state)
+    err = NonFiniteLossError(step, loss, state, *why)
     ckpt_step = last_saved
     if ckpt is not None:
         note = ""
