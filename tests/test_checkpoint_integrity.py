@@ -115,3 +115,23 @@ def test_resume_is_refused_when_no_checkpoint_verifies(runs, tmp_path):
         _run(16, ckpt_dir=d, resume=True)
     assert all(f"checkpoint step {s}" in str(err.value) for s in (4, 8, 12))
     assert err.value.good == []
+
+
+def test_a_first_save_killed_before_hashing_restarts_from_zero(runs, tmp_path, capsys):
+    root, reference = runs
+    d = tmp_path / "ck"
+    shutil.copytree(root / "base", d)
+    shutil.rmtree(d / "8")
+    shutil.rmtree(d / "12")
+    (d / "4" / checkpoint.MANIFEST).unlink()  # the only checkpoint, never hashed
+    state = _run(16, ckpt_dir=d, resume=True)
+    warning = capsys.readouterr().err
+    assert "checkpoint step 4" in warning and "starts again from step 0" in warning, warning
+    _leaves_equal(state, reference)
+    # several unhashed checkpoints (an older sgjax's directory) are refused instead
+    d2 = tmp_path / "ck2"
+    shutil.copytree(root / "base", d2)
+    for step in (4, 8, 12):
+        (d2 / str(step) / checkpoint.MANIFEST).unlink()
+    with pytest.raises(CorruptCheckpointError, match=r"no checkpoint in .* verifies"):
+        _run(16, ckpt_dir=d2, resume=True)

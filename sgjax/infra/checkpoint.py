@@ -28,12 +28,16 @@ the checkpoint are written to ``<dir>/<step>/sgjax_sha256.json`` (atomically, la
 restored values are finite. A checkpoint whose files were changed, truncated, zeroed or
 deleted, whose hash manifest is missing (the process stopped between the save and the
 hashing) or unreadable, raises :class:`CorruptCheckpointError` naming the file and the
-checkpoints that are still good. The policy for resuming
-(:meth:`Checkpointer.restore_newest_good`, used by ``--resume``): the newest checkpoint
-that verifies is restored and every newer one that does not is reported in one message
-(printed by the runner); nothing is deleted or moved — a bad checkpoint is overwritten
-when the resumed run saves that step again. If no checkpoint verifies, the resume is
-refused with the list of what is wrong with each.
+checkpoints that are still good. A checkpoint without a manifest is never trusted: if it
+is the only one (a run killed during its first save), ``--resume`` starts again from step
+0 and says so; several checkpoints without one (written before hashing existed) are
+refused; read one anyway with ``Checkpointer.restore(..., verify_hash=False)``.
+
+The policy for resuming (:meth:`Checkpointer.restore_newest_good`, used by
+``--resume``): the newest checkpoint that verifies is restored and every newer one that
+does not is reported in one message (printed by the runner); nothing is deleted or moved
+— a bad checkpoint is overwritten when the resumed run saves that step again. If no
+checkpoint verifies, the resume is refused with the list of what is wrong with each.
 
 Example:
     >>> import tempfile, jax, optax
@@ -86,6 +90,12 @@ class CorruptCheckpointError(ValueError):
 
 #: the file, inside each step's directory, holding the SHA-256 of the checkpoint's files
 MANIFEST = "sgjax_sha256.json"
+_UNHASHED = f"{MANIFEST}: missing"
+
+
+class FirstSaveInterruptedError(CorruptCheckpointError):
+    """The only checkpoint was never hashed: the first save was interrupted after orbax's
+    commit. :func:`~sgjax.infra.runner.run_training` then starts again from step 0."""
 
 
 def _hash_file(path: Path) -> str:
@@ -127,7 +137,7 @@ def verify(where: Path) -> list[str]:
     mpath = where / MANIFEST
     if not mpath.exists():
         return [
-            f"{MANIFEST}: missing: the checkpoint was never verified (the process stopped "
+            f"{_UNHASHED}: the checkpoint was never verified (the process stopped "
             "between the save and the hashing, or it was written by an older sgjax)"
         ]
     try:
@@ -354,6 +364,8 @@ class Checkpointer:
 
         Raises:
             FileNotFoundError: no checkpoint at all.
+            FirstSaveInterruptedError: the only checkpoint was never hashed (a run killed
+                during its first save); starting from step 0 loses nothing verified.
             CorruptCheckpointError: no checkpoint verifies (the message lists each one).
             ValueError: the newest good checkpoint does not match ``target``.
         """
@@ -374,6 +386,18 @@ class Checkpointer:
                     "when the run saves their step again)."
                 )
             return out
+        if len(skipped) == 1 and all(p.startswith(_UNHASHED) for p in skipped[0].problems):
+            # One checkpoint, never hashed: the run was killed between the first save's
+            # commit and its hashing, so nothing older exists. Starting again from step 0
+            # loses nothing that was ever verified (the caller decides; the runner does).
+            raise FirstSaveInterruptedError(
+                f"{str(skipped[0]).split('. Checkpoints that verify')[0]}; it is the only "
+                "checkpoint, so the run starts again from step 0 (the unverified checkpoint "
+                "is replaced when that step is saved again)",
+                skipped[0].step,
+                skipped[0].problems,
+                [],
+            )
         raise CorruptCheckpointError(
             f"no checkpoint in {self.directory} verifies, so there is nothing to resume from: "
             + "; ".join(str(e).split(". Checkpoints that verify")[0] for e in skipped)

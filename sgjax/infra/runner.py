@@ -45,7 +45,7 @@ import optax
 
 from sgjax import losses as loss_lib
 from sgjax import train
-from sgjax.infra.checkpoint import Checkpointer, abstract_state
+from sgjax.infra.checkpoint import Checkpointer, FirstSaveInterruptedError, abstract_state
 from sgjax.nets import Network
 from sgjax.rules import UpdateRule
 from sgjax.train import NonFiniteLossError, TrainState
@@ -185,7 +185,12 @@ def _run(
         if existing is not None:
             target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
             # a corrupt newest checkpoint: say so, resume from the newest that verifies
-            state, saved = ckpt.restore_newest_good(target, report=_warn)
+            try:
+                state, saved = ckpt.restore_newest_good(target, report=_warn)
+            except FirstSaveInterruptedError as e:  # killed during the first save
+                _warn(str(e))
+                existing = None
+        if existing is not None:
             for k in _MUST_MATCH:
                 if saved.get(k) != meta[k]:
                     raise ValueError(
