@@ -326,6 +326,7 @@ def main() -> int:
         "seconds": time.perf_counter() - t_all, "load_average": os.getloadavg(),
         "reference": ref_results, "scenarios": rows,
     }  # fmt: skip
+    summary = jsonio.loads_strict(jsonio.dumps(summary).replace(str(work), "$WORK"))
     jsonio.write(args.out / "results.json", summary)
     (args.out / "report.md").write_text(_report(summary))
     for log in logs.iterdir():  # keep the logs free of the scratch path
@@ -344,36 +345,32 @@ def _report(s: dict) -> str:
         f"--depth 2 --width 64 --steps {s['steps']} --checkpoint-every {s['checkpoint_every']}`; "
         f"{s['seconds']:.0f} s, load average at the end {s['load_average'][0]:.1f} on 2 cores. "
         "Every resumed run is compared with an uninterrupted reference: every leaf of the final "
-        "checkpointed state (`np.array_equal`) and the JSON results.",
+        "checkpointed state (`np.array_equal`) and the JSON results. The five kills hit one "
+        "run in turn (each `--resume` is the run the next kill stops).",
         "",
         f"**All as required: {'yes' if s['all_ok'] else 'NO'}.**",
         "",
-        "| scenario | injected | exit | outcome |",
-        "|---|---|---|---|",
+        "| # | scenario | injected | exit | outcome |",
+        "|---|---|---|---|---|",
     ]
-    for r in s["scenarios"]:
+    messages = []
+    for i, r in enumerate(s["scenarios"], 1):
         if "bit_identical" in r:
             outcome = "bit-identical to the reference" if r["bit_identical"] else "**DIFFERS**"
-            if r.get("resume_warning"):
-                outcome += "; warned: " + " / ".join(w[:160] + "…" for w in r["resume_warning"])
+            outcome += ", final checkpoint verifies" if r["final_checkpoint_verifies"] else ""
         elif "refused_in_one_line" in r:
-            outcome = (
-                ("refused in one line" if r["refused_in_one_line"] else "**not clean**")
-                + (
-                    ", directory untouched"
-                    if r["directory_untouched"]
-                    else ", **directory changed**"
-                )
-                + ": "
-                + (r["message"][0][:200] + "…" if r["message"] else "")
+            outcome = ("refused in one line" if r["refused_in_one_line"] else "**not clean**") + (
+                ", directory untouched" if r["directory_untouched"] else ", **directory changed**"
             )
         else:
             outcome = f"checkpoints left: {r['checkpoints_after']}"
-            if r.get("resume_warning"):
-                outcome += "; this run warned: " + " / ".join(
-                    w[:120] + "…" for w in r["resume_warning"]
-                )
-        out.append(f"| {r['scenario']} | {r.get('injected', '')} | {r['rc']} | {outcome} |")
+        said = r.get("resume_warning") or r.get("message") or []
+        if said:
+            outcome += f" (message {i} below)"
+            messages += [f"{i}. " + "<br>".join(f"`{m}`" for m in said)]
+        out.append(f"| {i} | {r['scenario']} | {r.get('injected', '')} | {r['rc']} | {outcome} |")
+    out += ["", "What the runs printed on stderr (scratch directory shown as `$WORK`):", ""]
+    out += messages
     out += ["", "Full output of every run: `logs/`."]
     return "\n".join(out) + "\n"
 

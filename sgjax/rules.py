@@ -265,15 +265,15 @@ shape (16, 16), this network needs (8, 8); ...
         )
     problems = []
     for part in ("params", "fixed"):
-        got, need = _shapes(getattr(state, part)), _shapes(getattr(want, part))
-        for k in need.keys() | got.keys():
-            if k not in got:
+        got_s, need_s = _shapes(getattr(state, part)), _shapes(getattr(want, part))
+        for k in need_s.keys() | got_s.keys():
+            if k not in got_s:
                 problems.append(f"`state.{part}{k}` is missing")
-            elif k not in need:
+            elif k not in need_s:
                 problems.append(f"`state.{part}{k}` is not part of this rule's state")
-            elif got[k] != need[k]:
+            elif got_s[k] != need_s[k]:
                 problems.append(
-                    f"`state.{part}{k}` has shape {got[k]}, this network needs {need[k]}"
+                    f"`state.{part}{k}` has shape {got_s[k]}, this network needs {need_s[k]}"
                 )
     if problems:
         problems.sort()
@@ -294,8 +294,8 @@ def _checked(name: str, init: Callable, gradients: Callable) -> Callable[..., Ru
     seen: dict[Any, Any] = {}
 
     def checked(state, net, params, x, y, loss) -> RuleOutput:
-        key = (net, _shapes(getattr(state, "params", ())).items().__repr__(),
-               _shapes(getattr(state, "fixed", ())).items().__repr__())  # fmt: skip
+        key: Any = (net, repr(_shapes(getattr(state, "params", ()))),
+                    repr(_shapes(getattr(state, "fixed", ()))))  # fmt: skip
         try:
             hit = key in seen
         except TypeError:  # a network holding something unhashable: check every time

@@ -436,7 +436,7 @@ def check_params(net: Network, params: Any, *, name: str = "params") -> None:
     want = jax.eval_shape(net.init, jax.random.key(0))
     want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
     got_leaves, got_def = jax.tree_util.tree_flatten_with_path(tuple(params))
-    if want_def != got_def:
+    if want_def != got_def:  # type: ignore[operator]
         raise ValueError(
             f"`{name}`: the parameter tree does not match the network's: expected "
             f"{[jax.tree_util.keystr(p) for p, _ in want_leaves]}, got "
