@@ -297,7 +297,9 @@ def main() -> int:
         what = corrupt(d / "400")
         js = work / f"corrupt-{j}.json"
         resume = [*TRAIN, "--steps", str(STEPS), "--checkpoint-dir", str(d), "--resume"]
-        rc, _, err = _run([*resume, "--json", str(js)], log=logs / f"{j}-{name}.log")
+        rc, _, err = _run(
+            [*resume, "--json", str(js)], log=logs / f"{j}-{name.replace(' ', '-')}.log"
+        )
         _, problems, state = _final_state(d)
         same = rc == 0 and _same(state, ref_state) and _results(js) == ref_results
         rows.append({"scenario": f"corrupt newest: {name}", "injected": what, "rc": rc,
