@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_tables(result))
     if args.json is not None:
-        jsonio.write(args.json, result)
+        jsonio.write_or_keep(args.json, result, name="--json")
     return 0
 
 

@@ -119,6 +119,120 @@ __all__ = [
 
 Params = Any
 # --------------------------------------------------------------------------------------
+# The rule state is checked at the rule's entry: a state made for another network or by
+# another rule otherwise fails deep inside JAX (``dot_general``, broadcasting, an index).
+
+_PART_NAMES = {
+    "params": ("SG module", "SG modules"),
+    "fixed": ("feedback matrix", "feedback matrices"),
+}
+
+
+def _count(n: int, part: str) -> str:
+    one, many = _PART_NAMES[part]
+    return f"{n} {one if n == 1 else many}"
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        jax.tree_util.keystr(path): tuple(jnp.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def check_state(
+    name: str, init: Callable[[jax.Array, Network], RuleState], state: Any, net: Network
+) -> None:
+    """Raise a clear error if ``state`` is not what ``init(key, net)`` makes (shapes only).
+
+    Compares the number of SG modules (``state.params``) and feedback matrices
+    (``state.fixed``) and every array's shape with those ``init`` gives for ``net``, and
+    names what differs. Every rule's ``gradients`` calls it first (at trace time under
+    ``jax.jit``: no cost per step). ``()`` stands for the empty ``RuleState()``.
+
+    Example:
+        >>> import jax
+        >>> from sgjax import nets
+        >>> rule = synthetic_gradients()
+        >>> state = rule.init(jax.random.key(0), nets.mlp([4, 16, 3]))
+        >>> check_state("sg", rule.init, state, nets.mlp([4, 8, 3]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sg: the rule state does not fit this network: `state.params[0]['A']` has \
+shape (16, 16), this network needs (8, 8); ...
+    """
+    if isinstance(state, tuple) and not isinstance(state, RuleState) and len(state) == 0:
+        state = RuleState()
+    if not isinstance(state, RuleState):
+        raise TypeError(
+            f"{name}: the rule state must be the RuleState that `rule.init(key, net)` "
+            f"returns, got {type(state).__name__}"
+        )
+    try:
+        want = jax.eval_shape(lambda k: init(k, net), jax.random.key(0))
+    except jax.errors.ConcretizationTypeError:
+        # an init that checks values (e.g. an NNX SG module's zero output): run it for real
+        with jax.ensure_compile_time_eval():
+            want = init(jax.random.key(0), net)
+    counts = {part: (_len(getattr(state, part)), _len(getattr(want, part))) for part in _PART_NAMES}
+    if any(got != need for got, need in counts.values()):
+        have = " and ".join(_count(g, p) for p, (g, _) in counts.items())
+        need = " and ".join(_count(n, p) for p, (_, n) in counts.items())
+        raise ValueError(
+            f"{name}: the rule state holds {have}, but {name} on this {net.depth}-stage "
+            f"network needs {need}; was the state made by another rule's `init`, or for "
+            "another network?"
+        )
+    problems = []
+    for part in ("params", "fixed"):
+        got_s, need_s = _shapes(getattr(state, part)), _shapes(getattr(want, part))
+        for k in need_s.keys() | got_s.keys():
+            if k not in got_s:
+                problems.append(f"`state.{part}{k}` is missing")
+            elif k not in need_s:
+                problems.append(f"`state.{part}{k}` is not part of this rule's state")
+            elif got_s[k] != need_s[k]:
+                problems.append(
+                    f"`state.{part}{k}` has shape {got_s[k]}, this network needs {need_s[k]}"
+                )
+    if problems:
+        problems.sort()
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ValueError(
+            f"{name}: the rule state does not fit this network: {'; '.join(problems[:3])}"
+            f"{more}; was the state made by `rule.init(key, net)` for another network?"
+        )
+
+
+def _len(x: Any) -> int:
+    # SG modules and feedback matrices come as a sequence, one entry each
+    return len(x) if isinstance(x, tuple | list) else len(jax.tree.leaves(x))
+
+
+def _checked(name: str, init: Callable, gradients: Callable) -> Callable[..., RuleOutput]:
+    """``gradients`` behind :func:`check_state` (cached per network, shapes only)."""
+    seen: dict[Any, Any] = {}
+
+    def checked(state, net, params, x, y, loss) -> RuleOutput:
+        key: Any = (net, repr(_shapes(getattr(state, "params", ()))),
+                    repr(_shapes(getattr(state, "fixed", ()))))  # fmt: skip
+        try:
+            hit = key in seen
+        except TypeError:  # a network holding something unhashable: check every time
+            hit = False
+            key = None
+        if not hit:
+            check_state(name, init, state, net)
+            if key is not None:
+                if len(seen) > 16:
+                    seen.clear()
+                seen[key] = True
+        return gradients(state, net, params, x, y, loss)
+
+    return checked
+
+
+# --------------------------------------------------------------------------------------
 # The rules.
 
 
@@ -148,7 +262,7 @@ def backprop() -> UpdateRule:
         value, p, grads, signals, _ = sweep(net, params, x, y, loss, pass_through)
         return RuleOutput(value, p, grads, (), signals, jnp.zeros((0,), p.dtype))
 
-    return UpdateRule(init, gradients, "backprop")
+    return UpdateRule(init, _checked("backprop", init, gradients), "backprop")
 
 
 def _after(y_vec: jax.Array, h: jax.Array) -> jax.Array:
@@ -284,7 +398,7 @@ def synthetic_gradients(
         return RuleOutput(value, p, grads, rule_grads, signals, sg_loss)
 
     name = "sg-prop" if alpha else "sg"
-    return UpdateRule(init, gradients, name)
+    return UpdateRule(init, _checked(name, init, gradients), name)
 
 
 def _check_matrices(rule: str, B: Sequence[jax.Array], shapes: Sequence[tuple[int, int]]):
@@ -360,7 +474,7 @@ def feedback_alignment(B: Sequence[jax.Array] | None = None) -> UpdateRule:
         value, p, grads, signals, _ = sweep(net, params, x, y, loss, pass_through, fns)
         return RuleOutput(value, p, grads, (), signals, jnp.zeros((0,), p.dtype))
 
-    return UpdateRule(init, gradients, "fa")
+    return UpdateRule(init, _checked("fa", init, gradients), "fa")
 
 
 def _direct(name: str, B: Sequence[jax.Array] | None, ones: bool) -> UpdateRule:
@@ -391,7 +505,7 @@ def _direct(name: str, B: Sequence[jax.Array] | None, ones: bool) -> UpdateRule:
         value, p, grads, signals, _ = sweep(net, params, x, y, loss, signal)
         return RuleOutput(value, p, grads, (), signals, jnp.zeros((0,), p.dtype))
 
-    return UpdateRule(init, gradients, name)
+    return UpdateRule(init, _checked(name, init, gradients), name)
 
 
 def direct_feedback_alignment(B: Sequence[jax.Array] | None = None) -> UpdateRule:

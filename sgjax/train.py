@@ -8,10 +8,14 @@ maps it over seeds (vmap ``init`` over keys and the step with ``in_axes=(0, None
 The network's parameters are updated by ``optimizer`` from the rule's gradients; the SG
 modules, if the rule has any, by ``sg_optimizer`` from their regression losses.
 
-A step whose loss or gradients are not finite leaves the state unchanged and reports
-``metrics["finite"] = False``; :func:`fit` turns that into a :class:`NonFiniteLossError`
-naming the step, so that a diverging run stops with its last good state instead of
-silently training on NaNs.
+A step whose loss, gradients, updated parameters or optimiser states are not finite
+leaves the state unchanged and reports ``metrics["finite"] = False``; a batch with integer
+labels outside ``[0, classes)`` is refused the same way and counted in
+``metrics["bad_labels"]`` (checked inside the jitted step: ``one_hot`` would silently turn
+such a label into a zero target). :func:`check_step` turns either into an exception in a
+hand-written loop; :func:`fit` raises :class:`NonFiniteLossError` naming the step and the
+part that became non-finite, so that a diverging run stops with its last good state
+instead of silently training on NaNs.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -23,7 +27,10 @@ Example:
     ...                                optax.adam(1e-3)))
     >>> state, metrics = step(state, (jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)))
     >>> sorted(metrics)
-    ['accuracy', 'finite', 'loss', 'sg_loss']
+    ['accuracy', 'bad_labels', 'finite', 'loss', 'sg_loss']
+    >>> _, m = step(state, (jnp.ones((8, 4)), jnp.full(8, 3)))  # 3 is not a class of 3
+    >>> int(m["bad_labels"]), bool(m["finite"])
+    (8, True)
 """
 
 from __future__ import annotations
@@ -70,19 +77,58 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised by :func:`fit` when a step produced a non-finite loss or gradient."""
+    """Raised by :func:`fit` when a step produced a non-finite loss, gradient or state.
 
-    def __init__(self, step: int, loss: float, state: TrainState):
-        super().__init__(
-            f"step {step}: the loss or a gradient became non-finite (loss = {loss}); the "
-            "update was not applied and training stopped. Lower the learning rates, or check "
-            "the inputs for NaN/inf. The last good state is in `err.state`."
-        )
+    ``parts`` names what became non-finite (see :func:`nonfinite_parts`), when known.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        loss: float,
+        state: TrainState | None,
+        parts: list[str] | None = None,
+        advice: str | None = None,
+    ):
+        if parts:
+            what = f"{', '.join(parts)} became non-finite (the loss was {loss})"
+        elif parts is None:
+            what = f"the loss or a gradient became non-finite (loss = {loss})"
+        else:
+            what = (
+                f"a value became non-finite inside the compiled step (loss = {loss}); "
+                "recomputed outside it, every part was finite (a borderline overflow)"
+            )
+        if advice is None:
+            advice = "Lower the learning rates, or check the inputs for NaN/inf."
+        at = f"step {step}" if step >= 0 else "a step"
+        #: what happened and what to do, without the Python-only hint about ``err.state``
+        self.summary = f"{at}: {what}; the update was not applied and training stopped. {advice}"
         self.step = step
         self.loss = loss
         self.state = state
+        self.parts = list(parts or [])
         #: the newest checkpoint of the run, when it was checkpointed (set by the runner)
         self.checkpoint_step: int | None = None
+        self.details = ""  # e.g. where the checkpoints are (added by the runner)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        hint = " The last good state is in `err.state`." if self.state is not None else ""
+        return f"{self.summary}{hint}{self.details}"
+
+    def add_details(self, text: str) -> None:
+        """Append ``text`` (a sentence, with its leading space) to the message."""
+        self.details += text
+        self.args = (str(self),)
+
+    def cli_message(self) -> str:
+        """The message for a command-line user: no ``err.state`` (a Python attribute)."""
+        return f"{self.summary}{self.details}"
+
+
+class BadLabelsError(ValueError):
+    """Raised by :func:`check_step` when a batch held labels outside the network's classes."""
 
 
 def init(
@@ -154,14 +200,17 @@ def make_step(
             rule used and the true ∂L/∂h_i (costs one more forward and backward pass).
 
     Metrics: ``loss`` and ``accuracy`` (of this batch, before the update), ``sg_loss``
-    (one entry per SG module), ``finite``, and ``cosine`` (shape ``(N-1,)``) if asked.
+    (one entry per SG module), ``finite``, ``bad_labels`` (how many integer labels fall
+    outside ``[0, classes)``; the update is refused when > 0) and ``cosine`` (shape
+    ``(N-1,)``) if asked. Check them in a loop with :func:`check_step`.
     """
     loss = loss_lib.get(loss)
     sg_opt = optimizer if sg_optimizer is None else sg_optimizer
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         x, y = batch
-        check_input(net, x)
+        check_batch(net, x, y)
+        bad_labels = _count_bad_labels(y, net.out_dim)
         out = rule.gradients(state.rule_state, net, state.params, x, y, loss)
         updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -174,19 +223,21 @@ def make_step(
         # Finite loss and gradients can still overflow into the new parameters (a huge
         # learning rate), so the updated parameters are checked too.
         finite = jnp.isfinite(out.loss) & _all_finite(
-            (out.grads, out.rule_grads, params, rule_state.params)
+            (out.grads, out.rule_grads, params, rule_state.params, opt_state, sg_opt_state)
         )
+        apply = finite & (bad_labels == 0)
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
         # A non-finite step is not applied: the state stays at its last good value. (A
         # select per leaf, not lax.cond: XLA fuses the selects into the optimiser's
         # kernels, while a conditional copies the whole new state through a temporary,
         # 3.6x the temporary memory of SG-everywhere on a 50-stage net.)
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        new = jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, state)
         metrics = {
             "loss": out.loss,
             "accuracy": loss_lib.accuracy(out.p, y),
             "sg_loss": out.sg_loss,
             "finite": finite,
+            "bad_labels": bad_labels,
         }
         if cosine:
             true = exact_signals(net, state.params, x, y, loss)
@@ -198,6 +249,160 @@ def make_step(
         return new, metrics
 
     return step
+
+
+def _finite_tree(tree: Any) -> bool:
+    return all(
+        bool(np.isfinite(np.asarray(leaf, np.float64)).all())
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    )
+
+
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+def nonfinite_parts(
+    net: Network,
+    rule: UpdateRule,
+    loss: loss_lib.Loss | str,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation | None,
+    state: TrainState,
+    batch: Batch,
+) -> tuple[list[str], str | None]:
+    """Which part of a step became non-finite: recomputes the step outside ``jax.jit``.
+
+    Called after a step reported ``finite = False`` (it costs one eager step). Returns
+    ``(parts, advice)``: the parts in the order the step computes them — the input batch,
+    the state the step started from, the loss, each stage's gradients, each SG module's
+    regression gradients, the optimiser states, each stage's / SG module's parameters
+    after the update — and advice for low-precision parameters (``None`` otherwise).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from sgjax import nets, rules
+        >>> net, rule = nets.mlp([2, 4, 2]), rules.synthetic_gradients()
+        >>> s = init(jax.random.key(0), net, rule, optax.sgd(1.0))
+        >>> nonfinite_parts(net, rule, "mse", optax.sgd(1.0), optax.sgd(float("inf")), s,
+        ...                 (jnp.ones((3, 2)), jnp.zeros(3, int)))[0]
+        ['the parameters of SG module 1 after the update']
+    """
+    loss = loss_lib.get(loss)
+    sg_opt = optimizer if sg_optimizer is None else sg_optimizer
+    x, y = batch
+    parts: list[str] = []
+    if not _finite_tree(x):
+        parts.append("the input batch `x`")
+    if not _finite_tree(state):
+        parts.append("the state the step started from")
+    out = rule.gradients(state.rule_state, net, state.params, x, y, loss)
+    if not _finite_tree(out.loss):
+        parts.append("the loss")
+    parts += [
+        f"the gradients of stage {i}" for i, g in enumerate(out.grads, 1) if not _finite_tree(g)
+    ]
+    modules = out.rule_grads if isinstance(out.rule_grads, tuple) else (out.rule_grads,)
+    parts += [
+        f"the regression gradients of SG module {k}"
+        for k, g in enumerate(modules, 1)
+        if not _finite_tree(g)
+    ]
+    updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    sg_updates, sg_opt_state = sg_opt.update(
+        out.rule_grads, state.sg_opt_state, state.rule_state.params
+    )
+    sg_params = optax.apply_updates(state.rule_state.params, sg_updates)
+    if not _finite_tree(opt_state):
+        parts.append("the network optimiser's state (e.g. Adam's moments)")
+    if not _finite_tree(sg_opt_state):
+        parts.append("the SG optimiser's state (e.g. Adam's moments)")
+    parts += [
+        f"the parameters of stage {i} after the update"
+        for i, p in enumerate(params, 1)
+        if not _finite_tree(p)
+    ]
+    sg_mods = sg_params if isinstance(sg_params, tuple) else (sg_params,)
+    parts += [
+        f"the parameters of SG module {k} after the update"
+        for k, p in enumerate(sg_mods, 1)
+        if not _finite_tree(p)
+    ]
+    dtypes = {str(jnp.result_type(a)) for a in jax.tree.leaves(state.params)}
+    low = sorted(dtypes & set(_LOW_PRECISION))
+    advice = None
+    if low:
+        advice = (
+            f"The network's parameters are {'/'.join(low)}: its range and resolution are "
+            "too small for an optimiser's state (in float16, Adam's default eps=1e-8 is 0 and "
+            "squared gradients underflow to 0 or overflow past 65504). Keep the parameters "
+            "and optimiser state in float32 (nets.mlp(..., dtype=jnp.float32)) and compute in "
+            f"{low[0]} if you need to, or use an optimiser eps ≥ 1e-4 (optax.adam(lr, eps=1e-4))."
+        )
+    return parts, advice
+
+
+def _count_bad_labels(y: jax.Array, num_classes: int) -> jax.Array:
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        return jnp.zeros((), jnp.int32)
+    return jnp.sum((y < 0) | (y >= num_classes), dtype=jnp.int32)
+
+
+def check_batch(net: Network, x: Any, y: Any) -> None:
+    """Raise ``ValueError`` if ``(x, y)`` is not a non-empty batch of matching size.
+
+    Checks shapes only, so it works on traced arrays inside ``jax.jit``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from sgjax import nets
+        >>> check_batch(nets.mlp([3, 2]), jnp.zeros((5, 3)), jnp.zeros(4, int))
+        Traceback (most recent call last):
+        ...
+        ValueError: batch: `x` holds 5 examples but `y` holds 4; they must match
+    """
+    check_input(net, x)
+    nx = int(np.shape(x)[0])
+    ny_shape = np.shape(y)
+    if not ny_shape:
+        raise ValueError(f"batch: `y` must have a batch axis of size {nx}, got a scalar")
+    if int(ny_shape[0]) != nx:
+        raise ValueError(
+            f"batch: `x` holds {nx} examples but `y` holds {int(ny_shape[0])}; they must match"
+        )
+    if nx == 0:
+        raise ValueError("batch: `x` and `y` are empty (0 examples); a batch needs ≥ 1")
+
+
+def check_step(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Raise if a step's metrics say its update was refused (for hand-written loops).
+
+    Raises :class:`BadLabelsError` when the batch held labels outside the network's
+    classes, :class:`NonFiniteLossError` when the loss, a gradient or the new state was
+    not finite. In both cases the step returned the state unchanged. Works on the
+    metrics of a vmapped step too (any seed failing raises). It reads two scalars back
+    from the device, i.e. waits for the step to finish.
+
+    Example:
+        >>> check_step({"finite": True, "bad_labels": 2, "loss": 0.0}, step=7)
+        Traceback (most recent call last):
+        ...
+        sgjax.train.BadLabelsError: step 7: 2 label(s) of the batch lie outside the network's classes; the update was not applied. Check the labels (integers in [0, classes)).
+    """  # noqa: E501
+    where = f"step {step}: " if step is not None else ""
+    bad = int(np.sum(np.asarray(metrics.get("bad_labels", 0))))
+    if bad:
+        raise BadLabelsError(
+            f"{where}{bad} label(s) of the batch lie outside the network's classes; the "
+            "update was not applied. Check the labels (integers in [0, classes))."
+        )
+    if not bool(np.all(np.asarray(metrics["finite"]))):
+        loss = np.asarray(metrics["loss"])
+        raise NonFiniteLossError(
+            -1 if step is None else step, float(loss.reshape(-1)[0]) if loss.size else 0.0, None
+        )
 
 
 def check_labels(y: Any, num_classes: int, *, name: str = "y") -> None:
@@ -223,6 +428,72 @@ def check_labels(y: Any, num_classes: int, *, name: str = "y") -> None:
         )
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def check_params(net: Network, params: Any, *, name: str = "params") -> None:
+    """Raise ``ValueError`` unless ``params`` has the structure and shapes ``net.init`` gives.
+
+    Parameters of another network (other depth or widths) would otherwise be used where
+    they happen to fit (``zip`` drops extra stages, a dense layer takes any width), and
+    parameters of a vmapped ``init`` (one leading axis for the seeds) fail with a bare
+    shape error; both are named here.
+
+    Example:
+        >>> import jax
+        >>> from sgjax import nets
+        >>> net = nets.mlp([4, 8, 3])
+        >>> check_params(net, nets.mlp([4, 8, 8, 3]).init(jax.random.key(0)))
+        Traceback (most recent call last):
+        ...
+        ValueError: `params`: expected one entry per stage of the network (2), got 3
+        >>> seeds = jax.vmap(net.init)(jax.random.split(jax.random.key(0), 5))
+        >>> check_params(net, seeds)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `params` look vmapped: every array has an extra leading axis of size 5 ...
+    """
+    if not isinstance(params, tuple | list):
+        raise ValueError(
+            f"`{name}`: expected a sequence with one entry per stage ({net.depth}), got "
+            f"{type(params).__name__}"
+        )
+    if len(params) != net.depth:
+        raise ValueError(
+            f"`{name}`: expected one entry per stage of the network ({net.depth}), got "
+            f"{len(params)}"
+        )
+    want = jax.eval_shape(net.init, jax.random.key(0))
+    want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
+    got_leaves, got_def = jax.tree_util.tree_flatten_with_path(tuple(params))
+    if want_def != got_def:  # type: ignore[operator]
+        raise ValueError(
+            f"`{name}`: the parameter tree does not match the network's: expected "
+            f"{[jax.tree_util.keystr(p) for p, _ in want_leaves]}, got "
+            f"{[jax.tree_util.keystr(p) for p, _ in got_leaves]}"
+        )
+    diffs = [
+        (jax.tree_util.keystr(p), tuple(np.shape(g)), tuple(w.shape))
+        for (p, g), (_, w) in zip(got_leaves, want_leaves)
+        if tuple(np.shape(g)) != tuple(w.shape)
+    ]
+    if not diffs:
+        return
+    leading = {g[0] for _, g, w in diffs if len(g) == len(w) + 1 and g[1:] == w}
+    if len(leading) == 1 and len(diffs) == len(want_leaves):
+        k = leading.pop()
+        raise ValueError(
+            f"`{name}` look vmapped: every array has an extra leading axis of size {k} "
+            f"(e.g. {diffs[0][0]}: {diffs[0][1]}, the network needs {diffs[0][2]}). Pass one "
+            f"seed's parameters, `jax.tree.map(lambda a: a[i], {name})`, or vmap the call "
+            "over the seeds"
+        )
+    shown = "; ".join(f"{p}: {g}, the network needs {w}" for p, g, w in diffs[:3])
+    more = f"; and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+    raise ValueError(f"`{name}` do not fit the network (made for another network?): {shown}{more}")
+
+
 def evaluate(
     net: Network,
     params: Any,
@@ -244,9 +515,14 @@ def evaluate(
         ['accuracy', 'loss']
     """
     loss = loss_lib.get(loss)
+    check_params(net, params)
     check_input(net, x)
     check_labels(y, net.out_dim)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"evaluate: `batch_size` must be an int ≥ 1, got {batch_size!r}")
     n = len(x)
+    if len(y) != n:
+        raise ValueError(f"evaluate: `x` holds {n} examples but `y` holds {len(y)}")
     if n == 0:
         raise ValueError("evaluate: `x` is empty")
 
@@ -266,6 +542,34 @@ def evaluate(
     return {"loss": tot_l / n, "accuracy": tot_a / n}
 
 
+def check_data(net: Network, x: Any, y: Any, batch_size: Any) -> None:
+    """Validate a training set and batch size before training (:func:`fit`, the runner).
+
+    Checks the input width, the label range, that ``x`` and ``y`` hold as many examples,
+    and that ``batch_size`` is an int in ``1..len(x)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from sgjax import nets
+        >>> check_data(nets.mlp([2, 3]), np.zeros((10, 2)), np.zeros(10, int), 32.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `batch_size` must be an int in 1..10 (the dataset size), got 32.0 (float)
+    """
+    check_input(net, x)
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(
+            f"`x` holds {n} examples but `y` holds {len(y)}; they must match one to one"
+        )
+    check_labels(y, net.out_dim)
+    if not _is_int(batch_size) or not 1 <= batch_size <= n:
+        raise ValueError(
+            f"`batch_size` must be an int in 1..{n} (the dataset size), got {batch_size!r}"
+            + ("" if _is_int(batch_size) else f" ({type(batch_size).__name__})")
+        )
+
+
 def batches(
     x: Any, y: Any, batch_size: int, *, seed: int = 0, start: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -281,8 +585,10 @@ def batches(
         ((4, 1), (4,))
     """
     n = len(x)
-    if not 1 <= batch_size <= n:
-        raise ValueError(f"`batch_size` must be in 1..{n} (the dataset size), got {batch_size}")
+    if not _is_int(batch_size) or not 1 <= batch_size <= n:
+        raise ValueError(
+            f"`batch_size` must be an int in 1..{n} (the dataset size), got {batch_size!r}"
+        )
     per_epoch = n // batch_size
     epoch, offset = divmod(start, per_epoch)
     while True:
@@ -302,6 +608,7 @@ def loop(
     on_step: Callable[[int, dict[str, jax.Array], TrainState], None] | None = None,
     progress: bool = False,
     desc: str = "",
+    diagnose: Callable[[TrainState, Batch], tuple[list[str], str | None]] | None = None,
 ) -> TrainState:
     """The one training loop: apply ``step_fn`` from ``state.step`` until ``steps`` in total.
 
@@ -309,8 +616,9 @@ def loop(
     through ``on_step``) and the experiments (snapshots through ``on_step``).
     ``on_step(n, metrics, state)`` runs after every applied step (``n`` = ``state.step``;
     ``metrics`` are device arrays). A non-finite step raises :class:`NonFiniteLossError`
-    carrying the last good state; Ctrl-C raises :class:`TrainingInterrupted` carrying the
-    state of the last finished step.
+    carrying the last good state (and, given ``diagnose(state, batch) -> (parts, advice)``,
+    e.g. :func:`diagnoser`, which parts became non-finite); Ctrl-C raises
+    :class:`TrainingInterrupted` carrying the state of the last finished step.
 
     Example:
         >>> import optax
@@ -330,9 +638,11 @@ def loop(
     try:
         for i in it:
             xb, yb = next(data)
-            new, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
+            batch = (jnp.asarray(xb), jnp.asarray(yb))
+            new, metrics = step_fn(state, batch)
             if not bool(metrics["finite"]):
-                raise NonFiniteLossError(i + 1, float(metrics["loss"]), state)
+                parts, advice = diagnose(state, batch) if diagnose is not None else (None, None)
+                raise NonFiniteLossError(i + 1, float(metrics["loss"]), state, parts, advice)
             state = new
             if on_step is not None:
                 on_step(i + 1, metrics, state)
@@ -396,8 +706,34 @@ def fit(
         on_step=log,
         progress=progress,
         desc=rule.name,
+        diagnose=diagnoser(net, rule, loss, optimizer, sg_optimizer),
     )
     return state, history
+
+
+def diagnoser(
+    net: Network,
+    rule: UpdateRule,
+    loss: loss_lib.Loss | str,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation | None = None,
+) -> Callable[[TrainState, Batch], tuple[list[str], str | None]]:
+    """:func:`nonfinite_parts` for one run, as :func:`loop`'s ``diagnose`` argument.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from sgjax import nets, rules
+        >>> net, rule = nets.mlp([2, 4, 2]), rules.synthetic_gradients()
+        >>> d = diagnoser(net, rule, "mse", optax.sgd(1.0), optax.sgd(float("inf")))
+        >>> d(init(jax.random.key(0), net, rule, optax.sgd(1.0)),
+        ...   (jnp.ones((3, 2)), jnp.zeros(3, int)))[0]
+        ['the parameters of SG module 1 after the update']
+    """
+
+    def diagnose(state: TrainState, batch: Batch) -> tuple[list[str], str | None]:
+        return nonfinite_parts(net, rule, loss, optimizer, sg_optimizer, state, batch)
+
+    return diagnose
 
 
 def check_run(
@@ -411,15 +747,10 @@ def check_run(
         ...           batch_size=5)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `batch_size` must be in 1..4 (the dataset size), got 5
+        ValueError: `batch_size` must be an int in 1..4 (the dataset size), got 5
     """
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be an int ≥ 0, got {steps!r}")
     if not isinstance(log_every, int) or log_every < 0:
         raise ValueError(f"`log_every` must be an int ≥ 0, got {log_every!r}")
-    check_input(net, x)
-    check_labels(y, net.out_dim)
-    if not 1 <= batch_size <= len(x):
-        raise ValueError(
-            f"`batch_size` must be in 1..{len(x)} (the dataset size), got {batch_size}"
-        )
+    check_data(net, x, y, batch_size)  # input width, labels, len(x) == len(y), batch_size

@@ -46,3 +46,18 @@ def test_quick_example_runs_and_learns(path, capsys):
     ds, net, state = namespace["ds"], namespace["net"], namespace["state"]
     result = train.evaluate(net, state.params, "xent", ds.x_test, ds.y_test)
     assert result["accuracy"] >= 0.9, result
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_quick_example_loop_catches_out_of_range_labels(path, monkeypatch):
+    """The README's loop stops at the first batch holding a label outside [0, 10)."""
+    from sgjax import train
+    from sgjax.infra import data
+
+    real = data.digits()
+    y_bad = real.y_train.copy()
+    y_bad[::7] = 12  # one in seven: the first batch of 64 holds some
+    monkeypatch.setattr(data, "digits", lambda: real._replace(y_train=y_bad))
+    code = quick_example(path)
+    with pytest.raises(train.BadLabelsError, match=r"^step 0: \d+ label\(s\)"):
+        exec(compile(code, f"{path.name}:quick-example", "exec"), {"__name__": "__qe__"})

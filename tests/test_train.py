@@ -171,7 +171,7 @@ def test_a_non_finite_step_is_not_applied_and_fit_reports_it(getkey):
     # A learning rate of 1e30 makes the first update finite and the next loss overflow.
     x_data = np.array(jax.random.normal(getkey(), (40, 6)))
     y_data = np.zeros(40, np.int32)
-    with pytest.raises(train.NonFiniteLossError, match=r"step 2: the loss or a gradient") as err:
+    with pytest.raises(train.NonFiniteLossError, match=r"step 2: the loss.* non-finite") as err:
         train.fit(
             net,
             rules.backprop(),
@@ -245,7 +245,7 @@ def test_bad_steps_and_batch_size(getkey):
             batch_size=4,
             key=getkey(),
         )
-    with pytest.raises(ValueError, match=r"`batch_size` must be in 1\.\.8 .* got 9"):
+    with pytest.raises(ValueError, match=r"`batch_size` must be an int in 1\.\.8 .* got 9"):
         train.fit(
             net, rules.backprop(), "xent", optax.sgd(0.1), x, y, steps=1, batch_size=9, key=getkey()
         )

@@ -15,7 +15,6 @@ The exit code is 1 when a claim fails or a control passes, else 0.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -23,10 +22,20 @@ import time
 from theory.record import Claim
 
 
+def _instances(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--instances must be an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"--instances must be an integer ≥ 1, got {v}")
+    return v
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     parser.add_argument(
-        "--instances", type=int, default=None, help="random instances per claim family"
+        "--instances", type=_instances, default=None, help="random instances per claim family"
     )
     parser.add_argument(
         "--claims",
@@ -124,11 +133,16 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown claim families {unknown}; known: {', '.join(CLAIMS)}", file=sys.stderr)
         return 2
+    if args.json:
+        from sgjax.infra.jsonio import check_writable
+
+        check_writable(args.json, name="--json")  # before the checks, not after
     key = jax.random.key(args.seed)
     records: list[Claim] = []
     t_all = time.perf_counter()
     for i, name in enumerate(names):
-        n = args.instances or DEFAULT_INSTANCES[name] * (10 if args.thorough else 1)
+        n = args.instances if args.instances is not None else DEFAULT_INSTANCES[name]
+        n = n * (10 if args.thorough and args.instances is None else 1)
         t0 = time.perf_counter()
         recs = CLAIMS[name](jax.random.fold_in(key, i), n, args.thorough)
         records += recs
@@ -146,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - t_all:.1f}s"
     )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump([c.to_json() for c in records], f, indent=1, ensure_ascii=False)
+        from sgjax.infra.jsonio import write_or_keep  # strict JSON: inf/NaN as null, flagged
+
+        write_or_keep(args.json, [c.to_json() for c in records], name="--json")
     return 1 if bad else 0

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from sgjax.infra.jsonio import OutputKeptError  # results kept elsewhere: a message, exit 1
+
 
 def _train() -> ModuleType:
     from sgjax.apps import train_command
@@ -102,9 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(sub.parse_args(argv[1:])) or 0)
     except KeyboardInterrupt as err:
         return _interrupted(name, argv, err)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, OutputKeptError) as err:
         # Bad input and diverging runs are the user's to fix: a message, not a traceback.
-        print(f"sgjax {name}: error: {err}", file=sys.stderr)
+        # (A NonFiniteLossError words it for the command line: no `err.state`.)
+        cli_message = getattr(err, "cli_message", None)
+        text = cli_message() if callable(cli_message) else str(err)
+        print(f"sgjax {name}: error: {text}", file=sys.stderr)
         return 1
 
 

@@ -89,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out or Path("runs") / args.experiment)
         outs = {args.experiment: out}
         cache = Path(args.cache_dir) if args.cache_dir else out.parent / "_cache"
+    from sgjax.infra.jsonio import check_writable
+
+    for name in names:  # unwritable --out / --cache-dir: refused now, not after training
+        check_writable(outs[name], name="--out", directory=True)
+    check_writable(cache, name="--cache-dir", directory=True)
     for name in names:
         ctx = Context(
             out=outs[name],

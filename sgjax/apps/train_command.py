@@ -11,7 +11,6 @@ Example (shell)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -321,6 +320,7 @@ def _flat_data(config: RunConfig):
 def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
     """Train ``config`` on one device (or a pipeline), print and write the results."""
     outputs = outputs or Outputs()
+    _check_outputs(outputs)  # before the data is loaded and the run trained
     if config.pipeline is not None:
         return run_pipeline(config, outputs)
     from sgjax import train
@@ -385,10 +385,22 @@ def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
     return 0
 
 
+def _check_outputs(outputs: Outputs) -> None:
+    """Refuse unwritable output paths before any work (not after training)."""
+    from sgjax.infra.jsonio import check_writable
+
+    if outputs.json is not None:
+        check_writable(outputs.json, name="--json")
+    if outputs.checkpoint_dir is not None:
+        check_writable(outputs.checkpoint_dir, name="--checkpoint-dir", directory=True)
+
+
 def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """Strict JSON (sgjax.infra.jsonio); if writing fails, the results are kept elsewhere."""
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        from sgjax.infra.jsonio import write_or_keep
+
+        write_or_keep(path, result, name="--json")
 
 
 def _fake_cpu_devices(n: int) -> None:
@@ -419,7 +431,6 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
     import jax
 
     from sgjax import pipeline, train
-    from sgjax.infra import jsonio
 
     # A process of `sgjax launch` (or of a multi-host job): join it before JAX computes.
     pipeline.initialize_from_env()
@@ -491,6 +502,5 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
         f"on {ds.name}: {config.steps} micro-batches ({r['updates']} updates per stage) in "
         f"{seconds:.1f}s  {final}  train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
     )
-    if outputs.json is not None:
-        jsonio.write(outputs.json, result)  # strict: non-finite values as null, flagged
+    _write_json(outputs.json, result)  # strict: non-finite values as null, flagged
     return 0

@@ -22,6 +22,23 @@ leaves come back with the same tree, shapes and dtypes.
 A state with a non-finite leaf is never written (:class:`NonFiniteStateError`): a
 checkpoint directory only ever holds good states.
 
+Corruption is detected. After a save completes, the SHA-256 and size of every file of
+the checkpoint are written to ``<dir>/<step>/sgjax_sha256.json`` (atomically, last);
+:meth:`Checkpointer.restore` checks them before reading anything, and checks the
+restored values are finite. A checkpoint whose files were changed, truncated, zeroed or
+deleted, whose hash manifest is missing (the process stopped between the save and the
+hashing) or unreadable, raises :class:`CorruptCheckpointError` naming the file and the
+checkpoints that are still good. A checkpoint without a manifest is never trusted: if it
+is the only one (a run killed during its first save), ``--resume`` starts again from step
+0 and says so; several checkpoints without one (written before hashing existed) are
+refused; read one anyway with ``Checkpointer.restore(..., verify_hash=False)``.
+
+The policy for resuming (:meth:`Checkpointer.restore_newest_good`, used by
+``--resume``): the newest checkpoint that verifies is restored and every newer one that
+does not is reported in one message (printed by the runner); nothing is deleted or moved
+— a bad checkpoint is overwritten when the resumed run saves that step again. If no
+checkpoint verifies, the resume is refused with the list of what is wrong with each.
+
 Example:
     >>> import tempfile, jax, optax
     >>> from sgjax import nets, rules, train
@@ -37,9 +54,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +70,92 @@ from sgjax.train import TrainState
 
 class NonFiniteStateError(FloatingPointError):
     """Raised instead of writing a state that holds NaN or inf."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint's files do not match the hashes written when it was saved.
+
+    Attributes:
+        step: the checkpoint that failed.
+        problems: what is wrong, one line per file.
+        good: the steps whose checkpoints verify (may be empty).
+    """
+
+    def __init__(self, message: str, step: int, problems: list[str], good: list[int]):
+        super().__init__(message)
+        self.step = step
+        self.problems = problems
+        self.good = good
+
+
+#: the file, inside each step's directory, holding the SHA-256 of the checkpoint's files
+MANIFEST = "sgjax_sha256.json"
+_UNHASHED = f"{MANIFEST}: missing"
+
+
+class FirstSaveInterruptedError(CorruptCheckpointError):
+    """The only checkpoint was never hashed: the first save was interrupted after orbax's
+    commit. :func:`~sgjax.infra.runner.run_training` then starts again from step 0."""
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(where: Path) -> list[Path]:
+    return sorted(p for p in where.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(where: Path) -> None:
+    """Hash every file under ``where`` (a complete checkpoint) into ``where/MANIFEST``."""
+    files = {
+        str(p.relative_to(where)): {"size": p.stat().st_size, "sha256": _hash_file(p)}
+        for p in _files(where)
+    }
+    tmp = where / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n")
+    os.replace(tmp, where / MANIFEST)
+
+
+def verify(where: Path) -> list[str]:
+    """What is wrong with the checkpoint in ``where``: ``[]`` when every file matches.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     where = pathlib.Path(d); _ = (where / "a").write_text("hello")
+        ...     write_manifest(where)
+        ...     ok = verify(where)
+        ...     _ = (where / "a").write_text("hellp")
+        ...     ok, verify(where)
+        ([], ['a: content differs from the hash written when it was saved'])
+    """
+    mpath = where / MANIFEST
+    if not mpath.exists():
+        return [
+            f"{_UNHASHED}: the checkpoint was never verified (the process stopped "
+            "between the save and the hashing, or it was written by an older sgjax)"
+        ]
+    try:
+        files = json.loads(mpath.read_text())["files"]
+        if not isinstance(files, dict):
+            raise TypeError("`files` is not an object")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        return [f"{MANIFEST}: unreadable ({e})"]
+    problems = []
+    for rel, want in sorted(files.items()):
+        p = where / rel
+        if not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif p.stat().st_size != want["size"]:
+            problems.append(f"{rel}: {p.stat().st_size} bytes, {want['size']} when it was saved")
+        elif _hash_file(p) != want["sha256"]:
+            problems.append(f"{rel}: content differs from the hash written when it was saved")
+    return problems
 
 
 def abstract_state(state_fn, *args, **kwargs) -> Any:
@@ -177,21 +282,28 @@ class Checkpointer:
             force=True,
         )
         self._mgr.wait_until_finished()
+        write_manifest(self.directory / str(step))  # last: a checkpoint without it is unverified
         return step
 
-    def restore(self, target: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    def restore(
+        self, target: Any, *, step: int | None = None, verify_hash: bool = True
+    ) -> tuple[Any, dict[str, Any]]:
         """Read the checkpoint at ``step`` (default: the newest) into ``target``'s structure.
 
         Args:
             target: a ``TrainState`` (or any pytree of arrays / ShapeDtypeStructs) with the
                 saved tree structure, shapes and dtypes; see :func:`abstract_state`.
             step: which checkpoint (default: the latest).
+            verify_hash: check the files against the hashes written at save time first
+                (``False`` reads a checkpoint without a manifest, at your own risk).
 
         Returns:
             ``(state, metadata)``.
 
         Raises:
             FileNotFoundError: no (such) checkpoint in the directory.
+            CorruptCheckpointError: the checkpoint's files do not match their hashes, or
+                it holds non-finite values (the message names the file and the good steps).
             ValueError: the checkpoint does not match ``target`` (another model/rule).
         """
         ocp = self._ocp
@@ -205,6 +317,10 @@ class Checkpointer:
                 f"no checkpoint for step {step} in {self.directory}; present: {available}"
             )
         where = self.directory / str(step)
+        if verify_hash:
+            problems = verify(where)
+            if problems:
+                raise self._corrupt(step, problems)
         # Compare the stored arrays with the target before reading them: orbax's own
         # errors on a mismatch are obscure (and leave un-awaited coroutines behind).
         self._check_matches(where, self._mgr.item_metadata(step)["state"], target)
@@ -221,7 +337,75 @@ class Checkpointer:
                 f"checkpoint {where} has tree structure {jax.tree.structure(state)}, "
                 f"expected {jax.tree.structure(target)}"
             )
+        if not _finite(state):
+            raise self._corrupt(step, ["state: holds NaN or inf (never saved so: sgjax refuses)"])
         return state, dict(out["meta"])
+
+    def _corrupt(self, step: int, problems: list[str]) -> CorruptCheckpointError:
+        good = [s for s in self.steps() if s != step and not verify(self.directory / str(s))]
+        where = self.directory / str(step)
+        shown = "; ".join(f"{where / p}" for p in problems[:3])
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        return CorruptCheckpointError(
+            f"checkpoint step {step} in {self.directory} is corrupt or incomplete: "
+            f"{shown}{more}. Checkpoints that verify: " + (f"steps {good}" if good else "none"),
+            step,
+            problems,
+            good,
+        )
+
+    def restore_newest_good(
+        self, target: Any, *, report: Callable[[str], None] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Restore the newest checkpoint that verifies; report the newer ones that do not.
+
+        ``report`` receives one message naming each skipped checkpoint, what is wrong with
+        it, and the step resumed from (nothing is called when the newest is good).
+
+        Raises:
+            FileNotFoundError: no checkpoint at all.
+            FirstSaveInterruptedError: the only checkpoint was never hashed (a run killed
+                during its first save); starting from step 0 loses nothing verified.
+            CorruptCheckpointError: no checkpoint verifies (the message lists each one).
+            ValueError: the newest good checkpoint does not match ``target``.
+        """
+        skipped: list[CorruptCheckpointError] = []
+        for step in reversed(self.steps() or [None]):  # type: ignore[list-item]
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            try:
+                out = self.restore(target, step=step)
+            except CorruptCheckpointError as e:
+                skipped.append(e)
+                continue
+            if skipped and report is not None:
+                report(
+                    "; ".join(str(e).split(". Checkpoints that verify")[0] for e in skipped)
+                    + f". Checkpoints that verify: steps {skipped[-1].good}. Resuming from step "
+                    f"{step}, the newest of them (the bad ones are left in place, and replaced "
+                    "when the run saves their step again)."
+                )
+            return out
+        if len(skipped) == 1 and all(p.startswith(_UNHASHED) for p in skipped[0].problems):
+            # One checkpoint, never hashed: the run was killed between the first save's
+            # commit and its hashing, so nothing older exists. Starting again from step 0
+            # loses nothing that was ever verified (the caller decides; the runner does).
+            raise FirstSaveInterruptedError(
+                f"{str(skipped[0]).split('. Checkpoints that verify')[0]}; it is the only "
+                "checkpoint, so the run starts again from step 0 (the unverified checkpoint "
+                "is replaced when that step is saved again)",
+                skipped[0].step,
+                skipped[0].problems,
+                [],
+            )
+        raise CorruptCheckpointError(
+            f"no checkpoint in {self.directory} verifies, so there is nothing to resume from: "
+            + "; ".join(str(e).split(". Checkpoints that verify")[0] for e in skipped)
+            + ". Move the directory aside and start the run again.",
+            skipped[0].step,
+            [p for e in skipped for p in e.problems],
+            [],
+        )
 
     @staticmethod
     def _check_matches(where: Path, stored: Any, target: Any) -> None:

@@ -12,8 +12,13 @@ run (tested leaf by leaf with ``np.array_equal``).
 A non-finite loss or gradient stops the run with :class:`sgjax.train.NonFiniteLossError`
 (the step is not applied, see :func:`sgjax.train.make_step`). The last good state is
 saved first if it is finite and newer than the last checkpoint; a state holding NaN or
-inf is never written, so the directory keeps only good checkpoints. Ctrl-C saves the last
+inf is never written, so the directory keeps only good checkpoints. The error names the
+part that became non-finite (:func:`sgjax.train.nonfinite_parts`). Ctrl-C saves the last
 finished step and raises :class:`sgjax.train.TrainingInterrupted`.
+
+Every checkpoint is saved with the SHA-256 of its files; ``resume=True`` resumes from the
+newest one that verifies and names each newer corrupt one on stderr (see
+:mod:`sgjax.infra.checkpoint`).
 
 Given its :class:`~sgjax.infra.config.RunConfig`, a run stores it with every checkpoint,
 and a resumed run must have the same one (only ``steps`` upward and where outputs go may
@@ -40,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +55,7 @@ import optax
 
 from sgjax import losses as loss_lib
 from sgjax import train
-from sgjax.infra.checkpoint import Checkpointer, abstract_state
+from sgjax.infra.checkpoint import Checkpointer, FirstSaveInterruptedError, abstract_state
 from sgjax.infra.config import RunConfig, describe_may_change
 from sgjax.nets import Network
 from sgjax.rules import UpdateRule
@@ -137,8 +143,12 @@ def run_training(
         ckpt_every: save every this many steps (and always at the end).
         keep: how many of the newest checkpoints to keep.
         resume: continue from the newest checkpoint in ``ckpt_dir`` (a fresh start if it
-            holds none, said through ``log``). Without it, a ``ckpt_dir`` that already holds
-            checkpoints is an error, so that two runs never mix.
+            holds none, said through ``log``). Checkpoints are verified against the hashes
+            written when they were saved: newer ones that fail are named on stderr and the
+            newest good one is resumed from; if none verifies,
+            :class:`~sgjax.infra.checkpoint.CorruptCheckpointError`. Without ``resume``, a
+            ``ckpt_dir`` that already holds checkpoints is an error, so that two runs never
+            mix.
         metadata: extra JSON-serialisable data stored with every checkpoint.
         config: the run's :class:`~sgjax.infra.config.RunConfig`, stored with every
             checkpoint; a resumed run must have the same (up to
@@ -208,6 +218,7 @@ def run_training(
                 on_step=run.on_step,
                 progress=progress,
                 desc=rule.name,
+                diagnose=train.diagnoser(net, rule, loss, optimizer, sg_optimizer),
             )
         except NonFiniteLossError as err:
             raise run.stopped(err) from None
@@ -240,7 +251,11 @@ def _restore(
         if resume:
             say(f"--resume: no checkpoint in {ckpt.directory}; starting a new run at step 0")
         return None
-    state, saved = ckpt.restore(target)
+    try:  # a corrupt newest checkpoint: named on stderr, the newest that verifies is used
+        state, saved = ckpt.restore_newest_good(target, report=_warn)
+    except FirstSaveInterruptedError as e:  # killed during the first save: start again
+        _warn(str(e))
+        return None
     for k in _MUST_MATCH:
         if saved.get(k) != meta[k]:
             raise ValueError(
@@ -270,6 +285,10 @@ def _restore(
             )
     say(f"resumed from step {int(state.step)} ({ckpt.directory})")
     return state, saved.get("last_metrics") or {}
+
+
+def _warn(message: str) -> None:
+    print(f"sgjax: warning: {message}", file=sys.stderr, flush=True)
 
 
 class _Run:
@@ -313,7 +332,7 @@ class _Run:
 
     def stopped(self, err: NonFiniteLossError) -> NonFiniteLossError:
         """The error for a non-finite step, after saving the last good state if that is safe."""
-        note = self._save_last_good(err.state)
+        note = self._save_last_good(err.state) if err.state is not None else ""
         if self.ckpt is not None:
             where = (
                 f"the newest checkpoint (step {self.last_saved}) in {self.ckpt.directory} is "
@@ -321,7 +340,7 @@ class _Run:
                 if self.last_saved is not None
                 else f"no good checkpoint was written to {self.ckpt.directory}"
             )
-            err.args = (f"{err.args[0]}{note} Checkpoints: {where}.",)
+            err.add_details(f"{note} Checkpoints: {where}.")
         err.checkpoint_step = self.last_saved
         return err
 

@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Any
@@ -94,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the selected sections, print the tables, optionally write JSON."""
+    from sgjax.infra import jsonio
+
+    if args.json:
+        jsonio.check_writable(args.json, name="--json")  # before the benchmarks, not after
     cfg = QUICK if args.quick else FULL
     only = args.only or list(SECTIONS)
     t_start = time.perf_counter()
@@ -130,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result['meta']['elapsed_s']:.0f} s in all"
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        jsonio.write_or_keep(args.json, result, name="--json")
     failed = [name for name in SECTIONS if result.get(name, {}).get("ok") is False]
     if failed:
         print(f"sgjax bench: section(s) failed: {', '.join(failed)}")

@@ -13,7 +13,6 @@ only adds what :func:`sgjax.train.fit` does not do: calling back at chosen steps
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from collections.abc import Callable, Sequence
@@ -133,23 +132,23 @@ def to_numpy(tree: Any) -> Any:
     return jax.tree.map(lambda v: np.asarray(v) if isinstance(v, jax.Array) else v, tree)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray | jax.Array):
-        return _jsonable(np.asarray(v).tolist())
-    if isinstance(v, np.generic):
-        return _jsonable(v.item())
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else str(v)
-    return v
+def json_line(obj: Any) -> str:
+    """``obj`` as one line of strict JSON (a JSON-lines record; see :mod:`sgjax.infra.jsonio`).
+
+    Example:
+        >>> json_line({"loss": float("nan"), "n": 2})
+        '{"loss": null, "n": 2, "nonfinite_values": {"loss": "nan"}}'
+    """
+    from sgjax.infra.jsonio import dumps
+
+    return dumps(obj, indent=None)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(obj), indent=1) + "\n")
+    """Strict JSON (:mod:`sgjax.infra.jsonio`: non-finite values as null, flagged)."""
+    from sgjax.infra.jsonio import write_or_keep
+
+    write_or_keep(path, obj, name="--out")
 
 
 def pyplot():

@@ -242,7 +242,7 @@ def _append(ctx: C.Context, rec: dict) -> None:
     path = _store(ctx, rec["part"], rec["seed"])
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps(C._jsonable(rec)) + "\n")
+        f.write(C.json_line(rec) + "\n")
 
 
 # ------------------------------------------------------------------------ copy tasks
