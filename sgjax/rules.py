@@ -112,11 +112,16 @@ class RuleOutput(NamedTuple):
 
 class UpdateRule(NamedTuple):
     """An update rule: ``init(key, net) -> RuleState`` and
-    ``gradients(state, net, params, x, y, loss) -> RuleOutput``."""
+    ``gradients(state, net, params, x, y, loss) -> RuleOutput``.
+
+    ``boundaries(net)``, for rules with trainable modules, gives the boundary (1..N) of
+    each entry of ``RuleState.params``; :func:`sgjax.train.make_step` uses it to update a
+    module together with its stage (``p_update``)."""
 
     init: Callable[[jax.Array, Network], RuleState]
     gradients: Callable[..., RuleOutput]
     name: str
+    boundaries: Callable[[Network], tuple[int, ...]] | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -373,7 +378,7 @@ def synthetic_gradients(
         return RuleOutput(value, p, grads, rule_grads, signals, sg_loss)
 
     name = "sg-prop" if alpha else "sg"
-    return UpdateRule(init, gradients, name)
+    return UpdateRule(init, gradients, name, lambda net: _resolve_at(at, net.depth))
 
 
 def _check_matrices(rule: str, B: Sequence[jax.Array], shapes: Sequence[tuple[int, int]]):
