@@ -3,7 +3,7 @@
 Experiments: ``fig2`` (loss reconstruction on the 2-D grid, with the Fig. 9 ablations),
 ``fig3`` (RDM drift; also logs SG-vs-true-gradient cosines), ``fig4`` (MNIST depth and
 activation), ``fig5`` (weight norms), ``fig8`` (linear probes), ``dni-mnist`` (the DNI
-paper's every-layer MNIST FCN), or ``all``. Figs. 3, 5 and 8 share their trained networks
+paper's every-layer MNIST FCN), ``dni-cnn`` (the same with a CNN), or ``all``. Figs. 3, 5 and 8 share their trained networks
 through a cache directory (default ``<out>/../_cache``), so they train once.
 
 Scales: ``smoke`` runs in seconds (tests, CI); ``medium`` is the largest that fits a 2-core
@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 def _experiments() -> dict[str, Callable]:
-    from sgjax.apps.experiments import deep, depth, dni, grid
+    from sgjax.apps.experiments import cnn, deep, depth, dni, grid
 
     return {
         "fig2": grid.run,
@@ -34,10 +34,11 @@ def _experiments() -> dict[str, Callable]:
         "fig5": deep.run_fig5,
         "fig8": deep.run_fig8,
         "dni-mnist": dni.run,
+        "dni-cnn": cnn.run,
     }
 
 
-NAMES = ("fig2", "fig3", "fig4", "fig5", "fig8", "dni-mnist")
+NAMES = ("fig2", "fig3", "fig4", "fig5", "fig8", "dni-mnist", "dni-cnn")
 
 
 def _steps(text: str) -> int:

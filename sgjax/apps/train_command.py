@@ -47,6 +47,19 @@ def _positive_int(name: str, minimum: int = 1):
     return parse
 
 
+def _probability(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0.0 <= v <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1], got {text}")
+        return v
+
+    return parse
+
+
 def _placement(text: str) -> str | tuple[int, ...]:
     if text in ("all", "middle", "output"):
         return text
@@ -130,6 +143,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="α of SG + prop (default: 0 for sg, 0.1 for sg-prop)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--p-update",
+        type=_probability("--p-update"),
+        default=1.0,
+        help="stochastic updates: each stage (with its SG module) updates with this "
+        "probability per step (DNI §3.3; default 1: every step)",
+    )
     p.add_argument(
         "--cosine",
         action="store_true",
@@ -239,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
     rule = build_rule(args)
     loss = args.loss
     opt, sg_opt = optax.adam(args.lr), optax.adam(args.sg_lr)
+    if args.p_update < 1:  # a skipped stage keeps its own optimiser state
+        opt, sg_opt = train.stagewise(opt), train.stagewise(sg_opt)
     batch_size = min(args.batch_size, len(x_train))
     config = _config(args)
     t0 = time.perf_counter()
@@ -248,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
         cosine=args.cosine, progress=not args.no_progress,
         log_every=max(1, args.steps // 20), ckpt_dir=args.checkpoint_dir,
         ckpt_every=args.checkpoint_every, resume=args.resume, metadata={"config": config},
+        p_update=args.p_update,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     tr = train.evaluate(net, state.params, loss, x_train, ds.y_train)
@@ -318,6 +341,7 @@ def _pipeline_options(args: argparse.Namespace) -> tuple[str, int]:
         "--targets": args.targets != "bootstrap",
         "--prop": args.prop is not None,
         "--cosine": args.cosine,
+        "--p-update": args.p_update != 1.0,
         "--checkpoint-dir": args.checkpoint_dir is not None,
         "--resume": args.resume,
     }

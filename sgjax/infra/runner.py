@@ -61,13 +61,21 @@ _STEP_CACHE: dict[tuple, tuple[tuple, Callable]] = {}
 _STEP_CACHE_SIZE = 8
 
 
-def _jitted_step(net, rule, loss, optimizer, sg_optimizer, cosine) -> Callable:
+def _jitted_step(
+    net, rule, loss, optimizer, sg_optimizer, cosine, p_update=1.0, seed=0
+) -> Callable:
     parts = (net, rule, loss, optimizer, sg_optimizer)
-    key = (*map(id, parts), cosine)
+    key = (*map(id, parts), cosine, p_update, seed)
     hit = _STEP_CACHE.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], parts)):
         return hit[1]
-    fn = jax.jit(train.make_step(net, rule, loss, optimizer, sg_optimizer, cosine=cosine))
+    # p_update's draws: their own stream of the run's seed, folded with the step count.
+    update_key = jax.random.fold_in(jax.random.key(seed), 0x5D)
+    step = train.make_step(
+        net, rule, loss, optimizer, sg_optimizer, cosine=cosine, p_update=p_update,
+        update_key=update_key,
+    )  # fmt: skip
+    fn = jax.jit(step)
     if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
         _STEP_CACHE.pop(next(iter(_STEP_CACHE)))  # the oldest entry
     _STEP_CACHE[key] = (parts, fn)
@@ -100,6 +108,7 @@ def run_training(
     progress: bool = False,
     log_every: int = 0,
     callback: Callable[[int, dict[str, Any], TrainState], None] | None = None,
+    p_update: float = 1.0,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train to ``steps`` total steps, checkpointing to ``ckpt_dir``; returns (state, history).
 
@@ -124,6 +133,8 @@ def run_training(
             history and passes them to ``callback``.
         callback: ``callback(step, metrics, state)`` at every logged step (e.g. evaluation
             on a test set); ``metrics`` are numpy arrays.
+        p_update: stochastic updates, see :func:`sgjax.train.make_step` (needs
+            :func:`sgjax.train.stagewise` optimisers when < 1); the draws follow ``seed``.
 
     Returns:
         ``(state, history)``; ``history`` holds ``{"step": s, **metrics}`` of the logged
@@ -162,7 +173,7 @@ def run_training(
     try:
         return _run(
             net, rule, loss, optimizer, sg_optimizer, x, y, steps, batch_size, seed, key,
-            cosine, ckpt, ckpt_every, resume, meta, progress, log_every, callback,
+            cosine, ckpt, ckpt_every, resume, meta, progress, log_every, callback, p_update,
         )  # fmt: skip
     finally:
         if ckpt is not None:
@@ -171,7 +182,7 @@ def run_training(
 
 def _run(
     net, rule, loss, optimizer, sg_optimizer, x, y, steps, batch_size, seed, key, cosine,
-    ckpt, ckpt_every, resume, meta, progress, log_every, callback,
+    ckpt, ckpt_every, resume, meta, progress, log_every, callback, p_update=1.0,
 ):  # fmt: skip
     state: TrainState | None = None
     history: list[dict[str, Any]] = []
@@ -198,7 +209,7 @@ def _run(
                 return state, hist if last else []
     if state is None:
         state = train.init(key, net, rule, optimizer, sg_optimizer)
-    step_fn = _jitted_step(net, rule, loss, optimizer, sg_optimizer, cosine)
+    step_fn = _jitted_step(net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed)
     start = int(state.step)
     data = train.batches(x, y, batch_size, seed=seed, start=start)
     last_saved = start if ckpt is not None and ckpt.latest_step() == start else None
