@@ -222,8 +222,8 @@ def make_step(
     p_update = _check_p_update(p_update)
     base_key = jax.random.key(0) if update_key is None else update_key
 
-    def skip(state: TrainState, new: TrainState) -> tuple[TrainState, jax.Array | None]:
-        """Keep the old params and optimiser state of the stages that do not update."""
+    def check_stagewise(state: TrainState) -> None:
+        """Before any work: p_update < 1 needs one optimiser state per stage and module."""
         stagewise_net = isinstance(state.opt_state, StagewiseState)
         modules = state.rule_state.params
         if p_update < 1.0 and not stagewise_net:
@@ -233,7 +233,7 @@ def make_step(
                 "use `optimizer=train.stagewise(optax.adam(...))` in train.init and make_step"
             )
         if not stagewise_net:
-            return new, None
+            return
         if len(modules) and not isinstance(state.sg_opt_state, StagewiseState):
             raise ValueError(
                 "make_step: with a stagewise `optimizer`, the SG modules need one optimiser "
@@ -245,6 +245,12 @@ def make_step(
                 f"make_step: rule {rule.name!r} has {len(modules)} trainable modules but no "
                 "`boundaries`, so `p_update` cannot tell which stage each belongs to"
             )
+
+    def skip(state: TrainState, new: TrainState) -> tuple[TrainState, jax.Array | None]:
+        """Keep the old params and optimiser state of the stages that do not update."""
+        if not isinstance(state.opt_state, StagewiseState):
+            return new, None
+        modules = state.rule_state.params
         draw = jax.random.uniform(jax.random.fold_in(base_key, state.step), (net.depth,))
         mask = draw < p_update
 
@@ -281,6 +287,7 @@ def make_step(
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         x, y = batch
         check_input(net, x)
+        check_stagewise(state)
         out = rule.gradients(state.rule_state, net, state.params, x, y, loss)
         updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
