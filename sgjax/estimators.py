@@ -290,7 +290,7 @@ def conv(
             z = activation(_conv_same(z, layer["K"]) + layer["b"])
         out = _conv_same(z, theta["out"]["K"]) + theta["out"]["c"]
         if use_y:
-            maps = label_maps(theta["out"]["K_y"], h.shape[1:3], out.dtype)
+            maps = label_maps(theta["out"]["K_y"], (h.shape[1], h.shape[2]), out.dtype)
             out = out + jnp.einsum("by,yhwc->bhwc", y.astype(out.dtype), maps)
         return out
 
