@@ -152,6 +152,23 @@ for i in (1, 2):
     show(f"SG        h_{i}: ∂L_SG/∂θ_SG", g_theta["A"], out.rule_grads[i - 1]["A"])
 
 # %% [markdown]
+# ## The rows as library data
+# Every registered rule carries its Table 1 row (`rules.RULES[name].table1`: SG, target,
+# $L_{SG}$ at each hidden boundary). `rules.table1_errors` compares the rule's signals with
+# the row's; the contract suite (`tests/test_rules.py`) runs it over every registered rule.
+
+# %%
+for name in rules.RULES:
+    st = rules.get(name).init(jax.random.key(3), net)
+    st = st._replace(
+        params=jax.tree.map(
+            lambda a: 0.3 * jax.random.normal(jax.random.key(a.size), a.shape), st.params
+        )
+    )
+    errs = rules.table1_errors(name, st, net, params, x, y, loss)
+    show(f"{name:9s} rules.RULES[{name!r}].table1", errs.max(), 0.0)
+
+# %% [markdown]
 # ## When a rule *is* backprop
 # * FA with $B = W^\top$ (the feedback matrices equal the forward weights);
 # * DFA with one hidden layer and $B = W_{\text{out}}^\top$;

@@ -1,121 +1,55 @@
-"""Benchmark the update-unlocked SG pipeline against backprop (not a test).
+"""Compare the SG pipeline on N processes with its rivals on the same cores (not a test).
 
-Prints, from one process with fake CPU devices:
+Runs :func:`sgjax.pipeline.compare.compare`: one process on one core (backprop; SG), one
+process on all cores, and N processes, one per core, of data-parallel backprop, GPipe
+and the SG pipeline, on MNIST until a target test accuracy or a time budget; then a
+sweep of the SG pipeline against SG on one core over (width, micro-batch) sizes, with
+the messaging time per tick. Prints markdown tables and the load average at start and
+end (speed figures taken under load are not speed figures).
 
-1. throughput (examples/s) of single-device backprop and SG, the GPipe backprop pipeline
-   and the SG pipeline at N = 2 and 4 devices, with each pipeline's ratio to its ideal
-   (N × single-device SG for the SG pipeline; the bubble bound N·M/(M+N−1) × single-device
-   backprop for GPipe);
-2. MNIST test accuracy of the SG pipeline vs backprop after equal steps (micro-batches)
-   and after equal wall time.
-
-    python scripts/bench_pipeline.py                 # both parts
-    python scripts/bench_pipeline.py --skip-accuracy # throughput only
+    python scripts/bench_pipeline.py                  # the full run (about 5 minutes)
+    python scripts/bench_pipeline.py --quick          # a smoke test of the machinery
+    python scripts/bench_pipeline.py --json runs/compare.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
-
-MAX_DEVICES = 4
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--devices", default="2,4", help="comma-separated N (default 2,4)")
+    p.add_argument("--processes", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--micro-batches", type=int, default=8)
-    p.add_argument("--ticks", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--skip-accuracy", action="store_true")
-    p.add_argument("--accuracy-steps", type=int, default=1500, help="micro-batches (MNIST)")
-    p.add_argument("--accuracy-devices", type=int, default=4)
+    p.add_argument("--micro-batches", type=int, default=8, help="GPipe's M (default 8)")
+    p.add_argument("--seconds", type=float, default=30.0, help="training budget per contender")
+    p.add_argument("--target", type=float, default=0.95, help="test accuracy to reach")
+    p.add_argument("--sweep-seconds", type=float, default=5.0)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and budgets (smoke test)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    ns = [int(t) for t in args.devices.split(",")]
-    need = max([*ns, args.accuracy_devices])
-    if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={need}"
-        ).strip()
 
-    import jax
+    from sgjax.infra import jsonio
+    from sgjax.pipeline.compare import compare, format_tables
 
-    from sgjax import nets, pipeline
-    from sgjax.infra import data
-
-    print(f"{len(jax.devices())} {jax.devices()[0].platform} devices on {os.cpu_count()} cores")
-    rows = [
-        pipeline.benchmark_pipeline(
-            n,
-            batch_size=args.batch_size,
-            micro_batches=args.micro_batches,
-            ticks=args.ticks,
-            repeats=args.repeats,
-        )
-        for n in ns
-    ]
-    B, M = args.batch_size, args.micro_batches
-    print(f"\nThroughput, examples/s (MLP 784-256×(N−1)-10, micro-batch B={B}, GPipe M={M})")
-    print(
-        "| N | backprop 1 dev | SG 1 dev | backprop 1 dev, batch M·B | GPipe | GPipe / "
-        "bubble bound | SG pipeline | SG pipeline / (N × SG 1 dev) |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['n_devices']} | {r['backprop_1dev']:.0f} | {r['sg_1dev']:.0f} | "
-            f"{r['backprop_1dev_big']:.0f} | {r['gpipe']:.0f} | {r['gpipe_ratio']:.2f} | "
-            f"{r['sg_pipeline']:.0f} | {r['sg_pipeline_ratio']:.2f} |"
-        )
-    result: dict = {"throughput": rows}
-
-    if not args.skip_accuracy:
-        n = args.accuracy_devices
-        ds = data.load("mnist", data_dir=args.data_dir)
-        net = nets.mlp([784, *([256] * (n - 1)), 10])
-        common = dict(batch_size=B, x_test=ds.x_test, y_test=ds.y_test, chunk=50)
-        runs = {}
-        runs["sg-pipeline"] = pipeline.train_pipelined(
-            "sg-pipeline", net, ds.x_train, ds.y_train, steps=args.accuracy_steps, **common
-        )
-        runs["backprop (equal steps)"] = pipeline.train_pipelined(
-            "backprop", net, ds.x_train, ds.y_train, steps=args.accuracy_steps, **common
-        )
-        wall = runs["sg-pipeline"]["seconds"]
-        runs["backprop (equal time)"] = pipeline.train_pipelined(
-            "backprop", net, ds.x_train, ds.y_train, seconds=wall, **common
-        )
-        runs["gpipe (equal steps)"] = pipeline.train_pipelined(
-            "gpipe",
-            net,
-            ds.x_train,
-            ds.y_train,
-            steps=args.accuracy_steps,
-            micro_batches=M,
-            **common,
-        )
-        runs["gpipe (equal time)"] = pipeline.train_pipelined(
-            "gpipe", net, ds.x_train, ds.y_train, seconds=wall, micro_batches=M, **common
-        )
-        print(f"\nMNIST, {n} stages, B={B}: test accuracy (compile time excluded)")
-        print("| run | micro-batches | updates | train seconds | test accuracy |")
-        print("|---|---|---|---|---|")
-        for name, r in runs.items():
-            r.pop("params")
-            print(
-                f"| {name} | {r['micro_batches_seen']} | {r['updates']} | "
-                f"{r['seconds']:.1f} | {r['test_accuracy']:.4f} |"
-            )
-        result["accuracy"] = runs
+    kwargs: dict = dict(
+        processes=args.processes, batch_size=args.batch_size,
+        micro_batches=args.micro_batches, seconds=args.seconds, target=args.target,
+        sweep_seconds=args.sweep_seconds, data_dir=args.data_dir,
+    )  # fmt: skip
+    if args.quick:
+        kwargs.update(
+            sizes=(784, 64, 64, 10), seconds=2.0, target=0.5, eval_every=50, chunk=10,
+            sweep=((64, 16),), sweep_seconds=1.0, micro_batches=2,
+        )  # fmt: skip
+    result = compare(**kwargs)
+    print()
+    print(format_tables(result))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        jsonio.write(args.json, result)
     return 0
 
 

@@ -1,13 +1,15 @@
 """sgjax: synthetic gradients and decoupled neural interfaces in JAX.
 
-Layers (imports point down only; ``docs/design.md`` has the map):
+Layers (imports point down only; ``docs/design.md`` has the map and
+``scripts/check_layers.py`` checks it):
 
 - core, at the top of the package: :mod:`sgjax.nets`, :mod:`sgjax.losses`,
-  :mod:`sgjax.estimators`, :mod:`sgjax.rules`, :mod:`sgjax.train` — pure functions, no I/O;
+  :mod:`sgjax.estimators`, :mod:`sgjax.sweep`, :mod:`sgjax.rules` (the rule registry),
+  :mod:`sgjax.train` (the step and the one training loop) — pure functions, no I/O;
 - analysis and adapters over the core: :mod:`sgjax.diagnostics`, :mod:`sgjax.flax_adapter`;
-- :mod:`sgjax.infra`: offline data, checkpoints, the one training loop;
+- :mod:`sgjax.infra`: the run configuration, checkpointed runs, offline data;
 - :mod:`sgjax.pipeline`: update-unlocked training across devices;
-- :mod:`sgjax.apps`: the ``sgjax`` command, ``reproduce`` and ``bench``.
+- :mod:`sgjax.apps`: the ``sgjax`` command, ``reproduce``, ``bench`` and the experiments.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Diagnostics of trained networks and their SG modules (paper §1.4, §3, Figs. 2, 3, 5, 8).
 
+(Just over 400 lines: one small function per diagnostic, each with its doctest.)
+
 Pure functions over arrays and parameter trees; nothing here trains a network.
 
 =====================================  ==============================================

@@ -1,5 +1,8 @@
 """Update rules: every method of the paper's Table 1 as a choice of error signal δ̂.
 
+(Over 400 lines on purpose: the six rules, their Table 1 rows and the registry that
+names them are read together; the machinery they share is in :mod:`sgjax.sweep`.)
+
 Czarnecki et al. (2017, §6, Table 1) observe that backprop, synthetic gradients (SG),
 SG + prop, feedback alignment (FA), direct feedback alignment (DFA) and Kickback all
 train each stage with the chain rule *inside* the stage and differ only in the signal δ̂_i
@@ -70,7 +73,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jax
@@ -78,131 +82,42 @@ import jax.numpy as jnp
 
 from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
-from sgjax.nets import Network, check_input
+from sgjax.nets import Network
+from sgjax.sweep import (
+    RuleOutput,
+    RuleState,
+    SignalFn,
+    UpdateRule,
+    exact_signals,
+    pass_through,
+    sweep,
+)
+
+__all__ = [
+    "RULES",
+    "RuleOutput",
+    "RuleSpec",
+    "RuleState",
+    "SignalFn",
+    "Table1Context",
+    "Table1Row",
+    "UpdateRule",
+    "backprop",
+    "direct_feedback_alignment",
+    "exact_signals",
+    "feedback_alignment",
+    "get",
+    "kickback",
+    "register",
+    "resolve_at",
+    "spec",
+    "sweep",
+    "synthetic_gradients",
+    "table1_errors",
+    "table1_signal",
+]
 
 Params = Any
-
-
-class RuleState(NamedTuple):
-    """State of a rule: ``params`` are trained (SG modules), ``fixed`` are not (FA/DFA)."""
-
-    params: Any = ()
-    fixed: Any = ()
-
-
-class RuleOutput(NamedTuple):
-    """What :attr:`UpdateRule.gradients` returns for one batch.
-
-    Attributes:
-        loss: the batch-mean loss L(p, y).
-        p: the network output.
-        grads: per-stage parameter gradients (the network's parameter tree).
-        rule_grads: gradients of the SG regression losses w.r.t. ``RuleState.params``.
-        signals: per-example δ̂_i for boundaries i = 1..N (``signals[i - 1]``).
-        sg_loss: mean ‖t − SG(h, y)‖² of each SG module, shape ``(modules,)``.
-    """
-
-    loss: jax.Array
-    p: jax.Array
-    grads: tuple
-    rule_grads: Any
-    signals: tuple
-    sg_loss: jax.Array
-
-
-class UpdateRule(NamedTuple):
-    """An update rule: ``init(key, net) -> RuleState`` and
-    ``gradients(state, net, params, x, y, loss) -> RuleOutput``.
-
-    ``boundaries(net)``, for rules with trainable modules, gives the boundary (1..N) of
-    each entry of ``RuleState.params``; :func:`sgjax.train.make_step` uses it to update a
-    module together with its stage (``p_update``)."""
-
-    init: Callable[[jax.Array, Network], RuleState]
-    gradients: Callable[..., RuleOutput]
-    name: str
-    boundaries: Callable[[Network], tuple[int, ...]] | None = None
-
-
-# --------------------------------------------------------------------------------------
-# The shared machinery: a forward trace with one VJP per stage, and the downward sweep.
-
-# signal(boundary, h, g, y_vec, e, g_true) -> (delta, aux); aux is collected per boundary.
-# g is the gradient arriving at the boundary through the rule's own signals above it,
-# g_true the exact ∂ℓ/∂h_b (None unless the sweep was asked to carry it).
-SignalFn = Callable[..., tuple[jax.Array, Any]]
-
-
-def _sweep(
-    net: Network,
-    params: Sequence[Params],
-    x: jax.Array,
-    y: jax.Array,
-    loss: loss_lib.Loss,
-    signal: SignalFn,
-    stage_fns: Sequence[Callable] | None = None,
-    exact: bool = False,
-) -> tuple[jax.Array, jax.Array, tuple, tuple, dict]:
-    """Forward with per-stage VJPs, then the downward sweep driven by ``signal``.
-
-    With ``exact=True`` the exact gradient is carried down beside the rule's own (one
-    more VJP per stage on the same forward trace) and handed to ``signal`` as ``g_true``.
-    """
-    check_input(net, x)
-    if len(params) != net.depth:
-        raise ValueError(f"`params`: expected one entry per stage ({net.depth}), got {len(params)}")
-    fns = stage_fns if stage_fns is not None else [s.apply for s in net.stages]
-    hs, vjps = [x], []
-    for fn, theta in zip(fns, params):
-        # h_{i-1} enters as a primal of this stage's own VJP: no gradient crosses a stage
-        # boundary except through the signal the rule chooses.
-        h, vjp = jax.vjp(fn, theta, jax.lax.stop_gradient(hs[-1]))
-        hs.append(h)
-        vjps.append(vjp)
-    p = hs[-1]
-    value = loss.fn(p, y)
-    y_vec = loss_lib.as_target(y, p.shape[-1], p.dtype)
-    e = jax.lax.stop_gradient(loss.output_grad(p, y))  # per-example ∂ℓ/∂p
-    batch = x.shape[0]
-    n = net.depth
-    grads: list = [None] * n
-    signals: list = [None] * n
-    aux: dict = {}
-    g = g_true = e
-    for b in range(n, 0, -1):  # boundary b = output of stage b
-        delta, aux[b] = signal(b, hs[b], jax.lax.stop_gradient(g), y_vec, e, g_true)
-        signals[b - 1] = delta
-        g_theta, g = vjps[b - 1](delta.astype(hs[b].dtype))
-        if exact and b > 1:
-            g_true = vjps[b - 1](g_true)[1]
-        # Signals are per example, so the VJP gives the gradient of the *summed* loss.
-        grads[b - 1] = jax.tree.map(lambda t: t / batch, g_theta)
-    return value, p, tuple(grads), tuple(signals), aux
-
-
-def exact_signals(
-    net: Network, params: Sequence[Params], x: jax.Array, y: jax.Array, loss: loss_lib.Loss
-) -> tuple[jax.Array, ...]:
-    """The true per-example gradients ∂ℓ_b/∂h_i for boundaries i = 1..N (backprop).
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from sgjax import nets, losses
-        >>> net = nets.mlp([3, 4, 2])
-        >>> params = net.init(jax.random.key(0))
-        >>> [g.shape for g in exact_signals(net, params, jnp.ones((5, 3)), jnp.zeros(5, int),
-        ...                                 losses.mse)]
-        [(5, 4), (5, 2)]
-    """
-    _, _, _, signals, _ = _sweep(net, params, x, y, loss, _pass_through)
-    return signals
-
-
-def _pass_through(b, h, g, y_vec, e, g_true):
-    del b, h, y_vec, e, g_true
-    return g, None
-
-
 # --------------------------------------------------------------------------------------
 # The rules.
 
@@ -230,7 +145,7 @@ def backprop() -> UpdateRule:
     def gradients(state, net, params, x, y, loss) -> RuleOutput:
         del state
         loss = loss_lib.get(loss)
-        value, p, grads, signals, _ = _sweep(net, params, x, y, loss, _pass_through)
+        value, p, grads, signals, _ = sweep(net, params, x, y, loss, pass_through)
         return RuleOutput(value, p, grads, (), signals, jnp.zeros((0,), p.dtype))
 
     return UpdateRule(init, gradients, "backprop")
@@ -251,7 +166,7 @@ def _after(y_vec: jax.Array, h: jax.Array) -> jax.Array:
     return y_vec + tie.astype(y_vec.dtype).reshape((h.shape[0],) + (1,) * (y_vec.ndim - 1))
 
 
-def _resolve_at(at: int | str | Sequence[int] | None, depth: int) -> tuple[int, ...]:
+def resolve_at(at: int | str | Sequence[int] | None, depth: int) -> tuple[int, ...]:
     """Boundaries (1..N) that carry an SG module."""
     if at is None or (isinstance(at, str) and at == "all"):
         boundaries: tuple[int, ...] = tuple(range(1, depth))
@@ -325,7 +240,7 @@ def synthetic_gradients(
     alpha = float(prop)
 
     def init(key: jax.Array, net: Network) -> RuleState:
-        boundaries = _resolve_at(at, net.depth)
+        boundaries = resolve_at(at, net.depth)
         keys = jax.random.split(key, len(boundaries))
         dtype = jnp.result_type(*jax.tree.leaves(jax.eval_shape(net.stages[0].init, key)))
         modules = tuple(
@@ -336,7 +251,7 @@ def synthetic_gradients(
 
     def gradients(state, net, params, x, y, loss) -> RuleOutput:
         loss = loss_lib.get(loss)
-        boundaries = _resolve_at(at, net.depth)
+        boundaries = resolve_at(at, net.depth)
         if len(state.params) != len(boundaries):
             raise ValueError(
                 f"synthetic_gradients: the rule state holds {len(state.params)} SG modules "
@@ -350,27 +265,18 @@ def synthetic_gradients(
             if b not in slot:
                 return g, None
             theta = state.params[slot[b]]
-            t = jax.lax.stop_gradient(g_true if targets == "true" else g)
+            t = g_true if targets == "true" else g
             # Only for modules that read h: there a non-finite h_b makes the output
             # non-finite anyway, so the tie changes no value (see _after).
             y_b = _after(y_vec, h) if estimator.uses_h and estimator.uses_y else y_vec
-
-            def module(th, hh):
-                return estimator.apply(th, hh, y_b)
-
-            s, module_vjp = jax.vjp(module, theta, h)
-            r = s - t
-            batch = h.shape[0]
-            sg_loss = jnp.mean(jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1))
-            # d/dθ and d/dh of mean_b ‖s_b − t_b‖² in one VJP; the h part times the batch
-            # size is the per-example ∂ℓ_SG,b/∂h_b that SG + prop adds.
-            g_theta, g_h = module_vjp(2.0 * r / batch)
-            delta = jax.lax.stop_gradient(s)
+            reg = est_lib.regress(estimator, theta, h, y_b, t)
+            delta = jax.lax.stop_gradient(reg.s)
             if alpha:
-                delta = delta + alpha * batch * g_h
-            return delta, (g_theta, sg_loss)
+                # reg.grad_h times the batch size is the per-example ∂ℓ_SG,b/∂h_b.
+                delta = delta + alpha * h.shape[0] * reg.grad_h
+            return delta, (reg.grad_params, reg.loss)
 
-        value, p, grads, signals, aux = _sweep(
+        value, p, grads, signals, aux = sweep(
             net, params, x, y, loss, signal, exact=targets == "true"
         )
         rule_grads = tuple(aux[b][0] for b in boundaries)
@@ -378,7 +284,7 @@ def synthetic_gradients(
         return RuleOutput(value, p, grads, rule_grads, signals, sg_loss)
 
     name = "sg-prop" if alpha else "sg"
-    return UpdateRule(init, gradients, name, lambda net: _resolve_at(at, net.depth))
+    return UpdateRule(init, gradients, name, lambda net: resolve_at(at, net.depth))
 
 
 def _check_matrices(rule: str, B: Sequence[jax.Array], shapes: Sequence[tuple[int, int]]):
@@ -451,7 +357,7 @@ def feedback_alignment(B: Sequence[jax.Array] | None = None) -> UpdateRule:
         fns = [net.stages[0].apply]
         for s, m in zip(net.stages[1:], state.fixed):
             fns.append(lambda theta, h, s=s, m=m: s.feedback_apply(theta, m, h))
-        value, p, grads, signals, _ = _sweep(net, params, x, y, loss, _pass_through, fns)
+        value, p, grads, signals, _ = sweep(net, params, x, y, loss, pass_through, fns)
         return RuleOutput(value, p, grads, (), signals, jnp.zeros((0,), p.dtype))
 
     return UpdateRule(init, gradients, "fa")
@@ -482,7 +388,7 @@ def _direct(name: str, B: Sequence[jax.Array] | None, ones: bool) -> UpdateRule:
                 d = e_flat @ state.fixed[b - 1]
             return d.reshape(h.shape), None
 
-        value, p, grads, signals, _ = _sweep(net, params, x, y, loss, signal)
+        value, p, grads, signals, _ = sweep(net, params, x, y, loss, signal)
         return RuleOutput(value, p, grads, (), signals, jnp.zeros((0,), p.dtype))
 
     return UpdateRule(init, gradients, name)
@@ -526,25 +432,274 @@ def kickback() -> UpdateRule:
 
 
 # --------------------------------------------------------------------------------------
+# Table 1 as data: each rule's (SG, target, L_SG) triple at a hidden boundary.
 
-RULES: dict[str, Callable[..., UpdateRule]] = {
-    "backprop": backprop,
-    "sg": synthetic_gradients,
-    "sg-prop": lambda **kw: synthetic_gradients(**{"prop": 1.0, **kw}),
-    "fa": feedback_alignment,
-    "dfa": direct_feedback_alignment,
-    "kickback": kickback,
+
+def _neg_inner(t: jax.Array, s: jax.Array) -> jax.Array:
+    return -jnp.sum(t * s)
+
+
+def _sq_dist(t: jax.Array, s: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.square(t - s))
+
+
+class Table1Row(NamedTuple):
+    """One cell of the paper's Table 1: the rule's signal at one boundary as an SG loss.
+
+    The signal is ``∂/∂h L_SG(t, SG(h))`` with the target ``t`` held constant — or, for the
+    SG rules (``follows_sg``), ``SG(h) + prop · ∂/∂h L_SG(t, SG(h))``. ``l_sg`` is summed
+    over the batch, so its gradient is per example. :func:`table1_signal` evaluates it.
+    """
+
+    sg: Callable[[jax.Array], jax.Array]
+    target: jax.Array
+    l_sg: Callable[[jax.Array, jax.Array], jax.Array]
+    follows_sg: bool = False
+    prop: float = 1.0
+
+
+class Table1Context(NamedTuple):
+    """What a rule's Table 1 row may refer to (one batch, one rule state)."""
+
+    net: Network
+    params: Sequence[Params]
+    state: RuleState
+    hs: list  # [x, h_1, ..., h_N = p]
+    signals: tuple  # the rule's own δ̂_1..δ̂_N
+    exact: tuple  # true ∂ℓ/∂h_1..∂ℓ/∂h_N
+    y_vec: jax.Array
+
+
+def table1_signal(row: Table1Row, h: jax.Array) -> jax.Array:
+    """The signal a :class:`Table1Row` prescribes at activation ``h``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> row = Table1Row(sg=lambda h: h, target=-jnp.ones((1, 2)), l_sg=_neg_inner)
+        >>> table1_signal(row, jnp.zeros((1, 2))).tolist()  # Bprop: δ̂ = −t = ∂L/∂h
+        [[1.0, 1.0]]
+    """
+    grad = jax.grad(lambda hh: row.l_sg(jax.lax.stop_gradient(row.target), row.sg(hh)))(h)
+    return row.sg(h) + row.prop * grad if row.follows_sg else grad
+
+
+def _flat(a: jax.Array) -> jax.Array:
+    return a.reshape(a.shape[0], -1)
+
+
+def _row_backprop(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
+    return Table1Row(lambda h: h, -c.exact[b - 1], _neg_inner)  # SG(h) = h, t = −∂L/∂h
+
+
+def _row_fa(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
+    # SG(h) = the stage above with B_b in place of Wᵀ in its backward pass (hA through the
+    # activation), t = −(the FA signal above).
+    stage, theta, B = c.net.stages[b], c.params[b], c.state.fixed[b - 1]
+    fb = stage.feedback_apply
+    assert fb is not None  # feedback_alignment.init refuses stages without it
+    return Table1Row(lambda h: fb(theta, B, h), -c.signals[b], _neg_inner)
+
+
+def _row_dfa(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
+    B = c.state.fixed[b - 1]  # SG(h) = hA with A = Bᵀ, t = −∂L/∂p
+    return Table1Row(lambda h: _flat(h) @ B.T, -_flat(c.exact[-1]), _neg_inner)
+
+
+def _row_kickback(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
+    e = _flat(c.exact[-1])  # SG(h) = h1, t = −∂L/∂p
+    return Table1Row(lambda h: _flat(h) @ jnp.ones((_flat(h).shape[1], e.shape[1])), -e, _neg_inner)
+
+
+def _row_sg(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
+    boundaries = resolve_at(options.get("at"), c.net.depth)
+    # The gradient arriving at b: the signal above sent through the stage above.
+    _, vjp = jax.vjp(lambda h: c.net.stages[b].apply(c.params[b], h), c.hs[b])
+    arriving = vjp(c.signals[b])[0]
+    if b not in boundaries:  # exact backprop from the module above: SG(h) = h, t = −g
+        return Table1Row(lambda h: h, -arriving, _neg_inner)
+    estimator = est_lib.get(options.get("estimator", "conditioned"))
+    theta = c.state.params[boundaries.index(b)]
+    t = c.exact[b - 1] if options.get("targets") == "true" else arriving
+    return Table1Row(
+        lambda h: estimator.apply(theta, h, c.y_vec),
+        t,
+        _sq_dist,
+        follows_sg=True,
+        prop=float(options.get("prop", 0.0)),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The registry: one entry per rule. The CLI's --rule choices and the options each rule
+# accepts, the bench's rows, the docs' table and the contract suite all derive from it.
+
+
+@dataclass(frozen=True, eq=False)
+class RuleSpec:
+    """A registered rule.
+
+    Attributes:
+        name: the command-line name (``sgjax train --rule NAME``).
+        build: ``build(**options) -> UpdateRule``.
+        summary: one line for ``--help`` and the docs (δ̂ in words).
+        options: the keyword options ``build`` accepts and their defaults; what
+            :func:`get` and the CLI allow for this rule (anything else is refused).
+        table1: ``table1(ctx, boundary, options) -> Table1Row``, the rule's Table 1 row.
+        trains_modules: the rule trains modules of its own (an SG optimiser applies).
+    """
+
+    name: str
+    build: Callable[..., UpdateRule]
+    summary: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    table1: Callable[[Table1Context, int, Mapping[str, Any]], Table1Row] | None = None
+    trains_modules: bool = False
+
+    def resolve(self, **options: Any) -> dict[str, Any]:
+        """``options`` checked against :attr:`options`, with the defaults filled in."""
+        unknown = [k for k in options if k not in self.options]
+        if unknown:
+            takers = {k: [r.name for r in RULES.values() if k in r.options] for k in unknown}
+            where = "; ".join(
+                f"`{k}` applies to {', '.join(v) if v else 'no registered rule'}"
+                for k, v in takers.items()
+            )
+            raise ValueError(f"rule {self.name!r} takes no option {unknown[0]!r} ({where})")
+        return {**self.options, **options}
+
+
+_SG_OPTIONS = {"estimator": "conditioned", "at": "all", "targets": "bootstrap", "prop": 0.0}
+
+
+def _sg_prop(**options: Any) -> UpdateRule:
+    prop = options.get("prop", 0.1)
+    if not isinstance(prop, int | float) or isinstance(prop, bool) or not prop > 0:
+        raise ValueError(f"sg-prop: `prop` (α) must be a number > 0, got {prop!r}")
+    return synthetic_gradients(**options)
+
+
+#: name -> :class:`RuleSpec`. Adding a rule is one entry here (or :func:`register`).
+RULES: dict[str, RuleSpec] = {
+    spec.name: spec
+    for spec in (
+        RuleSpec("backprop", backprop, "exact ∂L/∂h_i", table1=_row_backprop),
+        RuleSpec(
+            "sg",
+            synthetic_gradients,
+            "SG_i(h_i, y), regressed onto the bootstrapped (or true) gradient",
+            _SG_OPTIONS,
+            _row_sg,
+            trains_modules=True,
+        ),
+        RuleSpec(
+            "sg-prop",
+            _sg_prop,
+            "SG_i(h_i, y) + α ∂L_SG/∂h_i",
+            {**_SG_OPTIONS, "prop": 0.1},
+            _row_sg,
+            trains_modules=True,
+        ),
+        RuleSpec(
+            "fa",
+            feedback_alignment,
+            "error sent down through fixed random B_i",
+            {"B": None},
+            _row_fa,
+        ),
+        RuleSpec("dfa", direct_feedback_alignment, "(∂L/∂p) B_i", {"B": None}, _row_dfa),
+        RuleSpec("kickback", kickback, "(∂L/∂p) 1 (DFA with B = ones)", table1=_row_kickback),
+    )
 }
 
 
-def get(name: str, **kwargs: Any) -> UpdateRule:
-    """Build a rule from its command-line name (``backprop``, ``sg``, ``sg-prop``, ``fa``,
-    ``dfa``, ``kickback``) and keyword arguments.
+def register(spec: RuleSpec) -> RuleSpec:
+    """Add a rule to :data:`RULES` (replacing one of the same name); returns it.
+
+    Example:
+        >>> spec = register(RuleSpec("bp-copy", backprop, "exact ∂L/∂h_i"))
+        >>> get("bp-copy").name
+        'backprop'
+        >>> del RULES["bp-copy"]
+    """
+    if not isinstance(spec, RuleSpec):
+        raise TypeError(f"register: expected a RuleSpec, got {type(spec).__name__}")
+    RULES[spec.name] = spec
+    return spec
+
+
+def spec(name: str) -> RuleSpec:
+    """The :class:`RuleSpec` registered as ``name``.
+
+    Example:
+        >>> spec("sg-prop").options["prop"]
+        0.1
+    """
+    if name not in RULES:
+        raise ValueError(f"unknown rule {name!r}; expected one of {sorted(RULES)}")
+    return RULES[name]
+
+
+def get(name: str, **options: Any) -> UpdateRule:
+    """Build a registered rule from its command-line name and keyword options.
+
+    ``sg-prop`` is :func:`synthetic_gradients` with ``prop=0.1`` unless given (the same α
+    the CLI uses). An option the rule does not take is an error naming the rules that take it.
 
     Example:
         >>> get("dfa").name
         'dfa'
+        >>> get("dfa", targets="true")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: rule 'dfa' takes no option 'targets' (`targets` applies to sg, sg-prop)
     """
-    if name not in RULES:
-        raise ValueError(f"unknown rule {name!r}; expected one of {sorted(RULES)}")
-    return RULES[name](**kwargs)
+    s = spec(name)
+    return s.build(**s.resolve(**options))
+
+
+def table1_errors(
+    name: str,
+    state: RuleState,
+    net: Network,
+    params: Sequence[Params],
+    x: jax.Array,
+    y: jax.Array,
+    loss: loss_lib.Loss | str,
+    **options: Any,
+) -> jax.Array:
+    """Max |δ̂ − Table 1 signal| at each hidden boundary, for the registered rule ``name``.
+
+    The rule is built with ``options`` and run with ``state``; its signals are compared
+    with those its Table 1 row (:attr:`RuleSpec.table1`) prescribes. Zero up to rounding
+    when the rule is what its row says.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from sgjax import nets
+        >>> net = nets.mlp([3, 5, 4, 2]); params = net.init(jax.random.key(0))
+        >>> x, y = jax.random.normal(jax.random.key(1), (6, 3)), jnp.arange(6) % 2
+        >>> st = get("dfa").init(jax.random.key(2), net)
+        >>> bool(table1_errors("dfa", st, net, params, x, y, "xent").max() < 1e-5)
+        True
+    """
+    s = spec(name)
+    if s.table1 is None:
+        raise ValueError(f"rule {name!r} has no Table 1 row (RuleSpec.table1)")
+    resolved = s.resolve(**options)
+    loss = loss_lib.get(loss)
+    out = s.build(**resolved).gradients(state, net, params, x, y, loss)
+    hs = net.hidden(params, x)
+    ctx = Table1Context(
+        net,
+        params,
+        state,
+        hs,
+        out.signals,
+        exact_signals(net, params, x, y, loss),
+        loss_lib.as_target(y, net.out_dim, out.p.dtype),
+    )
+    errs = [
+        jnp.max(jnp.abs(table1_signal(s.table1(ctx, b, resolved), hs[b]) - out.signals[b - 1]))
+        for b in range(1, net.depth)
+    ]
+    return jnp.stack(errs) if errs else jnp.zeros((0,))

@@ -1,4 +1,6 @@
-"""Training: ``TrainState``, ``init``, ``make_step``, ``evaluate`` and a small ``fit`` loop.
+"""Training: ``TrainState``, ``init``, ``make_step``, ``evaluate``, and the one training
+``loop`` with ``fit`` on top of it. (A little over 400 lines: the step, the checks of its
+inputs and the loop that drives it are read together.)
 
 ``make_step(net, rule, loss, optimizer, sg_optimizer)`` returns a pure function
 ``step(state, (x, y)) -> (state, metrics)``: ``jax.jit`` compiles it once, ``jax.vmap``
@@ -49,6 +51,22 @@ class TrainState(NamedTuple):
     opt_state: Any
     rule_state: RuleState
     sg_opt_state: Any
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`loop`: ``state`` is the state after the last finished step.
+
+    A :class:`KeyboardInterrupt`, so that code that does not know it still stops; the
+    runner saves ``state`` to the checkpoint directory and sets ``checkpoint_step``.
+    """
+
+    def __init__(self, state: TrainState):
+        super().__init__(f"interrupted after step {int(state.step)}")
+        self.state = state
+        self.step = int(state.step)
+        #: the newest checkpoint of the run, when it was checkpointed (set by the runner)
+        self.checkpoint_step: int | None = None
+        self.checkpoint_dir: str | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -422,6 +440,57 @@ def batches(
         epoch, offset = epoch + 1, 0
 
 
+def loop(
+    step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]],
+    state: TrainState,
+    data: Iterator[tuple[Any, Any]],
+    *,
+    steps: int,
+    on_step: Callable[[int, dict[str, jax.Array], TrainState], None] | None = None,
+    progress: bool = False,
+    desc: str = "",
+) -> TrainState:
+    """The one training loop: apply ``step_fn`` from ``state.step`` until ``steps`` in total.
+
+    Used by :func:`fit`, :func:`sgjax.infra.runner.run_training` (which adds checkpoints
+    through ``on_step``) and the experiments (snapshots through ``on_step``).
+    ``on_step(n, metrics, state)`` runs after every applied step (``n`` = ``state.step``;
+    ``metrics`` are device arrays). A non-finite step raises :class:`NonFiniteLossError`
+    carrying the last good state; Ctrl-C raises :class:`TrainingInterrupted` carrying the
+    state of the last finished step.
+
+    Example:
+        >>> import optax
+        >>> from sgjax import nets, rules
+        >>> net, rule, opt = nets.mlp([1, 2]), rules.backprop(), optax.sgd(0.1)
+        >>> x, y = np.ones((4, 1), np.float32), np.zeros(4, np.int32)
+        >>> s = loop(jax.jit(make_step(net, rule, "xent", opt)),
+        ...          init(jax.random.key(0), net, rule, opt), batches(x, y, 2), steps=3)
+        >>> int(s.step)
+        3
+    """
+    it: Any = range(int(state.step), steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc, unit="step", initial=int(state.step), total=steps, leave=False)
+    try:
+        for i in it:
+            xb, yb = next(data)
+            new, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
+            if not bool(metrics["finite"]):
+                raise NonFiniteLossError(i + 1, float(metrics["loss"]), state)
+            state = new
+            if on_step is not None:
+                on_step(i + 1, metrics, state)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(state) from None
+    finally:
+        if progress:
+            it.close()
+    return state
+
+
 def fit(
     net: Network,
     rule: UpdateRule,
@@ -443,8 +512,8 @@ def fit(
 
     Validates the data once (input width, label range), jits the step, and raises
     :class:`NonFiniteLossError` at the first non-finite step. ``log_every = k > 0`` keeps
-    the metrics of every k-th step (and the last). ``seed`` orders the batches. This is
-    :func:`sgjax.infra.runner.run_training` without checkpoints; use that for long runs.
+    the metrics of every k-th step (and the last). ``seed`` orders the batches. For long
+    runs with checkpoints, see :func:`sgjax.infra.runner.run_training`.
 
     Example:
         >>> import jax, optax
@@ -457,10 +526,47 @@ def fit(
         >>> int(state.step), [h["step"] for h in hist]
         (20, [10, 20])
     """
-    from sgjax.infra.runner import run_training  # the one training loop, with checkpointing
+    check_run(net, x, y, steps=steps, batch_size=batch_size, log_every=log_every)
+    state = init(key, net, rule, optimizer, sg_optimizer)
+    step_fn = jax.jit(make_step(net, rule, loss, optimizer, sg_optimizer, cosine=cosine))
+    history: list[dict[str, Any]] = []
 
-    return run_training(
-        net, rule, loss, optimizer, x, y, steps=steps, batch_size=batch_size, seed=seed,
-        key=key, sg_optimizer=sg_optimizer, cosine=cosine, progress=progress,
-        log_every=log_every,
-    )  # fmt: skip
+    def log(n: int, metrics: dict[str, jax.Array], _state: TrainState) -> None:
+        if log_every and (n % log_every == 0 or n == steps):
+            history.append({"step": n, **jax.tree.map(np.asarray, metrics)})
+
+    state = loop(
+        step_fn,
+        state,
+        batches(x, y, batch_size, seed=seed),
+        steps=steps,
+        on_step=log,
+        progress=progress,
+        desc=rule.name,
+    )
+    return state, history
+
+
+def check_run(
+    net: Network, x: Any, y: Any, *, steps: int, batch_size: int, log_every: int = 0
+) -> None:
+    """Validate a run's arguments once, before any work (shared by fit and the runner).
+
+    Example:
+        >>> from sgjax import nets
+        >>> check_run(nets.mlp([2, 3]), np.zeros((4, 2)), np.zeros(4, int), steps=1,
+        ...           batch_size=5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `batch_size` must be in 1..4 (the dataset size), got 5
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`steps` must be an int ≥ 0, got {steps!r}")
+    if not isinstance(log_every, int) or log_every < 0:
+        raise ValueError(f"`log_every` must be an int ≥ 0, got {log_every!r}")
+    check_input(net, x)
+    check_labels(y, net.out_dim)
+    if not 1 <= batch_size <= len(x):
+        raise ValueError(
+            f"`batch_size` must be in 1..{len(x)} (the dataset size), got {batch_size}"
+        )

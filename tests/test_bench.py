@@ -28,7 +28,7 @@ def test_step_rows_cover_the_six_rules_with_consistent_ratios(quick_report):
     r = quick_report["step"]
     assert r["peak"]["gflops"] > 0 and r["peak"]["flops"] > 0
     rows = {row["rule"]: row for row in r["rules"]}
-    assert list(rows) == list(bench.RULE_NAMES)
+    assert list(rows) == list(bench.step_rules())  # every registered rule
     assert rows["backprop"]["time_ratio"] == 1.0 and rows["backprop"]["flop_ratio"] == 1.0
     for row in rows.values():
         assert row["median_s"] > 0 and row["flops"] > 0 and row["first_call_s"] > 0
@@ -67,11 +67,20 @@ def test_memory_rows_and_ratios(quick_report):
     assert rows["sg"]["step"]["argument_bytes"] > rows["backprop"]["step"]["argument_bytes"]
 
 
-def test_pipeline_row_is_reported_or_explained(quick_report):
+def test_pipeline_rows_are_reported(quick_report):
+    # A failed pipeline bench is a failed test (and `sgjax bench` exits 1), not a footnote.
     r = quick_report["pipeline"]
-    assert isinstance(r["available"], bool)
-    if not r["available"]:
-        assert r["reason"]
+    assert r["ok"] is True, r.get("error")
+    assert r["devices"] == bench.QUICK["pipeline_devices"]
+
+
+def test_a_failing_pipeline_bench_fails_the_command(monkeypatch, capsys):
+    from sgjax.apps.bench import pipeline_rows
+
+    monkeypatch.setattr(pipeline_rows.sys, "executable", "false")  # the subprocess fails
+    assert cli.main(["bench", "--quick", "--only", "pipeline"]) == 1
+    out = capsys.readouterr().out
+    assert "Pipeline: FAILED" in out and "section(s) failed: pipeline" in out
 
 
 def test_only_runs_the_sections_asked_for(tmp_path, capsys):

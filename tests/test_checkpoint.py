@@ -20,7 +20,7 @@ import pytest
 from sgjax import nets, rules, train
 from sgjax.infra import data
 from sgjax.infra.checkpoint import Checkpointer, NonFiniteStateError, abstract_state
-from sgjax.infra.runner import run_training
+from sgjax.infra.runner import StepCache, run_training
 from sgjax.train import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,19 +33,17 @@ def ds():
 
 
 NET = nets.mlp([64, 32, 32, 10])
-# Rule instances shared by all tests: with the same net and optimiser objects the runner
-# reuses its jitted step, so each rule compiles once per session.
-RULES = {
-    "backprop": rules.backprop(),
-    "sg": rules.synthetic_gradients(),
-    "fa": rules.feedback_alignment(),
-}
+# Rule instances shared by all tests: with the same net and optimiser objects CACHE
+# reuses the jitted step, so each rule compiles once per session.
+# Every registered rule (the contract: crash + resume is bit-identical for each).
+RULES = {name: rules.get(name) for name in rules.RULES}
 BP, SG = RULES["backprop"], RULES["sg"]
 
 
-# One optimiser object for all runs: the runner reuses the jitted step of an identical
+# One optimiser object for all runs: CACHE reuses the jitted step of an identical
 # (net, rule, loss, optimiser) set, so each test compiles once.
 OPT, SG_OPT = optax.adam(3e-3), optax.adam(1e-3)
+CACHE = StepCache()  # this file's compiled steps (the runner holds no global cache)
 
 
 def _opt():
@@ -66,7 +64,7 @@ def _run(rule, ds, steps, **kw):
     x, y = ds
     return run_training(
         NET, rule, "xent", _opt(), x, y, steps=steps, batch_size=32, seed=3,
-        sg_optimizer=SG_OPT, **kw,
+        sg_optimizer=SG_OPT, step_cache=CACHE, **kw,
     )  # fmt: skip
 
 

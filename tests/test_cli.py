@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
+from sgjax import rules
 from sgjax.apps import cli
+from sgjax.infra.config import RuleConfig
 
-RULES = ("backprop", "sg", "sg-prop", "fa", "dfa", "kickback")
+RULES = tuple(rules.RULES)  # every registered rule
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -39,6 +41,8 @@ def test_train_each_rule_writes_json(tmp_path, capsys, rule):
     for key in ("rule", "steps", "final_loss", "train_accuracy", "test_accuracy"):
         assert key in result
     assert result["rule"] == rule and result["steps"] == 40
+    # The JSON records the options the rule ran with (sg-prop: its α, not null).
+    assert result["config"]["rule"] == RuleConfig.of(rule).to_dict()
     assert 0.0 <= result["test_accuracy"] <= 1.0
     assert "test acc" in capsys.readouterr().out
 
@@ -113,7 +117,7 @@ def test_library_errors_become_one_line_messages(capsys):
     assert cli.main(["train", "--dataset", "imagenet", "--steps", "1", "--no-progress"]) == 1
     assert "unknown dataset 'imagenet'" in capsys.readouterr().err
     assert cli.main(["train", "--rule", "backprop", "--prop", "0.3", "--no-progress"]) == 1
-    assert "--prop only applies to sg and sg-prop" in capsys.readouterr().err
+    assert "--prop applies to --rule sg, sg-prop; not to --rule backprop" in capsys.readouterr().err
 
 
 def test_module_entry_point_lists_the_commands():

@@ -203,6 +203,16 @@ def test_cache_sees_a_replaced_file(tmp_path):
     assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob("*.npz"))
 
 
+def test_a_cached_file_is_still_checked_against_the_magic_asked_for(tmp_path):
+    # The cache used to return a file read once without checking the magic number of
+    # the second request (labels read as images passed silently).
+    p = tmp_path / "labels"
+    p.write_bytes(_idx(0x801, (3,), bytes([1, 2, 3])))
+    assert data.read_idx(p, magic=data.LABELS_MAGIC).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="IDX magic number is 0x00000801, expected 0x00000803"):
+        data.read_idx(p, magic=data.IMAGES_MAGIC)
+
+
 def test_read_idx_validates(tmp_path):
     p = tmp_path / "x"
     p.write_bytes(_idx(0x801, (3,), bytes([1, 2, 3])))

@@ -18,12 +18,13 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py"))
 
 
-def test_the_four_notebooks_are_there():
+def test_the_five_notebooks_are_there():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_tour",
         "02_theory",
         "03_unified_view",
         "04_representations",
+        "05_interfaces",
     ]
 
 

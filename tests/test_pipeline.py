@@ -141,6 +141,28 @@ def _child() -> dict:
         "grad_norm": sum(float(np.abs(g).sum()) for g in jax.tree.leaves(true_grads)),
     }
 
+    # The drain counts: 2 micro-batches in calls of 2 ticks on 4 stages, so no micro-batch
+    # reaches the last stage during training; flush finishes both (final loss of 2).
+    x_tr, y_tr = _stream(8, 1, 16, 6, 3)
+    r = pipeline.train_pipelined(
+        "sg-pipeline", net4, x_tr[0], y_tr[0], steps=2, batch_size=4, chunk=2
+    )
+    out["drain"] = {k: r[k] for k in ("final_loss", "final_loss_micro_batches")}
+    # The non-finite guard on 4 stages: a huge learning rate.
+    for method in ("sg-pipeline", "gpipe"):
+        try:
+            pipeline.train_pipelined(
+                method, net4, x_tr[0], y_tr[0], steps=8, batch_size=4, chunk=4,
+                micro_batches=2, lr=1e30,
+            )  # fmt: skip
+            out[f"guard_{method}"] = {"error": None}
+        except pipeline.PipelineNonFiniteError as e:
+            out[f"guard_{method}"] = {
+                "error": str(e),
+                "stage": e.stage,
+                "params_finite": all(bool(np.isfinite(a).all()) for a in jax.tree.leaves(e.params)),
+            }
+
     # Mismatch between stages and devices.
     try:
         pipeline.sg_on_mesh(
@@ -187,6 +209,22 @@ def test_gpipe_equals_ordinary_backprop(multi):
     assert r["rule_grad_err"] <= 0, r
     assert r["loss_err"] <= 0 and r["step_loss_err"] <= 0, r
     assert r["update_err"] <= 0, r
+
+
+def test_train_pipelined_reports_the_drained_micro_batches(multi):
+    """Issue 12 item 4: with more stages than ticks per call, no micro-batch finished
+    during training and the final loss was NaN; the drain (flush) finishes them."""
+    r = multi["drain"]
+    assert r["final_loss_micro_batches"] == 2, r
+    assert r["final_loss"] is not None and np.isfinite(r["final_loss"]), r
+
+
+@pytest.mark.parametrize("method", ["sg-pipeline", "gpipe"])
+def test_non_finite_updates_stop_the_pipelines_on_four_devices(multi, method):
+    r = multi[f"guard_{method}"]
+    assert r["error"] is not None, "lr = 1e30 trained on without an error"
+    assert "became non-finite" in r["error"] and "stage" in r["error"], r
+    assert r["params_finite"], "a non-finite update was applied"
 
 
 def test_stage_device_mismatch_is_a_clear_error(multi):
@@ -241,6 +279,43 @@ def test_frozen_sg_pipeline_equals_sequential_dni():
     # Not vacuous: every stage, the first included, moved away from its initial value.
     for now, before in zip(state.params, initial):
         assert float(np.abs(np.asarray(now["W"]) - np.asarray(before["W"])).max()) > 1e-4
+
+
+def test_non_finite_stage_update_is_not_applied():
+    """A NaN micro-batch at tick 1: stage 0's update from it is skipped, so the state equals
+    that of an empty slot at tick 1 (stage 1 and SG_0 work on micro-batch 0 in both)."""
+    net = _net([5, 6, 3], ["tanh", "identity"])
+    pipe = pipeline.sg_pipeline(net, "xent", optax.adam(1e-2), optax.sgd(0.1))
+    state = pipeline.init_sg(pipe, jax.random.key(0), batch_size=4)
+    xs, ys = _stream(9, 2, 4, 5, 3)
+    run = jax.jit(lambda s, x, y, v: pipeline.sg_reference(pipe, s, x, y, v))
+    bad = xs.copy()
+    bad[1, 0, 0] = np.nan
+    guarded, m = run(state, bad, ys, np.ones(2, bool))
+    empty, _ = run(state, xs, ys, np.array([True, False]))
+    assert m["stage_finite"].tolist() == [[True, True], [False, True]]
+    assert m["finite"].tolist() == [True, False]
+    for field in ("params", "opt_state", "sg_params", "sg_opt_state"):
+        assert _max_err(getattr(guarded, field), getattr(empty, field)) <= 0, field
+    assert _max_err(guarded.params, state.params) > 0  # tick 0 did train
+
+
+def test_train_cli_pipeline_non_finite_and_strict_json(tmp_path, capsys):
+    """Issue 12 item 4 in process (--pipeline 1 needs no extra devices): a diverging run
+    stops with the error `sgjax train` gives, and the JSON is strict (a run of one jitted
+    call has no timed call: examples_per_s is null, not NaN)."""
+    from sgjax.infra import jsonio
+
+    out = tmp_path / "p.json"
+    argv = ["train", "--pipeline", "1", "--steps", "20", "--no-progress", "--json", str(out)]
+    assert cli.main([*argv, "--lr", "1e38"]) == 1  # Adam: |Δθ| ≈ lr, so θ overflows
+    err = capsys.readouterr().err
+    assert "sgjax train: error: sg-pipeline: micro-batch" in err and "non-finite" in err, err
+    assert not out.exists()
+    assert cli.main(argv) == 0
+    r = jsonio.loads_strict(out.read_text())
+    assert r["pipeline"]["examples_per_s"] is None
+    assert np.isfinite(r["final_loss"]) and r["pipeline"]["final_loss_micro_batches"] == 20
 
 
 def test_one_stage_mesh_runs_in_process():

@@ -142,7 +142,7 @@ def test_sg_with_an_exact_estimator_equals_backprop(getkey, targets, at):
     params = net.init(getkey())
     x, y = _batch(getkey(), net, regression=True)
     rule = rules.synthetic_gradients("conditioned", at=at, targets=targets)
-    boundaries = rules._resolve_at(at, net.depth)
+    boundaries = rules.resolve_at(at, net.depth)
     state = rules.RuleState(params=_exact_linear_sg(net, params, boundaries))
     sg = rule.gradients(state, net, params, x, y, losses.mse)
     bp = rules.backprop().gradients((), net, params, x, y, losses.mse)
@@ -264,6 +264,61 @@ def test_table1_sg_and_sg_prop_rows(table1_setup, getkey, alpha):
         s = sg_fn(hs[b])
         prop = _l_sg_grad(sg_fn, t, lambda t, s: jnp.sum((t - s) ** 2))(hs[b])
         np.testing.assert_allclose(out.signals[b - 1], s + alpha * prop, rtol=RTOL, atol=ATOL)
+
+
+def _randomised_state(rule, net, key):
+    """The rule's state with its SG modules (if any) set to small random values."""
+    state = rule.init(key, net)
+    leaves, tree = jax.tree.flatten(state.params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), max(len(leaves), 1))
+    leaves = [0.1 * jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)]
+    return state._replace(params=jax.tree.unflatten(tree, leaves))
+
+
+@pytest.mark.parametrize("name", sorted(rules.RULES))
+def test_every_registered_rule_follows_its_table1_row(name):
+    # The contract: each registered rule's signal at every hidden boundary is the one its
+    # Table 1 row (RuleSpec.table1: SG, target, L_SG) prescribes. Seeded, 3 hidden layers.
+    key = jax.random.key(7)
+    net = nets.mlp([6, 8, 7, 5, 4], "tanh")
+    params = net.init(jax.random.fold_in(key, 0))
+    x, y = _batch(jax.random.fold_in(key, 1), net)
+    state = _randomised_state(rules.get(name), net, jax.random.fold_in(key, 2))
+    errs = rules.table1_errors(name, state, net, params, x, y, losses.softmax_cross_entropy)
+    assert errs.shape == (net.depth - 1,)
+    np.testing.assert_allclose(errs, 0.0, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "options", [{"at": "middle"}, {"targets": "true"}, {"at": (1, 3), "prop": 0.7}]
+)
+def test_sg_table1_rows_follow_the_options(options):
+    key = jax.random.key(8)
+    net = nets.mlp([6, 8, 7, 5, 4], "tanh")
+    params = net.init(jax.random.fold_in(key, 0))
+    x, y = _batch(jax.random.fold_in(key, 1), net)
+    rule = rules.get("sg", **options)
+    state = _randomised_state(rule, net, jax.random.fold_in(key, 2))
+    errs = rules.table1_errors("sg", state, net, params, x, y, losses.mse, **options)
+    np.testing.assert_allclose(errs, 0.0, atol=ATOL)
+
+
+def test_sg_prop_means_one_alpha_everywhere():
+    # One meaning of "sg-prop": the registry's default α is what rules.get builds and what
+    # the CLI records (it used to be 1.0 here and 0.1 in the CLI).
+    assert rules.spec("sg-prop").options["prop"] == 0.1
+    assert rules.get("sg-prop").name == "sg-prop"
+    with pytest.raises(ValueError, match=r"`prop` \(α\) must be a number > 0, got 0"):
+        rules.get("sg-prop", prop=0)
+
+
+def test_options_a_rule_does_not_take_are_refused_naming_the_rules_that_do():
+    with pytest.raises(
+        ValueError,
+        match=r"rule 'fa' takes no option 'estimator' "
+        r"\(`estimator` applies to sg, sg-prop\)",
+    ):
+        rules.get("fa", estimator="mlp")
 
 
 # ---------------------------------------------------------------------------------------

@@ -45,14 +45,6 @@ def rel(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-300)
 
 
-def orthonormal(key: jax.Array, n_in: int, n_out: int) -> jax.Array:
-    """A random ``n_in × n_out`` matrix with orthonormal rows or columns (Haar)."""
-    big, small = max(n_in, n_out), min(n_in, n_out)
-    Q, R = jnp.linalg.qr(jax.random.normal(key, (big, small)))
-    Q = Q * jnp.sign(jnp.diag(R))
-    return Q if n_in >= n_out else Q.T
-
-
 def rng(key: jax.Array) -> np.random.Generator:
     """A NumPy generator seeded from a JAX key: instance data is drawn on the host.
 

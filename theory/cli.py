@@ -83,6 +83,30 @@ def format_records(records: list[Claim]) -> str:
     return "\n".join(lines)
 
 
+#: ``--list``: one line per claim family and its rough cost in a default run.
+_ABOUT = {
+    "linear-sg-exact": (
+        "§2.1: a linear SG represents ∂L/∂h exactly (affine upper net, MSE)",
+        "light",
+    ),
+    "prop1": ("Prop. 1: backprop's critical points are critical points of the SG system", "medium"),
+    "appendix-a": ("Appendix A: SG creates new critical points (scalar two-layer model)", "light"),
+    "thm1": ("Theorem 1: linear regression with a linear SG between p and L converges", "medium"),
+    "thm1-label": ("Theorem 1 with an SG that does not see the label", "medium"),
+    "prop2-cosine": ("Prop. 2's cosine lemma: ‖e‖ ≤ r‖g‖ keeps cos(g, g + e) ≥ δ", "light"),
+    "prop2-error": ("Prop. 2: ε-tracking synthetic gradients give convergence", "light"),
+    "cor1": ("Corollary 1: deep linear net, linear SG, gated step", "light"),
+    "implied-loss": ("§1.4: the loss a linear SG implies (the symmetric part of A)", "light"),
+    "table1": ("Table 1: each rule's δ̂ is ∂L_SG/∂h of its (SG, target, L_SG) triple", "heavy"),
+    "table2": ("Table 2: SG − backprop loss gap on artificial data", "heavy"),
+}
+_COST_NOTE = (
+    "share of a default `sgjax verify` run (measured 2026-11-29: 661 s in all on a shared "
+    "2-core CPU under load): light < 5 %, medium 5-20 %, heavy > 20 % (table2 36 %, table1 "
+    "30 %, thm1 16 %)"
+)
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
 
@@ -91,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list:
         for name in CLAIMS:
-            print(f"{name}  (default instances {DEFAULT_INSTANCES[name]})")
+            about, cost = _ABOUT.get(name, ("", "?"))
+            print(f"{name:16s} {about}  [{DEFAULT_INSTANCES[name]} instances; cost: {cost}]")
+        print(f"\ncost: {_COST_NOTE}")
         return 0
     names = args.claims or list(CLAIMS)
     unknown = [n for n in names if n not in CLAIMS]

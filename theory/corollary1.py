@@ -96,7 +96,7 @@ def _run_one(
 
 
 @functools.cache
-def _runner(j: int):  # type: ignore[no-untyped-def]
+def _runner(j: int):
     fn = functools.partial(_run_one, j=j)
     return jax.jit(jax.vmap(fn, (0, 0, 0, 0, None, None, None, None)))
 

@@ -205,7 +205,7 @@ def _prop1_one(layers: Layers, X: jax.Array, Y: jax.Array, j: int, loss: str) ->
 
 
 @functools.cache
-def _prop1_runner(j: int, loss: str):  # type: ignore[no-untyped-def]
+def _prop1_runner(j: int, loss: str):
     return jax.jit(jax.vmap(functools.partial(_prop1_one, j=j, loss=loss)))
 
 

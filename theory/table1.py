@@ -58,7 +58,7 @@ def _identity_one(key: jax.Array, sizes: tuple[int, ...], wrong: bool) -> jax.Ar
     y_vec = losses.as_target(y, net.out_dim, e.dtype)
     sign = -1.0 if wrong else 1.0
 
-    def table_signal(h: jax.Array, t: jax.Array, sg, l_sg) -> jax.Array:  # type: ignore[no-untyped-def]
+    def table_signal(h: jax.Array, t: jax.Array, sg, l_sg) -> jax.Array:
         # ∂/∂h of L_SG(stop_grad(t), SG(h)), summed over the batch (per-example rows).
         return jax.grad(lambda hh: l_sg(jax.lax.stop_gradient(t), sg(hh)))(h)
 
@@ -119,7 +119,7 @@ def _identity_one(key: jax.Array, sizes: tuple[int, ...], wrong: bool) -> jax.Ar
                 _, vjp = jax.vjp(lambda hh, i=i: net.stages[i].apply(params[i], hh), h)
                 t = vjp(sig[i])[0]
 
-            def sg_fn(hh: jax.Array, th=thetas[i - 1]) -> jax.Array:  # type: ignore[no-untyped-def]
+            def sg_fn(hh: jax.Array, th=thetas[i - 1]) -> jax.Array:
                 return sg_est.apply(th, hh, y_vec)
 
             s = sg_fn(h)
@@ -166,7 +166,7 @@ def _trajectories_one(key: jax.Array, sizes: tuple[int, ...], random_B: bool) ->
 
 
 @functools.cache
-def _identity_runner(sizes: tuple[int, ...], wrong: bool):  # type: ignore[no-untyped-def]
+def _identity_runner(sizes: tuple[int, ...], wrong: bool):
     return jax.jit(jax.vmap(lambda k: _identity_one(k, sizes, wrong)))
 
 
@@ -210,7 +210,7 @@ def table1_identities(
 
 
 @functools.cache
-def _trajectory_runner(sizes: tuple[int, ...], random_B: bool):  # type: ignore[no-untyped-def]
+def _trajectory_runner(sizes: tuple[int, ...], random_B: bool):
     return jax.jit(jax.vmap(lambda k: _trajectories_one(k, sizes, random_B)))
 
 

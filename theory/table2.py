@@ -165,7 +165,7 @@ def _train(
 
 
 @functools.cache
-def _runner(model: str, loss: str, method: str, steps: int):  # type: ignore[no-untyped-def]
+def _runner(model: str, loss: str, method: str, steps: int):
     fn = functools.partial(_train, model=model, loss=loss, method=method, steps=steps)
     return jax.jit(jax.vmap(fn))
 

@@ -1,24 +1,58 @@
 """The ``sgjax`` command: ``sgjax train | verify | reproduce | bench``.
 
 Each sub-command lives in its own module that exposes two functions,
-``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches, and
-imports a sub-command's module (and so JAX) only when that sub-command is asked for,
-so that ``sgjax --help`` is instant.
+``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches. A
+sub-command's module (and so JAX) is imported only when that sub-command is asked for,
+so that ``sgjax --help`` is instant: each entry of :data:`COMMANDS` names a loader that
+imports its module (``verify`` is :mod:`theory.cli`, the claim package's public entry).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
-#: sub-command -> (module implementing it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("sgjax.apps.train_command", "train a network with one of the six update rules"),
-    "verify": ("theory.cli", "check every formal claim of the paper numerically"),
-    "reproduce": ("sgjax.apps.reproduce", "reproduce one of the paper's experiments"),
-    "bench": ("sgjax.apps.bench", "benchmark training steps, compile time, memory"),
+
+def _train() -> ModuleType:
+    from sgjax.apps import train_command
+
+    return train_command
+
+
+def _verify() -> ModuleType:
+    from theory import cli
+
+    return cli
+
+
+def _reproduce() -> ModuleType:
+    from sgjax.apps import reproduce
+
+    return reproduce
+
+
+def _bench() -> ModuleType:
+    from sgjax.apps import bench
+
+    return bench
+
+
+def _launch() -> ModuleType:
+    from sgjax.apps import launch
+
+    return launch
+
+
+#: sub-command -> (loader of the module implementing it, one-line help)
+COMMANDS: dict[str, tuple[Callable[[], ModuleType], str]] = {
+    "train": (_train, "train a network with one of the registered update rules"),
+    "verify": (_verify, "check every formal claim of the paper numerically"),
+    "reproduce": (_reproduce, "reproduce one of the paper's experiments"),
+    "bench": (_bench, "benchmark training steps, compile time, memory"),
+    "launch": (_launch, "run a command as N local processes (one per stage)"),
 }
 
 
@@ -34,6 +68,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subparsers
 
 
+def _interrupted(name: str, argv: Sequence[str], err: KeyboardInterrupt) -> int:
+    """Ctrl-C: say what was kept and how to go on; exit status 130, no traceback."""
+    step = getattr(err, "step", None)
+    where = getattr(err, "checkpoint_dir", None)
+    saved = getattr(err, "checkpoint_step", None)
+    msg = f"sgjax {name}: interrupted" + (f" after step {step}" if step is not None else "")
+    if where is not None and saved is not None:
+        again = [a for a in argv if a != "--resume"]
+        msg += (
+            f"; checkpoint of step {saved} saved in {where}. Resume with:\n  sgjax "
+            f"{shlex.join(again)} --resume"
+        )
+    elif step is not None:
+        msg += "; nothing was saved (no --checkpoint-dir)"
+    print(msg, file=sys.stderr)
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subparsers = build_parser()
@@ -42,17 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv if argv else ["--help"])
         return 2
     name = argv[0]
-    module_name, _ = COMMANDS[name]
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name is not None and module_name.startswith(err.name):
-            parser.error(f"sub-command {name!r} is not available in this version of sgjax")
-        raise
-    module.add_arguments(subparsers[name])
-    args = parser.parse_args(argv)
-    try:
-        return int(module.run(args) or 0)
+        module = COMMANDS[name][0]()
+        sub = subparsers[name]
+        module.add_arguments(sub)
+        # The sub-command's own parser: a bad flag prints *its* usage.
+        return int(module.run(sub.parse_args(argv[1:])) or 0)
+    except KeyboardInterrupt as err:
+        return _interrupted(name, argv, err)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         # Bad input and diverging runs are the user's to fix: a message, not a traceback.
         print(f"sgjax {name}: error: {err}", file=sys.stderr)

@@ -21,25 +21,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from sgjax.apps.experiments import EXPERIMENTS
 
-def _experiments() -> dict[str, Callable]:
-    from sgjax.apps.experiments import cnn, deep, depth, dni, grid
-
-    return {
-        "fig2": grid.run,
-        "fig3": deep.run_fig3,
-        "fig4": depth.run,
-        "fig5": deep.run_fig5,
-        "fig8": deep.run_fig8,
-        "dni-mnist": dni.run,
-        "dni-cnn": cnn.run,
-    }
-
-
-NAMES = ("fig2", "fig3", "fig4", "fig5", "fig8", "dni-mnist", "dni-cnn")
+NAMES = tuple(EXPERIMENTS)
 
 
 def _steps(text: str) -> int:
@@ -57,16 +43,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "experiment",
         metavar="EXPERIMENT",
         choices=(*NAMES, "all"),
-        help=f"one of {', '.join(NAMES)}, or all",
+        help="; ".join(f"{e.name}: {e.summary}" for e in EXPERIMENTS.values()) + "; or all",
     )
     p.add_argument(
         "--scale",
         choices=("smoke", "medium", "paper"),
         default="smoke",
-        help="smoke (seconds), medium (minutes on a CPU), paper (paper settings)",
+        help="smoke (seconds), medium (minutes on a CPU), paper (paper settings); default: smoke",
     )
     p.add_argument("--out", default=None, help="output directory (default: runs/<experiment>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data and initialisation (default: 0)"
+    )
     p.add_argument(
         "--data-dir",
         default=None,
@@ -76,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=_steps,
         default=None,
-        help="override the number of training steps of the scale",
+        help="override the number of training steps of the scale (default: the scale's)",
     )
     p.add_argument(
         "--cache-dir",
@@ -84,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the networks shared by fig3/fig5/fig8 are kept "
         "(default: <out>/../_cache, or <out>/_cache for all)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out or Path("runs") / args.experiment)
         outs = {args.experiment: out}
         cache = Path(args.cache_dir) if args.cache_dir else out.parent / "_cache"
-    experiments = _experiments()
     for name in names:
         ctx = Context(
             out=outs[name],
@@ -112,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         )
         ctx.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        res = experiments[name](ctx)
+        res = EXPERIMENTS[name].run(ctx)
         claims = res.get("claims") or {}
         if not claims and "summary" in res:  # fig2: claims per data/loss pair
             claims = {

@@ -1,4 +1,7 @@
-"""``sgjax train``: train an MLP with one of the six rules and report accuracy.
+"""``sgjax train``: train an MLP with one of the registered rules and report accuracy.
+
+(Over 400 lines: a third of it is the flags' help text, each with its default; the
+decisions about which flag applies where are in :mod:`sgjax.infra.config`.)
 
 Example (shell)::
 
@@ -11,14 +14,15 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-RULE_NAMES = ("backprop", "sg", "sg-prop", "fa", "dfa", "kickback")
+from sgjax.infra.config import RunConfig, from_flags
+
+_DEFAULT = argparse.SUPPRESS  # flags the user did not give stay out of the namespace
 
 
 def _positive_float(name: str):
@@ -73,102 +77,177 @@ def _placement(text: str) -> str | tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``sgjax train``. None has a namespace default: only the flags given reach
+    :func:`sgjax.infra.config.from_flags`, which fills the defaults shown in the help."""
+    from sgjax import estimators, losses, nets, rules
+    from sgjax.infra import config as cfg
+    from sgjax.infra import data
+
+    d = cfg.RunConfig()
+    rule_list = "; ".join(f"{s.name}: {s.summary}" for s in rules.RULES.values())
     p.add_argument(
         "--rule",
-        choices=RULE_NAMES,
-        default=None,
-        help="update rule (default: sg; with --pipeline: sg, or backprop for gpipe)",
+        choices=tuple(rules.RULES),
+        default=_DEFAULT,
+        help=f"update rule ({rule_list}); default: sg (with --pipeline: sg, or backprop for gpipe)",
     )
-    p.add_argument("--dataset", default="digits", help="dataset name (default: digits)")
+    p.add_argument(
+        "--dataset",
+        default=_DEFAULT,
+        help=f"dataset, one of {', '.join(data.names())} (default: {d.dataset})",
+    )
     p.add_argument(
         "--data-dir",
-        default=None,
-        help="directory of IDX files for mnist / fashion_mnist "
+        default=_DEFAULT,
+        help=f"directory of IDX files for {', '.join(data.FILE_DATASETS)} "
         "(default: $SGJAX_DATA_DIR, then ../shared/data/<name>)",
     )
     p.add_argument(
         "--train-size",
         type=_positive_int("--train-size"),
-        default=None,
-        help="use only the first N training examples (mnist / fashion_mnist)",
+        default=_DEFAULT,
+        help=f"use only the first N training examples ({', '.join(data.FILE_DATASETS)}; "
+        "default: all)",
     )
     p.add_argument(
         "--depth",
         type=_positive_int("--depth", 0),
-        default=None,
-        help="number of hidden layers (default: 3; with --pipeline N: N − 1)",
+        default=_DEFAULT,
+        help=f"number of hidden layers (default: {d.depth}; with --pipeline N: N − 1)",
     )
     p.add_argument(
-        "--width", type=_positive_int("--width"), default=256, help="hidden width (default: 256)"
+        "--width",
+        type=_positive_int("--width"),
+        default=_DEFAULT,
+        help=f"hidden width (default: {d.width})",
     )
-    p.add_argument("--activation", choices=("relu", "sigmoid", "tanh", "identity"), default="relu")
+    p.add_argument(
+        "--activation",
+        choices=tuple(nets.ACTIVATIONS),
+        default=_DEFAULT,
+        help=f"hidden activation (default: {d.activation})",
+    )
     p.add_argument(
         "--norm",
         choices=("none", "layer", "batch"),
-        default="none",
-        help="normalisation after each hidden dense layer (default: none)",
+        default=_DEFAULT,
+        help=f"normalisation after each hidden dense layer (default: {d.norm})",
     )
-    p.add_argument("--loss", choices=("xent", "mse"), default="xent")
-    p.add_argument("--steps", type=_positive_int("--steps"), default=500)
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64)
+    p.add_argument(
+        "--loss",
+        choices=tuple(k for k in losses.LOSSES if k != "softmax_cross_entropy"),
+        default=_DEFAULT,
+        help=f"loss (default: {d.loss})",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int("--steps"),
+        default=_DEFAULT,
+        help=f"total training steps; with --resume, may be raised (default: {d.steps})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int("--batch-size"),
+        default=_DEFAULT,
+        help=f"mini-batch size, at most the number of training examples (default: {d.batch_size})",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=tuple(cfg.OPTIMIZERS),
+        default=_DEFAULT,
+        help=f"optimiser of the network (default: {d.optimizer.name})",
+    )
     p.add_argument(
         "--lr",
         type=_positive_float("--lr"),
-        default=1e-3,
-        help="Adam learning rate of the network (default: 1e-3)",
+        default=_DEFAULT,
+        help=f"learning rate of the network (default: {d.optimizer.learning_rate:g})",
+    )
+    sg_rules = ", ".join(s.name for s in rules.RULES.values() if s.trains_modules)
+    p.add_argument(
+        "--sg-optimizer",
+        choices=tuple(cfg.OPTIMIZERS),
+        default=_DEFAULT,
+        help=f"optimiser of the SG modules ({sg_rules}; default: adam)",
     )
     p.add_argument(
         "--sg-lr",
         type=_positive_float("--sg-lr"),
-        default=1e-3,
-        help="Adam learning rate of the SG modules (default: 1e-3)",
+        default=_DEFAULT,
+        help=f"learning rate of the SG modules ({sg_rules}; default: 0.001)",
     )
+    sg_default = rules.spec("sg").options
     p.add_argument(
         "--sg-at",
         type=_placement,
-        default="all",
-        help="SG placement: all | middle | output | e.g. 2,4 (default: all)",
+        default=_DEFAULT,
+        help=f"SG placement: all | middle | output | e.g. 2,4 ({sg_rules}; default: "
+        f"{sg_default['at']})",
     )
     p.add_argument(
         "--estimator",
-        default="conditioned",
-        choices=("conditioned", "linear", "label_only", "sigmoid_linear", "mlp"),
-        help="SG module (default: conditioned, i.e. hA + yB + C)",
+        default=_DEFAULT,
+        choices=tuple(estimators.ESTIMATORS),
+        help=f"SG module ({sg_rules}; default: {sg_default['estimator']}, i.e. hA + yB + C)",
     )
-    p.add_argument("--targets", choices=("bootstrap", "true"), default="bootstrap")
+    p.add_argument(
+        "--targets",
+        choices=("bootstrap", "true"),
+        default=_DEFAULT,
+        help=f"SG regression targets ({sg_rules}; default: {sg_default['targets']})",
+    )
     p.add_argument(
         "--prop",
         type=float,
-        default=None,
-        help="α of SG + prop (default: 0 for sg, 0.1 for sg-prop)",
+        default=_DEFAULT,
+        help=f"α of SG + prop (sg, sg-prop; default: {sg_default['prop']} for sg, "
+        f"{rules.spec('sg-prop').options['prop']} for sg-prop)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=_DEFAULT,
+        help=f"seed of initialisation, batch order and generated data (default: {d.seed})",
+    )
     p.add_argument(
         "--p-update",
         type=_probability("--p-update"),
-        default=1.0,
+        default=_DEFAULT,
         help="stochastic updates: each stage (with its SG module) updates with this "
         "probability per step (DNI §3.3; default 1: every step)",
     )
     p.add_argument(
         "--cosine",
         action="store_true",
-        help="log the cosine between each signal and the true gradient",
+        default=_DEFAULT,
+        help="log the cosine between each signal and the true gradient (default: off)",
     )
-    p.add_argument("--json", type=Path, default=None, help="write final metrics and config here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write final metrics and the configuration here (default: not written)",
+    )
     p.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
-        help="save the full training state here periodically (atomic, last 3 kept)",
+        help="save the full training state here periodically (atomic, last 3 kept; "
+        "default: no checkpoints)",
     )
-    p.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=1000)
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int("--checkpoint-every"),
+        default=1000,
+        help="steps between checkpoints (default: 1000)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --checkpoint-dir; ends bit-identical to an uninterrupted run",
+        help="continue the run in --checkpoint-dir with the same options (--steps may be "
+        "raised); ends bit-identical to an uninterrupted run (default: off)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     g = p.add_argument_group(
         "pipeline",
         "train with one stage (one dense layer) per device: --pipeline N builds N stages, "
@@ -178,108 +257,129 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--pipeline",
         type=_positive_int("--pipeline"),
-        default=None,
+        default=_DEFAULT,
         metavar="N",
-        help="train on a pipeline of N devices (sgjax.pipeline)",
+        help="train on a pipeline of N devices (sgjax.pipeline; default: one device)",
     )
     g.add_argument(
         "--pipeline-method",
         choices=("sg", "gpipe"),
-        default=None,
+        default=_DEFAULT,
         help="sg: the update-unlocked SG pipeline (default); gpipe: the backprop pipeline",
     )
     g.add_argument(
         "--micro-batches",
         type=_positive_int("--micro-batches"),
-        default=None,
+        default=_DEFAULT,
         metavar="M",
         help="GPipe: micro-batches per optimiser step (default: 4); --steps counts "
         "micro-batches and must be a multiple of M",
     )
 
 
-def build_rule(args: argparse.Namespace):
-    from sgjax import rules
+class Outputs(NamedTuple):
+    """Where a run writes (not part of its configuration: may change on resume)."""
 
-    if args.rule in ("sg", "sg-prop"):
-        prop = args.prop if args.prop is not None else (0.1 if args.rule == "sg-prop" else 0.0)
-        if args.rule == "sg-prop" and prop <= 0:
-            raise ValueError(f"--prop must be > 0 for sg-prop, got {prop}")
-        return rules.synthetic_gradients(
-            args.estimator, at=args.sg_at, targets=args.targets, prop=prop
-        )
-    if args.prop is not None:
-        raise ValueError(f"--prop only applies to sg and sg-prop, not {args.rule}")
-    return rules.get(args.rule)
+    json: Path | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 1000
+    resume: bool = False
+    progress: bool = True
 
 
-IDX_DATASETS = ("mnist", "fashion_mnist", "fashion-mnist")
+_OUTPUT_FLAGS = ("json", "checkpoint_dir", "checkpoint_every", "resume", "no_progress")
 
 
-def load_dataset(args: argparse.Namespace):
-    from sgjax.infra import data
-
-    kwargs: dict[str, Any] = {}
-    if args.dataset in IDX_DATASETS:
-        kwargs["data_dir"] = args.data_dir
-        kwargs["n_train"] = args.train_size
-    else:
-        for flag, value in (("--data-dir", args.data_dir), ("--train-size", args.train_size)):
-            if value is not None:
-                raise ValueError(
-                    f"{flag} applies to {', '.join(IDX_DATASETS)}, not {args.dataset!r}"
-                )
-        kwargs["seed"] = args.seed  # the split of digits, the draw of generated sets
-    return data.load(args.dataset, **kwargs)
+def parse(args: argparse.Namespace) -> tuple[RunConfig, Outputs]:
+    """The one step from the command line to a :class:`RunConfig` (and the outputs)."""
+    given = {k: v for k, v in vars(args).items() if k not in _OUTPUT_FLAGS}
+    config = from_flags(given)
+    outputs = Outputs(
+        args.json, args.checkpoint_dir, args.checkpoint_every, args.resume, not args.no_progress
+    )
+    if outputs.resume and outputs.checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
+    if config.pipeline is not None:
+        bad = [
+            f
+            for f, v in (("--checkpoint-dir", outputs.checkpoint_dir), ("--resume", outputs.resume))
+            if v
+        ]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} not supported with --pipeline (no checkpoints)")
+    return config, outputs
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.pipeline is not None:
-        return run_pipeline(args)
-    for flag, value in (
-        ("--pipeline-method", args.pipeline_method),
-        ("--micro-batches", args.micro_batches),
-    ):
-        if value is not None:
-            raise ValueError(f"{flag} applies only with --pipeline N")
-    args.rule = "sg" if args.rule is None else args.rule
-    args.depth = 3 if args.depth is None else args.depth
-    import optax
+    """``sgjax train``: parse the flags once into a configuration, then train it."""
+    config, outputs = parse(args)
+    return train_config(config, outputs)
 
-    from sgjax import nets, train
-    from sgjax.infra import runner
 
-    if args.resume and args.checkpoint_dir is None:
-        raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
-    ds = load_dataset(args)
+def load_dataset(config: RunConfig):
+    """The configured dataset (``--data-dir`` / ``--train-size`` only reach file datasets)."""
+    from sgjax.infra import data
+
+    key = config.dataset.replace("-", "_").lower()
+    if key in data.FILE_DATASETS:
+        return data.load(config.dataset, data_dir=config.data_dir, n_train=config.train_size)
+    return data.load(config.dataset, seed=config.seed)  # the split / draw of generated sets
+
+
+def _flat_data(config: RunConfig):
+    ds = load_dataset(config)
     x_train = ds.x_train.reshape(len(ds.x_train), -1)
     x_test = ds.x_test.reshape(len(ds.x_test), -1)
-    sizes = [x_train.shape[1], *([args.width] * args.depth), ds.num_classes]
-    net = nets.mlp(sizes, args.activation, norm=None if args.norm == "none" else args.norm)
-    rule = build_rule(args)
-    loss = args.loss
-    opt, sg_opt = optax.adam(args.lr), optax.adam(args.sg_lr)
-    if args.p_update < 1:  # a skipped stage keeps its own optimiser state
-        opt, sg_opt = train.stagewise(opt), train.stagewise(sg_opt)
-    batch_size = min(args.batch_size, len(x_train))
-    config = _config(args)
+    if config.batch_size > len(x_train):
+        raise ValueError(
+            f"--batch-size {config.batch_size} is larger than the {len(x_train)} training "
+            f"examples of {ds.name}; use at most {len(x_train)}"
+        )
+    return ds, x_train, x_test
+
+
+def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
+    """Train ``config`` on one device (or a pipeline), print and write the results."""
+    outputs = outputs or Outputs()
+    if config.pipeline is not None:
+        return run_pipeline(config, outputs)
+    from sgjax import train
+    from sgjax.infra import runner
+
+    ds, x_train, x_test = _flat_data(config)
+    net = config.net(x_train.shape[1], ds.num_classes)
+    rule = config.build_rule()
+    opt, sg_opt = config.optimizers()
     t0 = time.perf_counter()
     state, history = runner.run_training(
-        net, rule, loss, opt, x_train, ds.y_train,
-        steps=args.steps, batch_size=batch_size, seed=args.seed, sg_optimizer=sg_opt,
-        cosine=args.cosine, progress=not args.no_progress,
-        log_every=max(1, args.steps // 20), ckpt_dir=args.checkpoint_dir,
-        ckpt_every=args.checkpoint_every, resume=args.resume, metadata={"config": config},
-        p_update=args.p_update,
-    )  # fmt: skip
+        net,
+        rule,
+        config.loss,
+        opt,
+        x_train,
+        ds.y_train,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        sg_optimizer=sg_opt,
+        cosine=config.cosine,
+        progress=outputs.progress,
+        log_every=max(1, config.steps // 20),
+        ckpt_dir=outputs.checkpoint_dir,
+        ckpt_every=outputs.checkpoint_every,
+        resume=outputs.resume,
+        config=config,
+        log=print,
+        p_update=config.p_update,
+    )
     seconds = time.perf_counter() - t0
-    tr = train.evaluate(net, state.params, loss, x_train, ds.y_train)
-    te = train.evaluate(net, state.params, loss, x_test, ds.y_test)
+    tr = train.evaluate(net, state.params, config.loss, x_train, ds.y_train)
+    te = train.evaluate(net, state.params, config.loss, x_test, ds.y_test)
     last = history[-1]
     result = {
-        "rule": args.rule,
+        "rule": config.rule.name,
         "dataset": ds.name,
-        "steps": args.steps,
+        "steps": int(state.step),
         "final_loss": float(last["loss"]),
         "train_loss": tr["loss"],
         "train_accuracy": tr["accuracy"],
@@ -287,31 +387,23 @@ def run(args: argparse.Namespace) -> int:
         "test_accuracy": te["accuracy"],
         "sg_loss": [float(v) for v in np.ravel(last.get("sg_loss", []))],
         "seconds": seconds,
-        "config": config,
-        "sizes": sizes,
+        "config": config.to_dict(),
+        "sizes": [x_train.shape[1], *([config.width] * config.depth), ds.num_classes],
     }
-    if args.cosine:
+    if config.cosine:
         result["cosine"] = [float(c) for c in last["cosine"]]
     print(
-        f"{result['rule']} on {ds.name}: {args.steps} steps in {seconds:.1f}s  "
+        f"{result['rule']} on {ds.name}: {result['steps']} steps in {seconds:.1f}s  "
         f"final batch loss {result['final_loss']:.4f}  "
         f"train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
     )
-    if args.cosine:
+    if config.cosine:
         print(
             "cosine(δ̂_i, ∂L/∂h_i) per hidden boundary:",
             " ".join(f"{c:.3f}" for c in result["cosine"]),
         )
-    _write_json(args.json, result)
+    _write_json(outputs.json, result)
     return 0
-
-
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-        if k not in ("json", "resume", "no_progress")
-    }
 
 
 def _write_json(path: Path | None, result: dict[str, Any]) -> None:
@@ -320,94 +412,69 @@ def _write_json(path: Path | None, result: dict[str, Any]) -> None:
         path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
-def _pipeline_options(args: argparse.Namespace) -> tuple[str, int]:
-    """Check the options against ``--pipeline N``; returns (method, depth)."""
-    n = args.pipeline
-    method = args.pipeline_method or ("gpipe" if args.rule == "backprop" else "sg")
-    rule = "backprop" if method == "gpipe" else "sg"
-    if args.rule is not None and args.rule != rule:
-        raise ValueError(
-            f"--pipeline trains with --rule sg (--pipeline-method sg) or --rule backprop "
-            f"(--pipeline-method gpipe); got --rule {args.rule} with --pipeline-method {method}"
-        )
-    if args.depth is not None and args.depth + 1 != n:
-        raise ValueError(
-            f"--pipeline {n} puts one stage on each of {n} devices, so the network needs "
-            f"{n} stages (--depth {n - 1}), but --depth {args.depth} gives {args.depth + 1}; "
-            "drop --depth (it follows from --pipeline)"
-        )
-    unsupported = {
-        "--sg-at": args.sg_at != "all",
-        "--targets": args.targets != "bootstrap",
-        "--prop": args.prop is not None,
-        "--cosine": args.cosine,
-        "--p-update": args.p_update != 1.0,
-        "--checkpoint-dir": args.checkpoint_dir is not None,
-        "--resume": args.resume,
-    }
-    bad = [flag for flag, given in unsupported.items() if given]
-    if bad:
-        raise ValueError(
-            f"{', '.join(bad)} not supported with --pipeline (SG modules sit at every stage "
-            "boundary with bootstrapped targets; no checkpoints)"
-        )
-    if args.micro_batches is not None and method != "gpipe":
-        raise ValueError("--micro-batches applies only with --pipeline-method gpipe")
-    m = args.micro_batches or 4
-    if method == "gpipe" and args.steps % m:
-        raise ValueError(
-            f"--steps counts micro-batches; with gpipe it must be a multiple of "
-            f"--micro-batches {m}, got {args.steps}"
-        )
-    return method, n - 1
-
-
 def _fake_cpu_devices(n: int) -> None:
     """Ask for ``n`` fake CPU devices, which only works before JAX starts its backends.
 
-    Done only when JAX is not imported yet and the platform is CPU; otherwise the device
-    count is what it is, and :func:`sgjax.pipeline.make_mesh` says how to get more.
+    Done only when the platform is CPU and no device count was asked for already;
+    otherwise the device count is what it is, and :func:`sgjax.pipeline.make_mesh` says
+    how to get more.
     """
     flag = "--xla_force_host_platform_device_count"
-    flags = os.environ.get("XLA_FLAGS", "")
     platforms = os.environ.get("JAX_PLATFORMS", "")
-    if "jax" in sys.modules or platforms not in ("", "cpu") or flag in flags:
+    if platforms not in ("", "cpu") or flag in os.environ.get("XLA_FLAGS", ""):
         return
-    os.environ["XLA_FLAGS"] = f"{flags} {flag}={n}".strip()
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the backends have started: too late to ask
+        pass
 
 
-def run_pipeline(args: argparse.Namespace) -> int:
+def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
     """``sgjax train --pipeline N``: train on N devices with :mod:`sgjax.pipeline`."""
-    method, depth = _pipeline_options(args)
-    _fake_cpu_devices(args.pipeline)
-    args.rule = "backprop" if method == "gpipe" else "sg"
-    args.depth = depth
-    args.pipeline_method = method
-    args.micro_batches = (args.micro_batches or 4) if method == "gpipe" else None
+    assert config.pipeline is not None
+    pipe = config.pipeline
+    _fake_cpu_devices(pipe.devices)
 
     import jax
 
-    from sgjax import nets, pipeline, train
+    from sgjax import pipeline, train
+    from sgjax.infra import jsonio
 
-    mesh = pipeline.make_mesh(args.pipeline)  # too few devices: a clear error, before work
-    ds = load_dataset(args)
-    x_train = ds.x_train.reshape(len(ds.x_train), -1)
-    x_test = ds.x_test.reshape(len(ds.x_test), -1)
-    sizes = [x_train.shape[1], *([args.width] * depth), ds.num_classes]
-    net = nets.mlp(sizes, args.activation, norm=None if args.norm == "none" else args.norm)
-    batch_size = min(args.batch_size, len(x_train))
+    # A process of `sgjax launch` (or of a multi-host job): join it before JAX computes.
+    pipeline.initialize_from_env()
+    mesh = pipeline.make_mesh(pipe.devices)  # too few devices: a clear error, before work
+    ds, x_train, x_test = _flat_data(config)
+    net = config.net(x_train.shape[1], ds.num_classes)
+    lr, sg = config.optimizer.learning_rate, config.sg_optimizer
+    sg_lr = sg.learning_rate if sg is not None else 1e-3
+    if lr is None or sg_lr is None:
+        raise ValueError(
+            "--pipeline trains with Adam at the learning rates --lr and --sg-lr; a custom "
+            "optax optimiser does not apply to it"
+        )
     t0 = time.perf_counter()
     r = pipeline.train_pipelined(
-        "gpipe" if method == "gpipe" else "sg-pipeline", net, x_train, ds.y_train,
-        steps=args.steps, batch_size=batch_size, micro_batches=args.micro_batches or 1,
-        loss=args.loss, lr=args.lr, sg_lr=args.sg_lr, estimator=args.estimator,
-        seed=args.seed, mesh=mesh,
-    )  # fmt: skip
+        "gpipe" if pipe.method == "gpipe" else "sg-pipeline",
+        net,
+        x_train,
+        ds.y_train,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        micro_batches=pipe.micro_batches or 1,
+        loss=config.loss,
+        lr=lr,
+        sg_lr=sg_lr,
+        estimator=config.rule.options_dict().get("estimator", "conditioned"),
+        seed=config.seed,
+        mesh=mesh,
+    )
     seconds = time.perf_counter() - t0
-    tr = train.evaluate(net, r["params"], args.loss, x_train, ds.y_train)
-    te = train.evaluate(net, r["params"], args.loss, x_test, ds.y_test)
+    tr = train.evaluate(net, r["params"], config.loss, x_train, ds.y_train)
+    te = train.evaluate(net, r["params"], config.loss, x_test, ds.y_test)
     result = {
-        "rule": args.rule,
+        "rule": config.rule.name,
         "dataset": ds.name,
         "steps": r["micro_batches_seen"],
         "final_loss": r["final_loss"],
@@ -416,25 +483,35 @@ def run_pipeline(args: argparse.Namespace) -> int:
         "test_loss": te["loss"],
         "test_accuracy": te["accuracy"],
         "seconds": seconds,
-        "config": _config(args),
-        "sizes": sizes,
+        "config": config.to_dict(),
+        "sizes": [x_train.shape[1], *([config.width] * config.depth), ds.num_classes],
         "pipeline": {
-            "method": method,
+            "method": pipe.method,
             "stages": net.depth,
             "devices": [str(d) for d in mesh.devices.flat],
             "platform": jax.devices()[0].platform,
-            "micro_batches": args.micro_batches,
+            "micro_batches": pipe.micro_batches,
             "updates_per_stage": r["updates"],
             "train_seconds": r["seconds"],
             "compile_seconds": r["compile_seconds"],
             "examples_per_s": r["examples_per_s"],
+            "processes": jax.process_count(),
+            "final_loss_micro_batches": r["final_loss_micro_batches"],
         },
     }
-    print(
-        f"{method} pipeline, {net.depth} stages on {net.depth} {result['pipeline']['platform']} "
-        f"devices, on {ds.name}: {args.steps} micro-batches ({r['updates']} updates per "
-        f"stage) in {seconds:.1f}s  final loss {r['final_loss']:.4f}  "
-        f"train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
+    if jax.process_index() != 0:  # one report per job, from process 0
+        return 0
+    final = (
+        f"final loss {r['final_loss']:.4f} (mean of {r['final_loss_micro_batches']} micro-batches)"
+        if r["final_loss"] is not None
+        else "no micro-batch finished, so there is no final loss"
     )
-    _write_json(args.json, result)
+    print(
+        f"{pipe.method} pipeline, {net.depth} stages on {net.depth} "
+        f"{result['pipeline']['platform']} devices in {jax.process_count()} process(es), "
+        f"on {ds.name}: {config.steps} micro-batches ({r['updates']} updates per stage) in "
+        f"{seconds:.1f}s  {final}  train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
+    )
+    if outputs.json is not None:
+        jsonio.write(outputs.json, result)  # strict: non-finite values as null, flagged
     return 0

@@ -1,5 +1,8 @@
 """Offline datasets. Nothing here downloads anything, ever.
 
+(Over 400 lines: the IDX reader with its checks of every header field, the generated
+datasets and the registry; each part is small, and they share the Dataset type.)
+
 A :class:`Dataset` holds float32 inputs (flattened to ``(n, in_dim)``) and int32 labels
 in ``[0, num_classes)``, split into train and test. Sources:
 
@@ -26,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -108,9 +112,6 @@ _IDX_SETS = {
         source="https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
     ),
 }
-
-# Decompressed uint8 arrays, keyed by (path, size, mtime); in memory only, never on disk.
-_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 
 
 def _idx_file(directory: Path, stem: str) -> Path | None:
@@ -220,8 +221,8 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
 
     Validates the magic number (``magic`` if given: ``0x803`` images, ``0x801`` labels),
     the dimension count, and that the payload has exactly the bytes the header promises.
-    The decompressed array is cached in memory (keyed by path, size and mtime) and
-    returned read-only; nothing is written to disk.
+    The decompressed array of the last 8 files read is cached in memory (keyed by path,
+    size and mtime) and returned read-only; nothing is written to disk.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -239,9 +240,17 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist")
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _CACHE:
-        return _CACHE[key]
+    return _parse_idx(str(path), str(path.resolve()), st.st_size, st.st_mtime_ns, magic)
+
+
+# Decompressed uint8 arrays, keyed by the file's identity (path, size, mtime) and the magic
+# asked for: a bounded cache (the last 8 files) in memory only, never on disk.
+@functools.lru_cache(maxsize=8)
+def _parse_idx(
+    shown: str, resolved: str, size: int, mtime_ns: int, magic: int | None
+) -> np.ndarray:
+    del resolved, size, mtime_ns  # the cache key: a changed file is read again
+    path = Path(shown)
     raw = _read_bytes(path)
     if len(raw) < 4:
         raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header (truncated)")
@@ -272,7 +281,6 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
         )
     arr = np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
     arr.setflags(write=False)  # the cached copy must not be changed by a caller
-    _CACHE[key] = arr
     return arr
 
 
@@ -440,6 +448,7 @@ def grid(kind: str = "noisy", *, size: int = 10, seed: int = 0, noise: float = 0
 
 # -------------------------------------------------------------------------- registry
 
+#: The registry of datasets: name -> loader. Adding one is one entry here.
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "mnist": mnist,
@@ -447,6 +456,8 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "grid_noisy": lambda **kw: grid("noisy", **kw),
     "grid_random": lambda **kw: grid("random", **kw),
 }
+#: datasets read from IDX files: the only ones that take ``data_dir`` and ``n_train``.
+FILE_DATASETS = ("mnist", "fashion_mnist")
 _ARTIFICIAL_RE = re.compile(r"(linear|noisy|random)(\d+)")
 
 

@@ -1,6 +1,7 @@
 """Long training runs: periodic atomic checkpoints, exact resume, a clean stop on NaN.
 
-:func:`run_training` is :func:`sgjax.train.fit` plus a checkpoint directory. It trains
+:func:`run_training` is :func:`sgjax.train.fit` plus a checkpoint directory (both drive
+:func:`sgjax.train.loop`, the one training loop). It trains
 until ``state.step == steps`` (``steps`` is the *total*, so rerunning the same call with
 ``resume=True`` after a crash finishes the same run), saving every ``ckpt_every``
 steps and at the end. With ``resume=True`` it restores the newest checkpoint and
@@ -11,7 +12,12 @@ run (tested leaf by leaf with ``np.array_equal``).
 A non-finite loss or gradient stops the run with :class:`sgjax.train.NonFiniteLossError`
 (the step is not applied, see :func:`sgjax.train.make_step`). The last good state is
 saved first if it is finite and newer than the last checkpoint; a state holding NaN or
-inf is never written, so the directory keeps only good checkpoints.
+inf is never written, so the directory keeps only good checkpoints. Ctrl-C saves the last
+finished step and raises :class:`sgjax.train.TrainingInterrupted`.
+
+Given its :class:`~sgjax.infra.config.RunConfig`, a run stores it with every checkpoint,
+and a resumed run must have the same one (only ``steps`` upward and where outputs go may
+change): each differing field is named, old → new.
 
 Example:
     >>> import tempfile, optax
@@ -38,48 +44,61 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from sgjax import losses as loss_lib
 from sgjax import train
 from sgjax.infra.checkpoint import Checkpointer, abstract_state
-from sgjax.nets import Network, check_input
+from sgjax.infra.config import RunConfig, describe_may_change
+from sgjax.nets import Network
 from sgjax.rules import UpdateRule
-from sgjax.train import NonFiniteLossError, TrainState
+from sgjax.train import NonFiniteLossError, TrainingInterrupted, TrainState
 
 # Metadata that must agree between the run that wrote a checkpoint and the one resuming
 # it: otherwise the resumed run would silently see other batches.
 _MUST_MATCH = ("seed", "batch_size", "num_examples", "rule")
 
 
-# Jitted steps of recent runs, keyed by the identity of their ingredients (kept alive in
-# the entry, so an id cannot be reused while cached): a resumed or repeated run in the
-# same process does not compile again.
-_STEP_CACHE: dict[tuple, tuple[tuple, Callable]] = {}
-_STEP_CACHE_SIZE = 8
+class StepCache:
+    """Jitted steps of recent runs, keyed by the identity of their ingredients.
 
+    Pass one to :func:`run_training` (``step_cache=``) to reuse the compiled step when the
+    same (net, rule, loss, optimisers) run is resumed or repeated in one process. Entries
+    keep their ingredients alive, so an ``id`` cannot be reused while cached.
 
-def _jitted_step(
-    net, rule, loss, optimizer, sg_optimizer, cosine, p_update=1.0, seed=0
-) -> Callable:
-    parts = (net, rule, loss, optimizer, sg_optimizer)
-    key = (*map(id, parts), cosine, p_update, seed)
-    hit = _STEP_CACHE.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], parts)):
-        return hit[1]
-    # p_update's draws: their own stream of the run's seed, folded with the step count.
-    update_key = jax.random.fold_in(jax.random.key(seed), 0x5D)
-    step = train.make_step(
-        net, rule, loss, optimizer, sg_optimizer, cosine=cosine, p_update=p_update,
-        update_key=update_key,
-    )  # fmt: skip
-    fn = jax.jit(step)
-    if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
-        _STEP_CACHE.pop(next(iter(_STEP_CACHE)))  # the oldest entry
-    _STEP_CACHE[key] = (parts, fn)
-    return fn
+    Example:
+        >>> import optax
+        >>> from sgjax import nets, rules
+        >>> cache, net, rule, opt = StepCache(), nets.mlp([2, 2]), rules.backprop(), optax.sgd(1.0)
+        >>> cache.get(net, rule, "xent", opt, None, False) is cache.get(
+        ...     net, rule, "xent", opt, None, False)
+        True
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: dict[tuple, tuple[tuple, Callable]] = {}
+
+    def get(
+        self, net, rule, loss, optimizer, sg_optimizer, cosine: bool, p_update=1.0, seed=0
+    ) -> Callable:
+        parts = (net, rule, loss, optimizer, sg_optimizer)
+        key = (*map(id, parts), cosine, p_update, seed)
+        hit = self._entries.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], parts)):
+            return hit[1]
+        # p_update's draws: their own stream of the run's seed, folded with the step count.
+        update_key = jax.random.fold_in(jax.random.key(seed), 0x5D)
+        step = train.make_step(
+            net, rule, loss, optimizer, sg_optimizer, cosine=cosine, p_update=p_update,
+            update_key=update_key,
+        )  # fmt: skip
+        fn = jax.jit(step)
+        if len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))  # the oldest entry
+        self._entries[key] = (parts, fn)
+        return fn
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +124,12 @@ def run_training(
     keep: int = 3,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
+    config: RunConfig | None = None,
     progress: bool = False,
     log_every: int = 0,
     callback: Callable[[int, dict[str, Any], TrainState], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    step_cache: StepCache | None = None,
     p_update: float = 1.0,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train to ``steps`` total steps, checkpointing to ``ckpt_dir``; returns (state, history).
@@ -124,15 +146,20 @@ def run_training(
         ckpt_every: save every this many steps (and always at the end).
         keep: how many of the newest checkpoints to keep.
         resume: continue from the newest checkpoint in ``ckpt_dir`` (a fresh start if it
-            holds none). Without it, a ``ckpt_dir`` that already holds checkpoints is an
-            error, so that two runs never mix.
-        metadata: extra JSON-serialisable data stored with every checkpoint (e.g. the
-            command-line configuration).
+            holds none, said through ``log``). Without it, a ``ckpt_dir`` that already holds
+            checkpoints is an error, so that two runs never mix.
+        metadata: extra JSON-serialisable data stored with every checkpoint.
+        config: the run's :class:`~sgjax.infra.config.RunConfig`, stored with every
+            checkpoint; a resumed run must have the same (up to
+            :data:`~sgjax.infra.config.MAY_CHANGE`), else a ``ValueError`` names each
+            differing field, old → new.
         progress: show a tqdm progress bar.
         log_every: ``k > 0`` keeps the metrics of every k-th step (and the last) in the
             history and passes them to ``callback``.
         callback: ``callback(step, metrics, state)`` at every logged step (e.g. evaluation
             on a test set); ``metrics`` are numpy arrays.
+        log: where to say "resumed from step N" and similar (default: nowhere).
+        step_cache: a :class:`StepCache` to reuse compiled steps across calls.
         p_update: stochastic updates, see :func:`sgjax.train.make_step` (needs
             :func:`sgjax.train.stagewise` optimisers when < 1); the draws follow ``seed``.
 
@@ -144,22 +171,15 @@ def run_training(
     Raises:
         NonFiniteLossError: a step's loss or gradient was not finite; ``err.state`` is the
             last good state and ``err.checkpoint_step`` the newest checkpoint (or None).
+        TrainingInterrupted: Ctrl-C; the last finished step was saved first when
+            checkpointing (``err.checkpoint_step``).
         ValueError: bad arguments, or a checkpoint written by an incompatible run.
     """
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`steps` must be an int ≥ 0, got {steps!r}")
     if not isinstance(ckpt_every, int) or ckpt_every < 1:
         raise ValueError(f"`ckpt_every` must be an int ≥ 1, got {ckpt_every!r}")
-    if not isinstance(log_every, int) or log_every < 0:
-        raise ValueError(f"`log_every` must be an int ≥ 0, got {log_every!r}")
     if resume and ckpt_dir is None:
-        raise ValueError("`resume=True` needs a `ckpt_dir` to resume from")
-    check_input(net, x)
-    train.check_labels(y, net.out_dim)
-    if not 1 <= batch_size <= len(x):
-        raise ValueError(
-            f"`batch_size` must be in 1..{len(x)} (the dataset size), got {batch_size}"
-        )
+        raise ValueError("`resume=True` (--resume) needs a `ckpt_dir` (--checkpoint-dir)")
+    train.check_run(net, x, y, steps=steps, batch_size=batch_size, log_every=log_every)
     key = jax.random.key(seed) if key is None else key
     meta: dict[str, Any] = {
         "seed": seed,
@@ -169,103 +189,159 @@ def run_training(
         "steps": steps,
         **(metadata or {}),
     }
+    if config is not None:
+        meta["run_config"] = config.to_dict()
+    say = log or (lambda _msg: None)
+    step_fn = (step_cache or StepCache(1)).get(
+        net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed
+    )
     ckpt = Checkpointer(ckpt_dir, keep=keep) if ckpt_dir is not None else None
     try:
-        return _run(
-            net, rule, loss, optimizer, sg_optimizer, x, y, steps, batch_size, seed, key,
-            cosine, ckpt, ckpt_every, resume, meta, progress, log_every, callback, p_update,
-        )  # fmt: skip
+        state: TrainState | None = None
+        if ckpt is not None:
+            target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
+            restored = _restore(ckpt, target, resume=resume, meta=meta, config=config, say=say)
+            if restored is not None:
+                state, last = restored
+                if int(state.step) >= steps:
+                    hist = [
+                        {"step": int(state.step), **{k: np.asarray(v) for k, v in last.items()}}
+                    ]
+                    return state, hist if last else []
+        if state is None:
+            state = train.init(key, net, rule, optimizer, sg_optimizer)
+        run = _Run(ckpt, meta, ckpt_every, log_every, steps, callback, int(state.step))
+        data = train.batches(x, y, batch_size, seed=seed, start=int(state.step))
+        try:
+            state = train.loop(
+                step_fn,
+                state,
+                data,
+                steps=steps,
+                on_step=run.on_step,
+                progress=progress,
+                desc=rule.name,
+            )
+        except NonFiniteLossError as err:
+            raise run.stopped(err) from None
+        except TrainingInterrupted as err:
+            raise run.interrupted(err) from None
+        return state, run.history
     finally:
         if ckpt is not None:
             ckpt.close()
 
 
-def _run(
-    net, rule, loss, optimizer, sg_optimizer, x, y, steps, batch_size, seed, key, cosine,
-    ckpt, ckpt_every, resume, meta, progress, log_every, callback, p_update=1.0,
-):  # fmt: skip
-    state: TrainState | None = None
-    history: list[dict[str, Any]] = []
-    if ckpt is not None:
-        existing = ckpt.latest_step()
-        if existing is not None and not resume:
-            raise ValueError(
-                f"{ckpt.directory} already holds checkpoints (newest: step {existing}); pass "
-                "resume=True (--resume) to continue that run, or use an empty directory"
-            )
-        if existing is not None:
-            target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
-            state, saved = ckpt.restore(target)
-            for k in _MUST_MATCH:
-                if saved.get(k) != meta[k]:
-                    raise ValueError(
-                        f"cannot resume from {ckpt.directory}: its run had {k}={saved.get(k)!r}, "
-                        f"this one has {k}={meta[k]!r}; the batches would differ. Use the "
-                        "original settings or another directory."
-                    )
-            if int(state.step) >= steps:
-                last = saved.get("last_metrics") or {}
-                hist = [{"step": int(state.step), **{k: np.asarray(v) for k, v in last.items()}}]
-                return state, hist if last else []
-    if state is None:
-        state = train.init(key, net, rule, optimizer, sg_optimizer)
-    step_fn = _jitted_step(net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed)
-    start = int(state.step)
-    data = train.batches(x, y, batch_size, seed=seed, start=start)
-    last_saved = start if ckpt is not None and ckpt.latest_step() == start else None
-
-    def save(s: TrainState, metrics: dict[str, Any]) -> None:
-        nonlocal last_saved
-        assert ckpt is not None
-        ckpt.save(s, {**meta, "last_metrics": _jsonable(metrics)})
-        last_saved = int(s.step)
-
-    it: Any = range(start, steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=rule.name, unit="step", initial=start, total=steps, leave=False)
-    metrics: dict[str, Any] = {}
-    good_metrics: dict[str, Any] = {}  # those of the step that produced `state`
-    for i in it:
-        xb, yb = next(data)
-        new_state, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
-        if not bool(metrics["finite"]):
-            raise _stop(i + 1, float(metrics["loss"]), state, ckpt, last_saved, save, good_metrics)
-        state, good_metrics = new_state, metrics
-        n = i + 1
-        logged = log_every and (n % log_every == 0 or n == steps)
-        if logged:
-            m = jax.tree.map(np.asarray, metrics)
-            history.append({"step": n, **m})
-            if callback is not None:
-                callback(n, m, state)
-        if ckpt is not None and (n % ckpt_every == 0 or n == steps):
-            save(state, metrics)
-    return state, history
-
-
-def _stop(step, loss, state, ckpt, last_saved, save, good_metrics) -> NonFiniteLossError:
-    """The error for a non-finite step, after saving the last good state if that is safe."""
-    err = NonFiniteLossError(step, loss, state)
-    ckpt_step = last_saved
-    if ckpt is not None:
-        note = ""
-        good = int(state.step)
-        if last_saved != good:
-            # ``state`` is the state before the failed step. It can still hold inf (a finite
-            # gradient times a huge learning rate overflows); then the older checkpoint
-            # stays the newest: Checkpointer.save refuses non-finite states.
-            try:
-                save(state, good_metrics)
-                ckpt_step = good
-            except FloatingPointError:
-                note = f" The state at step {good} already held NaN/inf and was not saved."
-        where = (
-            f"the newest checkpoint (step {ckpt_step}) in {ckpt.directory} is the last good state"
-            if ckpt_step is not None
-            else f"no good checkpoint was written to {ckpt.directory}"
+def _restore(
+    ckpt: Checkpointer,
+    target: Any,
+    *,
+    resume: bool,
+    meta: dict[str, Any],
+    config: RunConfig | None,
+    say: Callable[[str], None],
+) -> tuple[TrainState, dict[str, Any]] | None:
+    """The newest checkpoint as ``(state, last metrics)``, or None for a fresh start."""
+    steps = meta["steps"]
+    existing = ckpt.latest_step()
+    if existing is not None and not resume:
+        raise ValueError(
+            f"{ckpt.directory} already holds checkpoints (newest: step {existing}); pass "
+            "--resume (resume=True) to continue that run, or use an empty directory"
         )
-        err.args = (f"{err.args[0]}{note} Checkpoints: {where}.",)
-    err.checkpoint_step = ckpt_step
-    return err
+    if existing is None:
+        if resume:
+            say(f"--resume: no checkpoint in {ckpt.directory}; starting a new run at step 0")
+        return None
+    state, saved = ckpt.restore(target)
+    for k in _MUST_MATCH:
+        if saved.get(k) != meta[k]:
+            raise ValueError(
+                f"cannot resume from {ckpt.directory}: its run had {k}={saved.get(k)!r}, "
+                f"this one has {k}={meta[k]!r}; the batches would differ. Use the "
+                "original settings or another directory."
+            )
+    if config is not None and "run_config" in saved:
+        problems = config.resume_problems(saved["run_config"], int(state.step))
+        if problems:
+            raise ValueError(
+                f"cannot resume from {ckpt.directory}: the run differs from the one that "
+                f"wrote it: {'; '.join(problems)}. Use the original settings or another "
+                f"directory ({describe_may_change()})."
+            )
+    else:
+        if config is not None:
+            say(
+                f"the checkpoint in {ckpt.directory} stores no run configuration (written by "
+                "an older sgjax or without one): only the seed, batch size, dataset size and "
+                "rule were compared"
+            )
+        if int(state.step) > steps:
+            raise ValueError(
+                f"cannot resume from {ckpt.directory}: the checkpoint is at step "
+                f"{int(state.step)}, past the {steps} steps asked for (a run cannot go back)"
+            )
+    say(f"resumed from step {int(state.step)} ({ckpt.directory})")
+    return state, saved.get("last_metrics") or {}
+
+
+class _Run:
+    """What the loop's ``on_step`` hook does for the runner: log, call back, checkpoint."""
+
+    def __init__(self, ckpt, meta, ckpt_every, log_every, steps, callback, start):
+        self.ckpt, self.meta, self.every, self.log_every = ckpt, meta, ckpt_every, log_every
+        self.steps, self.callback = steps, callback
+        self.history: list[dict[str, Any]] = []
+        self.last_saved = start if ckpt is not None and ckpt.latest_step() == start else None
+        self.good_metrics: dict[str, Any] = {}  # those of the step that produced the state
+
+    def save(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        assert self.ckpt is not None
+        self.ckpt.save(state, {**self.meta, "last_metrics": _jsonable(metrics)})
+        self.last_saved = int(state.step)
+
+    def on_step(self, n: int, metrics: dict[str, Any], state: TrainState) -> None:
+        self.good_metrics = metrics
+        if self.log_every and (n % self.log_every == 0 or n == self.steps):
+            m = jax.tree.map(np.asarray, metrics)
+            self.history.append({"step": n, **m})
+            if self.callback is not None:
+                self.callback(n, m, state)
+        if self.ckpt is not None and (n % self.every == 0 or n == self.steps):
+            self.save(state, metrics)
+
+    def _save_last_good(self, state: TrainState) -> str:
+        """Save ``state`` if newer than the last checkpoint; a note if it could not be."""
+        good = int(state.step)
+        if self.ckpt is None or self.last_saved == good:
+            return ""
+        # ``state`` can still hold inf (a finite gradient times a huge learning rate
+        # overflows); then the older checkpoint stays the newest: Checkpointer.save
+        # refuses non-finite states.
+        try:
+            self.save(state, self.good_metrics)
+        except FloatingPointError:
+            return f" The state at step {good} already held NaN/inf and was not saved."
+        return ""
+
+    def stopped(self, err: NonFiniteLossError) -> NonFiniteLossError:
+        """The error for a non-finite step, after saving the last good state if that is safe."""
+        note = self._save_last_good(err.state)
+        if self.ckpt is not None:
+            where = (
+                f"the newest checkpoint (step {self.last_saved}) in {self.ckpt.directory} is "
+                "the last good state"
+                if self.last_saved is not None
+                else f"no good checkpoint was written to {self.ckpt.directory}"
+            )
+            err.args = (f"{err.args[0]}{note} Checkpoints: {where}.",)
+        err.checkpoint_step = self.last_saved
+        return err
+
+    def interrupted(self, err: TrainingInterrupted) -> TrainingInterrupted:
+        """Ctrl-C: save the last finished step (when checkpointing) and say where it is."""
+        self._save_last_good(err.state)
+        err.checkpoint_step = self.last_saved
+        if self.ckpt is not None:
+            err.checkpoint_dir = str(self.ckpt.directory)
+        return err

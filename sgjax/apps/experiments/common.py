@@ -6,9 +6,9 @@ Every experiment module exposes ``run(ctx) -> dict`` (the results it also writes
 in minutes; ``paper`` — the paper's settings), the output directory, the seed, the data
 directory, a step override and whether to show progress bars.
 
-Training goes through :func:`sgjax.train.make_step`; :func:`train_with_snapshots` only
-adds what :func:`sgjax.train.fit` does not do: calling back at chosen steps (loss-surface
-snapshots, learning curves, gradient cosines) with the live state.
+Training goes through the one loop, :func:`sgjax.train.loop`; :func:`train_with_snapshots`
+only adds what :func:`sgjax.train.fit` does not do: calling back at chosen steps
+(loss-surface snapshots, learning curves, gradient cosines) with the live state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -97,7 +96,7 @@ def train_with_snapshots(
     progress: bool = False,
     desc: str = "",
 ) -> tuple[train.TrainState, list[dict]]:
-    """Train with :func:`sgjax.train.make_step`, calling ``on_snapshot(step, state)``.
+    """Train with :func:`sgjax.train.loop`, calling ``on_snapshot(step, state)``.
 
     ``snapshot_at`` lists steps (counted after the update, 0 = before training) at which
     the callback runs; its dicts are returned with ``"step"`` added. A non-finite step
@@ -106,31 +105,23 @@ def train_with_snapshots(
     train.check_labels(y, net.out_dim)
     state = train.init(key, net, rule, optimizer, sg_optimizer)
     step_fn = jax.jit(train.make_step(net, rule, loss, optimizer, sg_optimizer))
-    data = train.batches(x, y, batch_size, seed=seed)
     wanted = set(int(s) for s in snapshot_at)
     records: list[dict] = []
 
-    def snap(i: int) -> None:
+    def snap(i: int, _metrics: Any, state: train.TrainState) -> None:
         if on_snapshot is not None and i in wanted:
             records.append({"step": i, **on_snapshot(i, state)})
 
-    snap(0)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc or rule.name, unit="step", leave=False)
-    for i in range(1, steps + 1):
-        xb, yb = next(data)
-        new, metrics = step_fn(state, (jnp.asarray(xb), jnp.asarray(yb)))
-        if not bool(metrics["finite"]):
-            raise train.NonFiniteLossError(i, float(metrics["loss"]), state)
-        state = new
-        snap(i)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    snap(0, None, state)
+    state = train.loop(
+        step_fn,
+        state,
+        train.batches(x, y, batch_size, seed=seed),
+        steps=steps,
+        on_step=snap,
+        progress=progress,
+        desc=desc or rule.name,
+    )
     return state, records
 
 

@@ -1,5 +1,8 @@
 """Figs. 3, 5, 7, 8: what deep ReLU MNIST nets learn under each rule (paper §3.3–3.5).
 
+(Over 400 lines: three figures share one set of trained networks, kept in one module;
+each figure is split compute → claims → render.)
+
 One set of networks serves three figures: a deep ReLU MLP (20 hidden layers at the
 medium and paper scales, norm after every hidden dense layer) trained on MNIST with
 
@@ -235,13 +238,23 @@ PAPER_RDM = {  # paper.md §3.3, read off Fig. 3 right (±0.02), 20 hidden layer
 
 
 def run_fig3(ctx: C.Context) -> dict:
+    """Fig. 3 / 7: RDM drift per layer. Compute, then claims, then render."""
     tr = trained_networks(ctx)
+    L = tr["settings"]["hidden"]
+    results, rdms = _fig3_compute(ctx, tr)
+    results["claims"] = _fig3_claims(results, L, results["sg_boundary"])
+    _fig3_render(ctx, tr, results, rdms)
+    return results
+
+
+def _fig3_compute(ctx: C.Context, tr: dict) -> tuple[dict, dict]:
+    """RDM distances to the last layer and the logged cosines, per method (no files)."""
     cfg = tr["settings"]
     L = cfg["hidden"]
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
     idx = dg.label_sorted_sample(ds.y_train, cfg["rdm_points"], seed=ctx.seed)
     xs, ys = ds.x_train[idx], ds.y_train[idx]
-    sg_boundary = rules._resolve_at("middle", L + 1)[0]
+    sg_boundary = rules.resolve_at("middle", L + 1)[0]
     results: dict = {"settings": cfg, "sg_boundary": sg_boundary, "methods": {}}
     rdms = {}
     for m, r in tr["methods"].items():
@@ -255,7 +268,13 @@ def run_fig3(ctx: C.Context) -> dict:
             "cosine": cos[:, :L],
             "train_accuracy": [rec["train_accuracy"] for rec in r["log"]],
         }
-    results["claims"] = _fig3_claims(results, L, sg_boundary)
+    return results, rdms
+
+
+def _fig3_render(ctx: C.Context, tr: dict, results: dict, rdms: dict) -> None:
+    """The figures, report.md and results.json of Fig. 3 / 7."""
+    cfg = tr["settings"]
+    L, sg_boundary = cfg["hidden"], results["sg_boundary"]
     figs = _fig3_plots(ctx, results, rdms, L, sg_boundary)
     train_sec, results["training"] = _training_section(tr)
     claim_rows = [[k, v["value"], v["target"], v["holds"]] for k, v in results["claims"].items()]
@@ -301,7 +320,6 @@ def run_fig3(ctx: C.Context) -> dict:
     ]
     C.write_report(ctx, "Fig. 3 / Fig. 7 — representational drift", sections, _settings_text(cfg))
     C.write_json(ctx.out / "results.json", results)
-    return results
 
 
 def _cosine_table(results, k) -> str:
@@ -414,11 +432,20 @@ PAPER_NORMS = {  # paper.md §3.5, 20-layer ReLU panel
 
 
 def run_fig5(ctx: C.Context) -> dict:
+    """Fig. 5: normalised weight norms per layer. Compute, then claims, then render."""
     tr = trained_networks(ctx)
+    results = _fig5_compute(tr)
+    results["claims"] = _fig5_claims(results["methods"], results["k"])
+    _fig5_render(ctx, tr, results)
+    return results
+
+
+def _fig5_compute(tr: dict) -> dict:
+    """Normalised weight norms per method and layer, and the means of the first/last k."""
     cfg = tr["settings"]
     L = cfg["hidden"]
     k = 5 if L >= 10 else max(1, L // 3)
-    results: dict = {"settings": cfg, "methods": {}}
+    results: dict = {"settings": cfg, "k": k, "methods": {}}
     for m, r in tr["methods"].items():
         norms = dg.weight_norms(list(r["params"]))
         results["methods"][m] = {
@@ -426,9 +453,13 @@ def run_fig5(ctx: C.Context) -> dict:
             "first_mean": float(norms[:k].mean()),
             "last_mean": float(norms[-k:].mean()),
         }
-    M = results["methods"]
+    return results
+
+
+def _fig5_claims(M: dict, k: int) -> dict:
+    """The paper's Fig. 5 statements, checked on the computed norms."""
     ratio = M["sg_all"]["first_mean"] / M["sg_all"]["last_mean"]
-    results["claims"] = {
+    return {
         f"SG*: mean of first {k} ≥ 1.5 × mean of last {k}": {
             "value": float(ratio),
             "target": "≥ 1.5 (paper ≈ 0.07/0.033 ≈ 2.2)",
@@ -440,11 +471,17 @@ def run_fig5(ctx: C.Context) -> dict:
             "holds": bool(M["backprop"]["last_mean"] >= M["backprop"]["first_mean"]),
         },
     }
+
+
+def _fig5_render(ctx: C.Context, tr: dict, results: dict) -> None:
+    """The figure, report.md and results.json of Fig. 5."""
+    cfg, M, k = tr["settings"], results["methods"], results["k"]
+    L = cfg["hidden"]
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for m in METHODS:
         ax.plot(np.arange(1, L + 1), M[m]["norms"], "-o", ms=3, label=LABELS[m])
-    sgb = rules._resolve_at("middle", L + 1)[0]
+    sgb = rules.resolve_at("middle", L + 1)[0]
     ax.axvline(sgb + 0.5, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("layer")
     ax.set_ylabel("‖W_l‖² / Σ‖W_j‖²")
@@ -479,7 +516,6 @@ def run_fig5(ctx: C.Context) -> dict:
     ]
     C.write_report(ctx, "Fig. 5 — normalised weight norms", sections, _settings_text(cfg))
     C.write_json(ctx.out / "results.json", results)
-    return results
 
 
 # ---------------------------------------------------------------------------------- Fig. 8
@@ -493,9 +529,17 @@ PAPER_PROBES = {  # paper.md §3.4, read off Fig. 8
 
 
 def run_fig8(ctx: C.Context) -> dict:
+    """Fig. 8: linear probes of every layer. Compute, then claims, then render."""
     tr = trained_networks(ctx)
+    results, n_probe, n_held = _fig8_compute(ctx, tr)
+    results["claims"] = _fig8_claims(results["methods"], tr["settings"]["hidden"])
+    _fig8_render(ctx, tr, results, n_probe, n_held)
+    return results
+
+
+def _fig8_compute(ctx: C.Context, tr: dict) -> tuple[dict, int, int]:
+    """Probe accuracies and regressor errors per method and layer (no files written)."""
     cfg = tr["settings"]
-    L = cfg["hidden"]
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
     # Train-set probes saturate when the probe set is small next to the width (points in
     # 256 dimensions are easily separable), so a held-out accuracy is reported beside the
@@ -523,10 +567,14 @@ def run_fig8(ctx: C.Context) -> dict:
             "classifier_heldout_accuracy": [f["eval"] for f in fits],
             "regressor_mse": mse,
         }
-    M = results["methods"]
+    return results, len(xs), len(xh)
+
+
+def _fig8_claims(M: dict, L: int) -> dict:
+    """The paper's Fig. 8 statements, checked on the computed probes."""
     l5 = min(5, L) - 1
     others = max(M[m]["regressor_mse"][l5] for m in ("backprop", "sg", "sg_all"))
-    results["claims"] = {
+    return {
         "backprop and single SG: classifier probe at layer 2 = 1.0 (train)": {
             "value": f"{M['backprop']['classifier_train_accuracy'][1]:.4f}, "
             f"{M['sg']['classifier_train_accuracy'][1]:.4f}",
@@ -575,6 +623,11 @@ def run_fig8(ctx: C.Context) -> dict:
             "holds": bool(M["dfa"]["regressor_mse"][l5] >= 1.3 * others),
         },
     }
+
+
+def _fig8_render(ctx: C.Context, tr: dict, results: dict, n_probe: int, n_held: int) -> None:
+    """The figure, report.md and results.json of Fig. 8."""
+    cfg, M, L = tr["settings"], results["methods"], tr["settings"]["hidden"]
     plt = C.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     layers = np.arange(1, L + 1)
@@ -604,9 +657,9 @@ def run_fig8(ctx: C.Context) -> dict:
         *train_sec,
         "## Linear probes per layer (Fig. 8)",
         "",
-        f"{len(xs)} training points; classifier: softmax regression (full-batch Adam, "
+        f"{n_probe} training points; classifier: softmax regression (full-batch Adam, "
         f"{cfg['probe_steps']} steps, standardised features, no regularisation), train "
-        f"accuracy (the paper's quantity) and accuracy on {len(xh)} other training points "
+        f"accuracy (the paper's quantity) and accuracy on {n_held} other training points "
         "(ours: the train accuracy saturates when the probe set is small); regressor: "
         "least squares from the layer back to the input, residual "
         "‖x − x̂‖² summed over pixels (pixels in [0, 1]) and averaged over points. The "
@@ -634,4 +687,3 @@ def run_fig8(ctx: C.Context) -> dict:
     ]
     C.write_report(ctx, "Fig. 8 — linear probes", sections, _settings_text(cfg))
     C.write_json(ctx.out / "results.json", results)
-    return results

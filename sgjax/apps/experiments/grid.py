@@ -123,7 +123,7 @@ def run(ctx: C.Context) -> dict:
             for setup, (estimator, at) in SETUPS.items():
                 net = nets.mlp([2] + [cfg["width"]] * cfg["hidden"] + [2], "relu")
                 rule = rules.synthetic_gradients(estimator, at=at)
-                boundaries = rules._resolve_at(at, depth)
+                boundaries = rules.resolve_at(at, depth)
                 opt = C.adam(cfg["lr"])
                 _, recs = C.train_with_snapshots(
                     net,

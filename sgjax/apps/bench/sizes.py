@@ -1,0 +1,34 @@
+"""Sizes of the full and the ``--quick`` ``sgjax bench`` run."""
+
+from __future__ import annotations
+
+import os
+
+#: Sizes of the full and the ``--quick`` run.
+FULL = {
+    "mlp": [784, 256, 256, 256, 10],
+    "batch": 256,
+    "peak_n": 1024,
+    "rounds": 25,
+    "inner": 5,
+    "theory_instances": 64,
+    "theory_steps": 2000,
+    "deep_stages": 50,
+    "deep_width": 512,
+    "deep_batch": 1024,
+    # More fake devices than cores cannot run side by side: 2 to 4, as the cores allow.
+    "pipeline_devices": max(2, min(4, os.cpu_count() or 2)),
+}
+QUICK = {
+    "mlp": [64, 32, 32, 10],
+    "batch": 32,
+    "peak_n": 128,
+    "rounds": 3,
+    "inner": 2,
+    "theory_instances": 8,
+    "theory_steps": 50,
+    "deep_stages": 6,
+    "deep_width": 32,
+    "deep_batch": 16,
+    "pipeline_devices": 2,
+}

@@ -1,0 +1,80 @@
+"""``sgjax launch``: run an sgjax command as N local processes of one JAX job.
+
+Example (shell): the SG pipeline with its two stages in two processes, one core each::
+
+    sgjax launch -n 2 -- train --pipeline 2 --dataset mnist --steps 2000 --json r.json
+
+Process i is pinned to its own core(s) when there are at least N, joins
+``jax.distributed`` (gloo collectives on CPU), and holds stage i; process 0 prints and
+writes the JSON. A process that fails stops the others, and the error names its rank.
+See :func:`sgjax.pipeline.launch` and docs/pipeline.md (also for several GPU hosts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-n",
+        "--processes",
+        type=int,
+        required=True,
+        metavar="N",
+        help="number of processes (with `train --pipeline N`: one per stage)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop every process and fail after this many seconds (default: no limit)",
+    )
+    p.add_argument("--no-pin", action="store_true", help="do not pin process i to its own core(s)")
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="the sgjax command to run, after `--` (e.g. -- train --pipeline 2 ...)",
+    )
+
+
+def _pipeline_value(command: list[str]) -> str | None:
+    for i, arg in enumerate(command):
+        if arg == "--pipeline" and i + 1 < len(command):
+            return command[i + 1]
+        if arg.startswith("--pipeline="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from sgjax.pipeline.distributed import LaunchError, launch
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if args.processes < 1:
+        raise ValueError(f"-n/--processes must be ≥ 1, got {args.processes}")
+    if not command:
+        raise ValueError("give the sgjax command to run after `--`, e.g. -- train --pipeline 2")
+    if command[0] == "launch":
+        raise ValueError("the command to run cannot itself be `launch`")
+    n = _pipeline_value(command)
+    if command[0] == "train" and n != str(args.processes):
+        raise ValueError(
+            f"sgjax launch -n {args.processes} runs one pipeline stage per process, so the "
+            f"command needs --pipeline {args.processes}, got "
+            f"{'no --pipeline' if n is None else '--pipeline ' + n}"
+        )
+    try:
+        launch(
+            [sys.executable, "-m", "sgjax", *command],
+            args.processes,
+            timeout=args.timeout,
+            pin=not args.no_pin,
+        )
+    except LaunchError as err:
+        print(f"sgjax launch: error: {err}", file=sys.stderr)
+        return 1
+    return 0

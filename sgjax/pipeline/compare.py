@@ -1,0 +1,334 @@
+"""The comparison the pipeline exists for: the same cores, one process per core.
+
+:func:`compare` runs, side by side in one call, on MNIST:
+
+* ``backprop, 1 core`` and ``sg, 1 core``: one process pinned to one core (sequential
+  backprop; sequential DNI with the SG module at the same stage boundary);
+* ``backprop, 1 process, all cores``: one unpinned process, XLA's own intra-op threads
+  (what a user gets without doing anything);
+* ``data-parallel``, ``gpipe``, ``sg-pipeline``: N processes (:func:`launch`), each
+  pinned to its own core, one ``jax.distributed`` job (gloo collectives);
+
+each until a target test accuracy or a time budget, and reports examples/s, the time to
+the target (training time, compile and evaluation excluded; the compiling first call is
+charged at the measured rate) and the learning curve. A sweep then measures the SG
+pipeline's throughput against ``sg, 1 core`` over (width, micro-batch) sizes, with the
+time per tick of the pipeline's messages alone (a program that only sends them).
+
+The network is ``mlp(sizes)`` regrouped into N stages of about equal work
+(:func:`balanced_net`): a stage may hold several dense layers, so that neither process
+waits for the other.
+
+Example (shell; see docs/pipeline.md)::
+
+    python scripts/bench_pipeline.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sgjax.pipeline.distributed import initialize_from_env, launch
+
+#: the contenders of the main table: (label, method, processes (None: N), pinned)
+CONTENDERS = (
+    ("backprop, 1 core", "backprop", 1, True),
+    ("sg, 1 core", "sg", 1, True),
+    ("backprop, 1 process, all cores", "backprop", 1, False),
+    ("data-parallel", "data-parallel", None, True),
+    ("gpipe", "gpipe", None, True),
+    ("sg-pipeline", "sg-pipeline", None, True),
+)
+
+
+def balanced_net(sizes: Sequence[int], n_stages: int) -> Any:
+    """``mlp(sizes)`` with its dense layers grouped into ``n_stages`` contiguous stages of
+    about equal work per example (a stage of several layers applies them in turn).
+
+    The work of a stage is counted in multiply-adds: 3× its layers' (forward, and the
+    backward's two products), plus, on every stage but the last, 3× those of a
+    label-conditioned SG module at its output (δ̂, and the regression's forward and
+    gradient). The split minimising the largest stage is chosen.
+
+    Example:
+        >>> net = balanced_net([784, 512, 512, 512, 10], 2)
+        >>> [(s.in_shape, s.out_shape) for s in net.stages]
+        [((784,), (512,)), ((512,), (10,))]
+    """
+    import itertools
+
+    from sgjax import nets
+
+    layers = list(nets.mlp(sizes).stages)
+    if not 1 <= n_stages <= len(layers):
+        raise ValueError(
+            f"balanced_net: `n_stages` must be in 1..{len(layers)} (the layers of {sizes}), "
+            f"got {n_stages}"
+        )
+    work = [3 * int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:])]
+    classes = int(sizes[-1])
+
+    def cost(cuts: tuple[int, ...]) -> int:
+        bounds = [0, *cuts, len(layers)]
+        parts = []
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            w = int(sizes[hi])
+            sg = 3 * (w * w + classes * w) if i < n_stages - 1 else 0
+            parts.append(sum(work[lo:hi]) + sg)
+        return max(parts)
+
+    best = min(itertools.combinations(range(1, len(layers)), n_stages - 1), key=cost)
+    bounds = [0, *best, len(layers)]
+    return nets.network([_block(layers[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])])
+
+
+def _block(layers: Sequence[Any]) -> Any:
+    from sgjax import nets
+
+    if len(layers) == 1:
+        return layers[0]
+
+    def init(key: Any) -> tuple:
+        import jax
+
+        return tuple(s.init(k) for s, k in zip(layers, jax.random.split(key, len(layers))))
+
+    def apply(theta: tuple, h: Any) -> Any:
+        for s, th in zip(layers, theta):
+            h = s.apply(th, h)
+        return h
+
+    name = "+".join(s.name for s in layers)
+    return nets.Stage(init, apply, layers[0].in_shape, layers[-1].out_shape, None, name)
+
+
+def _messaging_per_tick(mesh: Any, batch: int, width: int, classes: int, ticks: int) -> float:
+    """Seconds per tick of the SG pipeline's messages alone: one buffer [h | y | valid]
+    down, the target up (``lax.ppermute``), in a scan of ``ticks`` ticks that does
+    nothing else."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    from sgjax.pipeline.mesh import AXIS, _send, _shard_map
+
+    n = int(mesh.shape[AXIS])
+    down, up = [(s, s + 1) for s in range(n - 1)], [(s + 1, s) for s in range(n - 1)]
+
+    def device(h: Any, g: Any) -> Any:
+        def tick(c: Any, _: Any) -> Any:
+            h, g = c
+            return (_send(h, down) + 1.0, _send(g, up) + 1.0), None
+
+        return jax.lax.scan(tick, (h, g), None, length=ticks)[0]
+
+    f = jax.jit(_shard_map(device, mesh, (P(AXIS),) * 2, (P(AXIS),) * 2))
+    from sgjax.pipeline.mesh import _put
+
+    args = [
+        _put(jnp.zeros((n * batch, k), jnp.float32), mesh, P(AXIS))
+        for k in (width + classes + 1, width)
+    ]
+    jax.block_until_ready(f(*args))  # compile
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best / ticks
+
+
+def _time_to(curve: list[dict[str, float]], target: float, charge: float) -> float | None:
+    for point in curve:
+        if point["test_accuracy"] >= target:
+            return point["seconds"] + charge
+    return None
+
+
+def _worker(spec_path: str) -> None:
+    """One launched job: run ``spec["runs"]`` in order; process 0 writes the results."""
+    initialize_from_env()
+    import jax
+
+    from sgjax.infra import data, jsonio
+    from sgjax.pipeline.loop import MESH_METHODS, train_pipelined
+    from sgjax.pipeline.mesh import make_mesh
+    from sgjax.pipeline.packing import _width
+
+    spec = json.loads(Path(spec_path).read_text())
+    ds = data.load("mnist", data_dir=spec.get("data_dir"))
+    results = []
+    for run in spec["runs"]:
+        net = balanced_net(run["sizes"], run["stages"])
+        mesh = make_mesh(jax.device_count()) if run["method"] in MESH_METHODS else None
+        r = train_pipelined(
+            run["method"], net, ds.x_train, ds.y_train, steps=run.get("steps"),
+            seconds=run["seconds"], batch_size=run["batch_size"], chunk=run["chunk"],
+            micro_batches=run["micro_batches"], lr=run["lr"], sg_lr=run["lr"], mesh=mesh,
+            x_test=ds.x_test if run["eval_every"] else None, y_test=ds.y_test,
+            eval_every=run["eval_every"], target_accuracy=run.get("target"),
+        )  # fmt: skip
+        r.pop("params")
+        r.update(label=run["label"], processes=jax.process_count(), sizes=run["sizes"])
+        r["cpus"] = sorted(os.sched_getaffinity(0))
+        if r["examples_per_s"] and r.get("curve") is not None and run.get("target"):
+            first = run["micro_batches"] if run["method"] == "gpipe" else run["chunk"]
+            charge = first * run["batch_size"] / r["examples_per_s"]
+            r["seconds_to_target"] = _time_to(r["curve"], run["target"], charge)
+        if run["method"] == "sg-pipeline":
+            width = _width(net)
+            r["messaging_s_per_tick"] = _messaging_per_tick(
+                mesh, run["batch_size"], width, net.out_dim, 200
+            )
+            ticks = r["examples_per_s"] and r["examples_per_s"] / run["batch_size"]
+            r["s_per_tick"] = 1 / ticks if ticks else None
+        results.append(r)
+    if jax.process_index() == 0:
+        jsonio.write(spec["out"], {"results": results})
+
+
+def compare(
+    *,
+    sizes: Sequence[int] = (784, 512, 512, 512, 10),
+    processes: int = 2,
+    batch_size: int = 64,
+    micro_batches: int = 8,
+    lr: float = 1e-3,
+    target: float = 0.95,
+    seconds: float = 30.0,
+    eval_every: int = 200,
+    chunk: int = 50,
+    sweep: Sequence[tuple[int, int]] = ((256, 32), (512, 64), (1024, 128)),
+    sweep_seconds: float = 5.0,
+    data_dir: str | None = None,
+    timeout: float = 900.0,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run the contenders (:data:`CONTENDERS`) and the sweep; see the module docstring.
+
+    ``sizes`` is the MNIST MLP of the main table, split into ``processes`` stages;
+    ``seconds`` is each contender's training budget (it stops earlier at ``target``
+    test accuracy, evaluated every ``eval_every`` micro-batches). ``sweep`` lists (width,
+    micro-batch size) pairs: the network is ``[784, w, w, w, 10]``, each run trains
+    ``sweep_seconds`` without evaluation. Returns ``{"load": ..., "main": [...],
+    "sweep": [...]}``; every row is :func:`~sgjax.pipeline.train_pipelined`'s result
+    (no params) plus ``label``, ``cpus`` and, where measured, ``seconds_to_target``,
+    ``messaging_s_per_tick`` and ``s_per_tick``.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < processes:
+        log(f"warning: {len(cores)} usable cores for {processes} processes; none pinned")
+    common = {"batch_size": batch_size, "micro_batches": micro_batches, "lr": lr, "chunk": chunk}
+    # Every contender trains the same network: the single-process baselines too (so that
+    # sequential SG has its module where the SG pipeline has it).
+    main: list[dict[str, Any]] = [
+        {**common, "label": label, "method": method, "sizes": list(sizes),
+         "stages": processes,
+         "seconds": seconds, "eval_every": eval_every, "target": target,
+         "_n": n or processes, "_pin": pin}
+        for label, method, n, pin in CONTENDERS
+    ]  # fmt: skip
+    sweep_runs: list[dict[str, Any]] = [
+        {**common, "batch_size": b, "label": f"{method}, w={w}, B={b}", "method": method,
+         "sizes": [784, w, w, w, 10], "stages": processes, "seconds": sweep_seconds,
+         "eval_every": None, "_n": 1 if method == "sg" else processes, "_pin": True}
+        for w, b in sweep
+        for method in ("sg", "sg-pipeline")
+    ]  # fmt: skip
+    load0 = os.getloadavg()
+    log(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, cores {cores}")
+    rows: dict[str, list[dict[str, Any]]] = {"main": [], "sweep": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        # One launch per process layout, runs in order inside it.
+        for part, runs in (("main", main), ("sweep", sweep_runs)):
+            for layout in sorted({(r["_n"], r["_pin"]) for r in runs}, key=str):
+                batch = [r for r in runs if (r["_n"], r["_pin"]) == layout]
+                n, pin = layout
+                spec = Path(tmp) / f"{part}-{n}-{pin}.json"
+                out = Path(tmp) / f"{part}-{n}-{pin}.out.json"
+                spec.write_text(json.dumps({"runs": batch, "out": str(out), "data_dir": data_dir}))
+                log(f"{part}: {', '.join(r['label'] for r in batch)} ({n} process(es))")
+                launch(
+                    [sys.executable, "-m", "sgjax.pipeline.compare", "--worker", str(spec)],
+                    n, timeout=timeout, pin=pin, cores=cores[:1] if n == 1 and pin else None,
+                    echo=False,
+                )  # fmt: skip
+                rows[part] += json.loads(out.read_text())["results"]
+    load1 = os.getloadavg()
+    log(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    order = {r["label"]: i for i, r in enumerate(main + sweep_runs)}
+    for part in rows:
+        rows[part].sort(key=lambda r: order[r["label"]])
+    return {"load": {"start": load0, "end": load1, "cores": cores}, **rows,
+            "config": {"sizes": list(sizes), "processes": processes, "batch_size": batch_size,
+                       "micro_batches": micro_batches, "lr": lr, "target": target,
+                       "seconds": seconds, "sweep": [list(p) for p in sweep]}}  # fmt: skip
+
+
+def format_tables(r: dict[str, Any]) -> str:
+    """The comparison as markdown: the main table, the sweep, the load it ran under."""
+    base = {row["label"]: row for row in r["main"]}
+    one = base["backprop, 1 core"]["examples_per_s"] or float("nan")
+    sg_one = base["sg, 1 core"]["examples_per_s"] or float("nan")
+    cfg = r["config"]
+    n, M = cfg["processes"], cfg["micro_batches"]
+    lines = [
+        f"MNIST, MLP {cfg['sizes']} in {n} stages, B = {cfg['batch_size']}, Adam {cfg['lr']:g}, "
+        f"GPipe M = {M} (bubble bound {n * M / (M + n - 1):.2f}× backprop, 1 core)",
+        "",
+        f"| contender | processes × cores | examples/s | × backprop 1 core | × sg 1 core | "
+        f"s to {cfg['target']:.0%} test acc | micro-batches then | final test acc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["main"]:
+        eps = row["examples_per_s"]
+        reach = row.get("seconds_to_target")
+        hit = next((p for p in row.get("curve") or [] if p["test_accuracy"] >= cfg["target"]), None)
+        lines.append(
+            f"| {row['label']} | {row['processes']} × {len(row['cpus'])} | "
+            f"{eps:.0f} | {eps / one:.2f} | {eps / sg_one:.2f} | "
+            f"{'not reached' if reach is None else f'{reach:.1f}'} | "
+            f"{'' if hit is None else hit['micro_batches']} | {row['test_accuracy']:.4f} |"
+            if eps
+            else f"| {row['label']} | | no timed call | | | | | |"
+        )
+    lines += [
+        "",
+        "Sweep: SG pipeline on N processes vs sequential SG on 1 core, same network",
+        "",
+        "| width | B | sg 1 core, ex/s | sg-pipeline, ex/s | speed-up | s per tick | "
+        "messages per tick | messages / tick |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    sw = r["sweep"]
+    for a, b in zip(sw[0::2], sw[1::2]):
+        w = a["sizes"][1]
+        ea, eb = a["examples_per_s"] or float("nan"), b["examples_per_s"] or float("nan")
+        tick, msg = b.get("s_per_tick") or float("nan"), b["messaging_s_per_tick"]
+        lines.append(
+            f"| {w} | {a['batch_size']} | {ea:.0f} | {eb:.0f} | {eb / ea:.2f} | "
+            f"{tick * 1e3:.2f} ms | {msg * 1e3:.3f} ms | {msg / tick:.1%} |"
+        )
+    ld = r["load"]
+    lines += ["", f"Load average {ld['start'][0]:.2f} at start, {ld['end'][0]:.2f} at end, "
+              f"on cores {ld['cores']}."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="worker of sgjax.pipeline.compare (internal)")
+    p.add_argument("--worker", required=True, help="the run spec (JSON)")
+    _worker(p.parse_args(argv).worker)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

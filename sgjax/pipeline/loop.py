@@ -1,0 +1,312 @@
+"""The training loop of the pipelines and their single-device baselines:
+:func:`train_pipelined`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh
+
+from sgjax import estimators as est_lib
+from sgjax import losses as loss_lib
+from sgjax import rules, train
+from sgjax.nets import Network
+from sgjax.pipeline.dataparallel import dp_on_mesh
+from sgjax.pipeline.gpipe import gpipe_on_mesh, init_bp
+from sgjax.pipeline.mesh import _agree, _check_count, make_mesh
+from sgjax.pipeline.sg import flush, sg_on_mesh
+from sgjax.pipeline.stages import init_sg, sg_pipeline
+
+METHODS = ("sg-pipeline", "gpipe", "data-parallel", "backprop", "sg")
+#: the methods that run on a mesh (the others on one device)
+MESH_METHODS = ("sg-pipeline", "gpipe", "data-parallel")
+
+
+class PipelineNonFiniteError(FloatingPointError):
+    """Raised by :func:`train_pipelined` when an update became non-finite.
+
+    The update was not applied (the guard of :func:`sgjax.train.make_step`, per stage
+    for the SG pipeline) and training stopped after the jitted call that contained it.
+    ``micro_batch`` is the first offending micro-batch, ``stage`` its stage (None when
+    the whole step is one unit), ``params`` the parameters training stopped with (all
+    finite: no non-finite update was applied).
+    """
+
+    def __init__(
+        self, method: str, micro_batch: int, stage: int | None, loss: float, params: Any
+    ) -> None:
+        where = f"micro-batch {micro_batch}" + ("" if stage is None else f", stage {stage}")
+        super().__init__(
+            f"{method}: {where}: the loss or a gradient became non-finite (loss = {loss}); "
+            "the update was not applied and training stopped. Lower the learning rates, or "
+            "check the inputs for NaN/inf."
+        )
+        self.micro_batch, self.stage, self.loss, self.params = micro_batch, stage, loss, params
+
+
+def _single_device_chunk(
+    net: Network,
+    rule: rules.UpdateRule,
+    loss: loss_lib.Loss,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation,
+) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
+    """``chunk(state, xs, ys, valid)``: :func:`sgjax.train.make_step` over a stack of
+    batches in one jitted scan (one dispatch per chunk, as for the mesh runners); a
+    batch with ``valid`` False is skipped (a partial last chunk reuses the compiled call).
+    """
+    step = train.make_step(net, rule, loss, optimizer, sg_optimizer)
+
+    def masked(state: train.TrainState, batch: tuple[jax.Array, jax.Array, jax.Array]):
+        x, y, v = batch
+        skipped = jax.tree.map(
+            lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(step, state, (x, y))[1]
+        )
+        return lax.cond(v, lambda s: step(s, (x, y)), lambda s: (s, skipped), state)
+
+    @jax.jit
+    def chunk(state: train.TrainState, xs: jax.Array, ys: jax.Array, valid: jax.Array):
+        return lax.scan(masked, state, (xs, ys, valid))
+
+    return chunk
+
+
+def train_pipelined(
+    method: str,
+    net: Network,
+    x_train: Any,
+    y_train: Any,
+    *,
+    steps: int | None = None,
+    seconds: float | None = None,
+    batch_size: int = 64,
+    micro_batches: int = 4,
+    loss: str | loss_lib.Loss = "xent",
+    lr: float = 1e-3,
+    sg_lr: float = 1e-3,
+    estimator: str | est_lib.Estimator = "conditioned",
+    seed: int = 0,
+    chunk: int = 50,
+    mesh: Mesh | None = None,
+    x_test: Any = None,
+    y_test: Any = None,
+    eval_every: int | None = None,
+    target_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """Train ``net`` with a pipeline (or a baseline) and report the result.
+
+    Args:
+        method: ``"sg-pipeline"`` (:func:`sg_on_mesh`, one update per stage and
+            micro-batch), ``"gpipe"`` (:func:`gpipe_on_mesh`, one update per M
+            micro-batches), ``"data-parallel"`` (:func:`dp_on_mesh`: backprop, each
+            batch split over the devices, one update per micro-batch), or the
+            single-device baselines ``"backprop"`` and ``"sg"`` (sequential DNI) with one
+            update per micro-batch.
+        net: the network; the pipelines need a mesh with one device per stage (built with
+            :func:`make_mesh` if ``mesh`` is None; data-parallel: all devices).
+        x_train, y_train: training data (inputs are flattened; integer labels).
+        steps: micro-batches of ``batch_size`` to train on (GPipe: rounded up to whole
+            optimiser steps of M micro-batches).
+        seconds: alternatively (or also) a wall-clock budget for training, compile
+            excluded; training stops after the first call that ends past it.
+        batch_size: micro-batch size B.
+        micro_batches: M of GPipe.
+        loss, lr, sg_lr, estimator, seed: loss, Adam learning rates of the stages and SG
+            modules, the SG module, seed of the initialisation and of the batch order.
+        chunk: micro-batches per jitted call (the pipelines never drain between calls).
+        mesh: the mesh for the mesh methods.
+        x_test, y_test: evaluated at the end if given.
+        eval_every: with test data, also evaluate after every call that ends at least
+            this many micro-batches after the last evaluation (a learning curve; the
+            evaluation is not counted in ``seconds``).
+        target_accuracy: with ``eval_every``, also stop after the first evaluation that
+            reaches this test accuracy.
+
+    Returns:
+        A dict with ``method``, ``stages``, ``batch_size``, ``micro_batches_seen``,
+        ``updates`` (per stage), ``examples``, ``seconds`` (training, compile excluded),
+        ``compile_seconds`` (the first call, which also trains), ``examples_per_s``
+        (None when the compiling call was the only one, so that nothing was timed),
+        ``final_loss`` (mean over the micro-batches the last stage finished in the last
+        call, the SG pipeline's drain included; None if none finished),
+        ``final_loss_micro_batches`` (how many that was), ``params``, ``micro_batches``
+        (GPipe) and, with test data, ``test_accuracy``, ``test_loss`` and ``curve`` (a
+        list of ``{"micro_batches", "seconds", "test_accuracy", "test_loss"}``).
+
+    Raises:
+        PipelineNonFiniteError: an update's loss, gradients or new parameters were not
+            finite (it was not applied; the error names the micro-batch and stage).
+
+    Example:
+        >>> from sgjax import nets
+        >>> from sgjax.infra import data
+        >>> ds = data.load("digits")
+        >>> r = train_pipelined("backprop", nets.mlp([64, 32, 10]), ds.x_train, ds.y_train,
+        ...                     steps=15, batch_size=32, chunk=10)
+        >>> r["micro_batches_seen"], r["updates"], r["final_loss_micro_batches"]
+        (15, 15, 5)
+    """
+    if method not in METHODS:
+        raise ValueError(f"train_pipelined: `method` must be one of {METHODS}, got {method!r}")
+    if steps is None and seconds is None:
+        raise ValueError("train_pipelined: give `steps`, `seconds` or both")
+    if steps is not None:
+        _check_count("train_pipelined", "steps", steps)
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"train_pipelined: `seconds` must be > 0, got {seconds!r}")
+    for arg, value in (("chunk", chunk), ("micro_batches", micro_batches)):
+        _check_count("train_pipelined", arg, value)
+    if eval_every is not None:
+        _check_count("train_pipelined", "eval_every", eval_every)
+    x_train = np.asarray(x_train, np.float32).reshape(len(x_train), -1)
+    y_train = np.asarray(y_train)
+    train.check_labels(y_train, net.out_dim, name="y_train")
+    if x_test is not None:
+        x_test = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
+        y_test = np.asarray(y_test)
+    loss = loss_lib.get(loss)
+    opt, sg_opt = optax.adam(lr), optax.adam(sg_lr)
+    key = jax.random.key(seed)
+    per_call = micro_batches if method == "gpipe" else chunk
+    if method == "gpipe" and steps is not None:
+        steps = -(-steps // per_call) * per_call  # whole optimiser steps
+    data = train.batches(x_train, y_train, batch_size, seed=seed)
+
+    def next_chunk(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``per_call`` micro-batches, the first ``k`` of them valid."""
+        xb, yb = zip(*(next(data) for _ in range(per_call)))
+        return np.stack(xb), np.stack(yb), np.arange(per_call) < k
+
+    state: Any
+    call: Callable[..., tuple[Any, dict[str, jax.Array]]]
+    params_of: Callable[[Any], Any]  # a state -> its parameters
+    if method == "sg-pipeline":
+        pipe = sg_pipeline(net, loss, opt, sg_opt, estimator=estimator)
+        sg_runner = sg_on_mesh(pipe, mesh or make_mesh(net.depth), batch_size=batch_size)
+        state, call = sg_runner.pack(init_sg(pipe, key, batch_size=batch_size)), sg_runner.run
+        params_of = lambda st: sg_runner.unpack(st).params  # noqa: E731
+    elif method == "gpipe":
+        gp_mesh = mesh or make_mesh(net.depth)
+        gp = gpipe_on_mesh(
+            net, loss, opt, gp_mesh, batch_size=batch_size, micro_batches=micro_batches
+        )
+        state = gp.pack(init_bp(net, opt, key))
+        call = lambda st, xs, ys, valid: gp.run(st, xs, ys)  # noqa: E731 — always full
+        params_of = lambda st: gp.unpack(st).params  # noqa: E731
+    elif method == "data-parallel":
+        dp_mesh = mesh or make_mesh(len(jax.devices()))
+        dp = dp_on_mesh(net, loss, opt, dp_mesh, batch_size=batch_size)
+        state, call = dp.pack(init_bp(net, opt, key)), dp.run
+        params_of = lambda st: dp.unpack(st).params  # noqa: E731
+    else:
+        rule = rules.backprop() if method == "backprop" else rules.synthetic_gradients(estimator)
+        state = jax.jit(train.init, static_argnums=(1, 2, 3, 4))(key, net, rule, opt, sg_opt)
+        call = _single_device_chunk(net, rule, loss, opt, sg_opt)
+        params_of = lambda st: st.params  # noqa: E731
+
+    def evaluate(params: Any) -> dict[str, float]:
+        return train.evaluate(net, params, loss, x_test, y_test)
+
+    curve: list[dict[str, float]] = []
+    seen = calls = timed = 0
+    compile_seconds = train_seconds = 0.0
+    last_eval = 0
+    # `seen` is the same in every process; a decision from the clock or an evaluation is
+    # process 0's (_agree), so that no process stops while another calls a collective.
+    while steps is None or seen < steps:
+        if seconds is not None and _agree(train_seconds >= seconds):
+            break
+        k = per_call if steps is None else min(per_call, steps - seen)
+        xs, ys, valid = next_chunk(k)
+        t0 = time.perf_counter()
+        state, metrics = call(state, xs, ys, valid)
+        jax.block_until_ready(metrics)
+        if calls == 0:  # the first call compiles (and trains like every other)
+            compile_seconds = time.perf_counter() - t0
+        else:
+            train_seconds += time.perf_counter() - t0
+            timed += k * batch_size
+        _check_finite(method, metrics, valid, seen, calls, per_call, state, params_of)
+        calls, seen = calls + 1, seen + k
+        if x_test is not None and eval_every is not None and seen - last_eval >= eval_every:
+            ev = evaluate(params_of(state))
+            curve.append({"micro_batches": seen, "seconds": train_seconds, **_named(ev)})
+            last_eval = seen
+            if target_accuracy is not None and _agree(ev["accuracy"] >= target_accuracy):
+                break
+    if method == "sg-pipeline":
+        finished = np.asarray(metrics["done"])
+        losses = np.asarray(metrics["loss"])[finished]
+        if net.depth > 1:  # drain the micro-batches in flight (the compiled call is reused)
+            example = (xs[0], ys[0])
+            state, drained = flush(call, state, net.depth, *example, ticks=per_call)
+            _check_finite(method, drained, None, seen, calls, per_call, state, params_of)
+            done = np.asarray(drained["done"])
+            losses = np.concatenate([losses, np.asarray(drained["loss"])[done]])
+    elif method == "gpipe":
+        losses = np.asarray(metrics["loss"])[None]
+    else:
+        losses = np.asarray(metrics["loss"])[np.asarray(valid)]
+    out: dict[str, Any] = {
+        "method": method,
+        "stages": net.depth,
+        "batch_size": batch_size,
+        "micro_batches_seen": seen,
+        "updates": calls if method == "gpipe" else seen,
+        "examples": seen * batch_size,
+        "seconds": train_seconds,
+        "compile_seconds": compile_seconds,
+        "examples_per_s": timed / train_seconds if train_seconds > 0 else None,
+        "final_loss": float(np.mean(losses)) if losses.size else None,
+        "final_loss_micro_batches": int(losses.size),
+        "params": params_of(state),
+    }
+    if method == "gpipe":
+        out["micro_batches"] = micro_batches
+    if x_test is not None:
+        ev = evaluate(out["params"])
+        out["test_accuracy"], out["test_loss"] = ev["accuracy"], ev["loss"]
+        out["curve"] = curve
+    return out
+
+
+def _named(ev: dict[str, float]) -> dict[str, float]:
+    return {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"]}
+
+
+def _check_finite(
+    method: str,
+    metrics: dict[str, Any],
+    valid: np.ndarray | None,
+    seen: int,
+    calls: int,
+    per_call: int,
+    state: Any,
+    params_of: Callable[[Any], Any],
+) -> None:
+    """Raise :class:`PipelineNonFiniteError` if a call reported a non-finite update."""
+    finite = np.asarray(metrics["finite"])
+    if method in ("backprop", "sg") and valid is not None:
+        finite = finite | ~valid  # a skipped slot of a partial chunk reports False
+    if finite.all():
+        return
+    loss = np.asarray(metrics["loss"])
+    stage: int | None = None
+    if method == "sg-pipeline":
+        # At tick t of this call stage s works on micro-batch (calls·per_call + t) − s.
+        t, s = np.argwhere(~np.asarray(metrics["stage_finite"]))[0]
+        micro_batch, stage, value = calls * per_call + int(t) - int(s), int(s), loss[t]
+    elif method == "gpipe":
+        stage = int(np.argmin(np.asarray(metrics["stage_finite"])))
+        micro_batch, value = seen, loss
+    else:
+        t = int(np.argmin(finite))
+        micro_batch, value = seen + t, loss[t]
+    raise PipelineNonFiniteError(method, micro_batch, stage, float(value), params_of(state))

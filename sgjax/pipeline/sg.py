@@ -1,0 +1,343 @@
+"""The SG pipeline's schedule: on one device (:func:`sg_reference`) and on a mesh
+(:func:`sg_on_mesh`), plus :func:`flush`, which drains it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from sgjax.pipeline.mesh import (
+    AXIS,
+    _check_count,
+    _check_mesh,
+    _global,
+    _put,
+    _replicated,
+    _send,
+    _shard_map,
+    _to_host,
+)
+from sgjax.pipeline.packing import (
+    Flat,
+    _crop_h,
+    _get_stages,
+    _in_shape,
+    _layout,
+    _pad_h,
+    _put_stages,
+    _sizes,
+    _unpack,
+    _width,
+    _write,
+)
+from sgjax.pipeline.stages import (
+    Message,
+    SGPipeline,
+    SGState,
+    _check_stream,
+    _sg_update,
+    _stage_update,
+    init_sg,
+)
+
+
+def sg_reference(
+    pipe: SGPipeline,
+    state: SGState,
+    xs: jax.Array,
+    ys: jax.Array,
+    valid: jax.Array | None = None,
+) -> tuple[SGState, dict[str, jax.Array]]:
+    """Run ``len(xs)`` ticks of the SG pipeline on one device (the reference schedule).
+
+    ``xs[t]``, ``ys[t]`` is the micro-batch that enters stage 0 at tick t; ``valid[t] =
+    False`` feeds an empty slot (see :func:`flush`). Stages run one after another inside
+    a tick, each on the messages of the previous tick, which is exactly what the devices
+    of :func:`sg_on_mesh` do in parallel.
+
+    Returns:
+        The new state and per-tick metrics: ``loss`` and ``accuracy`` of the micro-batch
+        the last stage finished (``done`` says whether it finished one), ``sg_loss``
+        of shape ``(ticks, N−1)``, ``stage_finite`` of shape ``(ticks, N)`` (stage s's
+        updates of that tick were finite; a non-finite one was not applied) and
+        ``finite`` (all stages were).
+    """
+    batch = state.outbox[0].h.shape[0] if state.outbox else None
+    xs, y_vec, valid = _check_stream(pipe.net, batch, xs, ys, valid)
+    n = pipe.net.depth
+
+    def tick(st: SGState, inp: tuple[jax.Array, jax.Array, jax.Array]):
+        inbox = [Message(*inp), *st.outbox]
+        params, opt = list(st.params), list(st.opt_state)
+        outs, targets = [], []  # targets[s]: stage s's input gradient, the target of SG_{s-1}
+        ok = []  # ok[s]: stage s's updates this tick were finite
+        for s in range(n):
+            phi = st.sg_params[s] if s < n - 1 else ()
+            params[s], opt[s], h_out, g_in, loss, acc, fwd_ok = _stage_update(
+                pipe, s, params[s], opt[s], phi, inbox[s]
+            )
+            outs.append(Message(h_out, inbox[s].y, inbox[s].valid))
+            targets.append(g_in)
+            ok.append(fwd_ok)
+        sg_params, sg_opt, sg_losses = list(st.sg_params), list(st.sg_opt_state), []
+        for s in range(n - 1):
+            sg_params[s], sg_opt[s], sgl, sg_ok = _sg_update(
+                pipe, sg_params[s], sg_opt[s], st.outbox[s], targets[s + 1]
+            )
+            sg_losses.append(sgl)
+            ok[s] = ok[s] & sg_ok
+        new = SGState(
+            tuple(params), tuple(opt), tuple(sg_params), tuple(sg_opt), tuple(outs[:-1]),
+            st.tick + 1,
+        )  # fmt: skip
+        done = inbox[-1].valid
+        metrics = {
+            "loss": jnp.where(done, loss, 0.0),  # of the last stage
+            "accuracy": jnp.where(done, acc, 0.0),
+            "done": done,
+            "sg_loss": jnp.stack(sg_losses) if sg_losses else jnp.zeros((0,), xs.dtype),
+            "stage_finite": jnp.stack(ok),
+            "finite": jnp.all(jnp.stack(ok)),
+        }
+        return new, metrics
+
+    return lax.scan(tick, state, (xs, y_vec, valid))
+
+
+def flush(
+    run: Callable[..., tuple[Any, dict[str, jax.Array]]],
+    state: Any,
+    n_stages: int,
+    example_x: jax.Array,
+    example_y: jax.Array,
+    *,
+    ticks: int | None = None,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Feed ``n_stages − 1`` empty ticks so every micro-batch in flight finishes.
+
+    ``run`` is :func:`sg_reference` bound to its pipeline, or a mesh runner's ``run``;
+    ``example_x``/``example_y`` is any micro-batch of the right shape (its values are
+    ignored). With ``ticks`` the empty ticks are fed in calls of that length (so a
+    runner already compiled for calls of ``ticks`` is reused), as many calls as needed
+    to reach ``n_stages − 1``; the metrics of the calls are concatenated.
+
+    Example:
+        >>> import functools, jax, jax.numpy as jnp, optax
+        >>> from sgjax import nets
+        >>> from sgjax.pipeline import sg_pipeline
+        >>> pipe = sg_pipeline(nets.mlp([3, 4, 2]), optimizer=optax.sgd(0.1))
+        >>> s = init_sg(pipe, jax.random.key(0), batch_size=2)
+        >>> s, _ = sg_reference(pipe, s, jnp.ones((1, 2, 3)), jnp.zeros((1, 2), int))
+        >>> s, m = flush(functools.partial(sg_reference, pipe), s, 2, jnp.ones((2, 3)),
+        ...              jnp.zeros(2, int))
+        >>> m["done"].tolist()
+        [True]
+    """
+    _check_count("flush", "n_stages", n_stages)
+    k = n_stages - 1
+    if ticks is not None:
+        _check_count("flush", "ticks", ticks)
+    per_call = k if ticks is None else ticks
+    xs = jnp.broadcast_to(example_x, (per_call, *example_x.shape))
+    ys = jnp.broadcast_to(example_y, (per_call, *example_y.shape))
+    empty = jnp.zeros((per_call,), bool)
+    state, metrics = run(state, xs, ys, empty)
+    parts = [metrics]
+    for _ in range(per_call, k, per_call):
+        state, metrics = run(state, xs, ys, empty)
+        parts.append(metrics)
+    if len(parts) == 1:
+        return state, parts[0]
+    return state, jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+
+
+class PackedSG(NamedTuple):
+    """The SG pipeline's state on the mesh: row s of every array lives on device s."""
+
+    flat: dict[str, jax.Array]  # dtype -> (N, L): (θ_s, opt_s, φ_s, sg_opt_s) of device s
+    inbox: Message  # (N, B, width) etc.: what device s consumes next tick
+    prev: Message  # (N, B, width) etc.: device s's own output of the last tick
+    tick: jax.Array
+
+
+class MeshRunner(NamedTuple):
+    """The SG pipeline bound to a mesh: ``pack``/``unpack`` convert between the per-stage
+    state and the device-stacked, padded one that ``run`` (jitted) advances."""
+
+    mesh: Mesh
+    pack: Callable[[SGState], PackedSG]
+    unpack: Callable[[PackedSG], SGState]
+    run: Callable[..., tuple[PackedSG, dict[str, jax.Array]]]
+
+
+def _send_message(m: Message, pairs: list[tuple[int, int]]) -> Message:
+    """Send a :class:`Message` as one buffer ``[h | y | valid]`` of shape (B, width + c +
+    1): one collective per tick downwards instead of one per part (on CPU processes each
+    collective costs a round trip; the parts are 0/1 or h's dtype, so the cast is exact).
+    """
+    b, w = m.h.shape
+    c = m.y.shape[1]
+    flag = jnp.broadcast_to(m.valid.astype(m.h.dtype), (b, 1))
+    buf = _send(jnp.concatenate([m.h, m.y.astype(m.h.dtype), flag], axis=1), pairs)
+    return Message(
+        buf[:, :w], buf[:, w : w + c].astype(m.y.dtype), buf[0, w + c].astype(m.valid.dtype)
+    )
+
+
+def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
+    """Bind the SG pipeline to a 1-D mesh with one device per stage.
+
+    ``runner.run(packed, xs, ys, valid=None)`` advances ``len(xs)`` ticks exactly like
+    :func:`sg_reference` (same arguments, same metrics), with stage s on device s.
+
+    Example (with at least two devices; here the mesh mismatch is the point):
+        >>> import optax
+        >>> from sgjax import nets
+        >>> from sgjax.pipeline import make_mesh, sg_pipeline
+        >>> pipe = sg_pipeline(nets.mlp([4, 8, 2]), optimizer=optax.sgd(0.1))
+        >>> sg_on_mesh(pipe, make_mesh(1), batch_size=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: pipeline: the network has 2 stages but the mesh has 1 devices; ...
+    """
+    net = pipe.net
+    n = _check_mesh(net, mesh)
+    _check_count("sg_on_mesh", "batch_size", batch_size)
+    width, c, B = _width(net), net.out_dim, batch_size
+    dummy = jax.eval_shape(lambda: init_sg(pipe, jax.random.key(0), batch_size=B))
+
+    def stage_tree(st: SGState, s: int) -> tuple:
+        if s < n - 1:
+            return (st.params[s], st.opt_state[s], st.sg_params[s], st.sg_opt_state[s])
+        return (st.params[s], st.opt_state[s], (), ())
+
+    layouts = [_layout(stage_tree(dummy, s)) for s in range(n)]
+    sizes = _sizes(layouts)
+
+    def pack(st: SGState) -> PackedSG:
+        st = jax.device_get(st)
+        # prev[s] is stage s's last output (none for the last stage); inbox[s] = prev[s−1].
+        h = np.zeros((n, B, width), np.float32)
+        y = np.zeros((n, B, c), np.float32)
+        v = np.zeros(n, np.float32)
+        for s, m in enumerate(st.outbox):
+            out = np.asarray(m.h, np.float32).reshape(B, -1)
+            h[s, :, : out.shape[1]], y[s], v[s] = out, m.y, m.valid
+        shift = lambda a: np.concatenate([np.zeros_like(a[:1]), a[:-1]])  # noqa: E731
+
+        def put(arrays: tuple[np.ndarray, ...]) -> Message:
+            return Message(*(_put(a, mesh, P(AXIS)) for a in arrays))
+
+        return PackedSG(
+            _put_stages([stage_tree(st, s) for s in range(n)], layouts, sizes, mesh),
+            put((shift(h), shift(y), shift(v))),
+            put((h, y, v)),
+            _put(st.tick, mesh, P()),
+        )
+
+    def unpack(pk: PackedSG) -> SGState:
+        trees = _get_stages(pk.flat, layouts)
+        h, y, v = (_to_host(a) for a in pk.prev)
+        outbox = tuple(
+            Message(
+                jnp.asarray(_crop_h(h[s], net.stages[s].out_shape)),
+                jnp.asarray(y[s]),
+                jnp.asarray(v[s] > 0.5),
+            )
+            for s in range(n - 1)
+        )
+        return SGState(
+            tuple(t[0] for t in trees),
+            tuple(t[1] for t in trees),
+            tuple(t[2] for t in trees[:-1]),
+            tuple(t[3] for t in trees[:-1]),
+            outbox,
+            jnp.asarray(_to_host(pk.tick)),
+        )
+
+    def forward_branch(s: int) -> Callable:
+        def branch(flat: Flat, msg: Message):
+            theta, opt, phi, _ = _unpack(flat, layouts[s])
+            inp = Message(_crop_h(msg.h, _in_shape(net, s)), msg.y, msg.valid > 0.5)
+            theta, opt, h_out, g_in, loss, acc, ok = _stage_update(pipe, s, theta, opt, phi, inp)
+            flat = _write(flat, jax.tree.leaves((theta, opt)), layouts[s], 0)
+            return flat, _pad_h(h_out, width), _pad_h(g_in, width), loss, acc, ok
+
+        return branch
+
+    def sg_branch(s: int) -> Callable:
+        def branch(flat: Flat, prev: Message, target: jax.Array):
+            if s == n - 1:  # the last stage has the true gradient, no module to train
+                return dict(flat), jnp.zeros((), jnp.float32), jnp.ones((), bool)
+            theta, opt, phi, sg_opt = _unpack(flat, layouts[s])
+            shape = net.stages[s].out_shape
+            msg = Message(_crop_h(prev.h, shape), prev.y, prev.valid > 0.5)
+            phi, sg_opt, sgl, ok = _sg_update(pipe, phi, sg_opt, msg, _crop_h(target, shape))
+            start = len(jax.tree.leaves((theta, opt)))
+            return _write(flat, jax.tree.leaves((phi, sg_opt)), layouts[s], start), sgl, ok
+
+        return branch
+
+    fwd_branches = [forward_branch(s) for s in range(n)]
+    sg_branches = [sg_branch(s) for s in range(n)]
+    down = [(s, s + 1) for s in range(n - 1)]
+    up = [(s + 1, s) for s in range(n - 1)]
+
+    def device(flat, inbox, prev, tick, xs, ys, valid):
+        s = lax.axis_index(AXIS)
+        first = s == 0
+
+        def one_tick(carry, inp):
+            flat, inbox, prev = carry
+            x, y, v = inp
+            msg = Message(
+                jnp.where(first, _pad_h(x, width), inbox.h),
+                jnp.where(first, y, inbox.y),
+                jnp.where(first, v.astype(jnp.float32), inbox.valid),
+            )
+            flat, h_out, g_in, loss, acc, fwd_ok = lax.switch(s, fwd_branches, flat, msg)
+            out = Message(h_out, msg.y, msg.valid)
+            # Both messages leave in the same tick: h_s goes down the pipeline for the
+            # next tick, the target for SG_{s-1} goes back up and is used right away.
+            new_inbox, target = _send_message(out, down), _send(g_in, up)
+            flat, sgl, sg_ok = lax.switch(s, sg_branches, flat, prev, target)
+            return (flat, new_inbox, out), (loss, acc, msg.valid, sgl, fwd_ok & sg_ok)
+
+        carry = jax.tree.map(lambda a: a[0], (flat, inbox, prev))  # drop the device axis
+        carry, per_tick = lax.scan(one_tick, carry, (xs, ys, valid))
+        add = lambda a: a[None]  # noqa: E731 — the device axis of the outputs
+        return jax.tree.map(add, carry), tick + xs.shape[0], jax.tree.map(add, per_tick)
+
+    spec = P(AXIS)
+    mapped = _shard_map(
+        device, mesh, (spec, spec, spec, P(), P(), P(), P()), ((spec, spec, spec), P(), spec)
+    )
+
+    @jax.jit
+    def _run(pk: PackedSG, xs, y_vec, valid):
+        (flat, inbox, prev), tick, (loss, acc, done, sgl, ok) = mapped(
+            pk.flat, pk.inbox, pk.prev, pk.tick, xs, y_vec, valid
+        )
+        finished = done[n - 1] > 0.5  # the last stage's view
+        metrics = {
+            "loss": jnp.where(finished, loss[n - 1], 0.0),
+            "accuracy": jnp.where(finished, acc[n - 1], 0.0),
+            "done": finished,
+            "sg_loss": sgl[: n - 1].T,
+            "stage_finite": ok.T,
+            "finite": jnp.all(ok, axis=0),
+        }
+        # Replicated, so that every process can read them (a mesh over several processes).
+        return PackedSG(flat, inbox, prev, tick), _replicated(metrics, mesh)
+
+    def run(pk: PackedSG, xs: Any, ys: Any, valid: Any = None):
+        return _run(pk, *_global(mesh, *_check_stream(net, B, xs, ys, valid)))
+
+    return MeshRunner(mesh, pack, unpack, run)

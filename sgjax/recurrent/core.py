@@ -1,0 +1,737 @@
+"""Truncated BPTT over windows of T steps, with a synthetic gradient at each window boundary.
+
+The mechanism (Jaderberg et al. 2017, §3.1; design.md "Recurrent DNI"). A sequence of L
+steps is cut into K = ⌈L/T⌉ windows. Window k starts from the carried state s_k
+(stop-gradiented: nothing flows back into window k − 1), runs the cell over its T steps
+with ``lax.scan`` and ends in s_{k+1}. With ℓ_k the window's loss (sum over its steps of
+the per-step loss, mean over the batch), one jitted *window step* takes the gradient of
+
+    ℓ_k + ⟨stop_grad(SG(s_{k+1}, c_{k+1})), s_{k+1}⟩ / B
+
+with respect to the model and updates it. The second term *injects* the boundary SG —
+the module's estimate of the per-example gradient of all future windows' loss with
+respect to s_{k+1} — at the window's end, so the window is trained as if it saw the
+future. The carried state s_k passes through a **backward interface**: identity forward;
+its backward receives the cotangent g arriving at s_k (the window loss's gradient plus
+the injected SG of the next boundary backpropagated through the window — the DNI
+paper's bootstrapped target, scaled ×B to per-example units) and hands the SG module the
+gradient of ``mean_b ‖SG(s_k, c_k)_b − stop_grad(B·g_b)‖²`` (the regression loss of
+:func:`sgjax.rules.synthetic_gradients`). One ``jax.grad`` gives both.
+
+====================  ================================  ===========================
+method                injected at the window end        SG trained
+====================  ================================  ===========================
+``bptt``              nothing (plain truncated BPTT)    —
+``dni``               SG(s_{k+1}, c_{k+1})              onto the bootstrapped target
+``dni_aux``           as ``dni``; every in-window       as ``dni``
+                      state also predicts that SG
+                      (auxiliary loss into the core)
+====================  ================================  ===========================
+
+Full BPTT is ``bptt`` with ``window`` equal to the (padded) sequence length — the same
+harness. Conditioned DNI (cDNI) passes a per-step context (``ctx``, width
+``context_dim``) to the SG module; the boundary k reads the context of step kT.
+
+Conventions: ``x`` is time-major ``(L, B, in_dim)``; ``y`` is ``(L, B)`` integer classes
+(``loss="xent"``) or ``(L, B, out_dim)`` bits (``loss="bits"``); ``m`` is a ``(L, B)``
+0/1 mask on the per-step loss. The first boundary of a fresh sequence (the initial zero
+state, which no parameter produced) does not train the SG (``sg_weight`` 0), and the
+last window of a finite sequence injects nothing (``inject`` 0): there is no future.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from sgjax.recurrent import cells, core
+    >>> model = core.Model(cells.vanilla(8), in_dim=3, out_dim=3, loss="xent")
+    >>> h = core.harness(model, window=4, method="dni")
+    >>> state = core.init(h, jax.random.key(0), optax.sgd(0.1))
+    >>> step = core.make_window_step(h, optax.sgd(0.1))
+    >>> x = jnp.ones((12, 2, 3)); y = jnp.zeros((12, 2), int)
+    >>> state, carry, metrics = core.train_sequence(h, step, state, x, y)
+    >>> step.traces  # three windows, one compilation
+    1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sgjax import estimators as est_lib
+from sgjax.recurrent.cells import Cell
+
+Params = Any
+METHODS = ("bptt", "dni", "dni_aux")
+LOSSES = ("xent", "bits")
+
+
+class Model(NamedTuple):
+    """A cell with a linear readout and a per-step loss (``"xent"`` or ``"bits"``)."""
+
+    cell: Cell
+    in_dim: int
+    out_dim: int
+    loss: str = "xent"
+
+
+class Harness(NamedTuple):
+    """What a window step needs: the model, the window length T, the method, the SG."""
+
+    model: Model
+    window: int
+    method: str
+    sg: est_lib.Estimator | None
+    context_dim: int
+    aux_weight: float
+    decay: float = 1.0
+
+
+class Window(NamedTuple):
+    """One window's data: ``x (T,B,I)``, ``y``, ``m (T,B)``, contexts of its two
+    boundaries ``c0``/``c1`` ``(B, max(context_dim, 1))``, and the scalars ``inject`` (1:
+    inject the SG at the end) and ``sg_weight`` (1: train the SG at the start)."""
+
+    x: jax.Array
+    y: jax.Array
+    m: jax.Array
+    c0: jax.Array
+    c1: jax.Array
+    inject: jax.Array
+    sg_weight: jax.Array
+
+
+class WindowOut(NamedTuple):
+    """:func:`window_grads`' result. ``target`` is the bootstrapped per-example target at
+    the window's first state; ``sg_start`` the SG's prediction there."""
+
+    grads: Params
+    sg_grads: Params
+    s_end: jax.Array
+    target: jax.Array
+    sg_start: jax.Array
+    loss: jax.Array
+    sg_loss: jax.Array
+    aux_loss: jax.Array
+
+
+class TrainState(NamedTuple):
+    params: Params
+    sg_params: Params
+    opt_state: Any
+    sg_opt_state: Any
+    step: jax.Array
+
+
+# ------------------------------------------------------------------------- construction
+
+
+def harness(
+    model: Model,
+    *,
+    window: int,
+    method: str = "dni",
+    sg: str | est_lib.Estimator | None = None,
+    context_dim: int = 0,
+    aux_weight: float = 0.1,
+    decay: float = 1.0,
+) -> Harness:
+    """Validate and bundle the choices of a truncated-BPTT run.
+
+    Args:
+        model: the :class:`Model`.
+        window: T ≥ 1, the truncation length.
+        method: ``"bptt"``, ``"dni"`` or ``"dni_aux"``.
+        sg: the boundary SG module (default ``"linear"``, ``hA + C``; with
+            ``context_dim > 0`` default ``"conditioned"``, ``hA + cB + C`` — cDNI).
+            Ignored for ``bptt``.
+        context_dim: width of the per-step context the SG reads (0: none).
+        aux_weight: weight of the DNI+Aux auxiliary loss.
+        decay: γ ∈ (0, 1], multiplying the injected SG. γ = 1 (the default, the paper's
+            bootstrapping) makes the SG estimate the gradient of all future loss; γ < 1
+            makes it estimate the γ-discounted sum over future windows (the target is
+            the window's gradient plus γ × the next SG backpropagated), which stays
+            bounded on an endless stream (see the report of ``dni-rnn``).
+
+    Example:
+        >>> from sgjax.recurrent import cells
+        >>> h = harness(Model(cells.lstm(4), 2, 2), window=3, method="dni_aux")
+        >>> h.sg.name, h.window
+        ('linear', 3)
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"`model` must be a sgjax.recurrent.core.Model, got {type(model)}")
+    if model.loss not in LOSSES:
+        raise ValueError(f"`model.loss` must be one of {LOSSES}, got {model.loss!r}")
+    if not isinstance(window, int | np.integer) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"`window` (T) must be an int ≥ 1, got {window!r}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    if not isinstance(context_dim, int) or context_dim < 0:
+        raise ValueError(f"`context_dim` must be an int ≥ 0, got {context_dim!r}")
+    if not aux_weight >= 0:
+        raise ValueError(f"`aux_weight` must be ≥ 0, got {aux_weight!r}")
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"`decay` (γ) must be in (0, 1], got {decay!r}")
+    estimator = None
+    if method != "bptt":
+        estimator = est_lib.get(sg or ("conditioned" if context_dim else "linear"))
+    return Harness(
+        model, int(window), method, estimator, context_dim, float(aux_weight), float(decay)
+    )
+
+
+def init_params(model: Model, key: jax.Array, dtype=jnp.float32, aux: bool = False) -> Params:
+    """Cell parameters, a Glorot readout, and (``aux``) a zero-initialised aux head."""
+    kc, ko = jax.random.split(key)
+    H, S = model.cell.out_dim, model.cell.state_dim
+    params = {
+        "cell": model.cell.init(kc, model.in_dim, dtype),
+        "out": {
+            "W": jax.nn.initializers.glorot_uniform()(ko, (H, model.out_dim), dtype),
+            "b": jnp.zeros((model.out_dim,), dtype),
+        },
+    }
+    if aux:
+        params["aux"] = {"W": jnp.zeros((S, S), dtype), "b": jnp.zeros((S,), dtype)}
+    return params
+
+
+def init(
+    h: Harness,
+    key: jax.Array,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation | None = None,
+    dtype=jnp.float32,
+) -> TrainState:
+    """A fresh :class:`TrainState` (the SG module zero-initialised, as every estimator is).
+
+    Example:
+        >>> import jax, optax
+        >>> from sgjax.recurrent import cells
+        >>> h = harness(Model(cells.vanilla(4), 2, 2), window=2)
+        >>> sorted(init(h, jax.random.key(0), optax.sgd(0.1)).sg_params)
+        ['A', 'C']
+    """
+    km, ks = jax.random.split(key)
+    params = init_params(h.model, km, dtype, aux=h.method == "dni_aux")
+    sg_params = None
+    if h.sg is not None:
+        sg_params = h.sg.init(ks, (h.model.cell.state_dim,), max(h.context_dim, 1), dtype)
+    sg_opt = sg_optimizer or optimizer
+    return TrainState(
+        params,
+        sg_params,
+        optimizer.init(params),
+        sg_opt.init(sg_params) if sg_params is not None else None,
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def initial_carry(h: Harness, batch: int, dtype=jnp.float32) -> jax.Array:
+    """The zero state ``(batch, state_dim)``."""
+    return jnp.zeros((batch, h.model.cell.state_dim), dtype)
+
+
+# ------------------------------------------------------------------------------ forward
+
+
+def step_loss(loss: str, logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-example loss of one step, ``(B,)``: softmax cross-entropy (``xent``, integer
+    ``y``) or the summed sigmoid cross-entropy of ``out_dim`` bits (``bits``), in nats."""
+    if loss == "xent":
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    y = y.astype(logits.dtype)
+    return jnp.sum(jax.nn.softplus(logits) - y * logits, axis=-1)
+
+
+def unroll(
+    model: Model, params: Params, s0: jax.Array, x: jax.Array, y: jax.Array, m: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``lax.scan`` of the cell over a window: ``(s_T, states (T,B,S), losses (T,B),
+    logits (T,B,O))``; losses already multiplied by the mask."""
+    W, b = params["out"]["W"], params["out"]["b"]
+
+    def body(s, inp):
+        xt, yt, mt = inp
+        s, out = model.cell.apply(params["cell"], s, xt)
+        logits = out @ W + b
+        return s, (s, step_loss(model.loss, logits, yt) * mt, logits)
+
+    s_T, (states, losses, logits) = jax.lax.scan(body, s0, (x, y, m))
+    return s_T, states, losses, logits
+
+
+def window_loss(
+    model: Model, params: Params, s0: jax.Array, x: jax.Array, y: jax.Array, m: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """ℓ = Σ_t mean_b m_tb ℓ_tb over the window, with ``(s_T, states)``."""
+    s_T, states, losses, _ = unroll(model, params, s0, x, y, m)
+    return jnp.sum(losses) / x.shape[1], (s_T, states)
+
+
+# ------------------------------------------------------------------- boundary interface
+
+
+def boundary_interface(sg: est_lib.Estimator) -> Callable:
+    """``f(s, sg_params, c, w)``: identity forward; backward interface for the SG.
+
+    Its backward receives the cotangent g at ``s`` (batch-mean units) and returns to
+    ``sg_params`` ``w ·`` the gradient of ``mean_b ‖SG(s, c)_b − stop_grad(B·g_b)‖²``; to
+    ``s`` it sends ``SG(s, c)/B`` (the synthetic gradient, in batch-mean units). In a
+    window the state below is a stop-gradiented carry, so that part goes nowhere; the
+    module parameters' part is the DNI regression. (The shape of ``sgjax.interface``'s
+    backward interface, specialised to a batch-mean loss.)
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from sgjax import estimators
+        >>> sg = estimators.linear(); f = boundary_interface(sg)
+        >>> th = sg.init(jax.random.key(0), (2,), 1)
+        >>> s = jnp.ones((4, 2)); c = jnp.zeros((4, 1))
+        >>> g = jax.grad(lambda th: jnp.sum(f(s, th, c, 1.0)) / 4)(th)  # target 1 everywhere
+        >>> g["C"].tolist()  # d/dC mean_b ‖0 − 1‖² = −2
+        [-2.0, -2.0]
+    """
+
+    @jax.custom_vjp
+    def f(s, theta, c, w):
+        del theta, c, w
+        return s
+
+    def fwd(s, theta, c, w):
+        return s, (s, theta, c, w)
+
+    def bwd(res, g):
+        s, theta, c, w = res
+        batch = s.shape[0]
+        t = jax.lax.stop_gradient(g) * batch
+
+        def regression(th):
+            r = sg.apply(th, s, c) - t
+            return jnp.mean(jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1))
+
+        g_theta = jax.grad(regression)(theta)
+        g_theta = jax.tree.map(lambda a: (a * w).astype(a.dtype), g_theta)
+        below = sg.apply(theta, s, c) / batch
+        return below.astype(s.dtype), g_theta, jnp.zeros_like(c), jnp.zeros_like(w)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+# ---------------------------------------------------------------------------- the window
+
+
+def window_grads(
+    h: Harness,
+    params: Params,
+    sg_params: Params,
+    carry: jax.Array,
+    win: Window,
+    delta_next: jax.Array | None = None,
+) -> WindowOut:
+    """Gradients of one window (see the module docstring); pure, jit-able.
+
+    ``delta_next`` replaces ``SG(s_T, c_T)`` as the injected per-example gradient (an
+    oracle, for tests); it is still multiplied by ``win.inject``.
+    """
+    model = h.model
+    batch = carry.shape[0]
+    uses_sg = h.sg is not None
+    sg = h.sg
+    iface = boundary_interface(sg) if uses_sg else None
+
+    def surrogate(params, theta, eps):
+        s = jax.lax.stop_gradient(carry)
+        if uses_sg:
+            s = iface(s, theta, win.c0, win.sg_weight)
+        s = s + eps  # ∂/∂eps is the cotangent arriving at the window's first state
+        loss, (s_T, states) = window_loss(model, params, s, win.x, win.y, win.m)
+        total, aux_loss = loss, jnp.zeros((), loss.dtype)
+        if uses_sg or delta_next is not None:
+            d = delta_next if delta_next is not None else sg.apply(theta, s_T, win.c1)
+            d = jax.lax.stop_gradient(d) * (win.inject * h.decay)
+            total = total + jnp.sum(d * s_T) / batch
+            if h.method == "dni_aux":
+                pred = states @ params["aux"]["W"] + params["aux"]["b"]
+                aux_loss = jnp.mean(jnp.sum(jnp.square(pred - d[None]), axis=-1))
+                total = total + h.aux_weight * aux_loss
+        return total, (loss, s_T, aux_loss)
+
+    eps = jnp.zeros_like(carry)
+    grad_fn = jax.grad(surrogate, argnums=(0, 1, 2), has_aux=True)
+    (g_params, g_theta, g_eps), (loss, s_T, aux_loss) = grad_fn(params, sg_params, eps)
+    target = g_eps * batch
+    if uses_sg:
+        sg_start = sg.apply(sg_params, carry, win.c0)
+        r = (sg_start - target).reshape(batch, -1)
+        sg_loss = jnp.mean(jnp.sum(jnp.square(r), axis=-1))
+    else:
+        sg_start = jnp.zeros_like(carry)
+        sg_loss = jnp.zeros((), loss.dtype)
+    return WindowOut(g_params, g_theta, s_T, target, sg_start, loss, sg_loss, aux_loss)
+
+
+class WindowStep:
+    """A jitted window step ``(state, carry, window) -> (state, s_T, metrics)``.
+
+    Inputs are validated in Python before the call; ``traces`` counts how often the step
+    was traced (compiled), which must stay 1 across windows of one shape.
+    """
+
+    def __init__(
+        self,
+        h: Harness,
+        optimizer: optax.GradientTransformation,
+        sg_optimizer: optax.GradientTransformation | None = None,
+    ):
+        self.h = h
+        self.traces = 0
+        self._checked: set = set()
+        sg_opt = sg_optimizer or optimizer
+
+        def step(state: TrainState, carry: jax.Array, win: Window):
+            self.traces += 1  # runs at trace time only
+            out = window_grads(h, state.params, state.sg_params, carry, win)
+            upd, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, upd)
+            sg_params, sg_opt_state = state.sg_params, state.sg_opt_state
+            if h.sg is not None:
+                sg_upd, sg_opt_state = sg_opt.update(out.sg_grads, sg_opt_state, sg_params)
+                sg_params = optax.apply_updates(sg_params, sg_upd)
+            metrics = {
+                "loss": out.loss,
+                "count": jnp.sum(win.m),
+                "sg_loss": out.sg_loss,
+                "aux_loss": out.aux_loss,
+                "finite": jnp.isfinite(out.loss),
+            }
+            new = TrainState(params, sg_params, opt_state, sg_opt_state, state.step + 1)
+            return new, jax.lax.stop_gradient(out.s_end), metrics
+
+        self._step = jax.jit(step)
+
+    def __call__(self, state: TrainState, carry: jax.Array, win: Window):
+        check_window(self.h, carry, win)
+        key = _shape_key(state.sg_params, carry)
+        if key not in self._checked:
+            check_sg_params(self.h, state.sg_params, carry.shape[0], carry.dtype)
+            self._checked.add(key)
+        return self._step(state, carry, win)
+
+
+def make_window_step(
+    h: Harness,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation | None = None,
+) -> WindowStep:
+    """The jitted window step of ``h`` (model with ``optimizer``, SG with ``sg_optimizer``,
+    default the same). Example: see the module docstring."""
+    return WindowStep(h, optimizer, sg_optimizer)
+
+
+# ------------------------------------------------------------------------------ checking
+
+
+def _shape_key(tree: Any, carry: jax.Array) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return (str(treedef), tuple((np.shape(v), str(getattr(v, "dtype", type(v)))) for v in leaves)) + (
+        carry.shape,
+    )
+
+
+def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.float32) -> None:
+    """Raise ``ValueError`` unless the SG module maps a ``(batch, state_dim)`` state to an
+    array of the same shape with these parameters."""
+    if h.sg is None:
+        return
+    S = h.model.cell.state_dim
+    s = jax.ShapeDtypeStruct((batch, S), dtype)
+    c = jax.ShapeDtypeStruct((batch, max(h.context_dim, 1)), dtype)
+    try:
+        out = jax.eval_shape(h.sg.apply, sg_params, s, c)
+    except Exception as e:  # noqa: BLE001 — re-raised with the shapes that matter
+        raise ValueError(
+            f"`sg_params`: the SG module {h.sg.name!r} cannot be applied to the cell's state "
+            f"(state_dim {S} of cell {h.model.cell.name!r}, context width "
+            f"{max(h.context_dim, 1)}): {type(e).__name__}: {e}. Initialise it with "
+            "`core.init(h, ...)` for this harness."
+        ) from None
+    if tuple(out.shape) != (batch, S):
+        raise ValueError(
+            f"`sg_params`: the SG module {h.sg.name!r} returns shape {tuple(out.shape)} for a "
+            f"state of shape {(batch, S)} (cell {h.model.cell.name!r}, state_dim {S}); a "
+            "synthetic gradient must have the state's shape."
+        )
+
+
+def check_window(h: Harness, carry: Any, win: Window) -> None:
+    """Shape checks of one window (``ValueError`` naming the argument)."""
+    T, I = h.window, h.model.in_dim
+    if np.ndim(carry) != 2 or np.shape(carry)[1] != h.model.cell.state_dim:
+        raise ValueError(
+            f"`carry`: expected shape (batch, state_dim={h.model.cell.state_dim}), got "
+            f"{np.shape(carry)}"
+        )
+    B = np.shape(carry)[0]
+    if np.shape(win.x) != (T, B, I):
+        raise ValueError(f"`x` window: expected shape (T={T}, B={B}, {I}), got {np.shape(win.x)}")
+    y_shape = (T, B) if h.model.loss == "xent" else (T, B, h.model.out_dim)
+    if np.shape(win.y) != y_shape:
+        raise ValueError(f"`y` window: expected shape {y_shape}, got {np.shape(win.y)}")
+    if np.shape(win.m) != (T, B):
+        raise ValueError(f"`m` window: expected shape {(T, B)}, got {np.shape(win.m)}")
+    C = max(h.context_dim, 1)
+    for name in ("c0", "c1"):
+        if np.shape(getattr(win, name)) != (B, C):
+            raise ValueError(
+                f"`{name}`: expected shape (B={B}, {C}), got {np.shape(getattr(win, name))}"
+            )
+
+
+def check_sequence(
+    h: Harness, x: Any, y: Any, m: Any = None, ctx: Any = None, *, pad: bool = True
+) -> tuple[int, int]:
+    """Validate a time-major sequence for ``h``; returns ``(L, B)``.
+
+    Example:
+        >>> from sgjax.recurrent import cells
+        >>> h = harness(Model(cells.vanilla(2), 3, 3), window=5)
+        >>> check_sequence(h, np.zeros((4, 2, 3)), np.zeros((4, 2), int))
+        Traceback (most recent call last):
+        ...
+        ValueError: `window` (T=5) is longer than the sequence (`x` has length 4)
+    """
+    I = h.model.in_dim
+    if np.ndim(x) != 3:
+        raise ValueError(f"`x`: expected a time-major (length, batch, {I}) array, got {np.shape(x)}")
+    L, B, feat = np.shape(x)
+    if feat != I:
+        raise ValueError(f"`x`: expected {I} features (model.in_dim) on the last axis, got {feat}")
+    if L < 1 or B < 1:
+        raise ValueError(f"`x`: length and batch must be ≥ 1, got shape {np.shape(x)}")
+    if h.window > L:
+        raise ValueError(f"`window` (T={h.window}) is longer than the sequence (`x` has length {L})")
+    if not pad and L % h.window:
+        raise ValueError(f"`x`: length {L} is not a multiple of `window` (T={h.window})")
+    y_shape = (L, B) if h.model.loss == "xent" else (L, B, h.model.out_dim)
+    if np.shape(y) != y_shape:
+        raise ValueError(f"`y`: expected shape {y_shape} (loss {h.model.loss!r}), got {np.shape(y)}")
+    if m is not None and np.shape(m) != (L, B):
+        raise ValueError(f"`m`: expected shape {(L, B)}, got {np.shape(m)}")
+    if h.context_dim:
+        if ctx is None or np.shape(ctx) != (L, B, h.context_dim):
+            got = None if ctx is None else np.shape(ctx)
+            raise ValueError(
+                f"`ctx`: the harness has context_dim={h.context_dim}, so a context of shape "
+                f"{(L, B, h.context_dim)} is required, got {got}"
+            )
+    elif ctx is not None:
+        raise ValueError("`ctx`: given, but the harness has context_dim=0")
+    return L, B
+
+
+# ---------------------------------------------------------------------------- sequences
+
+
+def windows(
+    h: Harness,
+    x: Any,
+    y: Any,
+    m: Any = None,
+    ctx: Any = None,
+    *,
+    first: bool = True,
+    last: bool = True,
+    next_ctx: Any = None,
+) -> list[Window]:
+    """Cut a sequence into padded windows (numpy, so slicing costs no dispatch).
+
+    ``first``: the sequence starts from an initial state (its first boundary does not
+    train the SG). ``last``: nothing follows it (its last window injects no SG).
+    ``next_ctx`` ``(B, context_dim)``: context of the boundary after the sequence.
+    """
+    L, B = check_sequence(h, x, y, m, ctx)
+    T = h.window
+    K = -(-L // T)
+    P = K * T - L
+    x = np.asarray(x)
+    y = np.asarray(y)
+    m = np.ones((L, B), x.dtype) if m is None else np.asarray(m, x.dtype)
+    C = max(h.context_dim, 1)
+    c = np.zeros((L, B, C), x.dtype) if ctx is None else np.asarray(ctx, x.dtype)
+    if P:
+        x = np.concatenate([x, np.zeros((P,) + x.shape[1:], x.dtype)])
+        y = np.concatenate([y, np.zeros((P,) + y.shape[1:], y.dtype)])
+        m = np.concatenate([m, np.zeros((P, B), m.dtype)])
+    tail = np.zeros((B, C), x.dtype) if next_ctx is None else np.asarray(next_ctx, x.dtype)
+    out = []
+    for k in range(K):
+        sl = slice(k * T, (k + 1) * T)
+        c1 = c[(k + 1) * T] if (k + 1) * T < L else tail
+        out.append(
+            Window(
+                x[sl],
+                y[sl],
+                m[sl],
+                c[k * T],
+                c1,
+                np.asarray(0.0 if (last and k == K - 1) else 1.0, x.dtype),
+                np.asarray(0.0 if (first and k == 0) else 1.0, x.dtype),
+            )
+        )
+    return out
+
+
+def train_sequence(
+    h: Harness,
+    step: WindowStep,
+    state: TrainState,
+    x: Any,
+    y: Any,
+    m: Any = None,
+    *,
+    ctx: Any = None,
+    carry: jax.Array | None = None,
+    first: bool = True,
+    last: bool = True,
+    next_ctx: Any = None,
+) -> tuple[TrainState, jax.Array, dict]:
+    """Train on one batch of sequences window by window (one update per window).
+
+    Returns the state, the carried state after the last window, and metrics summed over
+    windows (``loss`` in nats summed over steps and averaged over the batch, ``count`` the
+    number of unmasked steps, ``sg_loss``/``aux_loss`` summed over windows).
+    Example: see the module docstring.
+    """
+    wins = windows(h, x, y, m, ctx, first=first, last=last, next_ctx=next_ctx)
+    B = np.shape(x)[1]
+    dtype = jax.tree.leaves(state.params)[0].dtype
+    if carry is None:
+        carry = initial_carry(h, B, dtype)
+    total: dict = {}
+    for win in wins:
+        state, carry, metrics = step(state, carry, win)
+        for k, v in metrics.items():
+            total[k] = v if k not in total else (total[k] + v if k != "finite" else total[k] & v)
+    return state, carry, total
+
+
+# --------------------------------------------------------------- full-BPTT references
+
+
+def _padded(h: Harness, x, y, m):
+    L, B = np.shape(x)[:2]
+    T = h.window
+    K = -(-L // T)
+    P = K * T - L
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    m = jnp.ones((L, B), x.dtype) if m is None else jnp.asarray(m, x.dtype)
+    if P:
+        x = jnp.concatenate([x, jnp.zeros((P,) + x.shape[1:], x.dtype)])
+        y = jnp.concatenate([y, jnp.zeros((P,) + y.shape[1:], y.dtype)])
+        m = jnp.concatenate([m, jnp.zeros((P, B), m.dtype)])
+    r = lambda a: a.reshape((K, T) + a.shape[1:])  # noqa: E731
+    return r(x), r(y), r(m), K
+
+
+def boundary_states_and_gradients(
+    h: Harness, params: Params, x: Any, y: Any, m: Any = None, carry: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Full BPTT on the whole sequence: ``(loss, states s_k (K,B,S), true per-example
+    ∂(loss of steps ≥ kT)/∂s_k (K,B,S))`` at every window start k = 0..K−1.
+
+    The gradient of the loss of the steps from kT on with respect to s_k is what an exact
+    boundary SG would output; this is the reference for the SG cosine diagnostic (and the
+    oracle of the tests). It needs the whole sequence at once (memory O(L)).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from sgjax.recurrent import cells
+        >>> h = harness(Model(cells.vanilla(3), 2, 2), window=2, method="bptt")
+        >>> p = init_params(h.model, jax.random.key(0))
+        >>> _, s, g = boundary_states_and_gradients(h, p, jnp.ones((6, 4, 2)),
+        ...                                         jnp.zeros((6, 4), int))
+        >>> s.shape, g.shape
+        ((3, 4, 3), (3, 4, 3))
+    """
+    xs, ys, ms, K = _padded(h, x, y, m)
+    B = xs.shape[2]
+    s0 = initial_carry(h, B, xs.dtype) if carry is None else carry
+
+    def total(eps):
+        def body(s, inp):
+            xw, yw, mw, e = inp
+            s = s + e
+            loss, (s_T, _) = window_loss(h.model, params, s, xw, yw, mw)
+            return s_T, (loss, s)
+
+        _, (losses, starts) = jax.lax.scan(body, s0, (xs, ys, ms, eps))
+        return jnp.sum(losses), starts
+
+    eps = jnp.zeros((K, B, h.model.cell.state_dim), s0.dtype)
+    (loss, starts), g = jax.value_and_grad(total, has_aux=True)(eps)
+    return loss, starts, g * B
+
+
+def sg_cosines(
+    h: Harness,
+    params: Params,
+    sg_params: Params,
+    x: Any,
+    y: Any,
+    m: Any = None,
+    ctx: Any = None,
+    carry: jax.Array | None = None,
+) -> jax.Array:
+    """Per boundary k = 1..K−1: mean over the batch of cos(SG(s_k, c_k), true ∂L_{≥k}/∂s_k).
+
+    Diagnostic only (full BPTT on the same batch). Examples whose true gradient is zero
+    count as cosine 0.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from sgjax.recurrent import cells
+        >>> h = harness(Model(cells.vanilla(3), 2, 2), window=2)
+        >>> st = init(h, jax.random.key(0), optax.sgd(0.1))
+        >>> sg_cosines(h, st.params, st.sg_params, jnp.ones((6, 4, 2)),
+        ...            jnp.zeros((6, 4), int)).tolist()  # the zero SG: cosine 0
+        [0.0, 0.0]
+    """
+    if h.sg is None:
+        raise ValueError("sg_cosines: the harness has no SG module (method 'bptt')")
+    check_sequence(h, x, y, m, ctx)
+    return _sg_cosines(h, params, sg_params, x, y, m, ctx, carry)
+
+
+@jax.jit(static_argnums=0)
+def _sg_cosines(h: Harness, params, sg_params, x, y, m, ctx, carry) -> jax.Array:
+    L, B = x.shape[:2]
+    _, starts, g = boundary_states_and_gradients(h, params, x, y, m, carry)
+    K = starts.shape[0]
+    C = max(h.context_dim, 1)
+    c = jnp.zeros((L, B, C), starts.dtype) if ctx is None else jnp.asarray(ctx, starts.dtype)
+    cs = c[jnp.arange(K) * h.window]
+    pred = jax.vmap(lambda s, ck: h.sg.apply(sg_params, s, ck))(starts, cs)
+    num = jnp.sum(pred * g, axis=-1)
+    den = jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(g, axis=-1)
+    cos = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+    return jnp.mean(cos, axis=-1)[1:]
+
+
+def make_evaluator(model: Model) -> Callable:
+    """A jitted ``(params, carry, x, y, m) -> (loss_sum, count, carry)`` over a chunk (no
+    gradient): loss in nats summed over the unmasked steps and examples."""
+
+    @jax.jit
+    def evaluate(params, carry, x, y, m):
+        s_T, _, losses, _ = unroll(model, params, carry, x, y, m)
+        return jnp.sum(losses), jnp.sum(m), s_T
+
+    return evaluate
