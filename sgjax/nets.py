@@ -284,7 +284,7 @@ def _pair(fn: str, arg: str, v: Any) -> tuple[int, int]:
     t = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
     if len(t) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in t):
         raise ValueError(f"{fn}: `{arg}` must be a positive int or a pair of them, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def _conv_out(size: int, k: int, stride: int, padding: str) -> int:

@@ -174,7 +174,7 @@ def stagewise(optimizer: optax.GradientTransformation) -> optax.GradientTransfor
         outs = [optimizer.update(u, st, p) for u, st, p in zip(updates, state.states, ps)]
         return tuple(o[0] for o in outs), StagewiseState(tuple(o[1] for o in outs))
 
-    return optax.GradientTransformation(init, update)  # type: ignore[arg-type]
+    return optax.GradientTransformation(init, update)
 
 
 def _check_p_update(p_update: Any) -> float:
