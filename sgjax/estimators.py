@@ -22,6 +22,8 @@ name                SG(h, y)                       use
 ``sigmoid_linear``  σ(hA)·d + yB + C               log loss (paper §2.4, footnote 3)
 ``label_only``      yB + C                         ablation of Fig. 9 (e–h)
 ``mlp``             MLP([h, y]) with zero output   DNI paper's SG model
+``conv``            conv(h) + conv(tile(y)) + c    cDNI for NHWC conv activations
+``conv_unconditioned``  conv(h) + c                DNI for NHWC conv activations
 ==================  =============================  ===================================
 
 Example:
@@ -200,6 +202,101 @@ def mlp(
     return Estimator(init, apply, "mlp", True, use_y)
 
 
+def _conv_same(h: jax.Array, k: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        h, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def conv(
+    kernel_size: int = 3,
+    hidden: Sequence[int] = (),
+    *,
+    use_y: bool = True,
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+) -> Estimator:
+    """A convolutional SG for NHWC activations: the output has ``h``'s shape ``(H, W, C)``.
+
+    ``SG(h, y) = conv(z, K) + conv(tile(y), K_y) + c`` with ``z = h`` (or, with ``hidden``
+    channel counts, ``z`` = ReLU convolutions of ``[h, tile(y)]``), all ``kernel_size`` ×
+    ``kernel_size`` with SAME padding and stride 1. The label-conditioned variant
+    (``use_y=True``, the default: cDNI) **broadcasts the one-hot label as extra input
+    channels** — ``tile(y)`` is ``y`` repeated at every pixel, so the label term is one
+    learned map per class, constant away from the border (computed once per class, then
+    mixed by ``y``, instead of convolving ``y_dim`` extra channels per example). The
+    output convolution ``K``, ``K_y`` and ``c`` are zero-initialised, so a fresh module
+    outputs exactly 0; hidden convolutions are He-normal.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> sg = conv()
+        >>> theta = sg.init(jax.random.key(0), (6, 6, 4), 10)
+        >>> sorted(theta["out"])
+        ['K', 'K_y', 'c']
+        >>> sg.apply(theta, jnp.ones((2, 6, 6, 4)), jnp.ones((2, 10))).shape
+        (2, 6, 6, 4)
+    """
+    k = int(kernel_size)
+    if k < 1 or k % 2 == 0:
+        raise ValueError(
+            f"conv estimator: `kernel_size` must be a positive odd int, got {kernel_size!r}"
+        )
+    hidden = tuple(int(c) for c in hidden)
+
+    def init(key: jax.Array, h_shape: Sequence[int], y_dim: int, dtype=jnp.float32) -> Params:
+        h_shape = tuple(h_shape)
+        if len(h_shape) != 3:
+            raise ValueError(
+                "conv estimator: `h_shape` must be a per-example NHWC shape (height, width, "
+                f"channels), got {h_shape} — put the conv SG after a convolutional stage"
+            )
+        c = int(h_shape[-1])
+        sizes = [c + (y_dim if use_y and hidden else 0), *hidden]
+        keys = jax.random.split(key, max(len(hidden), 1))
+        layers = [
+            {
+                "K": jax.nn.initializers.he_normal()(kk, (k, k, a, b), dtype),
+                "b": jnp.zeros((b,), dtype),
+            }
+            for kk, a, b in zip(keys, sizes[:-1], sizes[1:])
+        ]
+        out = {"K": jnp.zeros((k, k, sizes[-1], c), dtype), "c": jnp.zeros((c,), dtype)}
+        if use_y:
+            out["K_y"] = jnp.zeros((k, k, y_dim, c), dtype)
+        return {"hidden": layers, "out": out}
+
+    def label_maps(K_y: jax.Array, spatial: tuple[int, int], dtype) -> jax.Array:
+        # conv(tile(e_j), K_y) for every class j: (y_dim, H, W, C_out). Linear in y, so
+        # conv(tile(y), K_y) = y · maps for one-hot and soft labels alike.
+        y_dim = K_y.shape[2]
+        eye = jnp.broadcast_to(
+            jnp.eye(y_dim, dtype=dtype)[:, None, None, :], (y_dim, *spatial, y_dim)
+        )
+        return _conv_same(eye, K_y)
+
+    def apply(theta: Params, h: jax.Array, y: jax.Array) -> jax.Array:
+        if h.ndim != 4:
+            raise ValueError(
+                f"conv estimator: `h` must be a batch of NHWC activations (batch, H, W, C), "
+                f"got shape {tuple(h.shape)}"
+            )
+        z = h
+        if use_y and theta["hidden"]:
+            tiled = jnp.broadcast_to(
+                y.astype(h.dtype)[:, None, None, :], (*h.shape[:3], y.shape[-1])
+            )
+            z = jnp.concatenate([z, tiled], axis=-1)
+        for layer in theta["hidden"]:
+            z = activation(_conv_same(z, layer["K"]) + layer["b"])
+        out = _conv_same(z, theta["out"]["K"]) + theta["out"]["c"]
+        if use_y:
+            maps = label_maps(theta["out"]["K_y"], (h.shape[1], h.shape[2]), out.dtype)
+            out = out + jnp.einsum("by,yhwc->bhwc", y.astype(out.dtype), maps)
+        return out
+
+    return Estimator(init, apply, "conv" if use_y else "conv_unconditioned", True, use_y)
+
+
 class Regression(NamedTuple):
     """One SG module regressed onto its target: what :func:`regress` returns.
 
@@ -252,6 +349,8 @@ ESTIMATORS: dict[str, Callable[[], Estimator]] = {
     "label_only": label_only,
     "sigmoid_linear": sigmoid_linear,
     "mlp": mlp,
+    "conv": conv,
+    "conv_unconditioned": lambda: conv(use_y=False),
 }
 
 

@@ -258,3 +258,236 @@ def mlp(
     ]
     stages.append(dense(sizes[-2], sizes[-1], output_activation, dtype=dtype))
     return network(stages)
+
+
+# --------------------------------------------------------------------------------------
+# Convolutional stages (NHWC activations: per-example shape (height, width, channels)).
+
+POOLS = (None, "max", "avg")
+
+
+def _check_hwc(fn: str, arg: str, shape: Any) -> Shape:
+    shape = tuple(shape) if isinstance(shape, tuple | list) else shape
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+    ):
+        raise ValueError(
+            f"{fn}: `{arg}` must be a per-example NHWC shape (height, width, channels) of "
+            f"positive ints, got {shape!r}"
+        )
+    return shape
+
+
+def _pair(fn: str, arg: str, v: Any) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
+    if len(t) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in t):
+        raise ValueError(f"{fn}: `{arg}` must be a positive int or a pair of them, got {v!r}")
+    return t
+
+
+def _conv_out(size: int, k: int, stride: int, padding: str) -> int:
+    return -(-size // stride) if padding == "SAME" else (size - k) // stride + 1
+
+
+def conv2d(
+    in_shape: Sequence[int],
+    features: int,
+    kernel_size: int | Sequence[int] = 3,
+    activation: str = "relu",
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: str = "SAME",
+    pool: str | None = None,
+    pool_size: int | Sequence[int] = 2,
+    norm: str | None = None,
+    dtype: Any = jnp.float32,
+) -> Stage:
+    """A convolutional block ``pool(activation(norm(conv(h, K) + b)))`` on NHWC activations.
+
+    Args:
+        in_shape: per-example input shape ``(height, width, channels)``.
+        features: output channels.
+        kernel_size, stride: ints or ``(height, width)`` pairs.
+        padding: ``"SAME"`` or ``"VALID"``.
+        activation: as for :func:`dense`.
+        pool: ``None``, ``"max"`` or ``"avg"`` — non-overlapping ``pool_size`` windows
+            (``"VALID"``: a trailing row/column that does not fill a window is dropped).
+        norm: ``None``, ``"layer"`` (per example over height, width and channels) or
+            ``"batch"`` (per channel over batch, height and width; batch statistics only,
+            see the module docstring).
+        dtype: parameter dtype. Kernel: He-normal for ReLU, LeCun-normal otherwise.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> s = conv2d((8, 8, 1), 4, 3, "relu", pool="max")
+        >>> s.out_shape
+        (4, 4, 4)
+        >>> s.apply(s.init(jax.random.key(0)), jnp.ones((2, 8, 8, 1))).shape
+        (2, 4, 4, 4)
+    """
+    fn = "conv2d"
+    h_in, w_in, c_in = _check_hwc(fn, "in_shape", in_shape)
+    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+        raise ValueError(f"{fn}: `features` must be a positive int, got {features!r}")
+    kh, kw = _pair(fn, "kernel_size", kernel_size)
+    sh, sw = _pair(fn, "stride", stride)
+    ph, pw = _pair(fn, "pool_size", pool_size)
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"{fn}: `padding` must be 'SAME' or 'VALID', got {padding!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"{fn}: unknown `activation` {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+    if pool not in POOLS:
+        raise ValueError(f"{fn}: unknown `pool` {pool!r}; expected one of {POOLS}")
+    if norm not in NORMS:
+        raise ValueError(f"{fn}: unknown `norm` {norm!r}; expected one of {NORMS}")
+    oh, ow = _conv_out(h_in, kh, sh, padding), _conv_out(w_in, kw, sw, padding)
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"{fn}: a {kh}x{kw} kernel with 'VALID' padding does not fit the input "
+            f"{h_in}x{w_in} (`in_shape` {tuple(in_shape)})"
+        )
+    if pool is not None:
+        if ph > oh or pw > ow:
+            raise ValueError(
+                f"{fn}: `pool_size` {(ph, pw)} is larger than the convolution's output {oh}x{ow}"
+            )
+        oh, ow = oh // ph, ow // pw
+    out_shape = (oh, ow, features)
+    act = ACTIVATIONS[activation]
+    w_init = (
+        jax.nn.initializers.he_normal()
+        if activation == "relu"
+        else jax.nn.initializers.lecun_normal()
+    )
+
+    def init(key: jax.Array) -> Params:
+        theta = {
+            "W": w_init(key, (kh, kw, c_in, features), dtype),
+            "b": jnp.zeros((features,), dtype),
+        }
+        if norm is not None:
+            theta["scale"] = jnp.ones((features,), dtype)
+            theta["shift"] = jnp.zeros((features,), dtype)
+        return theta
+
+    def apply(theta: Params, h: jax.Array) -> jax.Array:
+        a = jax.lax.conv_general_dilated(
+            h, theta["W"], (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        a = a + theta["b"]
+        if norm is not None:
+            axes = (1, 2, 3) if norm == "layer" else (0, 1, 2)
+            mean = jnp.mean(a, axis=axes, keepdims=True)
+            var = jnp.var(a, axis=axes, keepdims=True)
+            a = (a - mean) * jax.lax.rsqrt(var + 1e-5) * theta["scale"] + theta["shift"]
+        a = act(a)
+        if pool == "max":
+            a = jax.lax.reduce_window(
+                a, -jnp.inf, jax.lax.max, (1, ph, pw, 1), (1, ph, pw, 1), "VALID"
+            )
+        elif pool == "avg":
+            a = jax.lax.reduce_window(a, 0.0, jax.lax.add, (1, ph, pw, 1), (1, ph, pw, 1), "VALID")
+            a = a / (ph * pw)
+        return a
+
+    name = f"conv[{kh}x{kw}x{features},{activation}" + (f",{pool}pool]" if pool else "]")
+    return Stage(init, apply, (h_in, w_in, c_in), out_shape, None, name)
+
+
+def flatten_dense(
+    in_shape: Sequence[int],
+    out_dim: int,
+    activation: str = "identity",
+    *,
+    norm: str | None = None,
+    dtype: Any = jnp.float32,
+) -> Stage:
+    """Flatten a per-example activation of any shape, then a :func:`dense` block.
+
+    The head of a CNN: ``(batch, h, w, c) -> (batch, out_dim)``. Has ``feedback_apply``
+    (the feedback matrix has the shape ``(out_dim, h·w·c)``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> s = flatten_dense((2, 2, 3), 5)
+        >>> s.apply(s.init(jax.random.key(0)), jnp.ones((4, 2, 2, 3))).shape
+        (4, 5)
+    """
+    in_shape = tuple(in_shape)
+    if not in_shape or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in in_shape
+    ):
+        raise ValueError(
+            f"flatten_dense: `in_shape` must be a non-empty tuple of positive ints, "
+            f"got {in_shape!r}"
+        )
+    inner = dense(_size(in_shape), out_dim, activation, norm=norm, dtype=dtype)
+
+    def apply(theta: Params, h: jax.Array) -> jax.Array:
+        return inner.apply(theta, h.reshape(h.shape[0], -1))
+
+    def feedback_apply(theta: Params, B: jax.Array, h: jax.Array) -> jax.Array:
+        assert inner.feedback_apply is not None
+        return inner.feedback_apply(theta, B, h.reshape(h.shape[0], -1))
+
+    return Stage(inner.init, apply, in_shape, (out_dim,), feedback_apply, f"flatten+{inner.name}")
+
+
+def cnn(
+    in_shape: Sequence[int],
+    channels: Sequence[int],
+    out_dim: int,
+    *,
+    kernel_size: int = 3,
+    activation: str = "relu",
+    pool: str | None = "max",
+    norm: str | None = None,
+    hidden: Sequence[int] = (),
+    dtype: Any = jnp.float32,
+) -> Network:
+    """A small CNN: one :func:`conv2d` stage per entry of ``channels`` (SAME padding,
+    ``activation``, ``pool`` 2×2 after each), then ``hidden`` dense stages and a linear
+    :func:`flatten_dense` (or dense) output of ``out_dim`` logits.
+
+    Every stage is a boundary where a synthetic gradient can sit; the conv boundaries carry
+    NHWC activations.
+
+    Example:
+        >>> net = cnn((28, 28, 1), (16, 32), 10)
+        >>> [s.out_shape for s in net.stages]
+        [(14, 14, 16), (7, 7, 32), (10,)]
+    """
+    channels = list(channels)
+    if not channels:
+        raise ValueError("cnn: `channels` is empty; give at least one convolution")
+    stages: list[Stage] = []
+    shape = _check_hwc("cnn", "in_shape", in_shape)
+    for c in channels:
+        stages.append(conv2d(shape, c, kernel_size, activation, pool=pool, norm=norm, dtype=dtype))
+        shape = stages[-1].out_shape
+    widths = [*hidden, out_dim]
+    stages.append(
+        flatten_dense(
+            shape,
+            widths[0],
+            activation if hidden else "identity",
+            norm=norm if hidden else None,
+            dtype=dtype,
+        )
+    )
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        last = i == len(widths) - 2
+        stages.append(
+            dense(
+                a,
+                b,
+                "identity" if last else activation,
+                norm=None if last else norm,
+                dtype=dtype,
+            )
+        )
+    return network(stages)

@@ -398,7 +398,9 @@ def synthetic_gradients(
         return RuleOutput(value, p, grads, rule_grads, signals, sg_loss)
 
     name = "sg-prop" if alpha else "sg"
-    return UpdateRule(init, _checked(name, init, gradients), name)
+    return UpdateRule(
+        init, _checked(name, init, gradients), name, lambda net: resolve_at(at, net.depth)
+    )
 
 
 def _check_matrices(rule: str, B: Sequence[jax.Array], shapes: Sequence[tuple[int, int]]):

@@ -59,11 +59,16 @@ class RuleOutput(NamedTuple):
 
 class UpdateRule(NamedTuple):
     """An update rule: ``init(key, net) -> RuleState`` and
-    ``gradients(state, net, params, x, y, loss) -> RuleOutput``."""
+    ``gradients(state, net, params, x, y, loss) -> RuleOutput``.
+
+    ``boundaries(net)``, for rules with trainable modules, gives the boundary (1..N) of
+    each entry of ``RuleState.params``; :func:`sgjax.train.make_step` uses it to update a
+    module together with its stage (``p_update``)."""
 
     init: Callable[[jax.Array, Network], RuleState]
     gradients: Callable[..., RuleOutput]
     name: str
+    boundaries: Callable[[Network], tuple[int, ...]] | None = None
 
 
 # signal(boundary, h, g, y_vec, e, g_true) -> (delta, aux); aux is collected per boundary.

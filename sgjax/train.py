@@ -179,6 +179,60 @@ def _all_finite(tree: Any) -> jax.Array:
     return total == 0
 
 
+class StagewiseState(NamedTuple):
+    """The state of :func:`stagewise`: one inner optimiser state per stage (or module)."""
+
+    states: tuple
+
+
+def stagewise(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Apply ``optimizer`` to each entry of a params *tuple* with its own state.
+
+    The update of every entry is the one ``optimizer`` would give on the whole tuple when
+    each entry is updated at every step (Adam: same moments, same step count), but each
+    stage now owns its state — Adam's step count included — so that a stage that skips
+    an update (``make_step(..., p_update=p)``) keeps its whole state as it was: its next
+    update is the one it would make had the skipped steps not happened.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> opt = stagewise(optax.adam(1e-3))
+        >>> state = opt.init((jnp.zeros(2), jnp.zeros(3)))
+        >>> len(state.states)
+        2
+    """
+
+    def init(params: Any) -> StagewiseState:
+        if not isinstance(params, tuple | list):
+            raise TypeError(
+                "stagewise: expected the parameters as a tuple with one entry per stage "
+                f"(or SG module), got {type(params).__name__}"
+            )
+        return StagewiseState(tuple(optimizer.init(p) for p in params))
+
+    def update(updates: Any, state: StagewiseState, params: Any = None) -> tuple:
+        if not isinstance(state, StagewiseState) or len(state.states) != len(updates):
+            raise ValueError(
+                f"stagewise: the optimiser state does not hold one state per entry of the "
+                f"{len(updates)} updates; was it made by this optimiser's `init`?"
+            )
+        ps = tuple(params) if params is not None else (None,) * len(updates)
+        outs = [optimizer.update(u, st, p) for u, st, p in zip(updates, state.states, ps)]
+        return tuple(o[0] for o in outs), StagewiseState(tuple(o[1] for o in outs))
+
+    return optax.GradientTransformation(init, update)
+
+
+def _check_p_update(p_update: Any) -> float:
+    if (
+        isinstance(p_update, bool)
+        or not isinstance(p_update, int | float)
+        or not 0.0 <= p_update <= 1.0
+    ):
+        raise ValueError(f"make_step: `p_update` must be a number in [0, 1], got {p_update!r}")
+    return float(p_update)
+
+
 def make_step(
     net: Network,
     rule: UpdateRule,
@@ -187,6 +241,8 @@ def make_step(
     sg_optimizer: optax.GradientTransformation | None = None,
     *,
     cosine: bool = False,
+    p_update: float = 1.0,
+    update_key: jax.Array | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Build the pure training step ``step(state, (x, y)) -> (state, metrics)``.
 
@@ -198,18 +254,106 @@ def make_step(
         sg_optimizer: optax transformation for the SG modules (default: ``optimizer``).
         cosine: also report, per hidden boundary, the cosine between the signal δ̂_i the
             rule used and the true ∂L/∂h_i (costs one more forward and backward pass).
+        p_update: stochastic updates (DNI paper §3.3): at each step, each stage — with the
+            SG module at its output boundary, if any — applies its update with probability
+            ``p_update``, independently of the others; a skipped stage's parameters *and*
+            optimiser state stay exactly as they were. The gradients are computed as
+            usual (a skipped stage still passes its signal down). Needs one optimiser
+            state per stage: ``optimizer`` (and ``sg_optimizer``, when the rule has
+            modules) must be :func:`stagewise` optimisers, in :func:`init` too.
+        update_key: the key of the draws (default ``jax.random.key(0)``); the draw of
+            step ``s`` uses ``fold_in(update_key, s)``, so the step stays pure, a resumed
+            run draws what an uninterrupted one would, and ``jax.vmap`` over states gives
+            every replica the same pattern unless each builds its step with its own key.
 
     Metrics: ``loss`` and ``accuracy`` (of this batch, before the update), ``sg_loss``
     (one entry per SG module), ``finite``, ``bad_labels`` (how many integer labels fall
-    outside ``[0, classes)``; the update is refused when > 0) and ``cosine`` (shape
-    ``(N-1,)``) if asked. Check them in a loop with :func:`check_step`.
+    outside ``[0, classes)``; the update is refused when > 0), ``cosine`` (shape
+    ``(N-1,)``) if asked, and ``updated`` (shape ``(N,)``: which stages updated) with a
+    :func:`stagewise` optimiser. Check them in a loop with :func:`check_step`.
+
+    Example (stochastic updates):
+        >>> import optax
+        >>> from sgjax import nets, rules, losses
+        >>> net, rule = nets.mlp([4, 8, 8, 3]), rules.synthetic_gradients()
+        >>> opt = stagewise(optax.adam(1e-3))
+        >>> state = init(jax.random.key(0), net, rule, opt)
+        >>> step = jax.jit(make_step(net, rule, "xent", opt, p_update=0.5))
+        >>> state, m = step(state, (jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)))
+        >>> m["updated"].shape
+        (3,)
     """
     loss = loss_lib.get(loss)
     sg_opt = optimizer if sg_optimizer is None else sg_optimizer
+    p_update = _check_p_update(p_update)
+    base_key = jax.random.key(0) if update_key is None else update_key
+
+    def check_stagewise(state: TrainState) -> None:
+        """Before any work: p_update < 1 needs one optimiser state per stage and module."""
+        stagewise_net = isinstance(state.opt_state, StagewiseState)
+        modules = state.rule_state.params
+        if p_update < 1.0 and not stagewise_net:
+            raise ValueError(
+                f"make_step: `p_update`={p_update} skips the updates of some stages, and a "
+                "skipped stage must keep its optimiser state, so each stage needs its own: "
+                "use `optimizer=train.stagewise(optax.adam(...))` in train.init and make_step"
+            )
+        if not stagewise_net:
+            return
+        if len(modules) and not isinstance(state.sg_opt_state, StagewiseState):
+            raise ValueError(
+                "make_step: with a stagewise `optimizer`, the SG modules need one optimiser "
+                "state each too: pass `sg_optimizer=train.stagewise(...)` (train.init and "
+                "make_step)"
+            )
+        if len(modules) and rule.boundaries is None:
+            raise ValueError(
+                f"make_step: rule {rule.name!r} has {len(modules)} trainable modules but no "
+                "`boundaries`, so `p_update` cannot tell which stage each belongs to"
+            )
+
+    def skip(state: TrainState, new: TrainState) -> tuple[TrainState, jax.Array | None]:
+        """Keep the old params and optimiser state of the stages that do not update."""
+        if not isinstance(state.opt_state, StagewiseState):
+            return new, None
+        modules = state.rule_state.params
+        draw = jax.random.uniform(jax.random.fold_in(base_key, state.step), (net.depth,))
+        mask = draw < p_update
+
+        def pick(m: jax.Array, n: Any, o: Any) -> Any:
+            return jax.tree.map(lambda a, b: jnp.where(m, a, b), n, o)
+
+        params = tuple(
+            pick(mask[i], n, o) for i, (n, o) in enumerate(zip(new.params, state.params))
+        )
+        opt_state = StagewiseState(
+            tuple(
+                pick(mask[i], n, o)
+                for i, (n, o) in enumerate(zip(new.opt_state.states, state.opt_state.states))
+            )
+        )
+        rule_state, sg_opt_state = new.rule_state, new.sg_opt_state
+        if len(modules):
+            owner = [b - 1 for b in rule.boundaries(net)]  # type: ignore[misc]
+            rule_state = rule_state._replace(
+                params=tuple(
+                    pick(mask[i], n, o) for i, n, o in zip(owner, rule_state.params, modules)
+                )
+            )
+            sg_opt_state = StagewiseState(
+                tuple(
+                    pick(mask[i], n, o)
+                    for i, n, o in zip(owner, sg_opt_state.states, state.sg_opt_state.states)
+                )
+            )
+        return new._replace(
+            params=params, opt_state=opt_state, rule_state=rule_state, sg_opt_state=sg_opt_state
+        ), mask
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         x, y = batch
         check_batch(net, x, y)
+        check_stagewise(state)
         bad_labels = _count_bad_labels(y, net.out_dim)
         out = rule.gradients(state.rule_state, net, state.params, x, y, loss)
         updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
@@ -227,6 +371,7 @@ def make_step(
         )
         apply = finite & (bad_labels == 0)
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)
+        new, updated = skip(state, new)
         # A non-finite step is not applied: the state stays at its last good value. (A
         # select per leaf, not lax.cond: XLA fuses the selects into the optimiser's
         # kernels, while a conditional copies the whole new state through a temporary,
@@ -239,6 +384,8 @@ def make_step(
             "finite": finite,
             "bad_labels": bad_labels,
         }
+        if updated is not None:
+            metrics["updated"] = updated
         if cosine:
             true = exact_signals(net, state.params, x, y, loss)
             metrics["cosine"] = (

@@ -3,10 +3,11 @@
 Experiments: ``fig2`` (loss reconstruction on the 2-D grid, with the Fig. 9 ablations),
 ``fig3`` (RDM drift; also logs SG-vs-true-gradient cosines), ``fig4`` (MNIST depth and
 activation), ``fig5`` (weight norms), ``fig8`` (linear probes), ``dni-mnist`` (the DNI
-paper's every-layer MNIST FCN), ``dni-rnn`` (the DNI paper's recurrent experiments: Copy,
-Repeat Copy and Tiny Shakespeare with truncated BPTT vs boundary SGs;
-:mod:`sgjax.apps.experiments.rnn`), or ``all``. Figs. 3, 5 and 8 share their trained networks
-through a cache directory (default ``<out>/../_cache``), so they train once.
+paper's every-layer MNIST FCN), ``dni-cnn`` (the same with a CNN and convolutional SG
+modules), ``dni-rnn`` (the DNI paper's recurrent experiments: Copy, Repeat Copy and Tiny
+Shakespeare with truncated BPTT vs boundary SGs; :mod:`sgjax.apps.experiments.rnn`), or
+``all``. Figs. 3, 5 and 8 share their trained networks through a cache directory (default
+``<out>/../_cache``), so they train once.
 
 Scales: ``smoke`` runs in seconds (tests, CI); ``medium`` is the largest that fits a 2-core
 CPU in minutes (settings in each report); ``paper`` follows the paper (Adam 3e-5, 100k

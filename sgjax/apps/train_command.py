@@ -50,6 +50,19 @@ def _positive_int(name: str, minimum: int = 1):
     return parse
 
 
+def _probability(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0.0 <= v <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1], got {text}")
+        return v
+
+    return parse
+
+
 def _placement(text: str) -> str | tuple[int, ...]:
     if text in ("all", "middle", "output"):
         return text
@@ -194,6 +207,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=_DEFAULT,
         help=f"seed of initialisation, batch order and generated data (default: {d.seed})",
+    )
+    p.add_argument(
+        "--p-update",
+        type=_probability("--p-update"),
+        default=_DEFAULT,
+        help="stochastic updates: each stage (with its SG module) updates with this "
+        "probability per step (DNI §3.3; default 1: every step)",
     )
     p.add_argument(
         "--cosine",
@@ -350,6 +370,7 @@ def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
         resume=outputs.resume,
         config=config,
         log=print,
+        p_update=config.p_update,
     )
     seconds = time.perf_counter() - t0
     tr = train.evaluate(net, state.params, config.loss, x_train, ds.y_train)

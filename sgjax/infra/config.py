@@ -167,6 +167,7 @@ class RunConfig:
     seed: int = 0
     cosine: bool = False
     pipeline: PipelineConfig | None = None
+    p_update: float = 1.0
 
     def __post_init__(self) -> None:
         if self.activation not in nets.ACTIVATIONS:
@@ -181,6 +182,12 @@ class RunConfig:
             low = 0 if name == "depth" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"`{name}` must be an int ≥ {low}, got {v!r}")
+        if (
+            isinstance(self.p_update, bool)
+            or not isinstance(self.p_update, int | float)
+            or not 0.0 <= self.p_update <= 1.0
+        ):
+            raise ValueError(f"`p_update` must be a number in [0, 1], got {self.p_update!r}")
         if self.sg_optimizer is not None and not self.rule.trains_modules:
             raise ValueError(
                 "the SG optimiser (--sg-lr, --sg-optimizer) applies to --rule "
@@ -201,7 +208,12 @@ class RunConfig:
     def optimizers(self) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
         """``(optimizer, sg_optimizer)``; the second is the first for rules without modules."""
         opt = self.optimizer.build()
-        return opt, self.sg_optimizer.build() if self.sg_optimizer is not None else opt
+        sg_opt = self.sg_optimizer.build() if self.sg_optimizer is not None else opt
+        if self.p_update < 1:  # a skipped stage keeps its own optimiser state
+            from sgjax import train
+
+            return train.stagewise(opt), train.stagewise(sg_opt)
+        return opt, sg_opt
 
     # ------------------------------------------------------------------ storing
 
@@ -214,6 +226,8 @@ class RunConfig:
                 v = v.to_dict()
             elif isinstance(v, PipelineConfig):
                 v = dataclasses.asdict(v)
+            if f.name == "p_update" and v == 1.0:
+                continue  # the default is left out, so older checkpoints still resume
             out[f.name] = v
         return out
 
@@ -341,6 +355,7 @@ def from_flags(given: Mapping[str, Any]) -> RunConfig:
         seed=g.get("seed", d.seed),
         cosine=bool(g.get("cosine", False)),
         pipeline=pipeline,
+        p_update=float(g.get("p_update", 1.0)),
     )
 
 
@@ -373,6 +388,8 @@ def _pipeline_flags(g: dict[str, Any]) -> tuple[PipelineConfig, dict[str, Any]]:
         )
         if g.get(dest)
     ]
+    if g.get("p_update", 1.0) != 1.0:
+        unsupported.append("--p-update")
     if unsupported:
         raise ValueError(
             f"{', '.join(unsupported)} not supported with --pipeline (Adam; SG modules sit at "

@@ -86,13 +86,21 @@ class StepCache:
         self.size = size
         self._entries: dict[tuple, tuple[tuple, Callable]] = {}
 
-    def get(self, net, rule, loss, optimizer, sg_optimizer, cosine: bool) -> Callable:
+    def get(
+        self, net, rule, loss, optimizer, sg_optimizer, cosine: bool, p_update=1.0, seed=0
+    ) -> Callable:
         parts = (net, rule, loss, optimizer, sg_optimizer)
-        key = (*map(id, parts), cosine)
+        key = (*map(id, parts), cosine, p_update, seed)
         hit = self._entries.get(key)
         if hit is not None and all(a is b for a, b in zip(hit[0], parts)):
             return hit[1]
-        fn = jax.jit(train.make_step(net, rule, loss, optimizer, sg_optimizer, cosine=cosine))
+        # p_update's draws: their own stream of the run's seed, folded with the step count.
+        update_key = jax.random.fold_in(jax.random.key(seed), 0x5D)
+        step = train.make_step(
+            net, rule, loss, optimizer, sg_optimizer, cosine=cosine, p_update=p_update,
+            update_key=update_key,
+        )  # fmt: skip
+        fn = jax.jit(step)
         if len(self._entries) >= self.size:
             self._entries.pop(next(iter(self._entries)))  # the oldest entry
         self._entries[key] = (parts, fn)
@@ -128,6 +136,7 @@ def run_training(
     callback: Callable[[int, dict[str, Any], TrainState], None] | None = None,
     log: Callable[[str], None] | None = None,
     step_cache: StepCache | None = None,
+    p_update: float = 1.0,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train to ``steps`` total steps, checkpointing to ``ckpt_dir``; returns (state, history).
 
@@ -161,6 +170,8 @@ def run_training(
             on a test set); ``metrics`` are numpy arrays.
         log: where to say "resumed from step N" and similar (default: nowhere).
         step_cache: a :class:`StepCache` to reuse compiled steps across calls.
+        p_update: stochastic updates, see :func:`sgjax.train.make_step` (needs
+            :func:`sgjax.train.stagewise` optimisers when < 1); the draws follow ``seed``.
 
     Returns:
         ``(state, history)``; ``history`` holds ``{"step": s, **metrics}`` of the logged
@@ -191,7 +202,9 @@ def run_training(
     if config is not None:
         meta["run_config"] = config.to_dict()
     say = log or (lambda _msg: None)
-    step_fn = (step_cache or StepCache(1)).get(net, rule, loss, optimizer, sg_optimizer, cosine)
+    step_fn = (step_cache or StepCache(1)).get(
+        net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed
+    )
     ckpt = Checkpointer(ckpt_dir, keep=keep) if ckpt_dir is not None else None
     try:
         state: TrainState | None = None

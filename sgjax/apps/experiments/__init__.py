@@ -5,8 +5,8 @@ adding an experiment is one entry. Each entry's ``run(ctx) -> dict`` imports its
 only when called, so that ``sgjax reproduce --help`` does not start JAX.
 
 Example:
-    >>> sorted(EXPERIMENTS)[:3]
-    ['dni-mnist', 'fig2', 'fig3']
+    >>> sorted(EXPERIMENTS)[:4]
+    ['dni-cnn', 'dni-mnist', 'fig2', 'fig3']
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ def _dni_rnn(ctx: Any) -> dict:
     return experiment.run(ctx)
 
 
+def _dni_cnn(ctx: Any) -> dict:
+    from sgjax.apps.experiments import cnn
+
+    return cnn.run(ctx)
+
+
 #: name -> :class:`Experiment`, in the order ``reproduce all`` runs them.
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
@@ -76,5 +82,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("fig8", _fig8, "linear probes of each layer"),
         Experiment("dni-mnist", _dni, "the DNI paper's every-layer MNIST FCN"),
         Experiment("dni-rnn", _dni_rnn, "recurrent DNI: truncated BPTT with a boundary SG"),
+        Experiment("dni-cnn", _dni_cnn, "the same with a CNN and convolutional SG modules"),
     )
 }

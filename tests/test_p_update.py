@@ -1,0 +1,165 @@
+"""Stochastic updates (``make_step(..., p_update=p)``, DNI §3.3; issue 13, item 3).
+
+Each stage, with the SG module at its output boundary, applies its update with
+probability p; a skipped stage's parameters and optimiser state must stay bit-identical,
+an updated stage must get exactly the update of the ordinary step.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sgjax import nets, rules, train
+
+NET = nets.mlp([5, 7, 6, 3], "tanh")  # 3 stages, SG modules at boundaries 1 and 2
+
+
+def _batches(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+            jnp.asarray(rng.integers(0, 3, size=8), jnp.int32),
+        )
+        for _ in range(n)
+    ]
+
+
+def _same(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+RULES = {
+    "sg": lambda: rules.synthetic_gradients("conditioned", at="all"),
+    "backprop": rules.backprop,
+}
+
+
+@pytest.mark.parametrize("rule_name", ["sg"])
+def test_p_update_one_equals_the_ordinary_step_bit_for_bit(rule_name):
+    rule = RULES[rule_name]()
+    plain, staged = optax.adam(1e-2), train.stagewise(optax.adam(1e-2))
+    s_plain = train.init(jax.random.key(0), NET, rule, plain)
+    s_staged = train.init(jax.random.key(0), NET, rule, staged)
+    step_plain = jax.jit(train.make_step(NET, rule, "xent", plain))
+    step_staged = jax.jit(train.make_step(NET, rule, "xent", staged, p_update=1.0))
+    for batch in _batches(3):
+        s_plain, _ = step_plain(s_plain, batch)
+        s_staged, m = step_staged(s_staged, batch)
+        assert m["updated"].tolist() == [True] * NET.depth
+    assert _same(s_plain.params, s_staged.params)
+    assert _same(s_plain.rule_state, s_staged.rule_state)
+    # the per-stage Adam moments are the whole-tree ones, stage by stage
+    for i in range(NET.depth):
+        assert _same(s_plain.opt_state[0].mu[i], s_staged.opt_state.states[i][0].mu)
+        assert _same(s_plain.opt_state[0].nu[i], s_staged.opt_state.states[i][0].nu)
+
+
+def test_p_update_zero_changes_nothing():
+    rule = RULES["sg"]()
+    opt = train.stagewise(optax.adam(1e-2))
+    state = train.init(jax.random.key(0), NET, rule, opt)
+    # first make every module non-zero, so that a leak would show
+    state, _ = jax.jit(train.make_step(NET, rule, "xent", opt))(state, _batches(1, 9)[0])
+    step = jax.jit(train.make_step(NET, rule, "xent", opt, p_update=0.0))
+    new = state
+    for batch in _batches(3):
+        new, m = step(new, batch)
+        assert not bool(m["updated"].any())
+    assert int(new.step) == int(state.step) + 3
+    for field in ("params", "opt_state", "rule_state", "sg_opt_state"):
+        assert _same(getattr(new, field), getattr(state, field)), field
+
+
+@pytest.mark.parametrize("rule_name", ["sg"])
+def test_skipped_stages_keep_params_and_optimiser_state_updated_ones_match_the_full_step(
+    rule_name,
+):
+    rule = RULES[rule_name]()
+    opt = train.stagewise(optax.adam(1e-2))
+    boundaries = rule.boundaries(NET) if rule.boundaries else ()
+    step = jax.jit(train.make_step(NET, rule, "xent", opt, p_update=0.5))
+    full = jax.jit(train.make_step(NET, rule, "xent", opt, p_update=1.0))
+    state = train.init(jax.random.key(0), NET, rule, opt)
+    seen = np.zeros((NET.depth, 2), int)
+    for batch in _batches(6):
+        new, m = step(state, batch)
+        ref, _ = full(state, batch)  # every stage updated
+        for i, up in enumerate(np.asarray(m["updated"])):
+            seen[i, int(up)] += 1
+            want = ref if up else state
+            assert _same(new.params[i], want.params[i]), (i, up)
+            assert _same(new.opt_state.states[i], want.opt_state.states[i]), (i, up)
+            for j, b in enumerate(boundaries):  # the module at boundary i+1 goes with stage i
+                if b == i + 1:
+                    assert _same(new.rule_state.params[j], want.rule_state.params[j]), (j, up)
+                    assert _same(new.sg_opt_state.states[j], want.sg_opt_state.states[j])
+        state = new
+    assert (seen > 0).all(), f"each stage should both update and skip in 6 steps: {seen}"
+
+
+def test_stochastic_step_is_pure_and_vmaps_over_seeds():
+    rule = RULES["sg"]()
+    opt = train.stagewise(optax.adam(1e-2))
+    batch = _batches(1)[0]
+    keys = jax.random.split(jax.random.key(3), 2)
+    states = jax.vmap(lambda k: train.init(k, NET, rule, opt))(keys)
+
+    def step(s, k):  # the draws' key may be traced: one key per replica under vmap
+        return train.make_step(NET, rule, "xent", opt, p_update=0.5, update_key=k)(s, batch)
+
+    v_new, v_m = jax.jit(jax.vmap(step))(states, keys)
+    one = jax.jit(step)
+    for r in range(2):
+        s_r = jax.tree.map(lambda a, r=r: a[r], states)
+        new, m = one(s_r, keys[r])
+        again, m_again = one(s_r, keys[r])
+        assert _same(new, again) and np.array_equal(m["updated"], m_again["updated"])  # pure
+        assert np.array_equal(m["updated"], v_m["updated"][r])
+        v_r = jax.tree.map(lambda a, r=r: a[r], v_new)
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(v_r)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # batched matmuls round
+    assert not np.array_equal(v_m["updated"][0], v_m["updated"][1])  # keys 3/0, 3/1 differ
+
+
+def test_p_update_errors_name_the_argument():
+    rule = RULES["sg"]()
+    for bad in (1.5, -0.1, True):
+        with pytest.raises(ValueError, match=r"`p_update` must be a number in \[0, 1\]"):
+            train.make_step(NET, rule, "xent", optax.adam(1e-2), p_update=bad)
+    state = train.init(jax.random.key(0), NET, rule, optax.adam(1e-2))
+    step = train.make_step(NET, rule, "xent", optax.adam(1e-2), p_update=0.5)
+    with pytest.raises(ValueError, match=r"train.stagewise"):
+        step(state, _batches(1)[0])
+    opt = train.stagewise(optax.adam(1e-2))
+    state = train.init(jax.random.key(0), NET, rule, opt, optax.adam(1e-2))
+    step = train.make_step(NET, rule, "xent", opt, optax.adam(1e-2), p_update=0.5)
+    with pytest.raises(ValueError, match=r"sg_optimizer=train.stagewise"):
+        step(state, _batches(1)[0])
+
+
+def test_cli_p_update_zero_leaves_the_network_at_its_initialisation(tmp_path):
+    from sgjax.apps import cli
+    from sgjax.infra import data
+
+    out = tmp_path / "r.json"
+    argv = ["train", "--dataset", "digits", "--steps", "5", "--depth", "1", "--width", "16"]
+    assert (
+        cli.main([*argv, "--rule", "sg", "--p-update", "0", "--no-progress", "--json", str(out)])
+        == 0
+    )
+    res = json.loads(out.read_text())
+    assert res["config"]["p_update"] == 0.0
+    ds = data.digits(seed=0)
+    net = nets.mlp([64, 16, 10])
+    init = train.init(jax.random.key(0), net, RULES["sg"](), optax.adam(1e-3))
+    ref = train.evaluate(net, init.params, "xent", ds.x_test, ds.y_test)
+    assert res["test_accuracy"] == ref["accuracy"]
+    assert res["test_loss"] == pytest.approx(ref["loss"], rel=1e-6)
