@@ -5,8 +5,8 @@ adding an experiment is one entry. Each entry's ``run(ctx) -> dict`` imports its
 only when called, so that ``sgjax reproduce --help`` does not start JAX.
 
 Example:
-    >>> sorted(EXPERIMENTS)[:4]
-    ['dni-cnn', 'dni-mnist', 'fig2', 'fig3']
+    >>> sorted(EXPERIMENTS)
+    ['dni-cnn', 'dni-mnist', 'dni-rnn', 'fig2', 'fig3', 'fig4', 'fig5', 'fig8']
 """
 
 from __future__ import annotations
