@@ -467,8 +467,8 @@ def theorem1_fixed_rates(
     own gradient vanish) while the true ``‖∂L/∂W‖`` stays large.
 
     Example:
-        >>> [c.passed for c in theorem1_fixed_rates(jax.random.key(0), 2, steps=20_000)]
-        [True]
+        >>> [c.ok for c in theorem1_fixed_rates(jax.random.key(0), 2, steps=20_000)]
+        [True, True]
     """
     d, S = sizes
     Xb, y = instances_np(key, instances, d, S)
