@@ -3,8 +3,9 @@
 Each mutant replaces one exact string in a copy of ``sgjax/rules.py``,
 ``estimators.py``, ``losses.py`` or ``nets.py`` (the stable maths), then runs selected
 ``sgjax verify`` rows and test files against the copy (``PYTHONPATH`` = the copy), and
-reports which verify rows and which tests turn red. A mutant that turns nothing red is a
-defect of the checks.
+reports which verify rows and which tests turn red (pytest stops at the first red test,
+``-x``: the table lists the first). A mutant that turns nothing red is a defect of the
+checks.
 
     python scripts/mutations.py                  # every mutant, table on stdout
     python scripts/mutations.py --out docs/results/mutations.md
@@ -147,7 +148,7 @@ MUTANTS: tuple[Mutant, ...] = (
 
 #: What runs against each mutant: verify families (few instances) and test files.
 VERIFY_CLAIMS = "table1,implied-loss"
-VERIFY_INSTANCES = "4"
+VERIFY_INSTANCES = "2"
 TEST_FILES = ("tests/test_rules.py",)
 
 
@@ -199,7 +200,7 @@ def run_mutant(m: Mutant | None, timeout: int) -> dict[str, object]:
             tail = (v.stderr or v.stdout).strip().splitlines()[-1:] or ["?"]
             red_rows = [f"(verify crashed: {tail[0][:80]})"]
         p = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TEST_FILES],
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TEST_FILES],
             cwd=t, env=env, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         red_tests = _failed_tests(p.stdout)
