@@ -259,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_mutant(m, args.timeout))
         r = results[-1]
         print(
-            f"[{m.name}: {len(r['red_rows'])} red rows, {len(r['red_tests'])} red tests, "  # type: ignore[arg-type]
-            f"{r['seconds']}s]",
+            f"[{m.name}: red rows {r['red_rows']}, red tests {r['red_tests']}, {r['seconds']}s]",
             file=sys.stderr,
             flush=True,
         )
+        if args.out:  # incremental: a long run leaves its table so far
+            Path(args.out).write_text(to_markdown(results) + "\n", encoding="utf-8")
     table = to_markdown(results)
     print(table)
     if args.out:
