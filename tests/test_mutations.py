@@ -9,6 +9,7 @@ so an edit of ``sgjax/`` that moves a pattern fails here, not unnoticed.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mutations.py"
@@ -18,6 +19,7 @@ def _harness():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("mutations", SCRIPT)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look the module up while building Mutant
     spec.loader.exec_module(mod)
     return mod
 
