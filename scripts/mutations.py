@@ -172,7 +172,9 @@ def _failed_tests(output: str) -> list[str]:
     return sorted(set(re.findall(r"^FAILED (\S+)", output, flags=re.M)))
 
 
-def run_mutant(m: Mutant | None, timeout: int) -> dict[str, object]:
+def run_mutant(
+    m: Mutant | None, timeout: int, tests: tuple[str, ...] = TEST_FILES
+) -> dict[str, object]:
     """Copy sgjax/, theory/, tests/ into a temp dir, plant ``m``, run verify + tests."""
     with tempfile.TemporaryDirectory(prefix="sgjax-mut-") as tmp:
         t = Path(tmp)
@@ -200,7 +202,7 @@ def run_mutant(m: Mutant | None, timeout: int) -> dict[str, object]:
             tail = (v.stderr or v.stdout).strip().splitlines()[-1:] or ["?"]
             red_rows = [f"(verify crashed: {tail[0][:80]})"]
         p = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TEST_FILES],
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
             cwd=t, env=env, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         red_tests = _failed_tests(p.stdout)
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the markdown table here")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
     ap.add_argument("--baseline", action="store_true", help="also run the unmodified sources")
+    ap.add_argument(
+        "--tests", default=",".join(TEST_FILES), help="comma-separated test files / node ids"
+    )
     args = ap.parse_args(argv)
     problems = check_patterns()
     if problems:
@@ -254,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown mutants {sorted(unknown)}", file=sys.stderr)
         return 2
     chosen = [m for m in MUTANTS if not names or m.name in names]
-    results = [run_mutant(None, args.timeout)] if args.baseline else []
+    tests = tuple(t for t in args.tests.split(",") if t)
+    results = [run_mutant(None, args.timeout, tests)] if args.baseline else []
     for m in chosen:
-        results.append(run_mutant(m, args.timeout))
+        results.append(run_mutant(m, args.timeout, tests))
         r = results[-1]
         print(
             f"[{m.name}: red rows {r['red_rows']}, red tests {r['red_tests']}, {r['seconds']}s]",
