@@ -71,7 +71,7 @@ def _line_search_one(
     max_steps: jax.Array,
     tol: jax.Array,
     unstable: jax.Array,
-    c_weight: jax.Array,
+    c_weight: jax.Array | float = 3.0,
 ) -> jax.Array:
     """Iterate until ‖W − W_OLS‖ ≤ tol and ‖ω‖ ≤ tol, or ``max_steps``; track the proof's
     quantities on the way. All arguments are traced: one program serves every use."""
