@@ -1,11 +1,19 @@
 """Shared test configuration: hypothesis profiles, keys, and the MNIST location.
 
-Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``dev`` (default: few examples, random),
-``ci`` (derandomized, so CI is reproducible), ``thorough`` (many examples, for long runs).
+Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``default`` (used when the variable is
+unset) and ``ci``: 10 examples per unit, derandomized, so ``python -m pytest -q`` is
+reproducible on every run; ``thorough``: 20× the examples, still derandomized;
+``random``: 10 examples per unit with a random hypothesis seed (for seed sweeps).
+Tests scale their example counts from the loaded profile with :func:`examples`, so
+the profile, not the test, decides how many examples run.
+
+Random draws outside hypothesis come from :func:`getkey`, seeded from the test's own
+node id (deterministic); ``SGJAX_TEST_SEED=N`` mixes ``N`` in, for sweeps over seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -13,21 +21,25 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile(
-    "ci",
-    max_examples=10,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "thorough", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+_COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("default", max_examples=10, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=10, derandomize=True, **_COMMON)
+settings.register_profile("dev", max_examples=10, derandomize=True, **_COMMON)
+settings.register_profile("thorough", max_examples=200, derandomize=True, **_COMMON)
+settings.register_profile("random", max_examples=10, derandomize=False, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def examples(per_unit: int) -> int:
+    """Examples for a test that wants ``per_unit`` under ``default``/``ci`` (10 per unit):
+    ``per_unit × max_examples / 10`` of the loaded profile, at least 1.
+
+    Example:
+        >>> examples(2) == max(1, 2 * settings.default.max_examples // 10)
+        True
+    """
+    return max(1, per_unit * settings.default.max_examples // 10)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -56,10 +68,13 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture
-def getkey():
-    """``getkey()`` returns fresh PRNG keys; the seed is printed, so a failure shows it."""
-    seed = int.from_bytes(os.urandom(2), "little")
-    print(f"jax seed: {seed}")
+def getkey(request):
+    """``getkey()`` returns fresh PRNG keys, seeded from the test's node id (and
+    ``SGJAX_TEST_SEED`` if set); the seed is printed, so a failure shows it."""
+    extra = os.environ.get("SGJAX_TEST_SEED", "")
+    digest = hashlib.sha256((request.node.nodeid + "|" + extra).encode()).digest()
+    seed = int.from_bytes(digest[:4], "little")
+    print(f"jax seed: {seed} (node id {request.node.nodeid!r}, SGJAX_TEST_SEED={extra!r})")
     key = [jax.random.key(seed)]
 
     def _next():

@@ -4,7 +4,8 @@ Each test draws a seed (and a size from a small fixed set, so the cached jitted
 runners are reused across examples) and asserts two things: the claim holds, and its
 negative control — the same check with the paper's assumption broken — fails. A
 check that cannot fail is worthless. Instance counts are small; ``sgjax verify``
-runs the same functions on more instances.
+runs the same functions on more instances. Example counts come from the hypothesis
+profile (``conftest.examples``); the default profile is derandomized.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 
 import jax
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,7 @@ from theory import (
     critical_points,
     implied_loss,
     proposition2,
+    sg_extras,
     table1,
     table2,
     theorem1,
@@ -42,7 +45,7 @@ def _controls_fail(records: list[Claim]) -> None:
     assert not any(r.passed for r in ctrl), ctrl
 
 
-@settings(deadline=None, max_examples=3)
+@settings(max_examples=examples(3))
 @given(seed=seeds, m=st.sampled_from([3, 6]))
 def test_linear_sg_exact_and_no_label_control(seed: int, m: int) -> None:
     key = jax.random.key(seed)
@@ -50,17 +53,27 @@ def test_linear_sg_exact_and_no_label_control(seed: int, m: int) -> None:
     _controls_fail(critical_points.linear_sg_exact(key, 8, label=False, sizes=(48, m, 2)))
 
 
-@settings(deadline=None, max_examples=2)
+@settings(max_examples=examples(2))
 @given(seed=seeds, depth=st.sampled_from([3, 11]))
 def test_prop1_critical_points_and_log_loss_control(seed: int, depth: int) -> None:
+    # A bottleneck (width 3 < k = 6): claim and control on the same nets.
     key = jax.random.key(seed)
-    _all_pass(critical_points.prop1_critical_points(key, 4, sizes=(48, 3, 5, depth, 2)))
-    _controls_fail(
-        critical_points.prop1_critical_points(key, 4, loss="log", sizes=(48, 3, 1, 1, 1))
-    )
+    sizes = (48, 6, 3, depth, 2)
+    _all_pass(critical_points.prop1_critical_points(key, 4, sizes=sizes))
+    _controls_fail(critical_points.prop1_critical_points(key, 4, loss="log", sizes=sizes))
+    # The label-free SG is exactly 0 at the optimum: an identity, not evidence.
+    (r,) = critical_points.prop1_critical_points(key, 4, label=False, sizes=sizes)
+    assert r.passed and r.strength == "identity"
 
 
-@settings(deadline=None, max_examples=3)
+def test_prop1_log_loss_control_is_blind_when_h_spans_the_input() -> None:
+    """Why the bottleneck: with width ≥ k the log-loss 'control' passes (it is blind)."""
+    key = jax.random.key(3)
+    (r,) = critical_points.prop1_critical_points(key, 4, loss="log", sizes=(48, 3, 5, 3, 2))
+    assert r.passed, r
+
+
+@settings(max_examples=examples(3))
 @given(seed=seeds)
 def test_appendix_a_stationary_region_and_unbalanced_control(seed: int) -> None:
     key = jax.random.key(seed)
@@ -68,7 +81,7 @@ def test_appendix_a_stationary_region_and_unbalanced_control(seed: int) -> None:
     _controls_fail(critical_points.appendix_a(key, 16, data=(-2.0, -1.0, 1.0, 3.0)))
 
 
-@settings(deadline=None, max_examples=2)
+@settings(max_examples=examples(2))
 @given(seed=seeds)
 def test_theorem1_converges_invariants_and_unstable_control(seed: int) -> None:
     key = jax.random.key(seed)
@@ -79,21 +92,35 @@ def test_theorem1_converges_invariants_and_unstable_control(seed: int) -> None:
 def test_theorem1_lyapunov_trajectory_finding_still_detected() -> None:
     """The finding (‖f‖ + ‖ξ‖ rises along the iterates; the proof keeps A fixed within a
     step) must still show on a fixed seed; if the dynamics changed, we want to know."""
-    (r,) = theorem1.lyapunov_trajectory(jax.random.key(0), 128, steps=300)
+    r, w = theorem1.lyapunov_trajectory(jax.random.key(0), 128, steps=300)
     assert r.kind == "finding" and r.ok
     assert not r.passed and r.measured > 1e-3, r
     assert "refuted" in r.detail
+    assert w.kind == "finding" and "observed" in w.detail
 
 
-@settings(deadline=None, max_examples=2)
+@settings(max_examples=examples(2))
 @given(seed=seeds)
 def test_theorem1_label_needed(seed: int) -> None:
-    key = jax.random.key(seed)
-    _all_pass(theorem1.theorem1_fixed_rates(key, 4))
-    _controls_fail(theorem1.theorem1_fixed_rates(key, 4, label=False))
+    _label_needed(jax.random.key(seed))
 
 
-@settings(deadline=None, max_examples=3)
+def test_theorem1_label_needed_seed_1401() -> None:
+    """Seed 1401 diverged to NaN with the digest's unscaled ν = 1e-3 (issue 11)."""
+    _label_needed(jax.random.key(1401))
+
+
+def _label_needed(key: jax.Array) -> None:
+    # 8 instances: the stuck fraction (≥ 0.75) is a statistic; ~2% of instances are not
+    # stuck (a random-profile run failed once with 4 instances and a 0.9 threshold).
+    recs = theorem1.theorem1_fixed_rates(key, 8) + theorem1.theorem1_fixed_rates(
+        key, 8, label=False
+    )
+    _all_pass(recs)  # conditioned SG converges; label-free one stuck by mechanism
+    _controls_fail(recs)  # the label-free gap, and the conditioned SG is not stuck
+
+
+@settings(max_examples=examples(3))
 @given(seed=seeds)
 def test_prop2_cosine_lemma_and_large_error_control(seed: int) -> None:
     key = jax.random.key(seed)
@@ -101,7 +128,7 @@ def test_prop2_cosine_lemma_and_large_error_control(seed: int) -> None:
     _controls_fail(proposition2.cosine_lemma(key, 8, r_scale=3.0))
 
 
-@settings(deadline=None, max_examples=2)
+@settings(max_examples=examples(2))
 @given(seed=seeds)
 def test_prop2_vanishing_vs_constant_error(seed: int) -> None:
     key = jax.random.key(seed)
@@ -110,7 +137,7 @@ def test_prop2_vanishing_vs_constant_error(seed: int) -> None:
     _all_pass(proposition2.constant_error_bias(key, 4))
 
 
-@settings(deadline=None, max_examples=2)
+@settings(max_examples=examples(2))
 @given(seed=seeds)
 def test_corollary1_gated_and_printed_control(seed: int) -> None:
     key = jax.random.key(seed)
@@ -118,7 +145,18 @@ def test_corollary1_gated_and_printed_control(seed: int) -> None:
     _controls_fail(corollary1.corollary1(key, 4, printed=True, max_steps=4000))
 
 
-@settings(deadline=None, max_examples=3)
+def test_corollary1_bottleneck_needs_the_label() -> None:
+    """Width 3 < k = 6: the conditioned SG reaches OLS, the label-free one does not."""
+    key = jax.random.key(5)
+    sizes = (32, 6, 2, 3, 4, 2)
+    _all_pass(corollary1.corollary1(key, 4, sizes=sizes, where_backprop_converges=True))
+    _controls_fail(
+        corollary1.corollary1(key, 4, sizes=sizes, label=False, max_steps=4000,
+                              where_backprop_converges=True)
+    )  # fmt: skip
+
+
+@settings(max_examples=examples(3))
 @given(seed=seeds, skew=st.floats(0.05, 1.0, allow_subnormal=False))
 def test_implied_loss_and_skew_control(seed: int, skew: float) -> None:
     key = jax.random.key(seed)
@@ -129,7 +167,13 @@ def test_implied_loss_and_skew_control(seed: int, skew: float) -> None:
     assert [r for r in recs if r.kind == "claim" and r.passed]
 
 
-@settings(deadline=None, max_examples=2)
+def test_implied_loss_of_a_library_trained_sg() -> None:
+    recs = sg_extras.library_sg_implied_loss(jax.random.key(0), 4)
+    _all_pass(recs)
+    _controls_fail(recs)
+
+
+@settings(max_examples=examples(2))
 @given(seed=seeds)
 def test_table1_rows_through_rules_and_broken_rows(seed: int) -> None:
     key = jax.random.key(seed)
@@ -142,7 +186,15 @@ def test_table1_rows_through_rules_and_broken_rows(seed: int) -> None:
     _controls_fail(table1.table1_trajectories(key, 2, random_B=True))
 
 
-@settings(deadline=None, max_examples=1)
+def test_table1_kickback_at_39_instances_xla_regression() -> None:
+    """Issue 11 item 13: jit(vmap) at ≥ 39 instances read Kickback as 0.9 (an XLA:CPU
+    YNNPACK miscompile of a dot with a constant matrix of ones fused with the max)."""
+    recs = table1.table1_identities(jax.random.key(0), 39)
+    kick = [r for r in recs if r.name.startswith("table1/Kickback")]
+    assert kick and kick[0].passed, kick
+
+
+@settings(max_examples=examples(1))
 @given(seed=seeds)
 def test_table2_k2_gaps_sigmoid_and_control(seed: int) -> None:
     key = jax.random.key(seed)
@@ -159,8 +211,8 @@ def test_verify_cli_json_kinds_and_exit_code(tmp_path) -> None:
     argv = ["verify", "--claims", "linear-sg-exact,appendix-a", "--instances", "8"]
     assert main([*argv, "--json", str(out)]) == 0
     recs = json.loads(out.read_text())
-    assert {"name", "reference", "measured", "target", "passed", "instances", "kind"} <= set(
-        recs[0]
-    )
+    keys = {"name", "reference", "measured", "target", "passed", "instances", "kind", "strength"}
+    assert keys <= set(recs[0])
+    assert {r["strength"] for r in recs} <= {"evidence", "identity"}
     assert any(r["kind"] == "control" and not r["passed"] and r["ok"] for r in recs)
     assert main(["verify", "--claims", "no-such-family"]) == 2

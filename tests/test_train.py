@@ -23,8 +23,8 @@ RULES = {
 }
 
 
-def _setup(key, rule_name, *, norm=None):
-    net = nets.mlp([6, 10, 9, 8, 4], "relu", norm=norm)
+def _setup(key, rule_name, *, norm=None, activation="relu"):
+    net = nets.mlp([6, 10, 9, 8, 4], activation, norm=norm)
     rule = RULES[rule_name]()
     opt, sg_opt = optax.adam(1e-2), optax.adam(1e-2)
     state = train.init(key, net, rule, opt, sg_opt)
@@ -110,7 +110,10 @@ def test_vmap_over_seeds_equals_a_python_loop(rule_name):
 
 @pytest.mark.parametrize("rule_name", ["backprop", "sg", "fa", "dfa"])
 def test_training_lowers_the_loss(getkey, rule_name):
-    _net, _, state, step = _setup(getkey(), rule_name)
+    # tanh, not ReLU: FA's random feedback drives ReLU units dead on some seeds (seed
+    # 50129: 4 of 9 and 4 of 8 units dead by step 200, loss ratio 0.54 vs 0.5), which
+    # is a property of FA with ReLU, not a bug of the step under test.
+    _net, _, state, step = _setup(getkey(), rule_name, activation="tanh")
     x = jax.random.normal(getkey(), (64, 6))
     y = jnp.argmax(x @ jax.random.normal(getkey(), (6, 4)), axis=-1)  # a learnable teacher
     jstep = jax.jit(step)

@@ -1,6 +1,8 @@
 """``sgjax verify``: run the claim registry, print the table, exit 1 on any failure.
 
-Every row is one of three kinds (:mod:`theory.record`):
+Every row has a strength, ``evidence`` (it could fail if the paper or our
+implementation were wrong) or ``identity`` (true by construction: a sanity check),
+and is one of three kinds (:mod:`theory.record`):
 
 * claim: a statement of the paper; "pass" or "FAIL".
 * control: the same check with the paper's assumption broken on purpose; a success
@@ -46,10 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--thorough",
         action="store_true",
-        help="10× the default instances and every Table 2 cell, k = 100 included (slow)",
+        help="≥ 1000 instances where cheap (see --list) and every Table 2 cell, k = 100 "
+        "included (slow: ~30 min on 2 cores)",
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
+        "Strength: evidence (could fail if the paper or sgjax were wrong) or identity (true\n"
+        "by construction; a sanity check).\n"
         "Row kinds: claim (a statement of the paper: pass/FAIL), control (the check with "
         "the\npaper's assumption broken: must fail), finding (a statement that is not the "
         "paper's,\ne.g. a step read into a proof: reported as holds/refuted, never changes "
@@ -77,15 +82,16 @@ def format_records(records: list[Claim]) -> str:
     Example:
         >>> from theory.record import at_most, control
         >>> print(format_records([at_most("a/b", "Prop. 1", 1e-12, 1e-8, 4)]))
-        claim  reference  measured  target   n  verdict
-        -----  ---------  --------  -------  -  -------
-        a/b    Prop. 1    1e-12     ≤ 1e-08  4  pass
+        claim  reference  strength  measured  target   n  verdict
+        -----  ---------  --------  --------  -------  -  -------
+        a/b    Prop. 1    evidence  1e-12     ≤ 1e-08  4  pass
     """
-    rows = [("claim", "reference", "measured", "target", "n", "verdict")]
+    rows = [("claim", "reference", "strength", "measured", "target", "n", "verdict")]
     rows += [
-        (c.name, c.reference, _fmt(c.measured), c.target, str(c.instances), _verdict(c))
+        (c.name, c.reference, c.strength, _fmt(c.measured), c.target, str(c.instances),
+         _verdict(c))
         for c in records
-    ]
+    ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -108,6 +114,7 @@ _ABOUT = {
     "implied-loss": ("§1.4: the loss a linear SG implies (the symmetric part of A)", "light"),
     "table1": ("Table 1: each rule's δ̂ is ∂L_SG/∂h of its (SG, target, L_SG) triple", "heavy"),
     "table2": ("Table 2: SG − backprop loss gap on artificial data", "heavy"),
+    "sg-prop-alone": ("§3 footnote: the SG + prop signal alone (paper.md §6 item 22)", "light"),
 }
 _COST_NOTE = (
     "share of a default `sgjax verify` run (measured 2026-11-29: 661 s in all on a shared "
@@ -120,12 +127,15 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from theory import table2
-    from theory.registry import CLAIMS, DEFAULT_INSTANCES
+    from theory.registry import CLAIMS, DEFAULT_INSTANCES, THOROUGH_INSTANCES
 
     if args.list:
         for name in CLAIMS:
             about, cost = _ABOUT.get(name, ("", "?"))
-            print(f"{name:16s} {about}  [{DEFAULT_INSTANCES[name]} instances; cost: {cost}]")
+            print(
+                f"{name:16s} {about}  [instances: default {DEFAULT_INSTANCES[name]}, "
+                f"--thorough {THOROUGH_INSTANCES[name]}; cost: {cost}]"
+            )
         print(f"\ncost: {_COST_NOTE}")
         return 0
     names = args.claims or list(CLAIMS)
@@ -141,8 +151,11 @@ def run(args: argparse.Namespace) -> int:
     records: list[Claim] = []
     t_all = time.perf_counter()
     for i, name in enumerate(names):
-        n = args.instances if args.instances is not None else DEFAULT_INSTANCES[name]
-        n = n * (10 if args.thorough and args.instances is None else 1)
+        n = (
+            args.instances
+            if args.instances is not None
+            else (THOROUGH_INSTANCES if args.thorough else DEFAULT_INSTANCES)[name]
+        )
         t0 = time.perf_counter()
         recs = CLAIMS[name](jax.random.fold_in(key, i), n, args.thorough)
         records += recs
@@ -154,9 +167,11 @@ def run(args: argparse.Namespace) -> int:
     bad = [c for c in records if not c.ok]
     n_ctrl = sum(c.kind == "control" for c in records)
     findings = [c for c in records if c.kind == "finding"]
+    n_ev = sum(c.strength == "evidence" for c in records)
     print(
         f"\n{len(records) - len(bad)}/{len(records)} as expected ({n_ctrl} negative controls, "
-        f"{len(findings)} findings, {sum(not c.passed for c in findings)} refuted); "
+        f"{len(findings)} findings, {sum(not c.passed for c in findings)} refuted; "
+        f"{n_ev} evidence rows, {len(records) - n_ev} identity rows); "
         f"{time.perf_counter() - t_all:.1f}s"
     )
     if args.json:

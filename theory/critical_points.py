@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory._common import fit_linear_sg, np_orthonormal, rel, rng, x64
-from theory.record import Claim, at_most, control
+from theory.record import Claim, at_most, control, identity
 
 Layers = list[tuple[jax.Array, jax.Array]]
 
@@ -142,8 +142,10 @@ def deep_linear_at_optimum(
         Y = Xb @ w_true + 0.5 * g.normal(size=(instances, n, 1))
         w_opt = np.linalg.solve(np.swapaxes(Xb, 1, 2) @ Xb, np.swapaxes(Xb, 1, 2) @ Y)
     else:
-        # Labels drawn from a logistic model: classes overlap, so the MLE exists.
-        Y = (g.uniform(size=(instances, n, 1)) < 1 / (1 + np.exp(-Xb @ w_true))).astype(float)
+        # Labels drawn from a logistic model with small weights: the classes overlap
+        # (not separable), so the MLE exists and Newton's method converges.
+        z = -0.5 * Xb @ w_true
+        Y = (g.uniform(size=(instances, n, 1)) < 1 / (1 + np.exp(z))).astype(float)
         w_opt = np.zeros((instances, k + 1, 1))
         for _ in range(40):  # Newton's method on the convex log loss
             s = 1 / (1 + np.exp(-Xb @ w_opt))
@@ -155,6 +157,14 @@ def deep_linear_at_optimum(
     for i in range(depth - 1):
         scale = g.uniform(0.7, 1.4, size=(instances, 1, 1))
         W = scale * np_orthonormal(g, dims[i], dims[i + 1], instances)
+        if i == 0 and width < k:
+            # A bottleneck: h cannot span the input, so the optimum is reachable only if
+            # the first layer's column space holds the optimal weights' directions.
+            o = w_opt.shape[2]
+            if width < o:
+                raise ValueError(f"`width` ({width}) must be ≥ the output dim ({o})")
+            M = np.concatenate([w_opt[:, :k], g.normal(size=(instances, k, width - o))], 2)
+            W = scale * np.linalg.qr(M)[0]
         b = 0.3 * g.normal(size=(instances, dims[i + 1]))
         layers.append((W, b))
 
@@ -188,7 +198,9 @@ def _norm(tree: object) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
 
 
-def _prop1_one(layers: Layers, X: jax.Array, Y: jax.Array, j: int, loss: str) -> jax.Array:
+def _prop1_one(
+    layers: Layers, X: jax.Array, Y: jax.Array, label: jax.Array, j: int, loss: str
+) -> jax.Array:
     lower, upper = layers[:j], layers[j:]
     h, vjp_lower = jax.vjp(lambda lo: _forward(lo, X), lower)
 
@@ -196,17 +208,27 @@ def _prop1_one(layers: Layers, X: jax.Array, Y: jax.Array, j: int, loss: str) ->
         return _loss(_forward(up, h), Y, loss)
 
     g_upper, G = jax.grad(upper_loss, argnums=(0, 1))(upper, h)
-    D, theta = fit_linear_sg(h, Y, G)
+    D, theta = fit_linear_sg(h, label * Y, G)  # label 0: the y columns are zero
     SG = D @ theta
     (g_lower_sg,) = vjp_lower(SG)
     g_sg = 2.0 * D.T @ (SG - G)  # ∂L_SG/∂Θ for L_SG = ‖SG − ∂L/∂h‖²
     (g_lower_true,) = vjp_lower(G)
-    return jnp.array([_norm(g_upper), _norm(g_lower_sg), _norm(g_sg), _norm(g_lower_true)])
+    return jnp.array(
+        [
+            _norm(g_upper),
+            _norm(g_lower_sg),
+            _norm(g_sg),
+            _norm(g_lower_true),
+            _norm(SG),
+            _norm(SG - G) / jnp.maximum(_norm(G), 1e-300),
+        ]
+    )
 
 
 @functools.cache
 def _prop1_runner(j: int, loss: str):
-    return jax.jit(jax.vmap(functools.partial(_prop1_one, j=j, loss=loss)))
+    fn = functools.partial(_prop1_one, j=j, loss=loss)
+    return jax.jit(jax.vmap(fn, (0, 0, 0, None)))
 
 
 @x64
@@ -215,50 +237,75 @@ def prop1_critical_points(
     instances: int,
     *,
     loss: str = "mse",
-    sizes: tuple[int, int, int, int, int] = (64, 3, 5, 11, 5),
+    label: bool = True,
+    sizes: tuple[int, int, int, int, int] = (64, 6, 3, 11, 5),
 ) -> list[Claim]:
     """Item 2: at a backprop optimum the three SG critical-point conditions hold.
 
     ``sizes = (n, k, width, depth, j)``: n points in k dims, ``depth`` affine layers
     (10 hidden + output by default) of the given width, the SG after layer ``j``.
-    With ``loss="log"`` (negative control; use it on the shallow model,
-    ``sizes=(n, k, 1, 1, 1)``, SG between logit and loss) the linear SG cannot represent
-    ``∂L/∂p = σ(p) − y`` and ``‖SG·∂h/∂θ_{<h}‖`` stays well above 0.
+    The default is a *bottleneck* (width 3 < k = 6): only there can a wrong SG show.
+    If ``h`` spans the input (width ≥ k) the batch least-squares residual ``G − SG`` is
+    orthogonal to every lower layer's input, so the fitted SG gives exactly the true
+    lower gradient (0) whatever the loss, and the check could not fail.
 
-    Why the control is shallow: if the lower network is linear and ``h`` spans the
-    input (width ≥ k), the batch least-squares residual ``G − SG`` is orthogonal to
-    every lower layer's input, so the fitted SG gives *exactly* the true lower
-    gradient whatever the loss. Only a lower net whose ``h`` does not span its inputs
-    (the logit of a shallow model; or a non-linear one) exposes the failure.
+    ``loss="log"`` (negative control, same model): the linear SG cannot represent
+    ``∂L/∂p = σ(p) − y`` and ``‖SG·∂h/∂θ_{<h}‖`` stays well above 0.
+    ``label=False`` drops ``y`` from the SG: at a critical point the label-free
+    least-squares SG is then *exactly 0* (``p − y`` is orthogonal to ``[h, 1]``), so the
+    three conditions hold trivially; that row is an identity, not evidence.
 
     Example:
-        >>> [c.passed for c in prop1_critical_points(jax.random.key(0), 2, sizes=(24, 2, 3, 3, 1))]
+        >>> [c.passed for c in prop1_critical_points(jax.random.key(0), 2, sizes=(24, 3, 2, 3, 1))]
         [True]
     """
     if loss not in ("mse", "log"):
         raise ValueError(f"`loss` must be 'mse' or 'log', got {loss!r}")
     n, k, width, depth, j = sizes
     layers, X, Y = deep_linear_at_optimum(rng(key), instances, n, k, width, depth, loss)
-    g = _prop1_runner(j, loss)(layers, X, Y)
-    worst = jnp.max(g, axis=0)
+    g = np.asarray(_prop1_runner(j, loss)(layers, X, Y, jnp.float64(label)))
+    worst = np.max(g, axis=0)
+    shape = "bottleneck" if width < k else "wide"
     detail = (
-        f"max ‖∂L/∂θ>h‖={float(worst[0]):.1e}, ‖SG·∂h/∂θ<h‖={float(worst[1]):.1e}, "
-        f"‖∂L_SG/∂θ_SG‖={float(worst[2]):.1e} (true ‖∂L/∂θ<h‖={float(worst[3]):.1e}); "
-        f"{depth - 1} hidden layers of width {width}, SG after layer {j}, n={n}, k={k}"
+        f"max ‖∂L/∂θ>h‖={worst[0]:.1e}, ‖SG·∂h/∂θ<h‖={worst[1]:.1e}, "
+        f"‖∂L_SG/∂θ_SG‖={worst[2]:.1e} (true ‖∂L/∂θ<h‖={worst[3]:.1e}; SG residual "
+        f"‖SG − ∂L/∂h‖/‖∂L/∂h‖ ≤ {worst[5]:.1e}); {depth - 1} hidden layers of width "
+        f"{width} ({shape}: k={k}), SG after layer {j}, n={n}"
     )
+    tag = f"/{shape}"
+    if not label:
+        return [
+            identity(
+                at_most(
+                    f"prop1/no-label-SG≡0{tag}",
+                    "Prop. 1",
+                    worst[4],
+                    1e-10,
+                    instances,
+                    "max ‖SG‖ of the label-free least-squares SG at the optimum (so the "
+                    "conditions hold trivially; its residual is "
+                    f"{np.min(g[:, 5]):.2f}–{worst[5]:.2f} of ‖∂L/∂h‖); " + detail,
+                )
+            )
+        ]
     if loss == "mse":
         return [
-            at_most("prop1/critical-point", "Prop. 1", jnp.max(worst[:3]), 1e-8, instances, detail)
-        ]
+            at_most(
+                f"prop1/critical-point{tag}", "Prop. 1", np.max(worst[:3]), 1e-8, instances,
+                detail,
+            )
+        ]  # fmt: skip
     # Log loss: the backprop optimum is still critical for L (true gradient ~ 0), but
     # not for the SG system; report the smallest SG-driven gradient over instances.
-    least = float(jnp.min(g[:, 1]))
+    least = float(np.min(g[:, 1]))
     return [
         control(
-            at_most("prop1/log-loss", "Prop. 1", least, 1e-8, instances, detail),
-            "log loss: SG cannot produce ∂L/∂h; min over instances of ‖SG·∂h/∂θ<h‖",
+            at_most(f"prop1/critical-point{tag}/log-loss", "Prop. 1", least, 1e-8, instances,
+                    detail),
+            "log loss in the same model: SG cannot produce ∂L/∂h; min over instances of "
+            "‖SG·∂h/∂θ<h‖",
         )
-    ]
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- item 3

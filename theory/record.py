@@ -13,6 +13,15 @@ measured figure, the target it is compared with, and the verdict. Each record ha
   code, because it is not a claim of the paper: e.g. a step the digest inferred from a
   proof that turns out false. ``passed`` says whether the statement held; the record
   is always ``ok``, and the table shows it as "finding: refuted" or "finding: holds".
+
+Every record also has a ``strength``:
+
+* ``"evidence"``: the check could fail if the paper, or our implementation, were
+  wrong; for each such row the docs name the planted bug or broken assumption that
+  turns it red (``docs/theory.md``, ``docs/results/mutations.md``).
+* ``"identity"``: true by construction (an algebraic identity of the set-up, such as
+  ``ω = 0`` staying 0); a sanity check that guards the harness, not evidence for the
+  paper.
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any
+
+#: The allowed values of :attr:`Claim.strength` and :attr:`Claim.kind`.
+STRENGTHS = ("evidence", "identity")
+KINDS = ("claim", "control", "finding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +51,7 @@ class Claim:
       detail: free text: the paper's figure, spread over instances, what was broken.
       expect_pass: False for a negative control (the check is expected to fail).
       kind: ``"claim"``, ``"control"`` or ``"finding"`` (see the module docstring).
+      strength: ``"evidence"`` or ``"identity"`` (see the module docstring).
 
     Example:
         >>> c = at_most("demo/zero", "Prop. 1", 3e-12, 1e-8, 4)
@@ -47,6 +61,8 @@ class Claim:
         False
         >>> finding(c).ok
         True
+        >>> identity(c).strength
+        'identity'
     """
 
     name: str
@@ -59,6 +75,13 @@ class Claim:
     detail: str = ""
     expect_pass: bool = True
     kind: str = "claim"
+    strength: str = "evidence"
+
+    def __post_init__(self) -> None:
+        if self.strength not in STRENGTHS:
+            raise ValueError(f"`strength` must be one of {STRENGTHS}, got {self.strength!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}, got {self.kind!r}")
 
     @property
     def ok(self) -> bool:
@@ -163,3 +186,13 @@ def finding(claim: Claim, note: str = "") -> Claim:
     detail = f"finding: {note}" if note else ""
     detail += ("; " if detail and claim.detail else "") + claim.detail
     return dataclasses.replace(claim, detail=detail, kind="finding")
+
+
+def identity(claim: Claim) -> Claim:
+    """Mark ``claim`` as a sanity identity: true by construction, not evidence.
+
+    Example:
+        >>> identity(at_most("thm1/ω=0", "Thm. 1", 0.0, 0.0, 4)).strength
+        'identity'
+    """
+    return dataclasses.replace(claim, strength="identity")

@@ -8,6 +8,7 @@ the same check with the paper's assumption broken, which must fail.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -18,11 +19,12 @@ from theory import (
     critical_points,
     implied_loss,
     proposition2,
+    sg_extras,
     table1,
     table2,
     theorem1,
 )
-from theory.record import Claim
+from theory.record import Claim, identity
 
 ClaimFn = Callable[[jax.Array, int, bool], list[Claim]]
 
@@ -36,9 +38,19 @@ def _linear_sg_exact(key: jax.Array, n: int, thorough: bool = False) -> list[Cla
 
 def _prop1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
     k1, k2 = jax.random.split(key)
-    return critical_points.prop1_critical_points(k1, n) + critical_points.prop1_critical_points(
-        k2, n, loss="log", sizes=(64, 3, 1, 1, 1)
-    )
+    cp = critical_points.prop1_critical_points
+    wide = (64, 3, 5, 11, 5)  # h spans the input: the check is blind there (identities)
+    return (
+        cp(k1, n)  # bottleneck (width 3 < k = 6): claim, and its control on the same nets
+        + cp(k1, n, loss="log")
+        + cp(k1, n, label=False)
+        + [identity(r) for r in cp(k2, n, sizes=wide)]
+        + [
+            identity(dataclasses.replace(r, kind="claim", expect_pass=True,
+                                         name=r.name + "-also-critical"))
+            for r in cp(k2, n, sizes=wide, loss="log")
+        ]
+    )  # fmt: skip
 
 
 def _appendix_a(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
@@ -49,18 +61,26 @@ def _appendix_a(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
 
 
 def _thm1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
-    k1, k2, k3 = jax.random.split(key, 3)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    m = n if thorough else 16  # the realizable runs hit the cap: 100k steps each
     return (
         theorem1.theorem1_line_search(k1, n)
         + theorem1.theorem1_line_search(k2, n, unstable=True)
-        # The finding: a rise shows on a few percent of instances, so use 8× as many.
-        + theorem1.lyapunov_trajectory(k3, 8 * n)
+        + theorem1.theorem1_realizable(k4, m, noise=0.0)
+        + theorem1.theorem1_realizable(k4, m, noise=1e-3)
+        # The findings: a rise shows on a few percent of instances, so use 8× as many
+        # per start (--thorough: ≥ 1000 per start).
+        + theorem1.lyapunov_trajectory(
+            k3, max(8 * n, 1000) if thorough else 8 * n, starts=theorem1.LYAPUNOV_STARTS
+        )
     )
 
 
 def _thm1_label(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
-    k1, k2 = jax.random.split(key)
-    return theorem1.theorem1_fixed_rates(k1, n) + theorem1.theorem1_fixed_rates(k2, n, label=False)
+    # Claim and control on the same instances.
+    return theorem1.theorem1_fixed_rates(key, n) + theorem1.theorem1_fixed_rates(
+        key, n, label=False
+    )
 
 
 def _cosine(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
@@ -77,16 +97,45 @@ def _prop2_errors(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]
     )
 
 
+#: Corollary 1's shapes ``(n, k, outputs, width, depth, j)``.
+COR1_BOTTLENECK = (32, 6, 2, 3, 4, 2)
+COR1_DEEP = (32, 3, 2, 20, 11, 5)
+
+
 def _cor1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
-    k1, k2 = jax.random.split(key)
-    return corollary1.corollary1(k1, n) + corollary1.corollary1(k2, n, printed=True)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    c = corollary1.corollary1
+    m = max(n // 4, 4)
+    return (
+        c(k1, n)
+        + c(k1, n, printed=True)
+        + [identity(dataclasses.replace(r, kind="claim", expect_pass=True,
+                                        name=r.name + "/no-label(h spans x)"))
+           for r in c(k1, n, label=False)]
+        + c(k2, n, sizes=COR1_BOTTLENECK, where_backprop_converges=True)
+        + c(k2, n, sizes=COR1_BOTTLENECK, label=False, where_backprop_converges=True)
+        + c(k3, m, sizes=COR1_DEEP, eps=0.01)
+        + corollary1.step_size_sanity(k3, m, sizes=COR1_DEEP, eps=0.01)
+        + corollary1.gate_profile(k4, m)
+    )  # fmt: skip
 
 
 def _implied(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
-    k1, k2 = jax.random.split(key)
-    return implied_loss.implied_quadratic_loss(k1, n) + implied_loss.implied_quadratic_loss(
-        k2, n, skew=0.5
+    k1, k2, k3 = jax.random.split(key, 3)
+    return (
+        implied_loss.implied_quadratic_loss(k1, n)
+        # Under a skew A, L̂ = L + const still holds by construction (½hAhᵀ cannot
+        # see the skew part): an identity; the field check is the control.
+        + [
+            identity(r) if r.kind == "claim" else r
+            for r in implied_loss.implied_quadratic_loss(k2, n, skew=0.5)
+        ]
+        + sg_extras.library_sg_implied_loss(k3, max(n // 4, 4))
     )
+
+
+def _sg_prop_alone(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
+    return sg_extras.sg_prop_alone(key, n)
 
 
 def _table1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
@@ -120,10 +169,11 @@ CLAIMS: OrderedDict[str, ClaimFn] = OrderedDict(
         ("implied-loss", _implied),
         ("table1", _table1),
         ("table2", _table2),
+        ("sg-prop-alone", _sg_prop_alone),
     ]
 )
 
-#: Instances per family in the default run (``--thorough`` multiplies them by 10).
+#: Instances per family in the default run.
 DEFAULT_INSTANCES: dict[str, int] = {
     "linear-sg-exact": 256,
     "prop1": 64,
@@ -136,4 +186,23 @@ DEFAULT_INSTANCES: dict[str, int] = {
     "implied-loss": 64,
     "table1": 8,
     "table2": 8,
+    "sg-prop-alone": 16,
+}
+
+#: Instances per family with ``--thorough``: ≥ 1000 where an instance is cheap; the
+#: iterative families (runs of 10⁴–10⁵ steps each, vmapped, so the batch waits for its
+#: slowest instance) get 10× the default; Table 2 gets the paper's 10 datasets per cell.
+THOROUGH_INSTANCES: dict[str, int] = {
+    "linear-sg-exact": 2560,
+    "prop1": 1000,
+    "appendix-a": 2560,
+    "thm1": 160,
+    "thm1-label": 1000,
+    "prop2-cosine": 1000,
+    "prop2-error": 160,
+    "cor1": 160,
+    "implied-loss": 1000,
+    "table1": 1000,
+    "table2": 10,
+    "sg-prop-alone": 160,
 }

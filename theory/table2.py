@@ -16,10 +16,12 @@ The gap is final loss(SG) − final loss(reference): the least-squares optimum f
 shallow MSE, backprop with the same budget otherwise. The table is averaged over
 ``instances`` datasets per cell (the paper: 10).
 
-Claims: MSE gaps ≈ 0 (item 7); log-loss gaps on separable data clearly non-zero
-(item 8); random labels ≈ 0 (item 9); a sigmoid SG ``d ⊙ σ(hA) + yB + C`` closes the
-separable log-loss gap (item 10). Negative control: the "gap ≈ 0" check applied to
-log loss on separable data with a linear SG must fail.
+Claims: MSE gaps to least squares ≈ 0 (item 7); log-loss gaps on separable data
+clearly non-zero (item 8); random labels ≈ 0 within 1e-4 (item 9); a sigmoid SG
+``d ⊙ σ(hA) + yB + C`` closes the separable log-loss gap (item 10). The paper's bold
+noisy cells are findings (budget dependent). Negative controls: the MSE "gap ≈ 0"
+check with a label-free SG must fail; the separable-gap check on random labels must
+fail.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import optax
 
 from theory._common import np_orthonormal, rng, x64
-from theory.record import Claim, at_least, at_most, control
+from theory.record import Claim, at_least, at_most, control, finding
 
 Layers = list[tuple[jax.Array, jax.Array]]
 
@@ -113,13 +115,15 @@ def _init_net(g: np.random.Generator, k: int, model: str, instances: int) -> lis
 
 def _sg_init(m: int, sg: str) -> dict[str, jax.Array]:
     params = {"A": jnp.zeros((m, m)), "B": jnp.zeros((2, m)), "C": jnp.zeros(m)}
+    if sg == "nolabel":  # hA + C: the negative control
+        del params["B"]
     if sg == "sigmoid":  # the paper's form d ⊙ σ(hA) + yB + C (§3, footnote 3)
         params |= {"d": jnp.zeros(m)}
     return params
 
 
 def _sg_apply(params: dict[str, jax.Array], h: jax.Array, y: jax.Array) -> jax.Array:
-    out = y @ params["B"] + params["C"]
+    out = params["C"] + (y @ params["B"] if "B" in params else 0.0)
     if "d" in params:
         return out + params["d"] * jax.nn.sigmoid(h @ params["A"])
     return out + h @ params["A"]
@@ -200,11 +204,13 @@ def gap_table(
     losses: tuple[str, ...] = ("mse", "log"),
     steps: dict[str, int] | None = None,
     sigmoid: bool = True,
+    control: bool = True,
 ) -> dict[tuple[str, str, str], dict[str, float]]:
     """Mean gaps per (dataset, model, loss): keys ``linear``, ``sigmoid``, ``ols``, ``steps``.
 
-    The reference is backprop with the same budget and schedule, except for the
-    shallow MSE model, whose optimum is least squares (solved exactly). Cells with the
+    The reference is least squares (solved exactly) for MSE, shallow and deep, and
+    backprop with the same budget and schedule for log loss. With ``control`` the
+    shallow MSE cells also run a label-free SG ``hA + C`` (key ``nolabel``). Cells with the
     same shapes (all k = 2 datasets of one model) run in one vmapped call.
     ``steps`` maps the model ("shallow"/"deep") to the Adam budget.
     """
@@ -230,20 +236,25 @@ def gap_table(
         T = steps[model]
         for loss in losses:
             methods = ["linear"]
-            if not (loss == "mse" and model == "shallow"):
+            if loss == "log":
                 methods.append("backprop")
+            if control and loss == "mse" and model == "shallow":
+                methods.append("nolabel")
             if sigmoid and loss == "log" and any(c[0].startswith("linear") for c in members):
                 methods.append("sigmoid")
             res = {m: np.asarray(_runner(model, loss, m, T)(layers, X, Y)) for m in methods}
             for i, (ds, _) in enumerate(members):
                 sl = slice(i * instances, (i + 1) * instances)
                 lin, ols = res["linear"][sl, 0], res["linear"][sl, 1]
-                base = res["backprop"][sl, 0] if "backprop" in res else ols
+                # MSE: the optimum is least squares (solved exactly), shallow and deep.
+                base = res["backprop"][sl, 0] if loss == "log" else ols
                 row = {
                     "linear": float(np.mean(lin - base)),
                     "ols": float(np.mean(lin - ols)) if loss == "mse" else float("nan"),
                     "steps": T,
                 }
+                if "nolabel" in res:
+                    row["nolabel"] = float(np.mean(res["nolabel"][sl, 0] - ols))
                 if "sigmoid" in res and ds.startswith("linear"):
                     row["sigmoid"] = float(np.mean(res["sigmoid"][sl, 0] - base))
                 out[(ds, model, loss)] = row
@@ -299,7 +310,22 @@ def table2(
                 max(abs(v) for v in mse.values()),
                 1e-4,
                 n * len(mse),
-                "max |gap| over cells (paper ≤ 4e-5): " + fmt(mse),
+                "max |gap to least squares| over cells (paper ≤ 4e-5): " + fmt(mse),
+            )
+        )
+    nolabel = {c: v["nolabel"] for c, v in t.items() if "nolabel" in v}
+    if nolabel:
+        claims.append(
+            control(
+                at_most(
+                    "table2/MSE-gaps≈0/no-label-SG",
+                    "Table 2",
+                    max(abs(v) for v in nolabel.values()),
+                    1e-4,
+                    n * len(nolabel),
+                    "max |gap to least squares| with SG hA + C: " + fmt(nolabel),
+                ),
+                "label-free SG (cannot represent p − y), same data and budget",
             )
         )
     for c, v in sep.items():
@@ -326,21 +352,42 @@ def table2(
                     f"sigmoid-SG gap / linear-SG gap: {v['sigmoid']:.2g} / {v['linear']:.2g}",
                 )
             )
-        claims.append(
-            control(
-                at_most(f"table2/log-gap≈0/{c[0]}", "Table 2", v["linear"], 1e-4, n),
-                "log loss with a linear SG on separable data",
-            )
+        # Control: the separable-data gap must not show on random labels (same k).
+        rnd_c = next(
+            (r for r in rnd if r[0] == "random" + c[0][len("linear") :] and r[1] == c[1]), None
         )
+        if rnd_c is not None:
+            claims.append(
+                control(
+                    at_least(f"table2/log-gap/{rnd_c[0]}/{rnd_c[1]}", "Table 2", rnd[rnd_c],
+                             thr, n, f"mean gap, linear SG, random labels; threshold of "
+                             f"{c[0]}"),
+                    "random labels: the separable-data gap must not show",
+                )
+            )  # fmt: skip
     if rnd:
         claims.append(
             at_most(
                 "table2/random-labels-log≈0",
                 "Table 2",
                 max(abs(v) for v in rnd.values()),
-                1e-3,
+                1e-4,
                 n * len(rnd),
                 "max |gap| (paper ≤ 4e-5): " + fmt(rnd),
             )
         )
+    # The paper's bold noisy cells: "converged to a different solution". Judged as
+    # findings: the gap depends on the (unstated) budget.
+    for c, v in t.items():
+        paper = PAPER_TABLE2.get((c[0], c[1]), (0.0, 0.0))[1]
+        if c[2] == "log" and c[0].startswith("noisy") and paper >= 1e-4:
+            claims.append(
+                finding(
+                    at_least(f"table2/log-gap/{c[0]}/{c[1]}(bold)", "Table 2", v["linear"],
+                             paper / 4, n, f"mean gap (paper {paper}, bold); {v['steps']} "
+                             "Adam steps; threshold paper/4"),
+                    "reproduced" if v["linear"] >= paper / 4 else
+                    "not reproduced at this budget",
+                )
+            )  # fmt: skip
     return claims
