@@ -95,3 +95,14 @@ def test_unknown_section_is_refused(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--only", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_recurrent_row_compares_dni_with_truncated_and_full_bptt(quick_report):
+    r = quick_report["recurrent"]
+    per_char = r["seconds_per_char"]
+    assert set(per_char) == {"dni", "bptt", "full_bptt"} and min(per_char.values()) > 0
+    assert r["dni_over_bptt"] == pytest.approx(per_char["dni"] / per_char["bptt"])
+    # A DNI-T window holds T steps of activations, full BPTT all L of them.
+    m = r["memory"]
+    assert m["length"] == r["length"] > r["window"]
+    assert m["full_bptt_bytes"] > m["dni_bytes"] > 0

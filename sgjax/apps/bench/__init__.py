@@ -24,6 +24,10 @@ run while ratios of interleaved measurements hold. The sections:
     The throughput rows of :func:`sgjax.pipeline.benchmark_pipeline` on fake CPU
     devices, run in a subprocess (the device count must be set before JAX starts); a
     failure there makes the command exit with status 1.
+``recurrent``
+    Recurrent DNI (:mod:`sgjax.apps.bench.recurrent_rows`): time per character of a DNI-T
+    window step vs a BPTT-T window step vs full BPTT, and XLA's activation memory of a
+    DNI-T window vs full BPTT over the sequence.
 
 Timings interleave the contenders round by round (each round runs every contender a
 few times back to back) and report medians over rounds; the load average at start and
@@ -53,6 +57,7 @@ from sgjax.apps.bench._measure import load_average
 from sgjax.apps.bench.claims import bench_theory, format_theory
 from sgjax.apps.bench.memory import bench_memory, format_memory
 from sgjax.apps.bench.pipeline_rows import bench_pipeline, format_pipeline
+from sgjax.apps.bench.recurrent_rows import bench_recurrent, format_recurrent
 from sgjax.apps.bench.sizes import FULL, QUICK
 from sgjax.apps.bench.steps import bench_steps, format_steps, step_rules
 
@@ -63,13 +68,14 @@ __all__ = [
     "add_arguments",
     "bench_memory",
     "bench_pipeline",
+    "bench_recurrent",
     "bench_steps",
     "bench_theory",
     "run",
     "step_rules",
 ]
 
-SECTIONS = ("step", "theory", "memory", "pipeline")
+SECTIONS = ("step", "theory", "memory", "pipeline", "recurrent")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         "theory": (bench_theory, format_theory),
         "memory": (bench_memory, format_memory),
         "pipeline": (bench_pipeline, format_pipeline),
+        "recurrent": (bench_recurrent, format_recurrent),
     }
     for name, (bench, fmt) in sections.items():
         if name in only:

@@ -18,6 +18,7 @@ FULL = {
     "deep_batch": 1024,
     # More fake devices than cores cannot run side by side: 2 to 4, as the cores allow.
     "pipeline_devices": max(2, min(4, os.cpu_count() or 2)),
+    "recurrent": {"hidden": 128, "batch": 32, "window": 8, "length": 240},
 }
 QUICK = {
     "mlp": [64, 32, 32, 10],
@@ -31,4 +32,5 @@ QUICK = {
     "deep_width": 32,
     "deep_batch": 16,
     "pipeline_devices": 2,
+    "recurrent": {"hidden": 8, "batch": 2, "window": 2, "length": 8},
 }
