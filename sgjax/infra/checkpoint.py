@@ -370,9 +370,10 @@ class Checkpointer:
             ValueError: the newest good checkpoint does not match ``target``.
         """
         skipped: list[CorruptCheckpointError] = []
-        for step in reversed(self.steps() or [None]):  # type: ignore[list-item]
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for step in reversed(steps):
             try:
                 out = self.restore(target, step=step)
             except CorruptCheckpointError as e:
