@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from sgjax.apps import cli
@@ -51,6 +53,33 @@ def deep_cache(tmp_path_factory):
 
 
 @pytest.mark.mnist
+def test_deep_networks_resume_after_an_interruption(tmp_path, mnist_dir):
+    # an interrupted run keeps every network trained so far: only the missing one retrains
+    ctx = C.Context(
+        out=tmp_path / "o", scale="smoke", data_dir=str(mnist_dir), cache_dir=tmp_path / "c"
+    )
+    first = deep.trained_networks(ctx)
+    files = {p.name: p for p in (tmp_path / "c").glob("*.pkl")}
+    whole = [n for n in files if not n.endswith(tuple(f"-{m}.pkl" for m in deep.METHODS))]
+    assert len(whole) == 1 and len(files) == 1 + len(deep.METHODS)
+    files[whole[0]].unlink()  # as if killed while training the last network
+    last = deep.METHODS[-1]
+    (lost,) = [p for n, p in files.items() if n.endswith(f"-{last}.pkl")]
+    lost.unlink()
+    kept = {n: p.stat().st_mtime_ns for n, p in files.items() if p.exists()}
+    again = deep.trained_networks(ctx)
+    assert {n: files[n].stat().st_mtime_ns for n in kept} == kept  # not retrained
+    assert lost.exists() and files[whole[0]].exists()
+    for m in deep.METHODS:  # same seed, same networks
+        for a, b in zip(
+            jax.tree.leaves(first["methods"][m]["params"]),
+            jax.tree.leaves(again["methods"][m]["params"]),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.mnist
 def test_fig3_fig5_fig8_smoke_share_networks(tmp_path, mnist_dir, deep_cache):
     def ctx(name):
         return C.Context(
@@ -58,12 +87,12 @@ def test_fig3_fig5_fig8_smoke_share_networks(tmp_path, mnist_dir, deep_cache):
         )
 
     r3 = deep.run_fig3(ctx("fig3"))
-    cached = list(deep_cache.glob("*.pkl"))
-    assert len(cached) == 1  # trained once ...
-    stamp = cached[0].stat().st_mtime_ns
+    cached = sorted(deep_cache.glob("*.pkl"))
+    assert len(cached) == 1 + len(deep.METHODS)  # trained once (each net, and the set) ...
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
     r5 = deep.run_fig5(ctx("fig5"))
     r8 = deep.run_fig8(ctx("fig8"))
-    assert cached[0].stat().st_mtime_ns == stamp  # ... and reused by fig5 and fig8
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # ... reused by fig5 and fig8
     L = deep.SETTINGS["smoke"]["hidden"]
     _check_outputs(
         tmp_path / "fig3",

@@ -122,6 +122,12 @@ def trained_networks(ctx: C.Context) -> dict:
     snaps = [0, *C.log_steps(cfg["steps"], cfg["snapshots"], first=max(1, cfg["steps"] // 100))]
     out: dict = {"settings": cfg, "methods": {}}
     for method in METHODS:
+        # each network is cached as soon as it is trained: an interrupted run resumes with
+        # the next method instead of retraining the ones already done
+        part = C.cache_load(ctx, f"{name}-{method}")
+        if part is not None:
+            out["methods"][method] = part
+            continue
         rule = _rule(method, net.depth)
         cos_fn = jax.jit(
             lambda st, rule=rule: dg.gradient_cosines(
@@ -153,6 +159,7 @@ def trained_networks(ctx: C.Context) -> dict:
             desc=f"deep {method}",
         )
         out["methods"][method] = {"params": C.to_numpy(state.params), "log": recs}
+        C.cache_save(ctx, f"{name}-{method}", out["methods"][method])
     C.cache_save(ctx, name, out)
     return out
 
