@@ -73,10 +73,12 @@ def _job() -> dict:
 
     assert jax.process_count() == 2 and len(jax.local_devices()) == 1, jax.devices()
     rng = np.random.default_rng(0)
-    # Two stages of unequal width and kind.
-    net = nets.network([nets.dense(6, 9, "tanh"), nets.dense(9, 3, "identity")])
+    # Two stages of unequal width and kind; the input (11) is wider than the boundary (9):
+    # stage 0 reads x itself, only 9-wide messages travel.
+    d_in = 11
+    net = nets.network([nets.dense(d_in, 9, "tanh"), nets.dense(9, 3, "identity")])
     batch, ticks = 5, 6
-    xs = rng.standard_normal((2, ticks, batch, 6)).astype(np.float32)
+    xs = rng.standard_normal((2, ticks, batch, d_in)).astype(np.float32)
     ys = rng.integers(0, 3, (2, ticks, batch)).astype(np.int32)
     mesh = pipeline.make_mesh(2)
     out: dict = {"devices": [d.process_index for d in mesh.devices.flat]}
@@ -99,7 +101,7 @@ def _job() -> dict:
     # which, unlike Adam, sees the scale of the averaged gradient).
     sgd = optax.sgd(0.5)
     dp = pipeline.dp_on_mesh(net, "xent", sgd, mesh, batch_size=6)
-    xb = rng.standard_normal((4, 6, 6)).astype(np.float32)
+    xb = rng.standard_normal((4, 6, d_in)).astype(np.float32)
     yb = rng.integers(0, 3, (4, 6)).astype(np.int32)
     st, _ = dp.run(dp.pack(pipeline.init_bp(net, sgd, jax.random.key(1))), xb, yb)
     dp_final = dp.unpack(st)
@@ -114,7 +116,7 @@ def _job() -> dict:
 
         fast = time.perf_counter
         loop.time = types.SimpleNamespace(perf_counter=lambda: 1e6 * fast())
-    x_tr, y_tr = xs[0].reshape(-1, 6), ys[0].reshape(-1)
+    x_tr, y_tr = xs[0].reshape(-1, d_in), ys[0].reshape(-1)
     r = pipeline.train_pipelined(
         "sg-pipeline", net, x_tr, y_tr, steps=10, seconds=5.0, batch_size=batch, chunk=2,
         mesh=mesh,
@@ -132,7 +134,7 @@ def _job() -> dict:
     out["sg_metrics_err"] = _max_err(m_mesh, m_ref)
     out["sg_moved"] = max(float(np.abs(x).max()) for x in jax.tree.leaves(ref.sg_params))
 
-    x_all, y_all = xs[0, :3].reshape(15, 6), ys[0, :3].reshape(15)
+    x_all, y_all = xs[0, :3].reshape(15, d_in), ys[0, :3].reshape(15)
     true = jax.grad(lambda p: losses.softmax_cross_entropy.fn(net.apply(p, x_all), y_all))(
         bp.params
     )

@@ -142,16 +142,17 @@ def gpipe_on_mesh(
         )
 
     def fwd_branch(s: int) -> Callable:
-        def branch(flat: Flat, h: jax.Array) -> jax.Array:
+        def branch(flat: Flat, h: jax.Array, x: jax.Array) -> jax.Array:
             if s == n - 1:  # the last stage's forward is redone in its backward tick
                 return jnp.zeros_like(h)
             theta, _ = _unpack(flat, layouts[s])
-            return _pad_h(net.stages[s].apply(theta, _crop_h(h, _in_shape(net, s))), width)
+            h = x if s == 0 else _crop_h(h, _in_shape(net, s))  # x is never sent
+            return _pad_h(net.stages[s].apply(theta, h), width)
 
         return branch
 
     def bwd_branch(s: int) -> Callable:
-        def branch(flat: Flat, h: jax.Array, g_out: jax.Array, y: jax.Array):
+        def branch(flat: Flat, h: jax.Array, x: jax.Array, g_out: jax.Array, y: jax.Array):
             theta, _ = _unpack(flat, layouts[s])
             shape = net.stages[s].out_shape
             _, g_theta, g_in, value, acc = _stage_vjp(
@@ -159,11 +160,13 @@ def gpipe_on_mesh(
                 loss,
                 s,
                 theta,
-                _crop_h(h, _in_shape(net, s)),
+                x if s == 0 else _crop_h(h, _in_shape(net, s)),
                 y,
                 lambda _: _crop_h(g_out, shape),
             )
-            return _pack(g_theta, g_layouts[s], g_sizes), _pad_h(g_in, width), value, acc
+            # stage 0's input gradient is not computed (nothing consumes it)
+            g_in = jnp.zeros((B, width), g_out.dtype) if s == 0 else _pad_h(g_in, width)
+            return _pack(g_theta, g_layouts[s], g_sizes), g_in, value, acc
 
         return branch
 
@@ -192,9 +195,10 @@ def gpipe_on_mesh(
             m = t - s  # the micro-batch device s sees at tick t
             valid = (m >= 0) & (m < M)
             mc = jnp.clip(m, 0, M - 1)
-            h_in = jnp.where(s == 0, _pad_h(xs[mc], width), inbox)
+            # stage 0 reads its micro-batch from xs: never sent, never buffered
+            h_in = inbox
             buf = lax.dynamic_update_index_in_dim(buf, jnp.where(valid, h_in, buf[mc]), mc, 0)
-            h_out = lax.switch(s, fwd_branches, flat, h_in)
+            h_out = lax.switch(s, fwd_branches, flat, h_in, xs[mc])
             return (buf, _send(h_out, down)), None
 
         zeros_h = jnp.zeros((B, width), xs.dtype)
@@ -207,7 +211,9 @@ def gpipe_on_mesh(
             m = u - (n - 1 - s)
             valid = (m >= 0) & (m < M)
             mc = jnp.clip(m, 0, M - 1)
-            g_flat, g_in, v, a = lax.switch(s, bwd_branches, flat, buf[mc], inbox, y_vec[mc])
+            g_flat, g_in, v, a = lax.switch(
+                s, bwd_branches, flat, buf[mc], xs[mc], inbox, y_vec[mc]
+            )
             acc = jax.tree.map(lambda t, g: t + jnp.where(valid, g, 0), acc, g_flat)
             value = value + jnp.where(valid, v, 0.0)
             correct = correct + jnp.where(valid, a, 0.0)

@@ -122,7 +122,11 @@ def _where(c: jax.Array, new: Any, old: Any) -> Any:
 
 
 def _width(net: Network) -> int:
-    return max(_size(net.in_shape), *(_size(s.out_shape) for s in net.stages))
+    """The width of the messages: the widest stage output. Activations go down and input
+    gradients up only across stage boundaries; the network's input is read by stage 0
+    directly and never sent, so it does not widen every message (on 2 CPU processes a
+    784-wide message cost ~2 ms per tick where a 512-wide one cost ~0.2 ms)."""
+    return max(_size(s.out_shape) for s in net.stages)
 
 
 def _in_shape(net: Network, s: int) -> tuple[int, ...]:

@@ -263,12 +263,15 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
         )
 
     def forward_branch(s: int) -> Callable:
-        def branch(flat: Flat, msg: Message):
+        def branch(flat: Flat, msg: Message, x: jax.Array):
             theta, opt, phi, _ = _unpack(flat, layouts[s])
-            inp = Message(_crop_h(msg.h, _in_shape(net, s)), msg.y, msg.valid > 0.5)
+            h = x if s == 0 else _crop_h(msg.h, _in_shape(net, s))  # x is never sent
+            inp = Message(h, msg.y, msg.valid > 0.5)
             theta, opt, h_out, g_in, loss, acc, ok = _stage_update(pipe, s, theta, opt, phi, inp)
             flat = _write(flat, jax.tree.leaves((theta, opt)), layouts[s], 0)
-            return flat, _pad_h(h_out, width), _pad_h(g_in, width), loss, acc, ok
+            # stage 0's input gradient is not computed (nothing consumes it)
+            g_in = jnp.zeros((B, width), h_out.dtype) if s == 0 else _pad_h(g_in, width)
+            return flat, _pad_h(h_out, width), g_in, loss, acc, ok
 
         return branch
 
@@ -298,11 +301,11 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             flat, inbox, prev = carry
             x, y, v = inp
             msg = Message(
-                jnp.where(first, _pad_h(x, width), inbox.h),
+                inbox.h,  # stage 0 reads x itself
                 jnp.where(first, y, inbox.y),
                 jnp.where(first, v.astype(jnp.float32), inbox.valid),
             )
-            flat, h_out, g_in, loss, acc, fwd_ok = lax.switch(s, fwd_branches, flat, msg)
+            flat, h_out, g_in, loss, acc, fwd_ok = lax.switch(s, fwd_branches, flat, msg, x)
             out = Message(h_out, msg.y, msg.valid)
             # Both messages leave in the same tick: h_s goes down the pipeline for the
             # next tick, the target for SG_{s-1} goes back up and is used right away.

@@ -38,10 +38,17 @@ def _stage_vjp(
 
     The signal is the true per-example ∂ℓ/∂p on the last stage and ``signal(h_out)``
     elsewhere. Returns ``h_out``, the parameter gradient *of the summed loss* (signals
-    are per example), the input gradient, and the loss and accuracy (zero but on the
-    last stage).
+    are per example), the input gradient (zeros on stage 0: nothing consumes the gradient
+    of the network's input, so it is not computed — a fifth of stage 0's work for an
+    MLP), and the loss and accuracy (zero but on the last stage).
     """
-    h_out, vjp = jax.vjp(net.stages[s].apply, theta, h)
+    if s == 0:
+        h_out, vjp_theta = jax.vjp(lambda th: net.stages[0].apply(th, h), theta)
+
+        def vjp(d: jax.Array) -> tuple[Params, jax.Array]:
+            return vjp_theta(d)[0], jnp.zeros_like(h)
+    else:
+        h_out, vjp = jax.vjp(net.stages[s].apply, theta, h)
     if s == net.depth - 1:
         delta = loss.output_grad(h_out, y)
         value, acc = loss.fn(h_out, y), loss_lib.accuracy(h_out, y)
