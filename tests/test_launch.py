@@ -281,7 +281,7 @@ def test_comparison_time_to_target_and_tables():
     main = [row(label, 1000.0 * (i + 1), 3.0) for i, (label, *_) in enumerate(compare.CONTENDERS)]
     main[-1] = row("sg-pipeline", None)
     sweep = [
-        row("sg", 1000.0, sizes=[784, 64, 64, 64, 10]),
+        row("sg", 1000.0, sizes=[784, 64, 64, 64, 10], stage_s_per_tick=[0.030, 0.031]),
         row("sg-pipeline", 1800.0, sizes=[784, 64, 64, 64, 10], s_per_tick=0.01,
             messaging_s_per_tick=0.001, cpus=(1,), processes=2),
     ]  # fmt: skip
@@ -292,7 +292,12 @@ def test_comparison_time_to_target_and_tables():
     )  # fmt: skip
     assert "| backprop, 1 core | 1 × 1 | 1000 | 1.00 | 0.50 | 3.0 | 200 | 0.9000 |" in text
     assert "| sg-pipeline | | no timed call |" in text
-    assert "| 64 | 64 | 1000 | 1800 | 1.80 | 10.00 ms | 1.000 ms | 10.0% |" in text
+    # a micro-batch of 64 takes 64 ms sequentially; the slowest stage plus the messages
+    # 31 + 1 ms: the pipeline can be at most 2.00× faster
+    assert (
+        "| 64 | 64 | 1000 | 1800 | 1.80 | 10.00 ms | 1.000 ms | 10.0% | 30.00 + 31.00 ms | "
+        "32.00 ms | 2.00 |" in text
+    ), text
     assert "bubble bound 1.78×" in text
 
 

@@ -110,6 +110,58 @@ def _block(layers: Sequence[Any]) -> Any:
     return nets.Stage(init, apply, layers[0].in_shape, layers[-1].out_shape, None, name)
 
 
+def _stage_compute_per_tick(net: Any, batch: int, lr: float, ticks: int = 50) -> list[float]:
+    """Seconds per tick of each stage's own work alone, in this process, no messages: its
+    forward, signal, update of θ_s and (all but the last stage) the regression of its SG
+    module — exactly the functions the pipeline's devices run
+    (:func:`~sgjax.pipeline.stages._stage_update`, ``_sg_update``), without the packing,
+    the stage dispatch or any collective. The slowest stage bounds the pipeline's tick."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from jax import lax
+
+    from sgjax.pipeline.stages import Message, _sg_update, _stage_update, init_sg, sg_pipeline
+
+    opt = optax.adam(lr)
+    pipe = sg_pipeline(net, "xent", opt, opt)
+    st = init_sg(pipe, jax.random.key(0), batch_size=batch)
+    rng = np.random.default_rng(0)
+    y = jax.nn.one_hot(rng.integers(0, net.out_dim, (ticks, batch)), net.out_dim)
+    last = net.depth - 1
+    out = []
+    for s in range(net.depth):
+        shape = net.in_shape if s == 0 else net.stages[s - 1].out_shape
+        hs = jnp.asarray(rng.standard_normal((ticks, batch, *shape)), jnp.float32)
+
+        def run(carry: Any, hs: Any, s: int = s) -> Any:
+            def tick(c: Any, inp: Any) -> Any:
+                theta, o, phi, so = c
+                h, yy = inp
+                yes = jnp.ones((), bool)
+                theta, o, h_out, g_in, *_ = _stage_update(
+                    pipe, s, theta, o, phi, Message(h, yy, yes)
+                )
+                if s < last:  # regress onto a target of the right shape (values immaterial)
+                    phi, so, _, _ = _sg_update(pipe, phi, so, Message(h_out, yy, yes), h_out)
+                return (theta, o, phi, so), jnp.sum(g_in)
+
+            return lax.scan(tick, carry, (hs, y))
+
+        sg = (st.sg_params[s], st.sg_opt_state[s]) if s < last else ((), ())
+        f = jax.jit(run)
+        carry = (st.params[s], st.opt_state[s], *sg)
+        jax.block_until_ready(f(carry, hs))  # compile
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(carry, hs))
+            times.append(time.perf_counter() - t0)
+        out.append(float(np.median(times)) / ticks)
+    return out
+
+
 def _messaging_per_tick(mesh: Any, batch: int, width: int, classes: int, ticks: int) -> float:
     """Seconds per tick of the SG pipeline's messages alone: one buffer [h | y | valid]
     down, the target up (``lax.ppermute``), in a scan of ``ticks`` ticks that does
@@ -183,6 +235,8 @@ def _worker(spec_path: str) -> None:
             first = run["micro_batches"] if run["method"] == "gpipe" else run["chunk"]
             charge = first * run["batch_size"] / r["examples_per_s"]
             r["seconds_to_target"] = _time_to(r["curve"], run["target"], charge)
+        if run["method"] == "sg" and run.get("stage_compute"):
+            r["stage_s_per_tick"] = _stage_compute_per_tick(net, run["batch_size"], run["lr"])
         if run["method"] == "sg-pipeline":
             width = _width(net)
             r["messaging_s_per_tick"] = _messaging_per_tick(
@@ -239,7 +293,8 @@ def compare(
     sweep_runs: list[dict[str, Any]] = [
         {**common, "batch_size": b, "label": f"{method}, w={w}, B={b}", "method": method,
          "sizes": [784, w, w, w, 10], "stages": processes, "seconds": sweep_seconds,
-         "eval_every": None, "_n": 1 if method == "sg" else processes, "_pin": True}
+         "eval_every": None, "_n": 1 if method == "sg" else processes, "_pin": True,
+         "stage_compute": method == "sg"}
         for w, b in sweep
         for method in ("sg", "sg-pipeline")
     ]  # fmt: skip
@@ -307,17 +362,24 @@ def format_tables(r: dict[str, Any]) -> str:
         "Sweep: SG pipeline on N processes vs sequential SG on 1 core, same network",
         "",
         "| width | B | sg 1 core, ex/s | sg-pipeline, ex/s | speed-up | s per tick | "
-        "messages per tick | messages / tick |",
-        "|---|---|---|---|---|---|---|---|",
+        "messages per tick | messages / tick | stages alone, per tick | slowest stage + "
+        "messages | bound on the speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     sw = r["sweep"]
     for a, b in zip(sw[0::2], sw[1::2]):
         w = a["sizes"][1]
         ea, eb = a["examples_per_s"] or float("nan"), b["examples_per_s"] or float("nan")
         tick, msg = b.get("s_per_tick") or float("nan"), b["messaging_s_per_tick"]
+        stages = a.get("stage_s_per_tick") or []
+        slow = max(stages, default=float("nan"))
+        # one micro-batch through sequential SG vs the slowest stage plus the messages
+        bound = a["batch_size"] / ea / (slow + msg)
         lines.append(
             f"| {w} | {a['batch_size']} | {ea:.0f} | {eb:.0f} | {eb / ea:.2f} | "
-            f"{tick * 1e3:.2f} ms | {msg * 1e3:.3f} ms | {msg / tick:.1%} |"
+            f"{tick * 1e3:.2f} ms | {msg * 1e3:.3f} ms | {msg / tick:.1%} | "
+            f"{' + '.join(f'{t * 1e3:.2f}' for t in stages)} ms | "
+            f"{(slow + msg) * 1e3:.2f} ms | {bound:.2f} |"
         )
     ld = r["load"]
     lines += ["", f"Load average {ld['start'][0]:.2f} at start, {ld['end'][0]:.2f} at end, "

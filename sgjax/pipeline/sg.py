@@ -293,13 +293,40 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     down = [(s, s + 1) for s in range(n - 1)]
     up = [(s + 1, s) for s in range(n - 1)]
 
+    def exchange(s: jax.Array, out: Message, g_in: jax.Array) -> tuple[Message, jax.Array]:
+        """Both messages of a tick: h_s down, the target for SG_{s-1} up. With two stages
+        they are one swap, so one collective (one round trip between processes)."""
+        if n != 2:
+            return _send_message(out, down), _send(g_in, up)
+        b, c = out.h.shape[0], out.y.shape[1]
+        flag = jnp.broadcast_to(out.valid.astype(out.h.dtype), (b, 1))
+        buf = jnp.concatenate([out.h, out.y.astype(out.h.dtype), flag, g_in], axis=1)
+        # device 0 sends [h | y | valid] (its g_in part is unused), device 1 its g_in
+        got = _send(buf, [(0, 1), (1, 0)])
+        w = out.h.shape[1]
+        msg = Message(
+            got[:, :w], got[:, w : w + c].astype(out.y.dtype), got[0, w + c].astype(out.valid.dtype)
+        )
+        # what ppermute gives a device nothing is sent to: zeros (the first stage's inbox,
+        # the last stage's target)
+        msg = jax.tree.map(lambda a: jnp.where(s == 0, jnp.zeros_like(a), a), msg)
+        return msg, jnp.where(s == 1, 0.0, got[:, w + c + 1 :]).astype(g_in.dtype)
+
     def device(flat, inbox, prev, tick, xs, ys, valid):
         s = lax.axis_index(AXIS)
         first = s == 0
 
+        # The tick is reordered, not changed: stage s regresses SG_s onto the target that
+        # arrived at the end of the previous tick *first*, then runs its forward, then
+        # sends. Stage s's own sequence of operations is the reference's (its SG update
+        # still comes before its next forward), but each tick now has one exchange at its
+        # end instead of a rendezvous in its middle, so stage s's SG regression overlaps
+        # the work of stage s+1 instead of waiting for it. The update still pending at the
+        # end of a call is applied after the scan, so calls end in the reference's state.
         def one_tick(carry, inp):
-            flat, inbox, prev = carry
+            flat, inbox, prev, pend, pend_target = carry
             x, y, v = inp
+            flat, sgl, sg_ok = lax.switch(s, sg_branches, flat, pend, pend_target)
             msg = Message(
                 inbox.h,  # stage 0 reads x itself
                 jnp.where(first, y, inbox.y),
@@ -307,16 +334,26 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             )
             flat, h_out, g_in, loss, acc, fwd_ok = lax.switch(s, fwd_branches, flat, msg, x)
             out = Message(h_out, msg.y, msg.valid)
-            # Both messages leave in the same tick: h_s goes down the pipeline for the
-            # next tick, the target for SG_{s-1} goes back up and is used right away.
-            new_inbox, target = _send_message(out, down), _send(g_in, up)
-            flat, sgl, sg_ok = lax.switch(s, sg_branches, flat, prev, target)
-            return (flat, new_inbox, out), (loss, acc, msg.valid, sgl, fwd_ok & sg_ok)
+            new_inbox, target = exchange(s, out, g_in)
+            # the target that just arrived is for `prev` (stage s+1 worked on it this tick)
+            return (flat, new_inbox, out, prev, target), (loss, acc, msg.valid, sgl, fwd_ok, sg_ok)
 
-        carry = jax.tree.map(lambda a: a[0], (flat, inbox, prev))  # drop the device axis
-        carry, per_tick = lax.scan(one_tick, carry, (xs, ys, valid))
+        flat, inbox, prev = jax.tree.map(lambda a: a[0], (flat, inbox, prev))  # device axis
+        nothing = prev._replace(valid=jnp.zeros_like(prev.valid))  # no update pending
+        carry = (flat, inbox, prev, nothing, jnp.zeros_like(prev.h))
+        (flat, inbox, prev, pend, pend_target), (loss, acc, done, sgl, fwd_ok, sg_ok) = lax.scan(
+            one_tick, carry, (xs, ys, valid)
+        )
+        flat, sgl_last, ok_last = lax.switch(s, sg_branches, flat, pend, pend_target)
+        # tick t's SG update ran at the start of tick t + 1 (the last one just above)
+        sgl = jnp.concatenate([sgl[1:], sgl_last[None]])
+        ok = fwd_ok & jnp.concatenate([sg_ok[1:], ok_last[None]])
         add = lambda a: a[None]  # noqa: E731 — the device axis of the outputs
-        return jax.tree.map(add, carry), tick + xs.shape[0], jax.tree.map(add, per_tick)
+        return (
+            jax.tree.map(add, (flat, inbox, prev)),
+            tick + xs.shape[0],
+            jax.tree.map(add, (loss, acc, done, sgl, ok)),
+        )
 
     spec = P(AXIS)
     mapped = _shard_map(
