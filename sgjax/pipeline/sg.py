@@ -295,22 +295,23 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
 
     def exchange(s: jax.Array, out: Message, g_in: jax.Array) -> tuple[Message, jax.Array]:
         """Both messages of a tick: h_s down, the target for SG_{s-1} up. With two stages
-        they are one swap, so one collective (one round trip between processes)."""
+        they are one swap, so one collective (one round trip between processes): device 0
+        sends [h | y | valid], device 1 its input gradient, in one buffer of the wider."""
         if n != 2:
             return _send_message(out, down), _send(g_in, up)
-        b, c = out.h.shape[0], out.y.shape[1]
+        b, w = out.h.shape
+        c = out.y.shape[1]
         flag = jnp.broadcast_to(out.valid.astype(out.h.dtype), (b, 1))
-        buf = jnp.concatenate([out.h, out.y.astype(out.h.dtype), flag, g_in], axis=1)
-        # device 0 sends [h | y | valid] (its g_in part is unused), device 1 its g_in
-        got = _send(buf, [(0, 1), (1, 0)])
-        w = out.h.shape[1]
+        down_part = jnp.concatenate([out.h, out.y.astype(out.h.dtype), flag], axis=1)
+        up_part = jnp.pad(g_in.astype(out.h.dtype), ((0, 0), (0, c + 1)))
+        got = _send(jnp.where(s == 0, down_part, up_part), [(0, 1), (1, 0)])
         msg = Message(
             got[:, :w], got[:, w : w + c].astype(out.y.dtype), got[0, w + c].astype(out.valid.dtype)
         )
         # what ppermute gives a device nothing is sent to: zeros (the first stage's inbox,
         # the last stage's target)
         msg = jax.tree.map(lambda a: jnp.where(s == 0, jnp.zeros_like(a), a), msg)
-        return msg, jnp.where(s == 1, 0.0, got[:, w + c + 1 :]).astype(g_in.dtype)
+        return msg, jnp.where(s == 1, 0.0, got[:, :w]).astype(g_in.dtype)
 
     def device(flat, inbox, prev, tick, xs, ys, valid):
         s = lax.axis_index(AXIS)
