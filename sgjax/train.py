@@ -170,12 +170,28 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    # x * 0 is 0 for finite x and NaN for ±inf and NaN, so one sum per leaf tells all
-    # (XLA keeps float x * 0: it is not folded without fast-math). One reduction per leaf
-    # and no stack: fewer kernels to compile than isfinite + all + stack + all.
-    total = jnp.zeros((), jnp.float32)
+    """True iff every floating-point element of ``tree`` is finite (one reduction per shape).
+
+    ``x * 0`` is 0 for finite x and NaN for ±inf and NaN (XLA keeps float ``x * 0``: it
+    is not folded without fast-math), and a sum of zeros and NaNs is 0 exactly when no
+    NaN is in it, in any order. The leaves of one shape (a layer's gradient, parameters
+    and both Adam moments share it) are added elementwise first, so the step runs one
+    reduction per distinct shape instead of one per leaf: ~6 instead of ~50 small
+    kernels for the MLP, less to compile and less to run. Integer leaves are always
+    finite and skipped; complex leaves enter through ``abs``.
+    """
+    groups: dict[tuple[int, ...], jax.Array] = {}
     for x in jax.tree.leaves(tree):
-        total = total + jnp.sum(x * 0, dtype=jnp.float32)
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            x = jnp.abs(x)
+        elif not jnp.issubdtype(x.dtype, jnp.floating):
+            continue
+        z = (x * 0).astype(jnp.float32)
+        groups[x.shape] = groups[x.shape] + z if x.shape in groups else z
+    total = jnp.zeros((), jnp.float32)
+    for z in groups.values():
+        total = total + jnp.sum(z)
     return total == 0
 
 
