@@ -197,7 +197,7 @@ def _all_finite(ref: Any, *trees: Any) -> jax.Array:
     shapes = [jnp.shape(x) for x in ref_leaves]
 
     def like_ref(t: Any) -> bool:
-        return bool(ref_leaves) and jax.tree.structure(t) == ref_def
+        return bool(ref_leaves) and jax.tree.structure(t) == ref_def  # type: ignore[operator]
 
     groups: list[jax.Array | None] = [None] * len(ref_leaves)
     rest: list[jax.Array] = []
