@@ -20,7 +20,6 @@ It also checks that ``rule`` and ``iface`` compute the same gradients from the s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's sgjax
 
 from sgjax import losses, nets, rules, train
+from sgjax.infra import jsonio
 from sgjax.interface import sg_interface
 
 COMPILES = [0]
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inner", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.json:  # refuse an unwritable path before the benchmark, not after it
+        jsonio.check_writable(args.json, name="--json")
     jax.monitoring.register_event_duration_secs_listener(_listen)
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {result['load_avg']}"
     )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        jsonio.write_or_keep(args.json, result, name="--json")  # strict JSON (no NaN)
     return 0
 
 

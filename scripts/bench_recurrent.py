@@ -13,8 +13,8 @@ window vs full BPTT over each length.
 from __future__ import annotations
 
 import argparse
-import json
 
+from sgjax.infra import jsonio
 from sgjax.recurrent import bench
 
 
@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--json", default=None)
     a = p.parse_args()
+    if a.json:  # refuse an unwritable path before the benchmark, not after it
+        jsonio.check_writable(a.json, name="--json")
     s = bench.speed(a.hidden, a.batch, a.window, a.length, a.rounds)
     m = bench.memory(a.hidden, a.batch, a.window, a.lengths)
     us = {k: v * 1e6 for k, v in s["seconds_per_char"].items()}
@@ -47,8 +49,7 @@ def main() -> None:
             f"| {r['length']} | {r['dni_bytes']:,} | {r['full_bptt_bytes']:,} | {r['ratio']:.1f}× |"
         )
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"speed": s, "memory": m}, f, indent=1)
+        jsonio.write_or_keep(a.json, {"speed": s, "memory": m}, name="--json")  # strict JSON
 
 
 if __name__ == "__main__":

@@ -169,13 +169,54 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.where(denom > 0, jnp.dot(a, b) / jnp.where(denom > 0, denom, 1.0), 0.0)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    # x * 0 is 0 for finite x and NaN for ±inf and NaN, so one sum per leaf tells all
-    # (XLA keeps float x * 0: it is not folded without fast-math). One reduction per leaf
-    # and no stack: fewer kernels to compile than isfinite + all + stack + all.
+def _zero_or_nan(x: Any) -> jax.Array | None:
+    """``x * 0`` as float32: 0 where x is finite, NaN where not (None for integer leaves)."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        x = jnp.abs(x)
+    elif not jnp.issubdtype(x.dtype, jnp.floating):
+        return None  # integers are always finite
+    return (x * 0).astype(jnp.float32)
+
+
+def _all_finite(ref: Any, *trees: Any) -> jax.Array:
+    """True iff every floating-point element of ``trees`` is finite.
+
+    ``x * 0`` is 0 for finite x and NaN for ±inf and NaN (XLA keeps float ``x * 0``: it
+    is not folded without fast-math), and a sum of zeros and NaNs is 0 exactly when no
+    NaN is in it, in any order. Every subtree of ``trees`` shaped like ``ref`` (the
+    parameters: their gradients, new values, Adam's two moments) is added leaf by leaf
+    into one array per parameter, so the step runs one reduction per parameter instead
+    of one per leaf of every tree (17 instead of ~50 for the SG MLP): fewer kernels to
+    compile and to run. Grouping per parameter, not per shape, keeps each reduction next
+    to that parameter's update, so no gradient is held longer than before (grouping all
+    same-shape leaves made the 50-stage SG step's peak 14 % larger). The other leaves
+    (e.g. Adam's step count) get one reduction each.
+    """
+    ref_leaves, ref_def = jax.tree.flatten(ref)
+    shapes = [jnp.shape(x) for x in ref_leaves]
+
+    def like_ref(t: Any) -> bool:
+        return bool(ref_leaves) and jax.tree.structure(t) == ref_def  # type: ignore[operator]
+
+    groups: list[jax.Array | None] = [None] * len(ref_leaves)
+    rest: list[jax.Array] = []
+    for tree in trees:
+        for sub in jax.tree.leaves(tree, is_leaf=like_ref):
+            aligned = like_ref(sub) and [jnp.shape(x) for x in jax.tree.leaves(sub)] == shapes
+            for k, x in enumerate(jax.tree.leaves(sub)):
+                z = _zero_or_nan(x)
+                if z is None:
+                    continue
+                if not aligned:
+                    rest.append(z)
+                    continue
+                g = groups[k]
+                groups[k] = z if g is None else g + z
     total = jnp.zeros((), jnp.float32)
-    for x in jax.tree.leaves(tree):
-        total = total + jnp.sum(x * 0, dtype=jnp.float32)
+    for z in [*groups, *rest]:
+        if z is not None:
+            total = total + jnp.sum(z)
     return total == 0
 
 
@@ -366,8 +407,10 @@ def make_step(
         )
         # Finite loss and gradients can still overflow into the new parameters (a huge
         # learning rate), so the updated parameters are checked too.
-        finite = jnp.isfinite(out.loss) & _all_finite(
-            (out.grads, out.rule_grads, params, rule_state.params, opt_state, sg_opt_state)
+        finite = (
+            jnp.isfinite(out.loss)
+            & _all_finite(state.params, out.grads, params, opt_state)
+            & _all_finite(state.rule_state.params, out.rule_grads, rule_state.params, sg_opt_state)
         )
         apply = finite & (bad_labels == 0)
         new = TrainState(state.step + 1, params, opt_state, rule_state, sg_opt_state)

@@ -8,11 +8,32 @@ import pytest
 
 from sgjax.apps import bench, cli
 
+# An earlier report for --compare: backprop 1000 s a step at 0.1 % of peak (so the quick
+# run is faster and nearer the peak), a rule the quick run lacks, and no 'sg' row.
+BEFORE = {
+    "meta": {"quick": True},
+    "step": {
+        "peak": {"gflops": 1.0},
+        "rules": [
+            {
+                "rule": "backprop",
+                "batch": 32,
+                "median_s": 1000.0,
+                "frac_of_peak": 0.001,
+                "first_call_cpu_s": 0.0,
+            },
+            {"rule": "ghost", "batch": 32, "median_s": 1.0, "frac_of_peak": 0.5},
+        ],
+    },
+}
+
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bench") / "bench.json"
-    assert cli.main(["bench", "--quick", "--json", str(path)]) == 0
+    tmp = tmp_path_factory.mktemp("bench")
+    path, before = tmp / "bench.json", tmp / "before.json"
+    before.write_text(json.dumps(BEFORE))
+    assert cli.main(["bench", "--quick", "--json", str(path), "--compare", str(before)]) == 0
     return json.loads(path.read_text())
 
 
@@ -106,3 +127,56 @@ def test_recurrent_row_compares_dni_with_truncated_and_full_bptt(quick_report):
     m = r["memory"]
     assert m["length"] == r["length"] > r["window"]
     assert m["full_bptt_bytes"] > m["dni_bytes"] > 0
+
+
+def test_large_batch_rows_and_the_gradients_alone_column(quick_report):
+    r = quick_report["step"]
+    large = r["large_batch"]
+    assert large["batch"] == bench.QUICK["large_batch"]
+    rows = {row["rule"]: row for row in large["rules"]}
+    assert list(rows) == list(bench.QUICK["large_batch_rules"])
+    assert rows["backprop"]["time_ratio"] == 1.0  # against backprop at the same batch
+    timed = [row for row in [*r["rules"], *large["rules"]] if "grads_flops" in row]
+    assert {row["rule"] for row in timed} == set(bench.QUICK["grads_rules"])
+    for row in timed:
+        assert row["recompiles_after_first"] == 0
+        # The gradients alone are the step minus the optimiser, guard and metrics: fewer
+        # FLOPs than the whole step (equal would mean the column timed the step itself).
+        assert 0 < row["grads_flops"] < row["flops"]
+        assert row["grads_frac_of_peak"] == pytest.approx(
+            row["grads_flops"] / row["grads_median_s"] / (r["peak"]["gflops"] * 1e9)
+        )
+    # Batch 128 does 4x the arithmetic of batch 32 in the layers (not in the update).
+    small = {row["rule"]: row for row in r["rules"]}
+    assert rows["backprop"]["flops"] > 3 * small["backprop"]["flops"]
+
+
+def test_compare_gives_the_change_of_each_figure(quick_report):
+    c = quick_report["compare"]
+    rows = {row["figure"]: row for row in c["rows"]}
+    step = {row["rule"]: row for row in quick_report["step"]["rules"]}
+    ms = rows["step backprop: step ms"]
+    assert ms["before"] == 1000.0 * 1e3 and ms["after"] == step["backprop"]["median_s"] * 1e3
+    assert ms["ratio"] == pytest.approx(ms["after"] / ms["before"])
+    assert ms["better"] is True  # a shorter step is better
+    peak = rows["step backprop: % of matmul peak"]
+    assert peak["ratio"] > 1 and peak["better"] is True  # a larger fraction is better
+    assert rows["step backprop: 1st call cpu s"]["ratio"] is None  # no ratio to 0
+    assert "step: matmul peak GFLOP/s" in rows
+    # Rows on one side only are named, not dropped.
+    assert "step ghost: step ms" in c["only_before"]
+    assert "step sg: step ms" in c["only_after"]
+
+
+def test_compare_refuses_a_missing_or_foreign_file_before_running(tmp_path, capsys):
+    assert cli.main(["bench", "--quick", "--only", "theory", "--compare", "nope.json"]) != 0
+    not_a_report = tmp_path / "x.json"
+    not_a_report.write_text('{"a": NaN}')
+    assert cli.main(["bench", "--quick", "--only", "theory", "--compare", str(not_a_report)]) != 0
+    not_a_report.write_text("[1, 2]")
+    assert cli.main(["bench", "--quick", "--only", "theory", "--compare", str(not_a_report)]) != 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "--compare: 'nope.json' is not a file" in text
+    assert "is not strict JSON" in text and "(no 'meta' entry)" in text
+    assert "Theory sweep" not in text  # refused before any benchmark ran

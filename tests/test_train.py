@@ -190,6 +190,35 @@ def test_a_non_finite_step_is_not_applied_and_fit_reports_it(getkey):
     assert int(err.value.state.step) == 1  # the last good state comes with the error
 
 
+def test_the_finiteness_guard_matches_isfinite_leaf_by_leaf():
+    # The guard adds x * 0 of the leaves of one parameter (gradient, new value, Adam's
+    # moments) before one reduction: one bad element in any leaf must show, and large
+    # finite values must not overflow into a false alarm (a guard that summed x itself
+    # would: 3e38 + 3e38 = inf in float32).
+    big = jnp.full((3, 4), 3e38, jnp.float32)
+    ref = {"W": big, "b": jnp.ones(4)}
+    adam = optax.adam(1e-3).init(ref)  # (count, mu, nu): mu and nu are shaped like ref
+    cases = {
+        "finite, large": (ref, ref, adam, jnp.arange(5)),
+        "inf in the first of a group": (ref, {"W": big.at[2, 1].set(jnp.inf), "b": ref["b"]}, ref),
+        "nan in Adam's first moment": (
+            ref,
+            (adam[0]._replace(mu={"W": big, "b": ref["b"].at[0].set(jnp.nan)}), adam[1]),
+        ),
+        "nan, ref's structure, other shapes": (
+            ref,
+            {"W": jnp.ones((2, 2)).at[1, 1].set(jnp.nan), "b": jnp.ones(4)},
+        ),
+        "nan in a leaf shaped unlike ref": (ref, jnp.ones(7).at[6].set(jnp.nan)),
+        "-inf, float16": (ref, jnp.ones((3, 4), jnp.float16).at[0, 0].set(-jnp.inf)),
+        "complex inf": (ref, jnp.array([1 + 1j, complex(0, float("inf"))], jnp.complex64)),
+        "integers only": (ref, jnp.arange(3), jnp.zeros((2, 2), jnp.int32)),
+    }
+    for name, (r, *trees) in cases.items():
+        want = all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(trees))
+        assert bool(jax.jit(train._all_finite)(r, *trees)) == want, name
+
+
 def test_labels_out_of_range_are_a_clear_error(getkey):
     net = nets.mlp([6, 8, 4])
     x = np.zeros((10, 6), np.float32)

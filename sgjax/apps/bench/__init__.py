@@ -33,8 +33,12 @@ Timings interleave the contenders round by round (each round runs every contende
 few times back to back) and report medians over rounds; the load average at start and
 end is printed so that a reader can judge the conditions.
 
+``--compare BEFORE.json`` adds the change of every figure against an earlier ``--json``
+report (:mod:`sgjax.apps.bench.compare`): a regression shows as a row in review.
+
 The package: ``sizes`` (full and quick), ``_measure`` (timing helpers), one module per
-section (``steps``, ``claims``, ``memory``, ``pipeline_rows``), and this file's command.
+section (``steps``, ``claims``, ``memory``, ``pipeline_rows``), ``compare``, and this
+file's command.
 
 Example:
     >>> import argparse
@@ -53,6 +57,7 @@ from typing import Any
 
 import jax
 
+from sgjax.apps.bench import compare
 from sgjax.apps.bench._measure import load_average
 from sgjax.apps.bench.claims import bench_theory, format_theory
 from sgjax.apps.bench.memory import bench_memory, format_memory
@@ -89,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tiny sizes and few repeats, a smoke test (default: the full sizes)",
     )
     parser.add_argument(
+        "--compare",
+        metavar="BEFORE.json",
+        help="also print the change of every figure against this earlier `--json` report "
+        "(default: no comparison)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=SECTIONS,
@@ -103,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         jsonio.check_writable(args.json, name="--json")  # before the benchmarks, not after
+    before = compare.load_report(args.compare) if getattr(args, "compare", None) else None
     cfg = QUICK if args.quick else FULL
     only = args.only or list(SECTIONS)
     t_start = time.perf_counter()
@@ -139,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         f"load average at end {result['meta']['load_end']}; "
         f"{result['meta']['elapsed_s']:.0f} s in all"
     )
+    if before is not None:
+        result["compare"] = {"before": args.compare, **compare.compare(before, result)}
+        print(compare.format_compare(result["compare"], label=args.compare))
     if args.json:
         jsonio.write_or_keep(args.json, result, name="--json")
     failed = [name for name in SECTIONS if result.get(name, {}).get("ok") is False]

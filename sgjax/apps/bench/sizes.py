@@ -8,6 +8,11 @@ import os
 FULL = {
     "mlp": [784, 256, 256, 256, 10],
     "batch": 256,
+    # A second batch size for these rules (the update's fixed cost is amortised there).
+    "large_batch": 1024,
+    "large_batch_rules": ("backprop", "sg"),
+    # The rules whose gradients alone are timed too (the step's ceiling): None = all.
+    "grads_rules": None,
     "peak_n": 1024,
     "rounds": 25,
     "inner": 5,
@@ -23,6 +28,9 @@ FULL = {
 QUICK = {
     "mlp": [64, 32, 32, 10],
     "batch": 32,
+    "large_batch": 128,
+    "large_batch_rules": ("backprop",),
+    "grads_rules": ("backprop", "sg"),
     "peak_n": 128,
     "rounds": 3,
     "inner": 2,
