@@ -60,7 +60,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         lr=3e-4,
         l2=1e-4,
         rdm_points=400,
-        probe_points=10000,
+        probe_points=5000,
         heldout_points=10000,
         probe_steps=500,
         eval_points=5000,
@@ -130,7 +130,7 @@ def trained_networks(ctx: C.Context) -> dict:
     if cached is not None:
         # what is measured (probe sizes, RDM points) is today's setting, not the cache's
         measured = {k: v for k, v in cfg.items() if k not in TRAINING_KEYS}
-        return {**cached, "settings": {**cached["settings"], **measured}}
+        return {**cached, "settings": {**cached["settings"], **measured}, "name": name}
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
     x, y = ds.x_train, ds.y_train
     net = _net(cfg)
@@ -139,7 +139,7 @@ def trained_networks(ctx: C.Context) -> dict:
     cos_idx = rng.choice(len(x), min(256, len(x)), replace=False)
     # step 0 too: the zero-initialised SGs' cosine there is exactly 0
     snaps = [0, *C.log_steps(cfg["steps"], cfg["snapshots"], first=max(1, cfg["steps"] // 100))]
-    out: dict = {"settings": cfg, "methods": {}}
+    out: dict = {"settings": cfg, "methods": {}, "name": name}
     for method in METHODS:
         # each network is cached as soon as it is trained: an interrupted run resumes with
         # the next method instead of retraining the ones already done
@@ -665,6 +665,12 @@ def _fig8_compute(ctx: C.Context, tr: dict) -> tuple[dict, int, int]:
         "heldout_points": len(xh),
     }
     for m, r in tr["methods"].items():
+        # each network's probes are cached too (they take minutes at the medium scale)
+        pname = f"{tr.get('name')}-{m}-fig8-p{len(xs)}-h{len(xh)}-k{cfg['probe_steps']}"
+        done = C.cache_load(ctx, pname) if "name" in tr else None
+        if done is not None:
+            results["methods"][m] = done
+            continue
         hs = _hidden(cfg, r["params"], xs)
         hh = _hidden(cfg, r["params"], xh)
         fits = [
@@ -679,6 +685,8 @@ def _fig8_compute(ctx: C.Context, tr: dict) -> tuple[dict, int, int]:
             "classifier_heldout_accuracy": [f["eval"] for f in fits],
             "regressor_mse": mse,
         }
+        if "name" in tr:
+            C.cache_save(ctx, pname, results["methods"][m])
     return results, len(xs), len(xh)
 
 
