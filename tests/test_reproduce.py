@@ -387,3 +387,15 @@ def test_set_overrides_are_checked():
     with pytest.raises(SystemExit):
         cli.main(["reproduce", "fig4", "--set", "depths"])
     assert cli.main(["reproduce", "dni-rnn", "--set", "steps=3"]) == 1  # not settable
+
+
+def test_claims_skip_networks_not_trained():
+    # `--set methods=backprop,sg`: only the claims about those networks, nothing invented
+    paper = {m: _interp(deep.PAPER_RDM[m]) for m in ("backprop", "sg")}
+    res = _fig3_results(paper)
+    res["training"] = {m: res["training"][m] for m in paper}
+    got = deep.claims("fig3", res)
+    assert [k.split(":")[0] for k in got] == ["backprop", "single SG"]
+    assert all(c["verdict"] == "held" for c in got.values())
+    with pytest.raises(ValueError, match="methods"):
+        deep.settings(C.Context(out=Path("x"), overrides={"methods": "backprop,bogus"}))

@@ -50,6 +50,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         probe_steps=200,
         eval_points=500,
         snapshots=3,
+        methods=("backprop", "sg", "sg_all", "dfa"),
     ),
     "medium": dict(
         hidden=20,
@@ -65,6 +66,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         probe_steps=500,
         eval_points=5000,
         snapshots=8,
+        methods=("backprop", "sg", "sg_all", "dfa"),
     ),
     "paper": dict(
         hidden=20,
@@ -80,6 +82,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         probe_steps=1000,
         eval_points=10000,
         snapshots=12,
+        methods=("backprop", "sg", "sg_all", "dfa"),
     ),
 }
 
@@ -96,7 +99,12 @@ TRAINED = 0.99
 
 
 def settings(ctx: C.Context) -> dict:
-    return C.settings_for(ctx, SETTINGS)
+    cfg = C.settings_for(ctx, SETTINGS)
+    bad = [m for m in cfg["methods"] if m not in METHODS]
+    if bad or not cfg["methods"]:
+        raise ValueError(f"--set methods=…: each must be one of {METHODS}, got {cfg['methods']}")
+    cfg["methods"] = tuple(m for m in METHODS if m in cfg["methods"])
+    return cfg
 
 
 def cache_name(ctx: C.Context, cfg: dict) -> str:
@@ -126,7 +134,8 @@ def trained_networks(ctx: C.Context) -> dict:
     """Train (or load from the cache) the four networks; returns params and logs."""
     cfg = settings(ctx)
     name = cache_name(ctx, cfg)
-    cached = C.cache_load(ctx, name)
+    every = cfg["methods"] == METHODS  # a subset is never saved or loaded as the whole set
+    cached = C.cache_load(ctx, name) if every else None
     if cached is not None:
         # what is measured (probe sizes, RDM points) is today's setting, not the cache's
         measured = {k: v for k, v in cfg.items() if k not in TRAINING_KEYS}
@@ -140,7 +149,7 @@ def trained_networks(ctx: C.Context) -> dict:
     # step 0 too: the zero-initialised SGs' cosine there is exactly 0
     snaps = [0, *C.log_steps(cfg["steps"], cfg["snapshots"], first=max(1, cfg["steps"] // 100))]
     out: dict = {"settings": cfg, "methods": {}, "name": name}
-    for method in METHODS:
+    for method in cfg["methods"]:
         # each network is cached as soon as it is trained: an interrupted run resumes with
         # the next method instead of retraining the ones already done
         part = C.cache_load(ctx, f"{name}-{method}")
@@ -179,7 +188,8 @@ def trained_networks(ctx: C.Context) -> dict:
         )
         out["methods"][method] = {"params": C.to_numpy(state.params), "log": recs}
         C.cache_save(ctx, f"{name}-{method}", out["methods"][method])
-    C.cache_save(ctx, name, out)
+    if every:
+        C.cache_save(ctx, name, out)
     return out
 
 
@@ -363,7 +373,7 @@ def _fig3_render(ctx: C.Context, tr: dict, results: dict, rdms: dict) -> None:
     dist_rows = []
     for layer in range(1, L + 1):
         row: list[Any] = [layer]
-        for m in METHODS:
+        for m in _ms(results):
             row.append(results["methods"][m]["distance_to_last"][layer - 1])
         for m in ("backprop", "sg", "sg_all"):
             row.append(PAPER_RDM[m].get(layer) if L == 20 else None)
@@ -379,7 +389,7 @@ def _fig3_render(ctx: C.Context, tr: dict, results: dict, rdms: dict) -> None:
         "the paper's distance is not stated, so compare shapes.",
         "",
         C.table(
-            ["layer", "Bprop", "single SG", "SG*", "DFA", "paper Bprop", "paper SG", "paper SG*"],
+            ["layer", *[LABELS[m] for m in _ms(results)], "paper Bprop", "paper SG", "paper SG*"],
             dist_rows,
         ),
         "",
@@ -402,6 +412,8 @@ def _fig3_render(ctx: C.Context, tr: dict, results: dict, rdms: dict) -> None:
 
 
 def _cosine_table(results, k) -> str:
+    if {"sg", "sg_all", "dfa"} - set(results["methods"]):
+        return "(needs the single SG, SG* and DFA networks; not all were trained)"
     sg_all = results["methods"]["sg_all"]
     L = np.asarray(sg_all["cosine"]).shape[1]
     show = sorted({1, max(1, L // 4), max(1, L // 2), max(1, 3 * L // 4), L})
@@ -416,6 +428,21 @@ def _cosine_table(results, k) -> str:
     return C.table(header, rows)
 
 
+def _gather(results: dict, specs) -> dict:
+    """The claims whose networks were all trained (``--set methods=…`` may leave some out)."""
+    present = set(results["methods"])
+    out = {}
+    for needs, make in specs:
+        if set(needs) <= present:
+            name, rec = make()
+            out[name] = rec
+    return out
+
+
+def _ms(results: dict) -> list[str]:
+    return [m for m in METHODS if m in results["methods"]]
+
+
 def _fig3_claims(results: dict) -> dict:
     """The paper's Fig. 3 / 7 statements (paper.md §6 item 24), checked on the distances.
 
@@ -427,46 +454,61 @@ def _fig3_claims(results: dict) -> dict:
     d = {m: np.asarray(r["distance_to_last"], float) for m, r in results["methods"].items()}
     half = int(np.ceil(L / 2))
     lo = max(1, round(0.4 * L))  # paper: layers 8–20 of 20
-    drops = -np.diff(d["sg"])  # drops[j] = d[layer j+1] − d[layer j+2]
-    window = [j for j in range(lo - 1, L - 1)]
-    j_max = max(window, key=lambda j: drops[j])
-    others = max((drops[j] for j in window if j != k - 1), default=-np.inf)
     early = round(0.6 * L)  # paper: layers ≤ 12 of 20
     res = RDM_RESOLUTION
-    bp_max = float(d["backprop"][half - 1 :].max())
-    return {
-        f"backprop: max distance over layers ≥ {half} ≤ 0.05 (plateau)": C.claim(
+
+    def plateau():
+        bp_max = float(d["backprop"][half - 1 :].max())
+        return f"backprop: max distance over layers ≥ {half} ≤ 0.05 (plateau)", C.claim(
             bp_max, "≤ 0.05", 0.05 - bp_max, res, **_regime(results, ("backprop",))
-        ),
-        f"single SG: largest adjacent drop in layers {lo}–{L} is at the SG ({k}→{k + 1})": C.claim(
+        )
+
+    def brk():
+        drops = -np.diff(d["sg"])  # drops[j] = d[layer j+1] − d[layer j+2]
+        window = list(range(lo - 1, L - 1))
+        j_max = max(window, key=lambda j: drops[j])
+        others = max((drops[j] for j in window if j != k - 1), default=-np.inf)
+        name = f"single SG: largest adjacent drop in layers {lo}–{L} is at the SG ({k}→{k + 1})"
+        return name, C.claim(
             f"{j_max + 1}→{j_max + 2} ({drops[j_max]:.3f}); at SG {drops[k - 1]:.3f}",
             f"{k}→{k + 1}, ≥ 0.05 and above every other drop",
             min(drops[k - 1] - 0.05, drops[k - 1] - others),
             res,
             **_regime(results, ("sg",)),
-        ),
-        f"SG*: min distance over layers ≤ {early} ≥ 0.2 (no plateau)": C.claim(
-            float(d["sg_all"][:early].min()),
-            "≥ 0.2",
-            float(d["sg_all"][:early].min()) - 0.2,
-            res,
-            **_regime(results, ("sg_all",)),
-        ),
-        "DFA: distance at layer 1 below backprop's (solves the task early)": C.claim(
+        )
+
+    def no_plateau():
+        low = float(d["sg_all"][:early].min())
+        return f"SG*: min distance over layers ≤ {early} ≥ 0.2 (no plateau)", C.claim(
+            low, "≥ 0.2", low - 0.2, res, **_regime(results, ("sg_all",))
+        )
+
+    def dfa():
+        return "DFA: distance at layer 1 below backprop's (solves the task early)", C.claim(
             f"{d['dfa'][0]:.3f} vs {d['backprop'][0]:.3f}",
             "DFA < Bprop",
             float(d["backprop"][0] - d["dfa"][0]),
             res,
             **_regime(results, ("dfa", "backprop")),
-        ),
-    }
+        )
+
+    return _gather(
+        results,
+        [
+            (("backprop",), plateau),
+            (("sg",), brk),
+            (("sg_all",), no_plateau),
+            (("dfa", "backprop"), dfa),
+        ],
+    )
 
 
 def _fig3_plots(ctx, results, rdms, L, k) -> list[str]:
     plt = C.pyplot()
     show = sorted({1, max(1, L // 4), k, min(L, k + 1), max(1, 3 * L // 4), L})
-    fig, axes = plt.subplots(len(METHODS), len(show), figsize=(1.5 * len(show), 1.6 * 4))
-    for r, m in enumerate(METHODS):
+    n_m = len(_ms(results))
+    fig, axes = plt.subplots(n_m, len(show), figsize=(1.5 * len(show), 1.6 * 4), squeeze=False)
+    for r, m in enumerate(_ms(results)):
         for c, layer in enumerate(show):
             ax = axes[r][c]
             ax.imshow(rdms[m][layer - 1], cmap="viridis", vmin=0, vmax=2)
@@ -480,7 +522,7 @@ def _fig3_plots(ctx, results, rdms, L, k) -> list[str]:
     names = [C.save_figure(fig, ctx.out / "fig3_rdms.png")]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     layers = np.arange(1, L + 1)
-    for m in METHODS:
+    for m in _ms(results):
         ax.plot(layers, results["methods"][m]["distance_to_last"], "-o", ms=3, label=LABELS[m])
     if L == 20:
         for m, style in (("backprop", "C0"), ("sg", "C1"), ("sg_all", "C2")):
@@ -492,8 +534,12 @@ def _fig3_plots(ctx, results, rdms, L, k) -> list[str]:
     ax.set_title("ours (solid) vs paper, read off Fig. 3 (dotted)", fontsize=8)
     ax.legend(fontsize=7)
     names.append(C.save_figure(fig, ctx.out / "fig3_distance.png"))
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-    for ax, m in zip(axes, ("sg", "sg_all", "dfa")):
+    shown = [m for m in ("sg", "sg_all", "dfa") if m in results["methods"]]
+    if not shown:
+        return names
+    fig, axes = plt.subplots(1, len(shown), figsize=(11 * len(shown) / 3, 3), squeeze=False)
+    axes = axes[0]
+    for ax, m in zip(axes, shown):
         r = results["methods"][m]
         im = ax.imshow(
             np.asarray(r["cosine"]).T,
@@ -553,35 +599,42 @@ def _fig5_compute(tr: dict) -> dict:
 def _fig5_claims(results: dict) -> dict:
     """The paper's Fig. 5 statements (paper.md §6 item 26), checked on the computed norms."""
     M = results["methods"]
-    L = len(M["backprop"]["norms"])
+    L = len(next(iter(M.values()))["norms"])
     k = results.get("k") or (5 if L >= 10 else max(1, L // 3))
-    ratio = M["sg_all"]["first_mean"] / M["sg_all"]["last_mean"]
     sgb = results.get("sg_boundary") or rules.resolve_at("middle", L + 1)[0]
-    sg = np.asarray(M["sg"]["norms"], float)
-    below, above = float(sg[:sgb].mean()), float(sg[sgb:].mean())
-    return {
-        f"SG*: mean of first {k} ≥ 1.5 × mean of last {k}": C.claim(
+
+    def sg_all():
+        ratio = M["sg_all"]["first_mean"] / M["sg_all"]["last_mean"]
+        return f"SG*: mean of first {k} ≥ 1.5 × mean of last {k}", C.claim(
             float(ratio),
             "≥ 1.5 (paper ≈ 0.07/0.033 ≈ 2.2)",
             ratio - 1.5,
             NORM_RATIO_RESOLUTION,
             **_regime(results, ("sg_all",)),
-        ),
-        f"backprop: mean of last {k} ≥ mean of first {k}": C.claim(
+        )
+
+    def backprop():
+        return f"backprop: mean of last {k} ≥ mean of first {k}", C.claim(
             f"{M['backprop']['last_mean']:.4f} vs {M['backprop']['first_mean']:.4f}",
             "last ≥ first (paper 0.054 vs 0.051)",
             M["backprop"]["last_mean"] - M["backprop"]["first_mean"],
             NORM_RESOLUTION,
             **_regime(results, ("backprop",)),
-        ),
-        f"single SG: layers 1–{sgb} (below the SG) ≥ 1.5 × layers {sgb + 1}–{L}": C.claim(
+        )
+
+    def single():
+        sg = np.asarray(M["sg"]["norms"], float)
+        below, above = float(sg[:sgb].mean()), float(sg[sgb:].mean())
+        name = f"single SG: layers 1–{sgb} (below the SG) ≥ 1.5 × layers {sgb + 1}–{L}"
+        return name, C.claim(
             f"{below:.4f} vs {above:.4f} (ratio {below / above:.2f})",
             "ratio ≥ 1.5 (paper ≈ 0.085 vs ≈ 0.015)",
             below / above - 1.5,
             NORM_RATIO_RESOLUTION,
             **_regime(results, ("sg",)),
-        ),
-    }
+        )
+
+    return _gather(results, [(("sg_all",), sg_all), (("backprop",), backprop), (("sg",), single)])
 
 
 def _fig5_render(ctx: C.Context, tr: dict, results: dict) -> None:
@@ -590,7 +643,7 @@ def _fig5_render(ctx: C.Context, tr: dict, results: dict) -> None:
     L = cfg["hidden"]
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for m in METHODS:
+    for m in _ms(results):
         ax.plot(np.arange(1, L + 1), M[m]["norms"], "-o", ms=3, label=LABELS[m])
     sgb = rules.resolve_at("middle", L + 1)[0]
     ax.axvline(sgb + 0.5, color="grey", ls="--", lw=0.8)
@@ -600,7 +653,8 @@ def _fig5_render(ctx: C.Context, tr: dict, results: dict) -> None:
     figs = [C.save_figure(fig, ctx.out / "fig5_weight_norms.png")]
     train_sec, _ = _training_section(tr)
     rows = [
-        [LABELS[m], M[m]["first_mean"], M[m]["last_mean"], PAPER_NORMS.get(m, "—")] for m in METHODS
+        [LABELS[m], M[m]["first_mean"], M[m]["last_mean"], PAPER_NORMS.get(m, "—")]
+        for m in _ms(results)
     ]
     sections = [
         *train_sec,
@@ -613,7 +667,7 @@ def _fig5_render(ctx: C.Context, tr: dict, results: dict) -> None:
         "",
         "Per layer: "
         + "; ".join(
-            f"{LABELS[m]}: " + ", ".join(f"{v:.3f}" for v in M[m]["norms"]) for m in METHODS
+            f"{LABELS[m]}: " + ", ".join(f"{v:.3f}" for v in M[m]["norms"]) for m in _ms(results)
         ),
         "",
         *_claims_section(results, cfg),
@@ -694,19 +748,25 @@ def _fig8_compute(ctx: C.Context, tr: dict) -> tuple[dict, int, int]:
 def _fig8_claims(results: dict) -> dict:
     """The paper's Fig. 8 statements (paper.md §6 item 25 and §3.4), checked on the probes.
 
-    Train-set probes saturate (1.000 for every method and layer) when the probe set is
-    small next to the width; a claim that compares saturated probes is inconclusive, and
-    the held-out probes (scored on other training points) carry the comparison.
+    Train-set probes saturate (1.000 for every method) when the probe set is small next to
+    the width; a claim on a layer where every method's probe is 1.000 is untested
+    (inconclusive), and the held-out probes (scored on other training points) carry the
+    comparison.
     """
     M, cfg = results["methods"], results["settings"]
     L = cfg["hidden"]
+    ms = _ms(results)
     # results.json from before the held-out size was a setting: half the probe set
     n_fit = int(results.get("probe_points", cfg["probe_points"]))
     n_held = int(results.get("heldout_points", max(cfg["probe_points"] // 2, 1)))
-    tr = {m: np.asarray(M[m]["classifier_train_accuracy"], float) for m in METHODS}
-    he = {m: np.asarray(M[m]["classifier_heldout_accuracy"], float) for m in METHODS}
+    tr = {m: np.asarray(M[m]["classifier_train_accuracy"], float) for m in ms}
+    he = {m: np.asarray(M[m]["classifier_heldout_accuracy"], float) for m in ms}
+    fit_res = 1.0 / n_fit
+    l2, l5 = min(2, L) - 1, min(5, L) - 1
+    mid = slice(min(4, L) - 1, min(12, L))  # layers 4–12 of 20
+
     def saturated(layer: int) -> bool:  # every method's probe at 1.000: it cannot tell them apart
-        return min(float(tr[m][layer]) for m in METHODS) >= 1.0 - 0.5 / n_fit
+        return min(float(tr[m][layer]) for m in ms) >= 1.0 - 0.5 / n_fit
 
     def sat(layer: int) -> dict:
         return {
@@ -715,77 +775,103 @@ def _fig8_claims(results: dict) -> dict:
             f"on its {n_fit} fitted points",
         }
 
-    fit_res = 1.0 / n_fit
-    l2 = min(2, L) - 1
-    l5 = min(5, L) - 1
-    mid = slice(min(4, L) - 1, min(12, L))  # layers 4–12 of 20
-    others = max(M[m]["regressor_mse"][l5] for m in ("backprop", "sg", "sg_all"))
-    ratio = M["dfa"]["regressor_mse"][l5] / others
-    bp_sg2 = min(tr["backprop"][l2], tr["sg"][l2])
-    dfa_gap_tr = tr["dfa"][0] - max(tr[m][0] for m in METHODS if m != "dfa")
-    best_other = max((m for m in METHODS if m != "dfa"), key=lambda m: he[m][0])
-    dfa_gap_he = he["dfa"][0] - he[best_other][0]
-    sg_all_mid_max = float(tr["sg_all"][mid].max())
-    return {
-        f"backprop and single SG: classifier probe at layer {l2 + 1} = 1.0 (train)": C.claim(
+    def bp_sg_layer2():
+        v = min(tr["backprop"][l2], tr["sg"][l2])
+        name = f"backprop and single SG: classifier probe at layer {l2 + 1} = 1.0 (train)"
+        return name, C.claim(
             f"{tr['backprop'][l2]:.4f}, {tr['sg'][l2]:.4f}",
             "≥ 0.999 (paper 1.000)",
-            bp_sg2 - 0.999,
+            v - 0.999,
             fit_res,
             **sat(l2),
             **_regime(results, ("backprop", "sg")),
-        ),
-        "DFA: classifier probe at layer 1 = 1.0 (solves the task at layer 1)": C.claim(
+        )
+
+    def dfa_layer1():
+        name = "DFA: classifier probe at layer 1 = 1.0 (solves the task at layer 1)"
+        return name, C.claim(
             float(tr["dfa"][0]),
             "≥ 0.999 (paper 1.000)",
             tr["dfa"][0] - 0.999,
             fit_res,
             **sat(0),
             **_regime(results, ("dfa",)),
-        ),
-        "DFA: probe at layer 1 ≥ every other method's (train)": C.claim(
+        )
+
+    def dfa_highest():
+        gap = tr["dfa"][0] - max(tr[m][0] for m in METHODS if m != "dfa")
+        return "DFA: probe at layer 1 ≥ every other method's (train)", C.claim(
             ", ".join(f"{LABELS[m]} {tr[m][0]:.4f}" for m in METHODS),
             "DFA highest (paper: DFA 1.000, Bprop 0.992, SG* 0.984)",
-            dfa_gap_tr,
+            gap,
             fit_res,
             **sat(0),
             **_regime(results, METHODS),
-        ),
-        f"DFA: held-out probe at layer 1 ≥ every other method's ({n_held} points)": C.claim(
+        )
+
+    def dfa_highest_heldout():
+        best = max((m for m in METHODS if m != "dfa"), key=lambda m: he[m][0])
+        name = f"DFA: held-out probe at layer 1 ≥ every other method's ({n_held} points)"
+        return name, C.claim(
             ", ".join(f"{LABELS[m]} {he[m][0]:.4f}" for m in METHODS),
             "DFA highest",
-            dfa_gap_he,
-            C.accuracy_resolution(he["dfa"][0], he[best_other][0], n_held),
+            he["dfa"][0] - he[best][0],
+            C.accuracy_resolution(he["dfa"][0], he[best][0], n_held),
             **_regime(results, METHODS),
-        ),
-        f"SG*: probe < 0.99 in layers {mid.start + 1}–{mid.stop}, ≥ 0.999 at layer {L} (train)": (
-            C.claim(
-                f"max l{mid.start + 1}–{mid.stop} {sg_all_mid_max:.4f}; "
-                f"l{L} {tr['sg_all'][-1]:.4f}",
-                "< 0.99 and ≥ 0.999 (paper ≈ 0.980 and 1.000)",
-                min(0.99 - sg_all_mid_max, tr["sg_all"][-1] - 0.999),
-                fit_res,
-                tested=not all(saturated(j) for j in range(mid.start, mid.stop)),
-                untested_note="saturated: every method's probe at 1.000 in layers 4–12",
-                **_regime(results, ("sg_all",)),
-            )
-        ),
-        f"SG*: held-out probe rises at the top: layer {L} > max of layers "
-        f"{mid.start + 1}–{mid.stop} ({n_held} points)": C.claim(
-            f"{he['sg_all'][-1]:.4f} vs {float(he['sg_all'][mid].max()):.4f}",
-            "layer 20 above the middle (paper: 1.000 vs ≈ 0.981)",
-            he["sg_all"][-1] - float(he["sg_all"][mid].max()),
-            C.accuracy_resolution(he["sg_all"][-1], float(he["sg_all"][mid].max()), n_held),
+        )
+
+    def sg_all_shape():
+        top = float(tr["sg_all"][mid].max())
+        name = (
+            f"SG*: probe < 0.99 in layers {mid.start + 1}–{mid.stop}, ≥ 0.999 at layer {L} (train)"
+        )
+        return name, C.claim(
+            f"max l{mid.start + 1}–{mid.stop} {top:.4f}; l{L} {tr['sg_all'][-1]:.4f}",
+            "< 0.99 and ≥ 0.999 (paper ≈ 0.980 and 1.000)",
+            min(0.99 - top, tr["sg_all"][-1] - 0.999),
+            fit_res,
+            tested=not all(saturated(j) for j in range(mid.start, mid.stop)),
+            untested_note="saturated: every method's probe at 1.000 in layers 4–12",
             **_regime(results, ("sg_all",)),
-        ),
-        f"regressor MSE at layer {l5 + 1}: DFA ≥ 1.3 × max(Bprop, SG, SG*)": C.claim(
+        )
+
+    def sg_all_rise_heldout():
+        top = float(he["sg_all"][mid].max())
+        name = (
+            f"SG*: held-out probe rises at the top: layer {L} > max of layers "
+            f"{mid.start + 1}–{mid.stop} ({n_held} points)"
+        )
+        return name, C.claim(
+            f"{he['sg_all'][-1]:.4f} vs {top:.4f}",
+            "layer 20 above the middle (paper: 1.000 vs ≈ 0.981)",
+            he["sg_all"][-1] - top,
+            C.accuracy_resolution(he["sg_all"][-1], top, n_held),
+            **_regime(results, ("sg_all",)),
+        )
+
+    def regressor():
+        others = max(M[m]["regressor_mse"][l5] for m in ("backprop", "sg", "sg_all"))
+        ratio = M["dfa"]["regressor_mse"][l5] / others
+        return f"regressor MSE at layer {l5 + 1}: DFA ≥ 1.3 × max(Bprop, SG, SG*)", C.claim(
             f"{M['dfa']['regressor_mse'][l5]:.2f} vs {others:.2f} (ratio {ratio:.2f})",
             "ratio ≥ 1.3",
             ratio - 1.3,
             REGRESSOR_RATIO_RESOLUTION,
             **_regime(results, METHODS),
-        ),
-    }
+        )
+
+    return _gather(
+        results,
+        [
+            (("backprop", "sg"), bp_sg_layer2),
+            (("dfa",), dfa_layer1),
+            (METHODS, dfa_highest),
+            (METHODS, dfa_highest_heldout),
+            (("sg_all",), sg_all_shape),
+            (("sg_all",), sg_all_rise_heldout),
+            (METHODS, regressor),
+        ],
+    )
 
 
 def _fig8_render(ctx: C.Context, tr: dict, results: dict, n_probe: int, n_held: int) -> None:
@@ -794,7 +880,7 @@ def _fig8_render(ctx: C.Context, tr: dict, results: dict, n_probe: int, n_held: 
     plt = C.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     layers = np.arange(1, L + 1)
-    for m in METHODS:
+    for m in _ms(results):
         axes[0].plot(layers, M[m]["classifier_train_accuracy"], "-o", ms=3, label=LABELS[m])
         axes[0].plot(
             layers, M[m]["classifier_heldout_accuracy"], "--", color=f"C{METHODS.index(m)}"
@@ -811,9 +897,9 @@ def _fig8_render(ctx: C.Context, tr: dict, results: dict, n_probe: int, n_held: 
     for layer in range(1, L + 1):
         rows.append(
             [layer]
-            + [M[m]["classifier_train_accuracy"][layer - 1] for m in METHODS]
-            + [M[m]["classifier_heldout_accuracy"][layer - 1] for m in METHODS]
-            + [M[m]["regressor_mse"][layer - 1] for m in METHODS]
+            + [M[m]["classifier_train_accuracy"][layer - 1] for m in _ms(results)]
+            + [M[m]["classifier_heldout_accuracy"][layer - 1] for m in _ms(results)]
+            + [M[m]["regressor_mse"][layer - 1] for m in _ms(results)]
         )
     sections = [
         *train_sec,
@@ -830,9 +916,9 @@ def _fig8_render(ctx: C.Context, tr: dict, results: dict, n_probe: int, n_held: 
         "",
         C.table(
             ["layer"]
-            + [f"clf {LABELS[m]}" for m in METHODS]
-            + [f"held-out {LABELS[m]}" for m in METHODS]
-            + [f"reg {LABELS[m]}" for m in METHODS],
+            + [f"clf {LABELS[m]}" for m in _ms(results)]
+            + [f"held-out {LABELS[m]}" for m in _ms(results)]
+            + [f"reg {LABELS[m]}" for m in _ms(results)],
             rows,
         ),
         "",
