@@ -228,8 +228,12 @@ def test_aggregate_over_seeds():
     assert (flip["margin_min"], flip["margin_max"]) == (-0.2, 0.3)
     assert agg(_rec(0.1), _rec(0.005), _rec(0.3))["verdict"] == "inconclusive"  # one tie
     assert agg(_rec(-0.1), _rec(-0.2), _rec(-0.3, tested=False))["verdict"] == "inconclusive"
-    with pytest.raises(ValueError, match="same settings"):
-        C.aggregate({0: {"a": _rec(0.1)}, 1: {"b": _rec(0.1)}})
+    # a claim on fewer seeds (a network not trained there) is combined over those seeds
+    part = C.aggregate(
+        {0: {"a": _rec(0.1), "b": _rec(0.1)}, 1: {"a": _rec(0.2)}, 2: {"a": _rec(0.1)}}
+    )
+    assert (part["a"]["seeds"], part["a"]["verdict"]) == ([0, 1, 2], "held")
+    assert (part["b"]["seeds"], part["b"]["verdict"]) == ([0], "consistent")
 
 
 def _fig3_results(profiles, acc=1.0, L=20):

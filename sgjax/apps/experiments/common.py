@@ -364,7 +364,9 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
     ``consistent``: every seed passed (held or consistent) — fewer seeds, or outside the
     paper's regime; ``contradicted``: every seed contradicted; anything else (a seed within
     the resolution, untested, or seeds that disagree) is ``inconclusive``. The spread of
-    the margins over seeds is reported with it. A claim missing on some seed is an error.
+    the margins over seeds is reported with it. A claim missing on some seeds (a network
+    not trained there, ``--set methods=…``) is combined over the seeds that have it, and
+    its ``seeds`` say which.
 
     Example:
         >>> r = lambda m: {"x": claim(m, "> 0", m, 0.01)}
@@ -377,16 +379,12 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
     """
     if not per_seed:
         raise ValueError("aggregate: `per_seed` is empty")
-    seeds = sorted(per_seed)
-    names = list(per_seed[seeds[0]])
-    for s in seeds[1:]:
-        if set(per_seed[s]) != set(names):
-            raise ValueError(
-                f"aggregate: seed {s} has claims {sorted(per_seed[s])}, seed {seeds[0]} has "
-                f"{sorted(names)} — run every seed with the same settings"
-            )
+    names: list[str] = []
+    for s in sorted(per_seed):
+        names += [n for n in per_seed[s] if n not in names]
     out = {}
     for name in names:
+        seeds = [s for s in sorted(per_seed) if name in per_seed[s]]
         recs = [per_seed[s][name] for s in seeds]
         vs = [r["verdict"] for r in recs]
         if all(v == "contradicted" for v in vs):
