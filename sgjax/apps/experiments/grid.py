@@ -199,9 +199,10 @@ def claims(results: dict) -> dict:
     the paper's regime.
     """
     cfg, s = results["settings"], results["summary"]
-    regime = {
-        "regime": float(cfg["lr"]) == PAPER_LR,
-        "regime_note": "" if float(cfg["lr"]) == PAPER_LR else f"Adam {cfg['lr']:g}, not 3e-5",
+    paper_lr = float(cfg["lr"]) == PAPER_LR
+    regime: dict[str, Any] = {
+        "regime": paper_lr,
+        "regime_note": "" if paper_lr else f"Adam {cfg['lr']:g}, not 3e-5",
     }
     ref, d = s["reference_step"], RHO_RESOLUTION * 2**0.5
     out = {}
