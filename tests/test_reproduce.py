@@ -193,3 +193,213 @@ def test_missing_mnist_is_a_one_line_error(tmp_path, capsys):
     rc = cli.main(["reproduce", "fig4", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path)])
     assert rc == 1
     assert "error" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ verdicts (no training)
+
+
+def test_judge_reaches_every_verdict_and_ties_are_inconclusive():
+    assert C.judge(0.03, 0.01) == "held"
+    assert C.judge(0.03, 0.01, regime=False) == "consistent"
+    assert C.judge(-0.03, 0.01) == "contradicted"
+    assert C.judge(-0.03, 0.01, regime=False) == "contradicted"  # a failure is a failure
+    assert C.judge(0.03, 0.01, tested=False) == "inconclusive"
+    for m in (0.01, -0.01, 0.0, 0.004, float("nan")):  # within (or at) the resolution
+        assert C.judge(m, 0.01) == "inconclusive", m
+    with pytest.raises(ValueError, match="resolution"):
+        C.judge(0.1, -1.0)
+
+
+def _rec(margin, regime=True, tested=True):
+    return C.claim(margin, "> 0", margin, 0.01, regime=regime, tested=tested)
+
+
+def test_aggregate_over_seeds():
+    def agg(*recs):
+        return C.aggregate({s: {"c": r} for s, r in enumerate(recs)})["c"]
+
+    assert agg(_rec(0.1), _rec(0.2), _rec(0.05))["verdict"] == "held"
+    assert agg(_rec(0.1), _rec(0.2))["verdict"] == "consistent"  # < 3 seeds: not held
+    assert agg(_rec(0.1), _rec(0.2), _rec(0.3, regime=False))["verdict"] == "consistent"
+    assert agg(_rec(-0.1), _rec(-0.2), _rec(-0.3))["verdict"] == "contradicted"
+    flip = agg(_rec(0.1), _rec(-0.2), _rec(0.3))  # a verdict that flips between seeds
+    assert flip["verdict"] == "inconclusive"
+    assert flip["per_seed_verdict"] == ["held", "contradicted", "held"]
+    assert (flip["margin_min"], flip["margin_max"]) == (-0.2, 0.3)
+    assert agg(_rec(0.1), _rec(0.005), _rec(0.3))["verdict"] == "inconclusive"  # one tie
+    assert agg(_rec(-0.1), _rec(-0.2), _rec(-0.3, tested=False))["verdict"] == "inconclusive"
+    # a claim on fewer seeds (a network not trained there) is combined over those seeds
+    part = C.aggregate(
+        {0: {"a": _rec(0.1), "b": _rec(0.1)}, 1: {"a": _rec(0.2)}, 2: {"a": _rec(0.1)}}
+    )
+    assert (part["a"]["seeds"], part["a"]["verdict"]) == ([0, 1, 2], "held")
+    assert (part["b"]["seeds"], part["b"]["verdict"]) == ([0], "consistent")
+
+
+def _fig3_results(profiles, acc=1.0, L=20):
+    return {
+        "settings": {"hidden": L},
+        "sg_boundary": 11,
+        "methods": {m: {"distance_to_last": list(p)} for m, p in profiles.items()},
+        "training": {m: {"train_accuracy": acc} for m in deep.METHODS},
+    }
+
+
+def _interp(points, L=20):
+    xs = sorted(points)
+    return np.interp(np.arange(1, L + 1), xs, [points[x] for x in xs])
+
+
+def test_fig3_claims_on_planted_profiles():
+    paper = {m: _interp(deep.PAPER_RDM[m]) for m in ("backprop", "sg", "sg_all")}
+    dfa = np.r_[0.3, np.zeros(19)]
+    res = deep.claims("fig3", _fig3_results({**paper, "dfa": dfa}))
+    assert [c["verdict"] for c in res.values()] == ["held"] * 4  # the paper's own curves
+    under = deep.claims("fig3", _fig3_results({**paper, "dfa": dfa}, acc=0.93))
+    assert [c["verdict"] for c in under.values()] == ["consistent"] * 4  # not trained enough
+    # planted: the single SG's representation settles at layer 8, before the SG
+    early = _interp({1: 0.4, 7: 0.3, 8: 0.05, 20: 0.0})
+    wrong = deep.claims("fig3", _fig3_results({**paper, "sg": early, "dfa": dfa}))
+    (k,) = [k for k in wrong if k.startswith("single SG")]
+    assert wrong[k]["verdict"] == "contradicted" and wrong[k]["margin"] < -0.04
+    # planted: backprop 0.01 above the 0.05 threshold is within the read-off precision
+    near = paper["backprop"].copy()
+    near[12] = 0.06
+    tie = deep.claims("fig3", _fig3_results({**paper, "backprop": near, "dfa": dfa}))
+    assert next(iter(tie.values()))["verdict"] == "inconclusive"
+
+
+def _fig4_results(sg, bp, final_sg, final_bp, n_eval=60000):
+    steps, checks = 1000, [250, 400, 630]
+    curve = lambda acc, fin: {"steps": [*checks, steps], "train_accuracy": [*acc, fin]}  # noqa: E731
+    return {
+        "settings": {"steps": steps, "eval_points": None},
+        "check_steps": checks,
+        "eval_points": n_eval,
+        "n_train": 60000,
+        "curves": {
+            "relu/20/sg": curve(sg, final_sg),
+            "relu/20/backprop": curve(bp, final_bp),
+        },
+    }
+
+
+def test_fig4_claims_regime_chance_and_resolution():
+    def verdicts(*a, **k):
+        return [c["verdict"] for c in depth.claims(_fig4_results(*a, **k)).values()]
+
+    # SG ahead while backprop is still stuck: consistent, not held
+    assert verdicts([0.5, 0.7, 0.9], [0.3, 0.4, 0.5], 0.95, 0.6)[0] == "consistent"
+    # SG ahead in the ≈ 0.999 regime, by 10 images of 60k: held (final claim: short run)
+    v = verdicts([0.9992, 0.9994, 0.9996], [0.999, 0.9992, 0.9994], 0.9998, 0.9996)
+    assert v == ["held", "consistent"]
+    # by one image in 60k (at the resolution of an exact count): inconclusive
+    one = 1 / 60000
+    assert verdicts([0.9991 + one] * 3, [0.9991] * 3, 0.9998, 0.9996)[0] == "inconclusive"
+    # the same gap on a 5000-image subset is within its sampling error
+    # a gap of 1.5 images in 5000 (exact: held) is within a 5000-image subset's sampling error
+    assert verdicts([0.9993] * 3, [0.999] * 3, 0.9998, 0.9996, n_eval=5000)[0] == "inconclusive"
+    assert verdicts([0.3, 0.4, 0.5], [0.5, 0.6, 0.7], 0.8, 0.9)[0] == "contradicted"
+    # neither network leaves chance (the 50-layer case): nothing is tested
+    assert verdicts([0.11, 0.12, 0.1], [0.1, 0.11, 0.13], 0.12, 0.13) == ["inconclusive"] * 2
+
+
+def _fig8_results(tr, he, reg=None, n=5000, held=10000, acc=1.0):
+    L = len(tr["backprop"])
+    reg = reg or {m: [100.0 * (2 if m == "dfa" else 1)] * L for m in deep.METHODS}
+    return {
+        "settings": {"hidden": L, "probe_points": n},
+        "probe_points": n,
+        "heldout_points": held,
+        "training": {m: {"train_accuracy": acc} for m in deep.METHODS},
+        "methods": {
+            m: {
+                "classifier_train_accuracy": tr[m],
+                "classifier_heldout_accuracy": he[m],
+                "regressor_mse": reg[m],
+            }
+            for m in deep.METHODS
+        },
+    }
+
+
+def test_fig8_claims_saturation_and_sg_star_shape():
+    L = 20
+    ones = {m: [1.0] * L for m in deep.METHODS}
+    he = {m: [0.95] * L for m in deep.METHODS}
+    he["dfa"] = [0.98] * L
+    sat = deep.claims("fig8", _fig8_results(ones, he))
+    by = {k.split(":")[0] + k.split(":")[1][:20]: c for k, c in sat.items()}
+    train_claims = [c for k, c in sat.items() if "(train)" in k or "= 1.0" in k]
+    assert train_claims and all(c["verdict"] == "inconclusive" for c in train_claims)
+    assert all("saturated" in c["untested_note"] for c in train_claims)
+    (dfa_held,) = [c for k, c in sat.items() if k.startswith("DFA: held-out")]
+    assert dfa_held["verdict"] == "held"  # 0.98 vs 0.95 on 10k points
+    assert by  # (keys are well formed)
+    # the paper's SG* shape (dip in 4–12, 1.000 at 20) vs ours (high in 4–12, low at 20)
+    paper = {m: [0.999] * L for m in deep.METHODS}
+    paper["sg_all"] = [0.984, 0.982, 0.981] + [0.980] * 9 + [0.99] * 7 + [1.0]
+    ours = {**paper, "sg_all": [0.999] * 19 + [0.977]}
+    (key,) = [k for k in sat if k.startswith("SG*: probe <")]
+    assert deep.claims("fig8", _fig8_results(paper, he))[key]["verdict"] == "held"
+    assert deep.claims("fig8", _fig8_results(ours, he))[key]["verdict"] == "contradicted"
+
+
+def test_aggregate_cli_recomputes_and_flags_flips(tmp_path, capsys):
+    paper = {m: _interp(deep.PAPER_RDM[m]) for m in ("backprop", "sg", "sg_all")}
+    dfa = np.r_[0.3, np.zeros(19)]
+    early = _interp({1: 0.4, 7: 0.3, 8: 0.05, 20: 0.0})
+    dirs = []
+    for seed, sg in ((0, paper["sg"]), (1, paper["sg"]), (2, early)):  # seed 2 flips
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        res = _fig3_results({**paper, "sg": sg, "dfa": dfa})
+        res["settings"].update(steps=12000, width=256, lr=3e-4)
+        C.write_json(d / "results.json", res)
+        (d / "report.md").write_text(f"# Fig. 3\n\nScale `medium`, seed {seed}.\n")
+        dirs.append(str(d))
+    out = tmp_path / "agg"
+    assert cli.main(["reproduce", "fig3", "--aggregate", *dirs, "--out", str(out)]) == 0
+    agg = json.loads((out / "verdicts.json").read_text())["claims"]
+    verdicts = {k.split(":")[0]: v["verdict"] for k, v in agg.items()}
+    assert verdicts == {
+        "backprop": "held",
+        "single SG": "inconclusive",  # held, held, contradicted
+        "SG*": "held",
+        "DFA": "held",
+    }
+    assert "inconclusive" in (out / "aggregate.md").read_text()
+    # runs at different budgets do not aggregate; nor does a seed given twice
+    res = json.loads((Path(dirs[2]) / "results.json").read_text())
+    res["settings"]["steps"] = 4000
+    C.write_json(Path(dirs[2]) / "results.json", res)
+    assert cli.main(["reproduce", "fig3", "--aggregate", *dirs, "--out", str(out)]) == 1
+    assert "differ" in capsys.readouterr().err
+    assert cli.main(["reproduce", "fig3", "--aggregate", dirs[0], dirs[0], "--out", str(out)]) == 1
+    assert "twice" in capsys.readouterr().err
+
+
+def test_set_overrides_are_checked():
+    table = {"smoke": {"depths": (2,), "lr": 1e-3, "n_train": None, "steps": 40}}
+    ctx = C.Context(out=Path("x"), overrides={"depths": "20, 50", "n_train": "none"})
+    assert C.settings_for(ctx, table) == {"depths": (20, 50), "lr": 1e-3, "n_train": None,
+                                          "steps": 40}  # fmt: skip
+    with pytest.raises(ValueError, match=r"no setting 'width'.*depths"):
+        C.settings_for(C.Context(out=Path("x"), overrides={"width": "9"}), table)
+    with pytest.raises(ValueError, match="--set lr=fast"):
+        C.settings_for(C.Context(out=Path("x"), overrides={"lr": "fast"}), table)
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "fig4", "--set", "depths"])
+    assert cli.main(["reproduce", "dni-rnn", "--set", "steps=3"]) == 1  # not settable
+
+
+def test_claims_skip_networks_not_trained():
+    # `--set methods=backprop,sg`: only the claims about those networks, nothing invented
+    paper = {m: _interp(deep.PAPER_RDM[m]) for m in ("backprop", "sg")}
+    res = _fig3_results(paper)
+    res["training"] = {m: res["training"][m] for m in paper}
+    got = deep.claims("fig3", res)
+    assert [k.split(":")[0] for k in got] == ["backprop", "single SG"]
+    assert all(c["verdict"] == "held" for c in got.values())
+    with pytest.raises(ValueError, match="methods"):
+        deep.settings(C.Context(out=Path("x"), overrides={"methods": "backprop,bogus"}))

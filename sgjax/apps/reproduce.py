@@ -13,16 +13,26 @@ Scales: ``smoke`` runs in seconds (tests, CI); ``medium`` is the largest that fi
 CPU in minutes (settings in each report); ``paper`` follows the paper (Adam 3e-5, 100k
 steps — hours to days on a CPU).
 
+Every claim gets a verdict — held / consistent / contradicted / inconclusive — with its
+margin (docs/reproduce.md, "Verdicts"). ``--set NAME=VALUE`` overrides one setting of the
+scale (e.g. ``--set depths=20 --set activations=relu`` for fig4); ``--aggregate DIR …``
+recomputes the claims of runs with different seeds from their results.json and combines
+them (a verdict that flips between seeds is inconclusive).
+
 Example (shell)::
 
     sgjax reproduce fig3 --scale medium --out runs/fig3
     sgjax reproduce all --scale smoke --out runs/smoke --no-progress
+    sgjax reproduce fig3 --aggregate runs/s0/fig3 runs/s1/fig3 runs/s2/fig3 --out runs/fig3-3seeds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import time
+from collections import Counter
 from pathlib import Path
 
 from sgjax.apps.experiments import EXPERIMENTS
@@ -76,11 +86,127 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: <out>/../_cache, or <out>/_cache for all)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_override,
+        help="override one setting of the scale (repeatable; tuples comma-separated), e.g. "
+        "--set depths=20 --set activations=relu (fig2, fig3/5/8, fig4, dni-mnist)",
+    )
+    p.add_argument(
+        "--aggregate",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="train nothing: recompute the claims of earlier runs of EXPERIMENT (one per "
+        "seed, each DIR holding its results.json and report.md) and write their combined "
+        "verdicts to --out (aggregate.md, verdicts.json)",
+    )
+
+
+def _override(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"--set expects NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+#: experiments whose settings ``--set`` can override
+SETTABLE = ("fig2", "fig3", "fig4", "fig5", "fig8", "dni-mnist")
+
+
+def _seed_of(directory: Path) -> int:
+    """The seed of a run, from its results.json (``seed``) or its report.md header."""
+    res = json.loads((directory / "results.json").read_text())
+    if isinstance(res.get("seed"), int):
+        return int(res["seed"])
+    report = directory / "report.md"
+    m = re.search(r"seed (\d+)\.", report.read_text()) if report.exists() else None
+    if m is None:
+        raise ValueError(f"--aggregate: no seed found in {directory}/results.json or report.md")
+    return int(m.group(1))
+
+
+def aggregate_runs(name: str, dirs: list[Path], out: Path) -> dict:
+    """Recompute ``name``'s claims for each run in ``dirs`` and combine them over seeds.
+
+    The runs must differ only in the seed (same steps, width, scale settings that change
+    the networks); writes ``aggregate.md`` and ``verdicts.json`` to ``out``.
+    """
+    from sgjax.apps.experiments import common as C
+
+    exp = EXPERIMENTS[name]
+    if exp.claims is None:
+        raise ValueError(f"--aggregate: {name} has no per-claim verdicts; choose one of "
+                         f"{[n for n, e in EXPERIMENTS.items() if e.claims]}")  # fmt: skip
+    per_seed: dict[int, dict] = {}
+    budgets = {}
+    for d in dirs:
+        if not (d / "results.json").exists():
+            raise ValueError(f"--aggregate: {d} has no results.json")
+        res = json.loads((d / "results.json").read_text())
+        seed = _seed_of(d)
+        if seed in per_seed:
+            raise ValueError(f"--aggregate: seed {seed} appears twice ({d})")
+        per_seed[seed] = exp.claims(res)
+        cfg = res.get("settings", {})
+        budgets[seed] = tuple(cfg.get(k) for k in ("steps", "width", "lr", "hidden"))
+    if len(set(budgets.values())) > 1:
+        raise ValueError(
+            f"--aggregate: the runs differ in (steps, width, lr, hidden): {budgets} — "
+            "aggregate only runs that differ in the seed"
+        )
+    agg = C.aggregate(per_seed)
+    steps, width, lr, hidden = next(iter(budgets.values()))
+    out.mkdir(parents=True, exist_ok=True)
+    C.write_json(out / "verdicts.json", {"experiment": name, "runs": [str(d) for d in dirs],
+                                          "steps": steps, "claims": agg})  # fmt: skip
+    lines = [
+        f"# {name}: verdicts over seeds {sorted(per_seed)}",
+        "",
+        f"Steps {steps}, width {width}, hidden {hidden}, lr {lr}. Runs: "
+        + ", ".join(f"`{d}`" for d in dirs),
+        "",
+        "Verdicts as defined in docs/reproduce.md: held needs every seed held (≥ "
+        f"{C.MIN_SEEDS_HELD} seeds, paper's regime); consistent, every seed passes; "
+        "contradicted, every seed fails beyond the resolution (at this budget); otherwise "
+        "inconclusive.",
+        "",
+        C.aggregate_table(agg),
+        "",
+    ]
+    notes = sorted({n for a in agg.values() for n in a["notes"]})
+    lines += [f"- {n}" for n in notes]
+    (out / "aggregate.md").write_text("\n".join(lines).rstrip() + "\n")
+    return agg
+
+
+def _verdict_counts(claims: dict) -> str:
+    counts = Counter(c.get("verdict", "held" if c.get("holds") else "contradicted")
+                     for c in claims.values())  # fmt: skip
+    return ", ".join(f"{v} {counts[v]}" for v in ("held", "consistent", "contradicted",
+                                                  "inconclusive") if counts[v])  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from sgjax.apps.experiments.common import Context
 
+    overrides = dict(args.overrides)
+    if args.aggregate is not None:
+        if args.experiment == "all" or args.out is None:
+            raise ValueError("--aggregate takes one EXPERIMENT (not all) and an --out directory")
+        if overrides:
+            raise ValueError("--aggregate trains nothing: --set does not apply")
+        agg = aggregate_runs(args.experiment, [Path(d) for d in args.aggregate], Path(args.out))
+        print(f"{args.experiment}: {_verdict_counts(agg)} -> {Path(args.out) / 'aggregate.md'}")
+        return 0
+    if overrides and args.experiment not in SETTABLE:
+        raise ValueError(
+            f"--set applies to {', '.join(SETTABLE)} (one at a time), not {args.experiment}"
+        )
     names = NAMES if args.experiment == "all" else (args.experiment,)
     if args.experiment == "all":
         root = Path(args.out or "runs")
@@ -104,21 +230,15 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps,
             progress=not args.no_progress,
             cache_dir=cache,
+            overrides=overrides,
         )
         ctx.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         res = EXPERIMENTS[name].run(ctx)
         claims = res.get("claims") or {}
-        if not claims and "summary" in res:  # fig2: claims per data/loss pair
-            claims = {
-                f"{r}: {k}": {"holds": v}
-                for r, row in res["summary"]["per_run"].items()
-                for k, v in row["claims"].items()
-            }
-        held = sum(bool(c["holds"]) for c in claims.values())
         print(
-            f"{name}: {held}/{len(claims)} claims held, {time.perf_counter() - t0:.0f} s -> "
-            f"{ctx.out / 'report.md'}",
+            f"{name}: {len(claims)} claims ({_verdict_counts(claims) or 'none'}), "
+            f"{time.perf_counter() - t0:.0f} s -> {ctx.out / 'report.md'}",
             flush=True,
         )
     return 0

@@ -16,11 +16,14 @@ from typing import Any, NamedTuple
 
 
 class Experiment(NamedTuple):
-    """A registered experiment: ``run(ctx) -> results`` and a one-line summary."""
+    """A registered experiment: ``run(ctx) -> results``, a one-line summary, and (where the
+    experiment has per-claim verdicts) ``claims(results) -> {claim: record}`` recomputing
+    its claims from a results.json read back (for ``--aggregate`` over seeds)."""
 
     name: str
     run: Callable[[Any], dict]
     summary: str
+    claims: Callable[[dict], dict] | None = None
 
 
 def _fig2(ctx: Any) -> dict:
@@ -53,6 +56,33 @@ def _fig8(ctx: Any) -> dict:
     return deep.run_fig8(ctx)
 
 
+def _claims_fig2(results: dict) -> dict:
+    from sgjax.apps.experiments import grid
+
+    return grid.claims(results)
+
+
+def _claims_deep(figure: str) -> Callable[[dict], dict]:
+    def claims(results: dict) -> dict:
+        from sgjax.apps.experiments import deep
+
+        return deep.claims(figure, results)
+
+    return claims
+
+
+def _claims_fig4(results: dict) -> dict:
+    from sgjax.apps.experiments import depth
+
+    return depth.claims(results)
+
+
+def _claims_dni(results: dict) -> dict:
+    from sgjax.apps.experiments import dni
+
+    return dni.claims(results)
+
+
 def _dni(ctx: Any) -> dict:
     from sgjax.apps.experiments import dni
 
@@ -75,12 +105,22 @@ def _dni_cnn(ctx: Any) -> dict:
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
-        Experiment("fig2", _fig2, "loss reconstruction on the 2-D grid (+ Fig. 9 ablations)"),
-        Experiment("fig3", _fig3, "RDM drift of SG vs backprop (+ SG-vs-true cosines)"),
-        Experiment("fig4", _fig4, "MNIST: depth and activation, SG vs backprop"),
-        Experiment("fig5", _fig5, "weight norms under SG"),
-        Experiment("fig8", _fig8, "linear probes of each layer"),
-        Experiment("dni-mnist", _dni, "the DNI paper's every-layer MNIST FCN"),
+        Experiment(
+            "fig2",
+            _fig2,
+            "loss reconstruction on the 2-D grid (+ Fig. 9 ablations)",
+            _claims_fig2,
+        ),
+        Experiment(
+            "fig3",
+            _fig3,
+            "RDM drift of SG vs backprop (+ SG-vs-true cosines)",
+            _claims_deep("fig3"),
+        ),
+        Experiment("fig4", _fig4, "MNIST: depth and activation, SG vs backprop", _claims_fig4),
+        Experiment("fig5", _fig5, "weight norms under SG", _claims_deep("fig5")),
+        Experiment("fig8", _fig8, "linear probes of each layer", _claims_deep("fig8")),
+        Experiment("dni-mnist", _dni, "the DNI paper's every-layer MNIST FCN", _claims_dni),
         Experiment("dni-rnn", _dni_rnn, "recurrent DNI: truncated BPTT with a boundary SG"),
         Experiment("dni-cnn", _dni_cnn, "the same with a CNN and convolutional SG modules"),
     )

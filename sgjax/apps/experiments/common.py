@@ -43,6 +43,7 @@ class Context:
     progress: bool = False
     cache_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    overrides: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -50,6 +51,50 @@ class Context:
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(f"`steps` must be an int ≥ 1, got {self.steps!r}")
         self.out = Path(self.out)
+        for k, v in self.overrides.items():
+            if not isinstance(k, str) or not isinstance(v, str) or not k:
+                raise ValueError(f"`overrides` must map setting names to strings, got {k!r}: {v!r}")
+
+
+def _coerce(name: str, text: str, like: Any) -> Any:
+    """``text`` (from ``--set name=text``) as a value of the type of the default ``like``."""
+    try:
+        if isinstance(like, tuple):
+            kind = type(like[0]) if like else str
+            return tuple(kind(p.strip()) for p in text.split(",") if p.strip())
+        if isinstance(like, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if like is None:
+            return None if text.lower() == "none" else int(text)
+        return type(like)(text)
+    except ValueError:
+        raise ValueError(
+            f"--set {name}={text}: expected a value like the default {like!r} "
+            f"({type(like).__name__}{', comma-separated' if isinstance(like, tuple) else ''})"
+        ) from None
+
+
+def settings_for(ctx: Context, scales: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The experiment's settings at ``ctx.scale``, with ``--steps`` and ``--set`` applied.
+
+    An override of a name the experiment does not have is an error naming the settings it
+    does have (checked before any training).
+
+    Example:
+        >>> ctx = Context(out=Path("o"), steps=7, overrides={"depths": "20,50", "lr": "3e-4"})
+        >>> settings_for(ctx, {"smoke": {"depths": (2,), "lr": 1e-3, "steps": 40}})
+        {'depths': (20, 50), 'lr': 0.0003, 'steps': 7}
+    """
+    cfg: dict[str, Any] = dict(scales[ctx.scale])
+    if ctx.steps is not None:
+        cfg["steps"] = ctx.steps
+    for k, v in ctx.overrides.items():
+        if k not in cfg:
+            raise ValueError(f"--set {k}={v}: no setting {k!r}; this experiment has {sorted(cfg)}")
+        cfg[k] = _coerce(k, v, cfg[k])
+    return cfg
 
 
 def adam(learning_rate: float, l2: float = 0.0) -> optax.GradientTransformation:
@@ -224,3 +269,184 @@ def load_mnist(ctx: Context, n_train: int | None, n_test: int | None = None):
     from sgjax.infra import data
 
     return data.load("mnist", data_dir=ctx.data_dir, n_train=n_train, n_test=n_test)
+
+
+# ------------------------------------------------------------------------------ verdicts
+
+#: The four verdicts a claim can get (defined in docs/reproduce.md, "Verdicts").
+VERDICTS = ("held", "consistent", "contradicted", "inconclusive")
+#: "held" needs the claim to pass on at least this many seeds.
+MIN_SEEDS_HELD = 3
+
+
+def judge(margin: float, resolution: float, *, regime: bool = True, tested: bool = True) -> str:
+    """One run's verdict on a claim from its signed ``margin`` (> 0: passes by that much).
+
+    ``inconclusive`` when the run cannot test the claim (``tested`` false, e.g. neither
+    method leaves chance, or a probe saturates for every method) or when ``|margin|`` is
+    within the measurement ``resolution``; otherwise ``contradicted`` when it fails, ``held``
+    when it passes in the regime the paper's statement is about, ``consistent`` when it
+    passes outside it (e.g. early training where the paper's curves are at ≈0.999).
+
+    Example:
+        >>> judge(0.03, 0.01), judge(0.03, 0.01, regime=False), judge(-0.005, 0.01)
+        ('held', 'consistent', 'inconclusive')
+        >>> judge(-0.03, 0.01), judge(0.5, 0.01, tested=False)
+        ('contradicted', 'inconclusive')
+    """
+    if resolution < 0 or not math.isfinite(resolution):
+        raise ValueError(f"judge: `resolution` must be finite and ≥ 0, got {resolution!r}")
+    if not tested or not math.isfinite(margin) or abs(margin) <= resolution:
+        return "inconclusive"
+    if margin < 0:
+        return "contradicted"
+    return "held" if regime else "consistent"
+
+
+def claim(
+    value: Any,
+    target: str,
+    margin: float,
+    resolution: float,
+    *,
+    regime: bool = True,
+    regime_note: str = "",
+    tested: bool = True,
+    untested_note: str = "",
+) -> dict:
+    """A claim record: what we measured, the paper's target, the margin and the verdict.
+
+    ``margin`` is signed (> 0: the claim passes by that much, in the units of the
+    target); ``resolution`` is the smallest margin the measurement can tell from zero.
+    ``holds`` (margin > 0) is kept for the reports' old column; the verdict is ``judge``'s.
+    """
+    margin = float(margin)
+    return {
+        "value": value,
+        "target": target,
+        "margin": margin,
+        "resolution": float(resolution),
+        "regime": bool(regime),
+        "regime_note": regime_note,
+        "tested": bool(tested),
+        "untested_note": untested_note,
+        "holds": bool(tested and math.isfinite(margin) and margin > 0),
+        "verdict": judge(margin, resolution, regime=regime, tested=tested),
+    }
+
+
+def accuracy_resolution(p1: float, p2: float | None, n: int, *, exact: bool = False) -> float:
+    """The smallest accuracy margin ``n`` evaluated points can resolve.
+
+    ``exact``: the points are the whole population the claim is about (train accuracy on
+    the whole training set): one point, ``1/n``. Otherwise two binomial standard errors
+    (of ``p1``, or of the difference ``p1 − p2`` of two independent estimates), at least
+    ``1/n``.
+
+    Example:
+        >>> accuracy_resolution(0.999, 0.998, 60000, exact=True) == 1 / 60000
+        True
+        >>> round(accuracy_resolution(0.98, None, 10000), 4)
+        0.0028
+    """
+    if n < 1:
+        raise ValueError(f"accuracy_resolution: `n` must be ≥ 1, got {n}")
+    if exact:
+        return 1.0 / n
+    var = p1 * (1 - p1) + (p2 * (1 - p2) if p2 is not None else 0.0)
+    return max(2.0 * math.sqrt(var / n), 1.0 / n)
+
+
+def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """Combine per-seed claim records (``{seed: {claim: record}}``) into one verdict each.
+
+    ``held``: every seed held and there are ≥ :data:`MIN_SEEDS_HELD` seeds;
+    ``consistent``: every seed passed (held or consistent) — fewer seeds, or outside the
+    paper's regime; ``contradicted``: every seed contradicted; anything else (a seed within
+    the resolution, untested, or seeds that disagree) is ``inconclusive``. The spread of
+    the margins over seeds is reported with it. A claim missing on some seeds (a network
+    not trained there, ``--set methods=…``) is combined over the seeds that have it, and
+    its ``seeds`` say which.
+
+    Example:
+        >>> r = lambda m: {"x": claim(m, "> 0", m, 0.01)}
+        >>> aggregate({0: r(0.1), 1: r(0.2), 2: r(0.3)})["x"]["verdict"]
+        'held'
+        >>> aggregate({0: r(0.1), 1: r(-0.2), 2: r(0.3)})["x"]["verdict"]
+        'inconclusive'
+        >>> aggregate({0: r(0.1)})["x"]["verdict"]
+        'consistent'
+    """
+    if not per_seed:
+        raise ValueError("aggregate: `per_seed` is empty")
+    names: list[str] = []
+    for s in sorted(per_seed):
+        names += [n for n in per_seed[s] if n not in names]
+    out = {}
+    for name in names:
+        seeds = [s for s in sorted(per_seed) if name in per_seed[s]]
+        recs = [per_seed[s][name] for s in seeds]
+        vs = [r["verdict"] for r in recs]
+        if all(v == "contradicted" for v in vs):
+            verdict = "contradicted"
+        elif all(v in ("held", "consistent") for v in vs):
+            held = all(v == "held" for v in vs) and len(seeds) >= MIN_SEEDS_HELD
+            verdict = "held" if held else "consistent"
+        else:
+            verdict = "inconclusive"
+        margins = np.array([r["margin"] for r in recs], dtype=float)
+        out[name] = {
+            "verdict": verdict,
+            "seeds": seeds,
+            "per_seed_verdict": vs,
+            "values": [r["value"] for r in recs],
+            "margins": margins.tolist(),
+            "margin_min": float(np.min(margins)),
+            "margin_mean": float(np.mean(margins)),
+            "margin_max": float(np.max(margins)),
+            "resolution": max(r["resolution"] for r in recs),
+            "target": recs[0]["target"],
+            "notes": sorted({n for r in recs for n in (r["regime_note"], r["untested_note"]) if n}),
+        }
+    return out
+
+
+def claims_table(claims: dict[str, dict]) -> str:
+    """The per-run claims as a markdown table with margins and verdicts."""
+    rows = []
+    for name, c in claims.items():
+        note = c.get("untested_note") if not c.get("tested", True) else c.get("regime_note")
+        rows.append(
+            [
+                name,
+                c["value"],
+                c["target"],
+                f"{c['margin']:+.4g} (±{c['resolution']:.2g})",
+                c["verdict"] + (f" — {note}" if note else ""),
+            ]
+        )
+    return table(["claim", "ours", "target", "margin (resolution)", "verdict"], rows)
+
+
+def aggregate_table(agg: dict[str, dict]) -> str:
+    """The multi-seed verdicts as a markdown table: per-seed values, margin spread, verdict."""
+    rows = []
+    for name, a in agg.items():
+        vals = "; ".join(f"s{s}: {fmt(v)}" for s, v in zip(a["seeds"], a["values"]))
+        spread = f"{a['margin_min']:+.4g} … {a['margin_max']:+.4g} (mean {a['margin_mean']:+.4g})"
+        per = ", ".join(a["per_seed_verdict"])
+        rows.append(
+            [name, a["target"], vals, spread, f"±{a['resolution']:.2g}", per, f"**{a['verdict']}**"]
+        )
+    return table(
+        [
+            "claim",
+            "target",
+            "ours per seed",
+            "margin min … max",
+            "resolution",
+            "per seed",
+            "verdict",
+        ],
+        rows,
+    )

@@ -40,7 +40,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         steps=1000,
         batch=128,
         lr=1e-4,
-        eval_points=5000,
+        eval_points=None,
         curve_points=8,
     ),
     "paper": dict(
@@ -51,7 +51,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         steps=100000,
         batch=128,
         lr=3e-5,
-        eval_points=10000,
+        eval_points=None,
         curve_points=12,
     ),
 }
@@ -67,27 +67,37 @@ PAPER_FINAL_RELU = {  # paper.md §3.2, read off Fig. 4 at 100k steps (±0.0002)
     ("backprop", 50): 0.9989,
 }
 FRACTIONS = (0.25, 0.40, 0.63)  # the paper's 25k, 40k, 63k of 100k
+PAPER_STEPS = 100_000
+#: the paper's Fig. 4 regime: both curves at ≥ 99 % train accuracy (its y-axis is 0.995–1)
+REGIME = 0.99
+#: a network "trains" when it leaves chance by this much (train accuracy ≥ 0.5)
+TRAINS = 0.5
 
 
 def run(ctx: C.Context) -> dict:
-    cfg: dict[str, Any] = dict(SETTINGS[ctx.scale])
-    if ctx.steps is not None:
-        cfg["steps"] = ctx.steps
+    cfg = C.settings_for(ctx, SETTINGS)
     steps = cfg["steps"]
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
     x, y = ds.x_train, ds.y_train
-    ev = np.random.default_rng(ctx.seed).choice(len(x), min(cfg["eval_points"], len(x)), False)
+    if cfg["eval_points"] is None or cfg["eval_points"] >= len(x):
+        ev = np.arange(len(x))  # every training image: the exact train accuracy
+    else:
+        ev = np.random.default_rng(ctx.seed).choice(len(x), cfg["eval_points"], False)
+    # passed as arguments, not closed over: 60k images would be a constant in every jit
+    xe, ye = jax.device_put(x[ev]), jax.device_put(y[ev])
     checks = sorted({max(1, round(f * steps)) for f in FRACTIONS})
     curve = sorted(
         set(C.log_steps(steps, cfg["curve_points"], first=max(1, steps // 100))) | set(checks)
     )
     results: dict = {"settings": cfg, "check_steps": checks, "curves": {}}
+    results.update(eval_points=len(ev), n_train=len(x))
     for act in cfg["activations"]:
         for depth in cfg["depths"]:
             net = nets.mlp([784] + [cfg["width"]] * depth + [10], act, norm="batch")
-            acc_fn = jax.jit(
-                lambda params, net=net: losses.accuracy(net.apply(params, x[ev]), y[ev])
+            acc_jit = jax.jit(
+                lambda params, xe, ye, net=net: losses.accuracy(net.apply(params, xe), ye)
             )
+            acc_fn = functools.partial(_on, acc_jit, xe, ye)
             for method in ("backprop", "sg"):
                 rule = (
                     rules.backprop()
@@ -114,11 +124,15 @@ def run(ctx: C.Context) -> dict:
                     "steps": [r["step"] for r in recs],
                     "train_accuracy": [r["train_accuracy"] for r in recs],
                 }
-    results["claims"] = _claims(results, cfg, checks)
+    results["claims"] = claims(results)
     figs = _plot(ctx, results, cfg)
     _report(ctx, results, cfg, figs)
     C.write_json(ctx.out / "results.json", results)
     return results
+
+
+def _on(acc_jit, xe, ye, params):
+    return acc_jit(params, xe, ye)
 
 
 def _accuracy(acc_fn, step: int, state) -> dict:
@@ -131,23 +145,59 @@ def _acc_at(results, key, step):
     return c["train_accuracy"][c["steps"].index(step)]
 
 
-def _claims(results, cfg, checks) -> dict:
-    deep = [d for d in cfg["depths"] if d >= 20] or [max(cfg["depths"])]
+def claims(results: dict) -> dict:
+    """The paper's Fig. 4 claims (paper.md §6 item 23) from a run's ``results``.
+
+    For each ReLU depth ≥ 20 that was run (else the deepest): SG ≥ backprop at the
+    checkpoints that correspond to the paper's 25k/40k/63k of 100k — in the paper's regime
+    only when both curves are at ≥ 99 % there (the paper's are at ≈ 0.999); and the final
+    SG accuracy ≥ 0.999 — in the paper's regime only at ≥ 100k steps. A depth at which
+    neither network leaves chance cannot test either claim (inconclusive).
+    """
+    cfg, checks = results["settings"], results["check_steps"]
+    n_eval = int(results.get("eval_points") or cfg["eval_points"])
+    exact = n_eval >= int(results.get("n_train") or 60000)
+    relu = [int(k.split("/")[1]) for k in results["curves"] if k.startswith("relu/")]
+    deep = sorted({d for d in relu if d >= 20}) or [max(relu)]
     out = {}
     for d in deep:
         sg = [_acc_at(results, f"relu/{d}/sg", s) for s in checks]
         bp = [_acc_at(results, f"relu/{d}/backprop", s) for s in checks]
-        out[f"ReLU {d} layers: SG ≥ backprop at steps {checks}"] = {
-            "value": ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in zip(sg, bp)),
-            "target": "SG ≥ Bprop at each",
-            "holds": bool(all(a >= b for a, b in zip(sg, bp))),
-        }
-        final = _acc_at(results, f"relu/{d}/sg", cfg["steps"])
-        out[f"ReLU {d} layers: SG final train accuracy ≥ 0.999"] = {
-            "value": float(final),
-            "target": "≥ 0.999 (paper, at 100k steps)",
-            "holds": bool(final >= 0.999),
-        }
+        final_sg = _acc_at(results, f"relu/{d}/sg", cfg["steps"])
+        final_bp = _acc_at(results, f"relu/{d}/backprop", cfg["steps"])
+        trains = max(final_sg, final_bp) >= TRAINS
+        untested = (
+            ""
+            if trains
+            else f"neither network trains (final SG {final_sg:.3f}, Bprop {final_bp:.3f})"
+        )
+        gaps = [a - b for a, b in zip(sg, bp)]
+        j = int(np.argmin(gaps))
+        in_regime = min(sg + bp) >= REGIME
+        out[f"ReLU {d} layers: SG ≥ backprop at steps {checks}"] = C.claim(
+            ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in zip(sg, bp)),
+            "SG ≥ Bprop at each (paper: ≈ 0.999 regime)",
+            gaps[j],
+            C.accuracy_resolution(sg[j], bp[j], n_eval, exact=exact),
+            regime=in_regime,
+            regime_note=""
+            if in_regime
+            else f"early-training regime (min {min(sg + bp):.3f} "
+            f"< {REGIME}), not the paper's ≈ 0.999",
+            tested=trains,
+            untested_note=untested,
+        )
+        long_enough = cfg["steps"] >= PAPER_STEPS
+        out[f"ReLU {d} layers: SG final train accuracy ≥ 0.999"] = C.claim(
+            float(final_sg),
+            "≥ 0.999 (paper, at 100k steps)",
+            final_sg - 0.999,
+            C.accuracy_resolution(final_sg, None, n_eval, exact=exact),
+            regime=long_enough,
+            regime_note="" if long_enough else f"{cfg['steps']} of the paper's 100k steps",
+            tested=trains,
+            untested_note=untested,
+        )
     return out
 
 
@@ -191,7 +241,6 @@ def _report(ctx, results, cfg, figs) -> None:
                     PAPER_FINAL_RELU.get(("sg", d)) if act == "relu" else None,
                 ]
             )
-    claim_rows = [[c, v["value"], v["target"], v["holds"]] for c, v in results["claims"].items()]
     curve_rows = []
     for key, c in results["curves"].items():
         curve_rows.append([key] + [f"{a:.4f}" for a in c["train_accuracy"]])
@@ -206,7 +255,7 @@ def _report(ctx, results, cfg, figs) -> None:
         "",
         "## Claims",
         "",
-        C.table(["claim", "ours (SG vs Bprop)", "target", "holds"], claim_rows),
+        C.claims_table(results["claims"]),
         "",
         "## Learning curves (train accuracy on the evaluation subset)",
         "",
@@ -226,6 +275,6 @@ def _report(ctx, results, cfg, figs) -> None:
             "methods": "backprop; single conditioned linear SG at the middle boundary",
             "optimiser": f"Adam {cfg['lr']:g} (net and SG), batch {cfg['batch']}",
             "steps": cfg["steps"],
-            "accuracy measured on": f"{cfg['eval_points']} training images",
+            "accuracy measured on": f"{results['eval_points']} training images",
         },
     )
