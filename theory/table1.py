@@ -56,16 +56,21 @@ def _ref_stage(theta: dict, h: jax.Array, last: bool) -> jax.Array:
     return z if last else jnp.tanh(z)
 
 
-def _ref_loss(params: list, x: jax.Array, y1h: jax.Array, at: int, eps: jax.Array) -> jax.Array:
+def _ref_loss(
+    params: list, x: jax.Array, y1h: jax.Array, at: int, eps: jax.Array, loss: str = "mse"
+) -> jax.Array:
     h = x
     for i, theta in enumerate(params):
         h = _ref_stage(theta, h, i == len(params) - 1)
         if i + 1 == at:
             h = h + eps
+    if loss == "xent":  # −mean_b Σ_k y_bk log softmax(p_b)_k, written out
+        logp = h - jax.scipy.special.logsumexp(h, axis=1, keepdims=True)
+        return -jnp.mean(jnp.sum(y1h * logp, axis=1))
     return 0.5 * jnp.mean(jnp.sum((h - y1h) ** 2, axis=1))
 
 
-def _ref_signals(params: list, x: jax.Array, y1h: jax.Array) -> list[jax.Array]:
+def _ref_signals(params: list, x: jax.Array, y1h: jax.Array, loss: str = "mse") -> list[jax.Array]:
     """``[∂ℓ_b/∂h_i for i = 1..N]`` by jax.grad of a perturbation at h_i."""
     hs, h = [], x
     for i, theta in enumerate(params):
@@ -73,18 +78,23 @@ def _ref_signals(params: list, x: jax.Array, y1h: jax.Array) -> list[jax.Array]:
         hs.append(h)
     n = x.shape[0]
     return [
-        n * jax.grad(_ref_loss, argnums=4)(params, x, y1h, i + 1, jnp.zeros_like(hs[i]))
+        n * jax.grad(_ref_loss, argnums=4)(params, x, y1h, i + 1, jnp.zeros_like(hs[i]), loss)
         for i in range(len(params))
     ]
 
 
 def _identity_one(
-    key: jax.Array, one: tuple[jax.Array, ...], sizes: tuple[int, ...], wrong: bool
+    key: jax.Array,
+    one: tuple[jax.Array, ...],
+    sizes: tuple[int, ...],
+    wrong: bool,
+    loss_name: str = "mse",
 ) -> jax.Array:
     """Max abs error of each Table 1 row at every hidden boundary (one random problem).
 
-    The loss is MSE: with softmax cross-entropy Kickback's signal Σ_k ∂ℓ/∂p_k is
-    identically 0, and every Kickback row would pass for any feedback matrix.
+    The loss is MSE (``loss_name="mse"``): with softmax cross-entropy Kickback's
+    signal Σ_k ∂ℓ/∂p_k is identically 0, and every Kickback row would pass for any
+    feedback matrix; ``"xent"`` is for the other rows.
     References are independent of the library's sweep: ∂ℓ/∂h_i by jax.grad of a
     perturbation at h_i (:func:`_ref_signals`), the SG as a hand-written ``hA + yB + C``
     and its prop term as ``2(s − t)Aᵀ``. ``one`` holds Kickback's matrices of ones
@@ -98,9 +108,9 @@ def _identity_one(
     without its prop term.
     """
     net, params, x, y = _problem(key, 16, sizes)
-    loss = losses.mse
+    loss = {"mse": losses.mse, "xent": losses.softmax_cross_entropy}[loss_name]
     y_vec = jax.nn.one_hot(y, net.out_dim, dtype=x.dtype)
-    ref = _ref_signals(list(params), x, y_vec)  # per-example ∂ℓ/∂h_i, i = 1..N
+    ref = _ref_signals(list(params), x, y_vec, loss_name)  # per-example ∂ℓ/∂h_i, i = 1..N
     hs = net.hidden(params, x)
     e = ref[-1]  # ∂ℓ/∂p = p − y
     sign = -1.0 if wrong else 1.0
@@ -221,19 +231,27 @@ def _ones(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
 
 
 @functools.cache
-def _identity_runner(sizes: tuple[int, ...], wrong: bool):
-    return jax.jit(jax.vmap(lambda k, one: _identity_one(k, one, sizes, wrong), (0, None)))
+def _identity_runner(sizes: tuple[int, ...], wrong: bool, loss: str = "mse"):
+    return jax.jit(jax.vmap(lambda k, one: _identity_one(k, one, sizes, wrong, loss), (0, None)))
 
 
 @x64
 def table1_identities(
-    key: jax.Array, instances: int, *, wrong: bool = False, sizes: tuple[int, ...] = (5, 7, 6, 3)
+    key: jax.Array,
+    instances: int,
+    *,
+    wrong: bool = False,
+    sizes: tuple[int, ...] = (5, 7, 6, 3),
+    loss: str = "mse",
 ) -> list[Claim]:
     """Item 19: autograd of L_SG(stop_grad(t), SG(h)) equals each rule's signal.
 
     One record per row of Table 1 (Bprop, DFA, Kickback, FA, SG, SG + prop), worst
     absolute error over every boundary and instance, float64, MSE loss.
     ``wrong=True`` checks each row against a broken version of itself (controls).
+    ``loss="xent"``: softmax cross-entropy, every row but Kickback (its signal
+    Σ_k ∂ℓ/∂p_k is identically 0 under cross-entropy: the row could not fail); the
+    reference is jax.grad of a hand-written ``−Σ_k y_k (p_k − logsumexp p)``.
 
     XLA note (issue 11, item 13): with the Kickback matrix of ones built as a
     compile-time constant, XLA:CPU (jax/jaxlib 0.10.2) rewrites ``hh @ ones`` into a
@@ -249,8 +267,10 @@ def table1_identities(
         >>> [c.passed for c in table1_identities(jax.random.key(0), 1)]
         [True, True, True, True, True, True]
     """
+    if loss not in ("mse", "xent"):
+        raise ValueError(f"`loss` must be 'mse' or 'xent', got {loss!r}")
     # The ones enter as arrays: see the XLA note above.
-    r = np.asarray(_identity_runner(tuple(sizes), wrong)(keys(key, instances), _ones(sizes)))
+    r = np.asarray(_identity_runner(tuple(sizes), wrong, loss)(keys(key, instances), _ones(sizes)))
     worst = r.max(axis=0)
     out = []
     broken = {
@@ -261,14 +281,17 @@ def table1_identities(
         "SG": "a prop term added",
         "SG+prop": "the prop term dropped",
     }
+    tag, lname = ("", "MSE") if loss == "mse" else ("xent/", "softmax cross-entropy")
     for row, w in zip(ROWS, worst):
+        if loss == "xent" and row == "Kickback":
+            continue
         c = at_most(
-            f"table1/{row}: ∂L_SG/∂h = δ̂",
+            f"table1/{tag}{row}: ∂L_SG/∂h = δ̂",
             "Table 1",
             w,
             1e-12,
             instances,
-            f"max abs error over all boundaries, float64, tanh MLP {sizes}, MSE; rule "
+            f"max abs error over all boundaries, float64, tanh MLP {sizes}, {lname}; rule "
             "signals from sgjax.rules vs jax.grad of a perturbation at h_i (Bprop, and "
             "∂ℓ/∂p of every row) and a hand-written hA + yB + C (SG rows)",
         )
