@@ -238,7 +238,7 @@ def corollary1(
         gaps, iters, eps_ratio = gaps[ok], iters[ok], eps_ratio[ok]
         kept = (
             f"; judged on the {int(ok.sum())}/{instances} instances where plain backprop "
-            f"(same ε, cap) reaches {10 * stop:g} (it stalls on the others)"
+            f"(same ε, cap) reaches {10 * stop:g}"
         )
         if not ok.any():
             raise RuntimeError("plain backprop converged on no instance: the set-up is broken")
