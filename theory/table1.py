@@ -87,7 +87,7 @@ def _identity_one(
     key: jax.Array,
     one: tuple[jax.Array, ...],
     sizes: tuple[int, ...],
-    wrong: bool,
+    wrong: jax.Array,
     loss_name: str = "mse",
 ) -> jax.Array:
     """Max abs error of each Table 1 row at every hidden boundary (one random problem).
@@ -113,7 +113,7 @@ def _identity_one(
     ref = _ref_signals(list(params), x, y_vec, loss_name)  # per-example ∂ℓ/∂h_i, i = 1..N
     hs = net.hidden(params, x)
     e = ref[-1]  # ∂ℓ/∂p = p − y
-    sign = -1.0 if wrong else 1.0
+    sign = jnp.where(wrong, -1.0, 1.0)
 
     def table_signal(h: jax.Array, t: jax.Array, sg, l_sg) -> jax.Array:
         # ∂/∂h of L_SG(stop_grad(t), SG(h)), summed over the batch (per-example rows).
@@ -154,16 +154,16 @@ def _identity_one(
         h = hs[i]
         got = table_signal(h, sign * -ref[i - 1], lambda hh: hh, neg_inner)
         errs["Bprop"].append(jnp.max(jnp.abs(got - bp[i - 1])))
-        B = rand_like(i, st.fixed[i - 1]) if wrong else st.fixed[i - 1]
+        B = jnp.where(wrong, rand_like(i, st.fixed[i - 1]), st.fixed[i - 1])
         got = table_signal(h, -e, lambda hh, A=B.T: hh @ A, neg_inner)
         errs["DFA"].append(jnp.max(jnp.abs(got - dfa[i - 1])))
-        ones = -one[i - 1] if wrong else one[i - 1]
+        ones = jnp.where(wrong, -one[i - 1], one[i - 1])
         got = table_signal(h, -e, lambda hh, A=ones: hh @ A, neg_inner)
         errs["Kickback"].append(jnp.max(jnp.abs(got - kb[i - 1])))
         # FA: g = h W_(i+1) + b of the next stage; ∂ℓ/∂g from FA's own signal above.
         g = h @ params[i]["W"] + params[i]["b"]
         act = (1 - jnp.tanh(g) ** 2) if i + 1 < net.depth else jnp.ones_like(g)
-        Bf = rand_like(30 + i, fst.fixed[i - 1]) if wrong else fst.fixed[i - 1]
+        Bf = jnp.where(wrong, rand_like(30 + i, fst.fixed[i - 1]), fst.fixed[i - 1])
         got = table_signal(h, -(fa[i] * act), lambda hh, A=Bf.T: hh @ A, neg_inner)
         errs["FA"].append(jnp.max(jnp.abs(got - fa[i - 1])))
     # SG and SG + prop: s = hA + yB + C written out, L_SG = ‖t − s‖², t the
@@ -181,7 +181,7 @@ def _identity_one(
             th = thetas[i - 1]
             s = h @ th["A"] + y_vec @ th["B"] + th["C"]
             prop = 2.0 * (s - t) @ th["A"].T
-            a_used = (alpha - a) if wrong else a  # control: prop term where there is none
+            a_used = jnp.where(wrong, alpha - a, a)  # control: prop term where there is none
             errs[row].append(jnp.max(jnp.abs(s + a_used * prop - sig[i - 1])))
     return jnp.stack([jnp.max(jnp.stack(errs[r])) for r in ROWS])
 
@@ -200,16 +200,16 @@ def _maxdiff(a: object, b: object) -> jax.Array:
 
 
 def _trajectories_one(
-    key: jax.Array, one: tuple[jax.Array, ...], sizes: tuple[int, ...], random_B: bool
+    key: jax.Array, one: tuple[jax.Array, ...], sizes: tuple[int, ...], random_B: jax.Array
 ) -> jax.Array:
     net, params, x, y = _problem(key, 16, sizes)
     y_vec = jax.nn.one_hot(y, net.out_dim, dtype=x.dtype)
     kb = _sgd(rules.kickback(), rules.RuleState(), net, params, x, y, 100)
     shapes = [(net.out_dim, s.out_shape[0]) for s in net.stages[:-1]]
-    if random_B:
-        Bs = [jax.random.normal(jax.random.fold_in(key, i), s) for i, s in enumerate(shapes)]
-    else:
-        Bs = [o.T for o in one]
+    Bs = [
+        jnp.where(random_B, jax.random.normal(jax.random.fold_in(key, i), s), o.T)
+        for i, (s, o) in enumerate(zip(shapes, one))
+    ]
     dfa_rule = rules.direct_feedback_alignment(B=Bs)
     dfa = _sgd(dfa_rule, dfa_rule.init(key, net), net, params, x, y, 100)
     kick_vs_dfa = _maxdiff(kb, dfa)
@@ -231,8 +231,11 @@ def _ones(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
 
 
 @functools.cache
-def _identity_runner(sizes: tuple[int, ...], wrong: bool, loss: str = "mse"):
-    return jax.jit(jax.vmap(lambda k, one: _identity_one(k, one, sizes, wrong, loss), (0, None)))
+def _identity_runner(sizes: tuple[int, ...], loss: str = "mse"):
+    # ``wrong`` is traced: a row and its control share one compiled program.
+    return jax.jit(
+        jax.vmap(lambda k, one, wrong: _identity_one(k, one, sizes, wrong, loss), (0, None, None))
+    )
 
 
 @x64
@@ -270,7 +273,9 @@ def table1_identities(
     if loss not in ("mse", "xent"):
         raise ValueError(f"`loss` must be 'mse' or 'xent', got {loss!r}")
     # The ones enter as arrays: see the XLA note above.
-    r = np.asarray(_identity_runner(tuple(sizes), wrong, loss)(keys(key, instances), _ones(sizes)))
+    r = np.asarray(
+        _identity_runner(tuple(sizes), loss)(keys(key, instances), _ones(sizes), jnp.bool_(wrong))
+    )
     worst = r.max(axis=0)
     out = []
     broken = {
@@ -300,8 +305,11 @@ def table1_identities(
 
 
 @functools.cache
-def _trajectory_runner(sizes: tuple[int, ...], random_B: bool):
-    return jax.jit(jax.vmap(lambda k, one: _trajectories_one(k, one, sizes, random_B), (0, None)))
+def _trajectory_runner(sizes: tuple[int, ...]):
+    # ``random_B`` is traced: the claim and its control share one compiled program.
+    return jax.jit(
+        jax.vmap(lambda k, one, rb: _trajectories_one(k, one, sizes, rb), (0, None, None))
+    )
 
 
 @x64
@@ -314,8 +322,8 @@ def table1_trajectories(
         >>> [c.passed for c in table1_trajectories(jax.random.key(0), 1)]
         [True, True]
     """
-    runner = _trajectory_runner(tuple(sizes), random_B)
-    r = jnp.max(runner(keys(key, instances), _ones(sizes)), axis=0)
+    runner = _trajectory_runner(tuple(sizes))
+    r = jnp.max(runner(keys(key, instances), _ones(sizes), jnp.bool_(random_B)), axis=0)
     kick = at_most(
         "table1/kickback≡DFA(B=1)",
         "Table 1",
