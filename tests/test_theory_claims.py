@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import jax
+import numpy as np
 from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ from theory import (
     theorem1,
 )
 from theory.record import Claim
+from theory.registry import COR1_BOTTLENECK
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -156,6 +158,25 @@ def test_corollary1_bottleneck_needs_the_label() -> None:
     )  # fmt: skip
 
 
+def test_corollary1_backtracking_breaks_a_period_2_cycle() -> None:
+    """Issue 11: at a fixed ε = 0.05, bottleneck instance 102 of `verify --thorough
+    --claims cor1` (160 instances) locked into a period-2 cycle 0.37 / 0.51 above OLS
+    while backprop converged. With the backtracking ε it reaches OLS (and 100–103 too)."""
+    key = jax.random.split(jax.random.fold_in(jax.random.key(0), 0), 4)[1]
+    n, k, o, width, depth, j = sizes = (32, 6, 2, 3, 4, 2)
+    layers, X, Y, L_opt = corollary1._instances(key, 160, n, k, o, width, depth)
+    pick = slice(100, 104)
+    with jax.enable_x64(True):  # as corollary1.run does
+        r = np.asarray(corollary1._runner(j, 1)(
+            [(W[pick], b[pick]) for W, b in layers], X[pick], Y[pick], L_opt[pick],
+            20_000, 1e-6, 0.05, corollary1.MODES["gated"], 1.0,
+        ))  # fmt: skip
+    gaps, eps_ratio = r[:, 0], r[:, 2]
+    assert (gaps <= 1e-6).all(), gaps
+    assert eps_ratio[2] < 1  # instance 102 needed the halving
+    assert sizes == COR1_BOTTLENECK  # the shape the verify row uses
+
+
 @settings(max_examples=examples(3))
 @given(seed=seeds, skew=st.floats(0.05, 1.0, allow_subnormal=False))
 def test_implied_loss_and_skew_control(seed: int, skew: float) -> None:
@@ -184,6 +205,18 @@ def test_table1_rows_through_rules_and_broken_rows(seed: int) -> None:
     _controls_fail(bad)
     assert len(bad) == 6  # every row has its own control
     _controls_fail(table1.table1_trajectories(key, 2, random_B=True))
+
+
+def test_table1_rows_under_cross_entropy_and_broken_rows() -> None:
+    """Every rule but Kickback under softmax cross-entropy (reference: jax.grad of a
+    hand-written −Σ y log softmax); catches a wrong xent output gradient."""
+    key = jax.random.key(11)
+    ok = table1.table1_identities(key, 2, loss="xent")
+    _all_pass(ok)
+    assert [r.name.split("/")[2].split(":")[0] for r in ok] == [
+        "Bprop", "DFA", "FA", "SG", "SG+prop",
+    ]  # fmt: skip
+    # The broken-row controls are the MSE ones' (tested above); verify runs them on xent.
 
 
 def test_table1_kickback_at_39_instances_xla_regression() -> None:

@@ -140,9 +140,13 @@ def _sg_prop_alone(key: jax.Array, n: int, thorough: bool = False) -> list[Claim
 
 def _table1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
     k1, k2, k3, k4 = jax.random.split(key, 4)
+    k5, k6 = jax.random.split(jax.random.fold_in(key, 5))
     return (
         table1.table1_identities(k1, n)
         + table1.table1_identities(k2, n, wrong=True)
+        # Softmax cross-entropy, every row but Kickback (vacuous under xent).
+        + table1.table1_identities(k5, n, loss="xent")
+        + table1.table1_identities(k6, n, wrong=True, loss="xent")
         + table1.table1_trajectories(k3, n)
         + table1.table1_trajectories(k4, n, random_B=True)
     )

@@ -56,16 +56,21 @@ def _ref_stage(theta: dict, h: jax.Array, last: bool) -> jax.Array:
     return z if last else jnp.tanh(z)
 
 
-def _ref_loss(params: list, x: jax.Array, y1h: jax.Array, at: int, eps: jax.Array) -> jax.Array:
+def _ref_loss(
+    params: list, x: jax.Array, y1h: jax.Array, at: int, eps: jax.Array, loss: str = "mse"
+) -> jax.Array:
     h = x
     for i, theta in enumerate(params):
         h = _ref_stage(theta, h, i == len(params) - 1)
         if i + 1 == at:
             h = h + eps
+    if loss == "xent":  # −mean_b Σ_k y_bk log softmax(p_b)_k, written out
+        logp = h - jax.scipy.special.logsumexp(h, axis=1, keepdims=True)
+        return -jnp.mean(jnp.sum(y1h * logp, axis=1))
     return 0.5 * jnp.mean(jnp.sum((h - y1h) ** 2, axis=1))
 
 
-def _ref_signals(params: list, x: jax.Array, y1h: jax.Array) -> list[jax.Array]:
+def _ref_signals(params: list, x: jax.Array, y1h: jax.Array, loss: str = "mse") -> list[jax.Array]:
     """``[∂ℓ_b/∂h_i for i = 1..N]`` by jax.grad of a perturbation at h_i."""
     hs, h = [], x
     for i, theta in enumerate(params):
@@ -73,18 +78,23 @@ def _ref_signals(params: list, x: jax.Array, y1h: jax.Array) -> list[jax.Array]:
         hs.append(h)
     n = x.shape[0]
     return [
-        n * jax.grad(_ref_loss, argnums=4)(params, x, y1h, i + 1, jnp.zeros_like(hs[i]))
+        n * jax.grad(_ref_loss, argnums=4)(params, x, y1h, i + 1, jnp.zeros_like(hs[i]), loss)
         for i in range(len(params))
     ]
 
 
 def _identity_one(
-    key: jax.Array, one: tuple[jax.Array, ...], sizes: tuple[int, ...], wrong: bool
+    key: jax.Array,
+    one: tuple[jax.Array, ...],
+    sizes: tuple[int, ...],
+    wrong: jax.Array,
+    loss_name: str = "mse",
 ) -> jax.Array:
     """Max abs error of each Table 1 row at every hidden boundary (one random problem).
 
-    The loss is MSE: with softmax cross-entropy Kickback's signal Σ_k ∂ℓ/∂p_k is
-    identically 0, and every Kickback row would pass for any feedback matrix.
+    The loss is MSE (``loss_name="mse"``): with softmax cross-entropy Kickback's
+    signal Σ_k ∂ℓ/∂p_k is identically 0, and every Kickback row would pass for any
+    feedback matrix; ``"xent"`` is for the other rows.
     References are independent of the library's sweep: ∂ℓ/∂h_i by jax.grad of a
     perturbation at h_i (:func:`_ref_signals`), the SG as a hand-written ``hA + yB + C``
     and its prop term as ``2(s − t)Aᵀ``. ``one`` holds Kickback's matrices of ones
@@ -98,12 +108,12 @@ def _identity_one(
     without its prop term.
     """
     net, params, x, y = _problem(key, 16, sizes)
-    loss = losses.mse
+    loss = {"mse": losses.mse, "xent": losses.softmax_cross_entropy}[loss_name]
     y_vec = jax.nn.one_hot(y, net.out_dim, dtype=x.dtype)
-    ref = _ref_signals(list(params), x, y_vec)  # per-example ∂ℓ/∂h_i, i = 1..N
+    ref = _ref_signals(list(params), x, y_vec, loss_name)  # per-example ∂ℓ/∂h_i, i = 1..N
     hs = net.hidden(params, x)
     e = ref[-1]  # ∂ℓ/∂p = p − y
-    sign = -1.0 if wrong else 1.0
+    sign = jnp.where(wrong, -1.0, 1.0)
 
     def table_signal(h: jax.Array, t: jax.Array, sg, l_sg) -> jax.Array:
         # ∂/∂h of L_SG(stop_grad(t), SG(h)), summed over the batch (per-example rows).
@@ -144,16 +154,16 @@ def _identity_one(
         h = hs[i]
         got = table_signal(h, sign * -ref[i - 1], lambda hh: hh, neg_inner)
         errs["Bprop"].append(jnp.max(jnp.abs(got - bp[i - 1])))
-        B = rand_like(i, st.fixed[i - 1]) if wrong else st.fixed[i - 1]
+        B = jnp.where(wrong, rand_like(i, st.fixed[i - 1]), st.fixed[i - 1])
         got = table_signal(h, -e, lambda hh, A=B.T: hh @ A, neg_inner)
         errs["DFA"].append(jnp.max(jnp.abs(got - dfa[i - 1])))
-        ones = -one[i - 1] if wrong else one[i - 1]
+        ones = jnp.where(wrong, -one[i - 1], one[i - 1])
         got = table_signal(h, -e, lambda hh, A=ones: hh @ A, neg_inner)
         errs["Kickback"].append(jnp.max(jnp.abs(got - kb[i - 1])))
         # FA: g = h W_(i+1) + b of the next stage; ∂ℓ/∂g from FA's own signal above.
         g = h @ params[i]["W"] + params[i]["b"]
         act = (1 - jnp.tanh(g) ** 2) if i + 1 < net.depth else jnp.ones_like(g)
-        Bf = rand_like(30 + i, fst.fixed[i - 1]) if wrong else fst.fixed[i - 1]
+        Bf = jnp.where(wrong, rand_like(30 + i, fst.fixed[i - 1]), fst.fixed[i - 1])
         got = table_signal(h, -(fa[i] * act), lambda hh, A=Bf.T: hh @ A, neg_inner)
         errs["FA"].append(jnp.max(jnp.abs(got - fa[i - 1])))
     # SG and SG + prop: s = hA + yB + C written out, L_SG = ‖t − s‖², t the
@@ -171,7 +181,7 @@ def _identity_one(
             th = thetas[i - 1]
             s = h @ th["A"] + y_vec @ th["B"] + th["C"]
             prop = 2.0 * (s - t) @ th["A"].T
-            a_used = (alpha - a) if wrong else a  # control: prop term where there is none
+            a_used = jnp.where(wrong, alpha - a, a)  # control: prop term where there is none
             errs[row].append(jnp.max(jnp.abs(s + a_used * prop - sig[i - 1])))
     return jnp.stack([jnp.max(jnp.stack(errs[r])) for r in ROWS])
 
@@ -190,16 +200,16 @@ def _maxdiff(a: object, b: object) -> jax.Array:
 
 
 def _trajectories_one(
-    key: jax.Array, one: tuple[jax.Array, ...], sizes: tuple[int, ...], random_B: bool
+    key: jax.Array, one: tuple[jax.Array, ...], sizes: tuple[int, ...], random_B: jax.Array
 ) -> jax.Array:
     net, params, x, y = _problem(key, 16, sizes)
     y_vec = jax.nn.one_hot(y, net.out_dim, dtype=x.dtype)
     kb = _sgd(rules.kickback(), rules.RuleState(), net, params, x, y, 100)
     shapes = [(net.out_dim, s.out_shape[0]) for s in net.stages[:-1]]
-    if random_B:
-        Bs = [jax.random.normal(jax.random.fold_in(key, i), s) for i, s in enumerate(shapes)]
-    else:
-        Bs = [o.T for o in one]
+    Bs = [
+        jnp.where(random_B, jax.random.normal(jax.random.fold_in(key, i), s), o.T)
+        for i, (s, o) in enumerate(zip(shapes, one))
+    ]
     dfa_rule = rules.direct_feedback_alignment(B=Bs)
     dfa = _sgd(dfa_rule, dfa_rule.init(key, net), net, params, x, y, 100)
     kick_vs_dfa = _maxdiff(kb, dfa)
@@ -221,19 +231,30 @@ def _ones(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
 
 
 @functools.cache
-def _identity_runner(sizes: tuple[int, ...], wrong: bool):
-    return jax.jit(jax.vmap(lambda k, one: _identity_one(k, one, sizes, wrong), (0, None)))
+def _identity_runner(sizes: tuple[int, ...], loss: str = "mse"):
+    # ``wrong`` is traced: a row and its control share one compiled program.
+    return jax.jit(
+        jax.vmap(lambda k, one, wrong: _identity_one(k, one, sizes, wrong, loss), (0, None, None))
+    )
 
 
 @x64
 def table1_identities(
-    key: jax.Array, instances: int, *, wrong: bool = False, sizes: tuple[int, ...] = (5, 7, 6, 3)
+    key: jax.Array,
+    instances: int,
+    *,
+    wrong: bool = False,
+    sizes: tuple[int, ...] = (5, 7, 6, 3),
+    loss: str = "mse",
 ) -> list[Claim]:
     """Item 19: autograd of L_SG(stop_grad(t), SG(h)) equals each rule's signal.
 
     One record per row of Table 1 (Bprop, DFA, Kickback, FA, SG, SG + prop), worst
     absolute error over every boundary and instance, float64, MSE loss.
     ``wrong=True`` checks each row against a broken version of itself (controls).
+    ``loss="xent"``: softmax cross-entropy, every row but Kickback (its signal
+    Σ_k ∂ℓ/∂p_k is identically 0 under cross-entropy: the row could not fail); the
+    reference is jax.grad of a hand-written ``−Σ_k y_k (p_k − logsumexp p)``.
 
     XLA note (issue 11, item 13): with the Kickback matrix of ones built as a
     compile-time constant, XLA:CPU (jax/jaxlib 0.10.2) rewrites ``hh @ ones`` into a
@@ -249,8 +270,12 @@ def table1_identities(
         >>> [c.passed for c in table1_identities(jax.random.key(0), 1)]
         [True, True, True, True, True, True]
     """
+    if loss not in ("mse", "xent"):
+        raise ValueError(f"`loss` must be 'mse' or 'xent', got {loss!r}")
     # The ones enter as arrays: see the XLA note above.
-    r = np.asarray(_identity_runner(tuple(sizes), wrong)(keys(key, instances), _ones(sizes)))
+    r = np.asarray(
+        _identity_runner(tuple(sizes), loss)(keys(key, instances), _ones(sizes), jnp.bool_(wrong))
+    )
     worst = r.max(axis=0)
     out = []
     broken = {
@@ -261,14 +286,17 @@ def table1_identities(
         "SG": "a prop term added",
         "SG+prop": "the prop term dropped",
     }
+    tag, lname = ("", "MSE") if loss == "mse" else ("xent/", "softmax cross-entropy")
     for row, w in zip(ROWS, worst):
+        if loss == "xent" and row == "Kickback":
+            continue
         c = at_most(
-            f"table1/{row}: ∂L_SG/∂h = δ̂",
+            f"table1/{tag}{row}: ∂L_SG/∂h = δ̂",
             "Table 1",
             w,
             1e-12,
             instances,
-            f"max abs error over all boundaries, float64, tanh MLP {sizes}, MSE; rule "
+            f"max abs error over all boundaries, float64, tanh MLP {sizes}, {lname}; rule "
             "signals from sgjax.rules vs jax.grad of a perturbation at h_i (Bprop, and "
             "∂ℓ/∂p of every row) and a hand-written hA + yB + C (SG rows)",
         )
@@ -277,8 +305,11 @@ def table1_identities(
 
 
 @functools.cache
-def _trajectory_runner(sizes: tuple[int, ...], random_B: bool):
-    return jax.jit(jax.vmap(lambda k, one: _trajectories_one(k, one, sizes, random_B), (0, None)))
+def _trajectory_runner(sizes: tuple[int, ...]):
+    # ``random_B`` is traced: the claim and its control share one compiled program.
+    return jax.jit(
+        jax.vmap(lambda k, one, rb: _trajectories_one(k, one, sizes, rb), (0, None, None))
+    )
 
 
 @x64
@@ -291,8 +322,8 @@ def table1_trajectories(
         >>> [c.passed for c in table1_trajectories(jax.random.key(0), 1)]
         [True, True]
     """
-    runner = _trajectory_runner(tuple(sizes), random_B)
-    r = jnp.max(runner(keys(key, instances), _ones(sizes)), axis=0)
+    runner = _trajectory_runner(tuple(sizes))
+    r = jnp.max(runner(keys(key, instances), _ones(sizes), jnp.bool_(random_B)), axis=0)
     kick = at_most(
         "table1/kickback≡DFA(B=1)",
         "Table 1",
