@@ -94,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         type=_override,
         help="override one setting of the scale (repeatable; tuples comma-separated), e.g. "
-        "--set depths=20 --set activations=relu (fig2, fig3/5/8, fig4, dni-mnist)",
+        "--set depths=20 --set activations=relu (fig2, fig3/5/8, fig4, dni-mnist; "
+        "default: none, the scale's settings)",
     )
     p.add_argument(
         "--aggregate",
@@ -103,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="train nothing: recompute the claims of earlier runs of EXPERIMENT (one per "
         "seed, each DIR holding its results.json and report.md) and write their combined "
-        "verdicts to --out (aggregate.md, verdicts.json)",
+        "verdicts to --out (aggregate.md, verdicts.json); default: off, train and judge",
     )
 
 
