@@ -177,18 +177,25 @@ class MeshRunner(NamedTuple):
     run: Callable[..., tuple[PackedSG, dict[str, jax.Array]]]
 
 
-def _send_message(m: Message, pairs: list[tuple[int, int]]) -> Message:
-    """Send a :class:`Message` as one buffer ``[h | y | valid]`` of shape (B, width + c +
-    1): one collective per tick downwards instead of one per part (on CPU processes each
-    collective costs a round trip; the parts are 0/1 or h's dtype, so the cast is exact).
-    """
-    b, w = m.h.shape
-    c = m.y.shape[1]
-    flag = jnp.broadcast_to(m.valid.astype(m.h.dtype), (b, 1))
-    buf = _send(jnp.concatenate([m.h, m.y.astype(m.h.dtype), flag], axis=1), pairs)
+def _pack_message(m: Message) -> jax.Array:
+    """A :class:`Message` as one buffer ``[h | y | valid]`` of shape (B, width + c + 1), so
+    that it travels in one collective (on CPU processes each collective costs a round
+    trip; the parts are 0/1 or h's dtype, so the cast is exact)."""
+    flag = jnp.broadcast_to(m.valid.astype(m.h.dtype), (m.h.shape[0], 1))
+    return jnp.concatenate([m.h, m.y.astype(m.h.dtype), flag], axis=1)
+
+
+def _unpack_message(buf: jax.Array, like: Message) -> Message:
+    """The inverse of :func:`_pack_message` (shapes and dtypes from ``like``)."""
+    w, c = like.h.shape[1], like.y.shape[1]
     return Message(
-        buf[:, :w], buf[:, w : w + c].astype(m.y.dtype), buf[0, w + c].astype(m.valid.dtype)
+        buf[:, :w], buf[:, w : w + c].astype(like.y.dtype), buf[0, w + c].astype(like.valid.dtype)
     )
+
+
+def _send_message(m: Message, pairs: list[tuple[int, int]]) -> Message:
+    """Send a :class:`Message` in one collective (:func:`_pack_message`)."""
+    return _unpack_message(_send(_pack_message(m), pairs), m)
 
 
 def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
@@ -299,15 +306,10 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
         sends [h | y | valid], device 1 its input gradient, in one buffer of the wider."""
         if n != 2:
             return _send_message(out, down), _send(g_in, up)
-        b, w = out.h.shape
-        c = out.y.shape[1]
-        flag = jnp.broadcast_to(out.valid.astype(out.h.dtype), (b, 1))
-        down_part = jnp.concatenate([out.h, out.y.astype(out.h.dtype), flag], axis=1)
+        w, c = out.h.shape[1], out.y.shape[1]
         up_part = jnp.pad(g_in.astype(out.h.dtype), ((0, 0), (0, c + 1)))
-        got = _send(jnp.where(s == 0, down_part, up_part), [(0, 1), (1, 0)])
-        msg = Message(
-            got[:, :w], got[:, w : w + c].astype(out.y.dtype), got[0, w + c].astype(out.valid.dtype)
-        )
+        got = _send(jnp.where(s == 0, _pack_message(out), up_part), [(0, 1), (1, 0)])
+        msg = _unpack_message(got, out)
         # what ppermute gives a device nothing is sent to: zeros (the first stage's inbox,
         # the last stage's target)
         msg = jax.tree.map(lambda a: jnp.where(s == 0, jnp.zeros_like(a), a), msg)
