@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sgjax.pipeline.compare import run_job
 from sgjax.pipeline.distributed import initialize_from_env, launch
 
 HERE = Path(__file__).resolve().parents[1]
@@ -64,17 +65,6 @@ def _messages_worker(out: str) -> None:
         Path(out).write_text(json.dumps(res))
 
 
-def _one(tmp: Path, tag: str, run: dict, n: int, root: Path, data_dir: str | None) -> dict:
-    spec, out = tmp / f"{tag}.json", tmp / f"{tag}.out.json"
-    spec.write_text(json.dumps({"runs": [run], "out": str(out), "data_dir": data_dir}))
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    launch(
-        [sys.executable, "-m", "sgjax.pipeline.compare", "--worker", str(spec)], n,
-        timeout=300, pin=True, cores=[0] if n == 1 else None, echo=False, env=env,
-    )  # fmt: skip
-    return json.loads(out.read_text())["results"][0]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="512x64", help="WIDTHxMICRO_BATCH (default 512x64)")
@@ -109,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             runs += [(f"sg-pipeline ({k})", "sg-pipeline", 2, v) for k, v in roots.items()]
             for label, method, n, root in runs:
                 run = {**common, "label": label, "method": method}
-                row = _one(tmp, f"{label}{r}".replace(" ", ""), run, n, root, a.data_dir)
+                (row,) = run_job(
+                    [run], n, tmp / f"{label}{r}".replace(" ", "").replace(",", ""),
+                    cores=[0] if n == 1 else None, data_dir=a.data_dir, timeout=300,
+                    env={**os.environ, "PYTHONPATH": str(root)},
+                )  # fmt: skip
                 rows.setdefault(f"{label}: ex/s", []).append(round(row["examples_per_s"]))
                 if method == "sg-pipeline":
                     rows.setdefault(f"{label}: ms/tick", []).append(

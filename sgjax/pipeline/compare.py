@@ -249,6 +249,29 @@ def _worker(spec_path: str) -> None:
         jsonio.write(spec["out"], {"results": results})
 
 
+def run_job(
+    runs: list[dict[str, Any]],
+    n: int,
+    stem: Path,
+    *,
+    pin: bool = True,
+    cores: Sequence[int] | None = None,
+    data_dir: str | None = None,
+    timeout: float = 900.0,
+    env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``runs`` (rows as :func:`compare` builds them) in order in one launched job of
+    ``n`` processes; the spec and results go to ``stem.json`` / ``stem.out.json``.
+    Returns the result rows (process 0's)."""
+    spec, out = stem.with_suffix(".json"), stem.with_suffix(".out.json")
+    spec.write_text(json.dumps({"runs": runs, "out": str(out), "data_dir": data_dir}))
+    launch(
+        [sys.executable, "-m", "sgjax.pipeline.compare", "--worker", str(spec)], n,
+        timeout=timeout, pin=pin, cores=cores, echo=False, env=env,
+    )  # fmt: skip
+    return json.loads(out.read_text())["results"]
+
+
 def compare(
     *,
     sizes: Sequence[int] = (784, 512, 512, 512, 10),
@@ -308,16 +331,12 @@ def compare(
             for layout in sorted({(r["_n"], r["_pin"]) for r in runs}, key=str):
                 batch = [r for r in runs if (r["_n"], r["_pin"]) == layout]
                 n, pin = layout
-                spec = Path(tmp) / f"{part}-{n}-{pin}.json"
-                out = Path(tmp) / f"{part}-{n}-{pin}.out.json"
-                spec.write_text(json.dumps({"runs": batch, "out": str(out), "data_dir": data_dir}))
                 log(f"{part}: {', '.join(r['label'] for r in batch)} ({n} process(es))")
-                launch(
-                    [sys.executable, "-m", "sgjax.pipeline.compare", "--worker", str(spec)],
-                    n, timeout=timeout, pin=pin, cores=cores[:1] if n == 1 and pin else None,
-                    echo=False,
+                rows[part] += run_job(
+                    batch, n, Path(tmp) / f"{part}-{n}-{pin}", pin=pin,
+                    cores=cores[:1] if n == 1 and pin else None, data_dir=data_dir,
+                    timeout=timeout,
                 )  # fmt: skip
-                rows[part] += json.loads(out.read_text())["results"]
     load1 = os.getloadavg()
     wall = time.monotonic() - t0
     log(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; {wall:.0f} s in all")
