@@ -79,6 +79,53 @@ def test_deep_networks_resume_after_an_interruption(tmp_path, mnist_dir):
             np.testing.assert_array_equal(a, b)
 
 
+def test_train_with_snapshots_resumes_mid_run_bit_for_bit(tmp_path):
+    # A run stopped mid-way resumes from its checkpoint and ends in the uninterrupted run's
+    # state and snapshot records, bit for bit (the batches continue where they stopped).
+    from sgjax import nets, rules
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    net, rule = nets.mlp([4, 8, 8, 3]), rules.synthetic_gradients("conditioned", at="all")
+    seen: list[int] = []
+
+    def snap(step, state):
+        seen.append(step)
+        if step == 25 and stop:
+            raise KeyboardInterrupt  # killed between the checkpoints at 20 and 30
+        return {"w": np.asarray(state.params[0]["W"]).copy()}
+
+    def run(path=None, steps=30):
+        return C.train_with_snapshots(
+            net, rule, "xent", C.adam(1e-2, 0.0), x, y, steps=steps, batch_size=16,
+            key=jax.random.key(0), snapshot_at=[0, 5, 15, 25, 30], on_snapshot=snap,
+            checkpoint=path, checkpoint_every=10,
+        )  # fmt: skip
+
+    stop = False
+    ref, ref_rec = run()
+    ck = tmp_path / "net.partial.pkl"
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        run(ck)
+    assert ck.exists()
+    stop, seen[:] = False, []
+    got, rec = run(ck)
+    assert seen == [25, 30]  # resumed at step 20, not from 0
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [r["step"] for r in rec] == [0, 5, 15, 25, 30]
+    for r0, r1 in zip(ref_rec, rec, strict=True):
+        np.testing.assert_array_equal(r0["w"], r1["w"])
+    with pytest.raises(ValueError, match=r"another run: steps: file has 30, this run 40"):
+        run(ck, steps=40)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        C.train_with_snapshots(
+            net, rule, "xent", C.adam(1e-2, 0.0), x, y, steps=3, batch_size=16,
+            key=jax.random.key(0), checkpoint=ck, checkpoint_every=0,
+        )  # fmt: skip
+
+
 @pytest.mark.mnist
 def test_fig3_fig5_fig8_smoke_share_networks(tmp_path, mnist_dir, deep_cache):
     def ctx(name):

@@ -14,6 +14,7 @@ only adds what :func:`sgjax.train.fit` does not do: calling back at chosen steps
 from __future__ import annotations
 
 import math
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -139,28 +141,74 @@ def train_with_snapshots(
     on_snapshot: Callable[[int, train.TrainState], dict] | None = None,
     progress: bool = False,
     desc: str = "",
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 2000,
 ) -> tuple[train.TrainState, list[dict]]:
     """Train with :func:`sgjax.train.loop`, calling ``on_snapshot(step, state)``.
 
     ``snapshot_at`` lists steps (counted after the update, 0 = before training) at which
     the callback runs; its dicts are returned with ``"step"`` added. A non-finite step
     raises :class:`sgjax.train.NonFiniteLossError` as :func:`sgjax.train.fit` does.
+
+    ``checkpoint`` (a file) makes a long run resumable mid-way: every
+    ``checkpoint_every`` steps the state, the snapshot records so far and the run's
+    identity (steps, batch size, seed, rule, the state's shapes) are written to it
+    atomically (a temporary file renamed into place); a call that finds the file resumes
+    from its step — the batches continue where they stopped (:func:`sgjax.train.batches`
+    with ``start``), so the result is the uninterrupted run's, bit for bit. A file from a
+    different run is refused (naming what differs), never silently mixed in. The caller
+    removes the file once the result is stored elsewhere.
     """
     train.check_labels(y, net.out_dim)
+    if checkpoint is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"`checkpoint_every` must be an int >= 1, got {checkpoint_every!r}")
     state = train.init(key, net, rule, optimizer, sg_optimizer)
     step_fn = jax.jit(train.make_step(net, rule, loss, optimizer, sg_optimizer))
     wanted = set(int(s) for s in snapshot_at)
     records: list[dict] = []
+    leaves, treedef = jax.tree.flatten(state)
+    ident = {
+        "steps": int(steps), "batch_size": int(batch_size), "seed": int(seed),
+        "rule": rule.name, "n_train": len(x),
+        "leaves": [(tuple(a.shape), str(a.dtype)) for a in leaves],
+    }  # fmt: skip
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        with Path(checkpoint).open("rb") as f:
+            saved = pickle.load(f)
+        old = saved["ident"]
+        differ = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        if differ:
+            raise ValueError(
+                f"checkpoint {checkpoint} belongs to another run: "
+                + "; ".join(f"{k}: file has {a!r}, this run {b!r}" for k, (a, b) in differ.items())
+                + " — remove the file to start this run from step 0"
+            )
+        state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved["leaves"]])
+        records, start = list(saved["records"]), int(saved["step"])
+
+    def save(i: int, state: train.TrainState) -> None:
+        path = Path(checkpoint)  # type: ignore[arg-type]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"ident": ident, "step": i, "records": to_numpy(records),
+                "leaves": [np.asarray(a) for a in jax.tree.leaves(state)]}  # fmt: skip
+        with tmp.open("wb") as f:
+            pickle.dump(blob, f)
+        os.replace(tmp, path)
 
     def snap(i: int, _metrics: Any, state: train.TrainState) -> None:
         if on_snapshot is not None and i in wanted:
             records.append({"step": i, **on_snapshot(i, state)})
+        if checkpoint is not None and 0 < i < steps and i % checkpoint_every == 0:
+            save(i, state)
 
-    snap(0, None, state)
+    if start == 0:
+        snap(0, None, state)
     state = train.loop(
         step_fn,
         state,
-        train.batches(x, y, batch_size, seed=seed),
+        train.batches(x, y, batch_size, seed=seed, start=start),
         steps=steps,
         on_step=snap,
         progress=progress,
@@ -253,6 +301,18 @@ def cache_load(ctx: Context, name: str) -> Any | None:
         return None
     with path.open("rb") as f:
         return pickle.load(f)
+
+
+def cache_file(ctx: Context, name: str) -> Path | None:
+    """The cache's file for ``name`` (None without a cache directory)."""
+    return None if ctx.cache_dir is None else Path(ctx.cache_dir) / f"{name}.pkl"
+
+
+def cache_drop(ctx: Context, name: str) -> None:
+    """Remove ``name`` from the cache if it is there (e.g. a finished run's checkpoint)."""
+    path = cache_file(ctx, name)
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def cache_save(ctx: Context, name: str, obj: Any) -> None:

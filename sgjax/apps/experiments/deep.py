@@ -185,9 +185,13 @@ def trained_networks(ctx: C.Context) -> dict:
             on_snapshot=on_snapshot,
             progress=ctx.progress,
             desc=f"deep {method}",
+            # mid-network too: a 100k-step network takes most of an hour on one core
+            checkpoint=C.cache_file(ctx, f"{name}-{method}.partial"),
+            checkpoint_every=2000,
         )
         out["methods"][method] = {"params": C.to_numpy(state.params), "log": recs}
         C.cache_save(ctx, f"{name}-{method}", out["methods"][method])
+        C.cache_drop(ctx, f"{name}-{method}.partial")
     if every:
         C.cache_save(ctx, name, out)
     return out
