@@ -8,7 +8,7 @@ with another checkout's (e.g. a worktree of an older commit), side by side — a
 every round and the medians. ``--messages`` instead times the messages alone: two one-way
 ``ppermute`` per tick against one swap, over widths, in R fresh 2-process launches.
 
-    python scripts/bench_pipeline_repeats.py --size 512x64 --rounds 3
+    python scripts/bench_pipeline_repeats.py --size 512x64 --rounds 3 --spmd
     python scripts/bench_pipeline_repeats.py --size 512x64 --other-root ../old-checkout
     python scripts/bench_pipeline_repeats.py --messages --rounds 3
 """
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="training time per launch")
     p.add_argument("--other-root", type=Path, default=None, help="a second checkout to compare")
     p.add_argument("--messages", action="store_true", help="time the messages alone")
+    p.add_argument(
+        "--spmd", action="store_true", help="also run the SG pipeline as one SPMD program"
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -95,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                   "eval_every": None}  # fmt: skip
         rows: dict[str, list[float]] = {}
         for r in range(a.rounds):
-            runs = [("sg, 1 core", "sg", 1, HERE)]
-            runs += [(f"sg-pipeline ({k})", "sg-pipeline", 2, v) for k, v in roots.items()]
-            for label, method, n, root in runs:
-                run = {**common, "label": label, "method": method}
+            runs = [("sg, 1 core", "sg", 1, HERE, "auto")]
+            runs += [(f"sg-pipeline ({k})", "sg-pipeline", 2, v, "auto") for k, v in roots.items()]
+            if a.spmd:  # this checkout's one-SPMD-program runner, side by side
+                runs += [("sg-pipeline (this, SPMD)", "sg-pipeline", 2, HERE, "mesh")]
+            for label, method, n, root, runner in runs:
+                run = {**common, "label": label, "method": method, "sg_runner": runner}
                 (row,) = run_job(
                     [run], n, tmp / f"{label}{r}".replace(" ", "").replace(",", ""),
                     cores=[0] if n == 1 else None, data_dir=a.data_dir, timeout=300,

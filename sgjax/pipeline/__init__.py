@@ -75,6 +75,8 @@ The package, along its seams (each module imports only those above it):
 * :mod:`~sgjax.pipeline.packing` — per-stage state as padded flat vectors;
 * :mod:`~sgjax.pipeline.stages` — configuration, state and the per-stage work of a tick;
 * :mod:`~sgjax.pipeline.sg` — the SG schedule: reference loop, mesh runner, flush;
+* :mod:`~sgjax.pipeline.per_process` — the SG schedule with one process per stage, each
+  running only its own stage's compiled tick (no ``lax.switch``, no packed state);
 * :mod:`~sgjax.pipeline.gpipe` — the GPipe baseline;
 * :mod:`~sgjax.pipeline.dataparallel` — the data-parallel baseline;
 * :mod:`~sgjax.pipeline.loop` — :func:`train_pipelined`;
@@ -102,6 +104,7 @@ from sgjax.pipeline.distributed import LaunchError, LaunchResult, initialize_fro
 from sgjax.pipeline.gpipe import BPState, GPipeRunner, PackedBP, gpipe_on_mesh, init_bp
 from sgjax.pipeline.loop import MESH_METHODS, METHODS, PipelineNonFiniteError, train_pipelined
 from sgjax.pipeline.mesh import AXIS, make_mesh
+from sgjax.pipeline.per_process import LocalSG, sg_per_process
 from sgjax.pipeline.sg import MeshRunner, PackedSG, flush, sg_on_mesh, sg_reference
 from sgjax.pipeline.stages import Message, SGPipeline, SGState, init_sg, sg_pipeline
 
@@ -114,6 +117,7 @@ __all__ = [
     "GPipeRunner",
     "LaunchError",
     "LaunchResult",
+    "LocalSG",
     "MeshRunner",
     "Message",
     "PackedBP",
@@ -131,6 +135,7 @@ __all__ = [
     "launch",
     "make_mesh",
     "sg_on_mesh",
+    "sg_per_process",
     "sg_pipeline",
     "sg_reference",
     "train_pipelined",

@@ -45,8 +45,11 @@ CONTENDERS = (
     ("backprop, 1 process, all cores", "backprop", 1, False),
     ("data-parallel", "data-parallel", None, True),
     ("gpipe", "gpipe", None, True),
-    ("sg-pipeline", "sg-pipeline", None, True),
+    ("sg-pipeline", "sg-pipeline", None, True),  # per process: each its stage's program
+    ("sg-pipeline, one SPMD program", "sg-pipeline", None, True),  # sg_on_mesh
 )
+#: the SG pipeline's runner per contender label (train_pipelined's ``sg_runner``)
+RUNNERS = {"sg-pipeline": "auto", "sg-pipeline, one SPMD program": "mesh"}
 
 
 def balanced_net(sizes: Sequence[int], n_stages: int) -> Any:
@@ -227,6 +230,7 @@ def _worker(spec_path: str) -> None:
             micro_batches=run["micro_batches"], lr=run["lr"], sg_lr=run["lr"], mesh=mesh,
             x_test=ds.x_test if run["eval_every"] else None, y_test=ds.y_test,
             eval_every=run["eval_every"], target_accuracy=run.get("target"),
+            sg_runner=run.get("sg_runner", "auto"),
         )  # fmt: skip
         r.pop("params")
         r.update(label=run["label"], processes=jax.process_count(), sizes=run["sizes"])
@@ -310,7 +314,7 @@ def compare(
         {**common, "label": label, "method": method, "sizes": list(sizes),
          "stages": processes,
          "seconds": seconds, "eval_every": eval_every, "target": target,
-         "_n": n or processes, "_pin": pin}
+         "_n": n or processes, "_pin": pin, "sg_runner": RUNNERS.get(label, "auto")}
         for label, method, n, pin in CONTENDERS
     ]  # fmt: skip
     sweep_runs: list[dict[str, Any]] = [

@@ -21,12 +21,16 @@ from sgjax.nets import Network
 from sgjax.pipeline.dataparallel import dp_on_mesh
 from sgjax.pipeline.gpipe import gpipe_on_mesh, init_bp
 from sgjax.pipeline.mesh import _agree, _check_count, make_mesh
+from sgjax.pipeline.per_process import sg_per_process
 from sgjax.pipeline.sg import flush, sg_on_mesh
 from sgjax.pipeline.stages import init_sg, sg_pipeline
 
 METHODS = ("sg-pipeline", "gpipe", "data-parallel", "backprop", "sg")
 #: the methods that run on a mesh (the others on one device)
 MESH_METHODS = ("sg-pipeline", "gpipe", "data-parallel")
+
+#: how :func:`train_pipelined` runs the SG pipeline on a mesh
+SG_RUNNERS = ("auto", "mesh", "per-process")
 
 
 class PipelineNonFiniteError(FloatingPointError):
@@ -99,6 +103,7 @@ def train_pipelined(
     y_test: Any = None,
     eval_every: int | None = None,
     target_accuracy: float | None = None,
+    sg_runner: str = "auto",
 ) -> dict[str, Any]:
     """Train ``net`` with a pipeline (or a baseline) and report the result.
 
@@ -128,6 +133,12 @@ def train_pipelined(
             evaluation is not counted in ``seconds``).
         target_accuracy: with ``eval_every``, also stop after the first evaluation that
             reaches this test accuracy.
+        sg_runner: how the SG pipeline runs on the mesh: ``"mesh"`` (:func:`sg_on_mesh`,
+            one SPMD program), ``"per-process"`` (:func:`sg_per_process`, each process
+            its own stage's program; needs one mesh device per process) or ``"auto"``
+            (per-process when every process holds exactly one mesh device and there is
+            more than one process, else mesh). Same results; the result's
+            ``sg_runner`` says which ran.
 
     Returns:
         A dict with ``method``, ``stages``, ``batch_size``, ``micro_batches_seen``,
@@ -155,6 +166,10 @@ def train_pipelined(
     """
     if method not in METHODS:
         raise ValueError(f"train_pipelined: `method` must be one of {METHODS}, got {method!r}")
+    if sg_runner not in SG_RUNNERS:
+        raise ValueError(
+            f"train_pipelined: `sg_runner` must be one of {SG_RUNNERS}, got {sg_runner!r}"
+        )
     if steps is None and seconds is None:
         raise ValueError("train_pipelined: give `steps`, `seconds` or both")
     if steps is not None:
@@ -189,9 +204,13 @@ def train_pipelined(
     params_of: Callable[[Any], Any]  # a state -> its parameters
     if method == "sg-pipeline":
         pipe = sg_pipeline(net, loss, opt, sg_opt, estimator=estimator)
-        sg_runner = sg_on_mesh(pipe, mesh or make_mesh(net.depth), batch_size=batch_size)
-        state, call = sg_runner.pack(init_sg(pipe, key, batch_size=batch_size)), sg_runner.run
-        params_of = lambda st: sg_runner.unpack(st).params  # noqa: E731
+        sg_mesh = mesh or make_mesh(net.depth)
+        if sg_runner == "auto":
+            sg_runner = "per-process" if _one_device_per_process(sg_mesh) else "mesh"
+        bind = sg_per_process if sg_runner == "per-process" else sg_on_mesh
+        runner = bind(pipe, sg_mesh, batch_size=batch_size)
+        state, call = runner.pack(init_sg(pipe, key, batch_size=batch_size)), runner.run
+        params_of = lambda st: runner.unpack(st).params  # noqa: E731
     elif method == "gpipe":
         gp_mesh = mesh or make_mesh(net.depth)
         gp = gpipe_on_mesh(
@@ -270,11 +289,19 @@ def train_pipelined(
     }
     if method == "gpipe":
         out["micro_batches"] = micro_batches
+    if method == "sg-pipeline":
+        out["sg_runner"] = sg_runner
     if x_test is not None:
         ev = evaluate(out["params"])
         out["test_accuracy"], out["test_loss"] = ev["accuracy"], ev["loss"]
         out["curve"] = curve
     return out
+
+
+def _one_device_per_process(mesh: Mesh) -> bool:
+    """More than one process, and each holds exactly one device of ``mesh``."""
+    owners = [d.process_index for d in mesh.devices.flat]
+    return jax.process_count() > 1 and sorted(owners) == list(range(jax.process_count()))
 
 
 def _named(ev: dict[str, float]) -> dict[str, float]:

@@ -169,12 +169,14 @@ class PackedSG(NamedTuple):
 
 class MeshRunner(NamedTuple):
     """The SG pipeline bound to a mesh: ``pack``/``unpack`` convert between the per-stage
-    state and the device-stacked, padded one that ``run`` (jitted) advances."""
+    state and the runner's own (:class:`PackedSG` for :func:`sg_on_mesh`, the
+    device-stacked, padded state; :class:`~sgjax.pipeline.per_process.LocalSG` for
+    :func:`~sgjax.pipeline.per_process.sg_per_process`), which ``run`` advances."""
 
     mesh: Mesh
-    pack: Callable[[SGState], PackedSG]
-    unpack: Callable[[PackedSG], SGState]
-    run: Callable[..., tuple[PackedSG, dict[str, jax.Array]]]
+    pack: Callable[[SGState], Any]
+    unpack: Callable[[Any], SGState]
+    run: Callable[..., tuple[Any, dict[str, jax.Array]]]
 
 
 def _pack_message(m: Message) -> jax.Array:
@@ -196,6 +198,50 @@ def _unpack_message(buf: jax.Array, like: Message) -> Message:
 def _send_message(m: Message, pairs: list[tuple[int, int]]) -> Message:
     """Send a :class:`Message` in one collective (:func:`_pack_message`)."""
     return _unpack_message(_send(_pack_message(m), pairs), m)
+
+
+def _forward_math(
+    pipe: SGPipeline, s: int, width: int, theta: Any, opt: Any, phi: Any, msg: Message, x: jax.Array
+) -> tuple:
+    """Stage s's forward, signal and update on a device's padded message (stage 0 reads
+    ``x``); returns θ_s, its optimiser state, the padded output and input gradient, loss,
+    accuracy and the finiteness flag. The same code for both mesh runners."""
+    net = pipe.net
+    h = x if s == 0 else _crop_h(msg.h, _in_shape(net, s))  # x is never sent
+    inp = Message(h, msg.y, msg.valid > 0.5)
+    theta, opt, h_out, g_in, loss, acc, ok = _stage_update(pipe, s, theta, opt, phi, inp)
+    # stage 0's input gradient is not computed (nothing consumes it)
+    batch = h_out.shape[0]
+    g_in = jnp.zeros((batch, width), h_out.dtype) if s == 0 else _pad_h(g_in, width)
+    return theta, opt, _pad_h(h_out, width), g_in, loss, acc, ok
+
+
+def _sg_math(
+    pipe: SGPipeline, s: int, phi: Any, sg_opt: Any, prev: Message, target: jax.Array
+) -> tuple:
+    """SG_s's regression on last tick's padded output and the target that came back."""
+    shape = pipe.net.stages[s].out_shape
+    msg = Message(_crop_h(prev.h, shape), prev.y, prev.valid > 0.5)
+    return _sg_update(pipe, phi, sg_opt, msg, _crop_h(target, shape))
+
+
+def _exchange(n: int, s: jax.Array, out: Message, g_in: jax.Array) -> tuple[Message, jax.Array]:
+    """Both messages of a tick (inside a ``shard_map``, ``s`` = the stage index): h_s down,
+    the target for SG_{s-1} up. With two stages they are one swap, so one collective (one
+    round trip between processes): device 0 sends [h | y | valid], device 1 its input
+    gradient, in one buffer of the wider."""
+    if n != 2:
+        down = [(i, i + 1) for i in range(n - 1)]
+        up = [(i + 1, i) for i in range(n - 1)]
+        return _send_message(out, down), _send(g_in, up)
+    w, c = out.h.shape[1], out.y.shape[1]
+    up_part = jnp.pad(g_in.astype(out.h.dtype), ((0, 0), (0, c + 1)))
+    got = _send(jnp.where(s == 0, _pack_message(out), up_part), [(0, 1), (1, 0)])
+    msg = _unpack_message(got, out)
+    # what ppermute gives a device nothing is sent to: zeros (the first stage's inbox,
+    # the last stage's target)
+    msg = jax.tree.map(lambda a: jnp.where(s == 0, jnp.zeros_like(a), a), msg)
+    return msg, jnp.where(s == 1, 0.0, got[:, :w]).astype(g_in.dtype)
 
 
 def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
@@ -272,13 +318,11 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     def forward_branch(s: int) -> Callable:
         def branch(flat: Flat, msg: Message, x: jax.Array):
             theta, opt, phi, _ = _unpack(flat, layouts[s])
-            h = x if s == 0 else _crop_h(msg.h, _in_shape(net, s))  # x is never sent
-            inp = Message(h, msg.y, msg.valid > 0.5)
-            theta, opt, h_out, g_in, loss, acc, ok = _stage_update(pipe, s, theta, opt, phi, inp)
+            theta, opt, h_out, g_in, loss, acc, ok = _forward_math(
+                pipe, s, width, theta, opt, phi, msg, x
+            )
             flat = _write(flat, jax.tree.leaves((theta, opt)), layouts[s], 0)
-            # stage 0's input gradient is not computed (nothing consumes it)
-            g_in = jnp.zeros((B, width), h_out.dtype) if s == 0 else _pad_h(g_in, width)
-            return flat, _pad_h(h_out, width), g_in, loss, acc, ok
+            return flat, h_out, g_in, loss, acc, ok
 
         return branch
 
@@ -287,9 +331,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             if s == n - 1:  # the last stage has the true gradient, no module to train
                 return dict(flat), jnp.zeros((), jnp.float32), jnp.ones((), bool)
             theta, opt, phi, sg_opt = _unpack(flat, layouts[s])
-            shape = net.stages[s].out_shape
-            msg = Message(_crop_h(prev.h, shape), prev.y, prev.valid > 0.5)
-            phi, sg_opt, sgl, ok = _sg_update(pipe, phi, sg_opt, msg, _crop_h(target, shape))
+            phi, sg_opt, sgl, ok = _sg_math(pipe, s, phi, sg_opt, prev, target)
             start = len(jax.tree.leaves((theta, opt)))
             return _write(flat, jax.tree.leaves((phi, sg_opt)), layouts[s], start), sgl, ok
 
@@ -297,23 +339,9 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
 
     fwd_branches = [forward_branch(s) for s in range(n)]
     sg_branches = [sg_branch(s) for s in range(n)]
-    down = [(s, s + 1) for s in range(n - 1)]
-    up = [(s + 1, s) for s in range(n - 1)]
 
     def exchange(s: jax.Array, out: Message, g_in: jax.Array) -> tuple[Message, jax.Array]:
-        """Both messages of a tick: h_s down, the target for SG_{s-1} up. With two stages
-        they are one swap, so one collective (one round trip between processes): device 0
-        sends [h | y | valid], device 1 its input gradient, in one buffer of the wider."""
-        if n != 2:
-            return _send_message(out, down), _send(g_in, up)
-        w, c = out.h.shape[1], out.y.shape[1]
-        up_part = jnp.pad(g_in.astype(out.h.dtype), ((0, 0), (0, c + 1)))
-        got = _send(jnp.where(s == 0, _pack_message(out), up_part), [(0, 1), (1, 0)])
-        msg = _unpack_message(got, out)
-        # what ppermute gives a device nothing is sent to: zeros (the first stage's inbox,
-        # the last stage's target)
-        msg = jax.tree.map(lambda a: jnp.where(s == 0, jnp.zeros_like(a), a), msg)
-        return msg, jnp.where(s == 1, 0.0, got[:, :w]).astype(g_in.dtype)
+        return _exchange(n, s, out, g_in)
 
     def device(flat, inbox, prev, tick, xs, ys, valid):
         s = lax.axis_index(AXIS)
