@@ -27,10 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="training budget per contender")
     p.add_argument("--target", type=float, default=0.95, help="test accuracy to reach")
     p.add_argument("--sweep-seconds", type=float, default=5.0)
+    p.add_argument(
+        "--sweep", default="256x32,512x64,1024x128",
+        help="WIDTHxMICRO_BATCH sizes of the sweep, comma-separated (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny sizes and budgets (smoke test)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    try:
+        sweep = tuple(tuple(int(v) for v in item.split("x")) for item in args.sweep.split(","))
+        if any(len(pair) != 2 or min(pair) < 1 for pair in sweep):
+            raise ValueError
+    except ValueError:
+        p.error(f"--sweep: expected WIDTHxMICRO_BATCH[,...] of positive ints, got {args.sweep!r}")
 
     from sgjax.infra import jsonio
     from sgjax.pipeline.compare import compare, format_tables
@@ -38,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs: dict = dict(
         processes=args.processes, batch_size=args.batch_size,
         micro_batches=args.micro_batches, seconds=args.seconds, target=args.target,
-        sweep_seconds=args.sweep_seconds, data_dir=args.data_dir,
+        sweep_seconds=args.sweep_seconds, data_dir=args.data_dir, sweep=sweep,
     )  # fmt: skip
     if args.quick:
         kwargs.update(

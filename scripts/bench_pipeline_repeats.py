@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="512x64", help="WIDTHxMICRO_BATCH (default 512x64)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0, help="training time per launch")
+    p.add_argument("--chunk", type=int, default=50, help="micro-batches per call (default 50)")
     p.add_argument("--other-root", type=Path, default=None, help="a second checkout to compare")
     p.add_argument("--messages", action="store_true", help="time the messages alone")
     p.add_argument(
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         w, b = (int(v) for v in a.size.split("x"))
         roots = {"this": HERE, **({"other": a.other_root.resolve()} if a.other_root else {})}
-        common = {"batch_size": b, "micro_batches": 8, "lr": 1e-3, "chunk": 50,
+        common = {"batch_size": b, "micro_batches": 8, "lr": 1e-3, "chunk": a.chunk,
                   "sizes": [784, w, w, w, 10], "stages": 2, "seconds": a.seconds,
                   "eval_every": None}  # fmt: skip
         rows: dict[str, list[float]] = {}
