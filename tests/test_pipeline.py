@@ -173,6 +173,16 @@ def _child() -> dict:
         out["mismatch"] = "no error"
     except ValueError as e:
         out["mismatch"] = str(e)
+    # One process holding two stages' devices: the per-process runner refuses.
+    try:
+        pipeline.sg_per_process(
+            pipeline.sg_pipeline(_net([6, 5, 3], ["relu", "identity"])),
+            pipeline.make_mesh(2),
+            batch_size=2,
+        )
+        out["per_process_in_one_process"] = "no error"
+    except ValueError as e:
+        out["per_process_in_one_process"] = str(e)
 
     return out
 
@@ -229,6 +239,7 @@ def test_non_finite_updates_stop_the_pipelines_on_four_devices(multi, method):
 
 def test_stage_device_mismatch_is_a_clear_error(multi):
     assert "3 stages but the mesh has 4 devices" in multi["mismatch"]
+    assert "process 0 holds 2 of the mesh's 2 devices" in multi["per_process_in_one_process"]
 
 
 # --------------------------------------------------------------------------------------
@@ -325,10 +336,11 @@ def test_one_stage_mesh_runs_in_process():
     state = pipeline.init_sg(pipe, jax.random.key(0), batch_size=4)
     xs, ys = _stream(1, 3, 4, 5, 3)
     ref, m_ref = pipeline.sg_reference(pipe, state, xs, ys)
-    runner = pipeline.sg_on_mesh(pipe, pipeline.make_mesh(1), batch_size=4)
-    packed, m_mesh = runner.run(runner.pack(state), xs, ys)
-    assert _max_err(runner.unpack(packed), ref) <= 0
-    assert _max_err(m_mesh, m_ref) <= 0
+    for bind in (pipeline.sg_on_mesh, pipeline.sg_per_process):
+        runner = bind(pipe, pipeline.make_mesh(1), batch_size=4)
+        packed, m_mesh = runner.run(runner.pack(state), xs, ys)
+        assert _max_err(runner.unpack(packed), ref) <= 0, bind
+        assert _max_err(m_mesh, m_ref) <= 0, bind
     assert bool(m_ref["done"].all())
 
 
