@@ -86,6 +86,17 @@ def sg_per_process(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunn
     Raises:
         ValueError: if a process holds other than one device of the mesh, or the mesh
             does not have one device per stage.
+
+    Example (one stage, one process — the smallest job; ``sgjax launch`` runs more):
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from sgjax import nets
+        >>> from sgjax.pipeline import init_sg, make_mesh, sg_pipeline
+        >>> pipe = sg_pipeline(nets.mlp([4, 3]), optimizer=optax.sgd(0.1))
+        >>> runner = sg_per_process(pipe, make_mesh(1), batch_size=2)
+        >>> state = runner.pack(init_sg(pipe, jax.random.key(0), batch_size=2))
+        >>> state, m = runner.run(state, jnp.ones((3, 2, 4)), jnp.zeros((3, 2), int))
+        >>> m["done"].tolist(), state.tick
+        ([True, True, True], 3)
     """
     net = pipe.net
     n = _check_mesh(net, mesh)
