@@ -87,6 +87,8 @@ def _job() -> dict:
     state = pipeline.init_sg(pipe, jax.random.key(0), batch_size=batch)
     # three calls: the stream continues across them; the third has empty slots
     valid = [None, None, np.array([1, 1, 0, 1, 0, 0], bool)]
+    xs_nan = xs[0].copy()
+    xs_nan[2, 0, 0] = np.nan
     finals, metrics = {}, {}
     for name, bind in (("mesh", pipeline.sg_on_mesh), ("per-process", pipeline.sg_per_process)):
         runner = bind(pipe, mesh, batch_size=batch)
@@ -95,6 +97,10 @@ def _job() -> dict:
             packed, m = runner.run(packed, xs[c % 2], ys[c % 2], valid[c])
             metrics[name].append(jax.tree.map(np.asarray, m))
         finals[name] = runner.unpack(packed)  # every process takes part (an all-gather)
+        # a fourth call with a NaN input at tick 2: that update must be skipped and flagged
+        packed, m = runner.run(packed, xs_nan, ys[0])
+        metrics[name + "/nan"] = jax.tree.map(np.asarray, m)
+        finals[name + "/nan"] = runner.unpack(packed)
 
     opt = optax.adam(1e-2)
     bp = pipeline.init_bp(net, opt, jax.random.key(1))
@@ -134,9 +140,17 @@ def _job() -> dict:
     for c in range(3):
         ref, m = pipeline.sg_reference(pipe, ref, xs[c % 2], ys[c % 2], valid[c])
         m_ref.append(m)
-    for name in finals:
+    ref_nan, m_nan = pipeline.sg_reference(pipe, ref, xs_nan, ys[0])
+    for name in ("mesh", "per-process"):
         out[f"sg_state_err[{name}]"] = _max_err(finals[name], ref)
         out[f"sg_metrics_err[{name}]"] = _max_err(metrics[name], m_ref)
+        got = metrics[name + "/nan"]
+        out[f"sg_nan_flags_equal[{name}]"] = bool(
+            (got["stage_finite"] == np.asarray(m_nan["stage_finite"])).all()
+            and (got["finite"] == np.asarray(m_nan["finite"])).all()
+        )
+        out[f"sg_nan_flagged[{name}]"] = np.argwhere(~got["stage_finite"]).tolist()
+        out[f"sg_nan_state_err[{name}]"] = _max_err(finals[name + "/nan"], ref_nan)
     out["sg_moved"] = max(float(np.abs(x).max()) for x in jax.tree.leaves(ref.sg_params))
 
     x_all, y_all = xs[0, :3].reshape(15, d_in), ys[0, :3].reshape(15)
@@ -174,6 +188,13 @@ def test_two_process_sg_pipeline_equals_single_device_reference(job, runner):
     assert job["sg_moved"] > 0, "the SG modules never trained: the comparison is vacuous"
     assert job[f"sg_state_err[{runner}]"] <= 0, job
     assert job[f"sg_metrics_err[{runner}]"] <= 0, job
+    # A NaN input at tick 2 of a fourth call: stage 0's update of that tick is flagged and
+    # skipped; its NaN output reaches stage 1 at tick 3 and SG_0's regression on it runs at
+    # the start of tick 3 — both flagged and skipped too. Exactly the reference's flags,
+    # and the state stays the reference's.
+    assert job[f"sg_nan_flagged[{runner}]"] == [[2, 0], [3, 0], [3, 1]], job
+    assert job[f"sg_nan_flags_equal[{runner}]"], job
+    assert job[f"sg_nan_state_err[{runner}]"] <= 0, job
 
 
 def test_train_pipelined_picks_the_per_process_runner_with_one_stage_per_process(job):
