@@ -34,16 +34,19 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sgjax.pipeline.mesh import AXIS, _check_count, _check_mesh, _shard_map, _to_host
-from sgjax.pipeline.packing import _crop_h, _get_stages, _layout, _pack, _sizes, _width
+from sgjax.pipeline.packing import _crop_h, _get_stages, _pack, _width
 from sgjax.pipeline.sg import (
     MeshRunner,
     _exchange,
     _forward_math,
     _pack_message,
     _sg_math,
+    _sg_state,
+    _stage_layouts,
+    _stage_tree,
     _unpack_message,
 )
-from sgjax.pipeline.stages import Message, SGPipeline, SGState, _check_stream, init_sg
+from sgjax.pipeline.stages import Message, SGPipeline, SGState, _check_stream
 
 
 class LocalSG(NamedTuple):
@@ -105,15 +108,7 @@ def sg_per_process(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunn
     width, c, B = _width(net), net.out_dim, batch_size
     K = width + c + 1  # a packed message
     last = s == n - 1
-    dummy = jax.eval_shape(lambda: init_sg(pipe, jax.random.key(0), batch_size=B))
-
-    def stage_tree(st: SGState, i: int) -> tuple:
-        if i < n - 1:
-            return (st.params[i], st.opt_state[i], st.sg_params[i], st.sg_opt_state[i])
-        return (st.params[i], st.opt_state[i], (), ())
-
-    layouts = [_layout(stage_tree(dummy, i)) for i in range(n)]
-    sizes = _sizes(layouts)
+    layouts, sizes = _stage_layouts(pipe, B)
     like = Message(
         jnp.zeros((B, width), jnp.float32), jnp.zeros((B, c), jnp.float32), jnp.zeros(())
     )
@@ -142,7 +137,7 @@ def sg_per_process(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunn
             buf[:, -1] = float(m.valid)
             return buf
 
-        trees = jax.device_put(stage_tree(st, s), dev)
+        trees = jax.device_put(_stage_tree(st, s), dev)
         put = lambda a: jax.device_put(jnp.asarray(a), dev)  # noqa: E731
         return LocalSG(s, trees, put(packed(s - 1)), put(packed(s)), int(st.tick))
 
@@ -158,14 +153,7 @@ def sg_per_process(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunn
             )
             for i in range(n - 1)
         )
-        return SGState(
-            tuple(t[0] for t in trees),
-            tuple(t[1] for t in trees),
-            tuple(t[2] for t in trees[:-1]),
-            tuple(t[3] for t in trees[:-1]),
-            outbox,
-            jnp.asarray(pk.tick, jnp.int32),
-        )
+        return _sg_state(trees, outbox, jnp.asarray(pk.tick, jnp.int32))
 
     def sg_part(trees: tuple, pend: jax.Array, target: jax.Array) -> tuple:
         theta, opt, phi, sg_opt = trees

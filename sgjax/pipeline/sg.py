@@ -244,6 +244,33 @@ def _exchange(n: int, s: jax.Array, out: Message, g_in: jax.Array) -> tuple[Mess
     return msg, jnp.where(s == 1, 0.0, got[:, :w]).astype(g_in.dtype)
 
 
+def _stage_tree(st: SGState, s: int) -> tuple:
+    """Stage s's whole state (θ_s, optimiser state, φ_s, SG optimiser state); φ and its
+    optimiser state are empty for the last stage."""
+    if s < len(st.params) - 1:
+        return (st.params[s], st.opt_state[s], st.sg_params[s], st.sg_opt_state[s])
+    return (st.params[s], st.opt_state[s], (), ())
+
+
+def _stage_layouts(pipe: SGPipeline, batch_size: int) -> tuple[list[Any], dict[str, int]]:
+    """The packing layout of every stage's state and the padded sizes (from shapes only)."""
+    dummy = jax.eval_shape(lambda: init_sg(pipe, jax.random.key(0), batch_size=batch_size))
+    layouts = [_layout(_stage_tree(dummy, s)) for s in range(pipe.net.depth)]
+    return layouts, _sizes(layouts)
+
+
+def _sg_state(trees: list[tuple], outbox: tuple, tick: jax.Array) -> SGState:
+    """An :class:`SGState` from the per-stage trees of :func:`_stage_tree`."""
+    return SGState(
+        tuple(t[0] for t in trees),
+        tuple(t[1] for t in trees),
+        tuple(t[2] for t in trees[:-1]),
+        tuple(t[3] for t in trees[:-1]),
+        outbox,
+        tick,
+    )
+
+
 def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     """Bind the SG pipeline to a 1-D mesh with one device per stage.
 
@@ -264,15 +291,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
     n = _check_mesh(net, mesh)
     _check_count("sg_on_mesh", "batch_size", batch_size)
     width, c, B = _width(net), net.out_dim, batch_size
-    dummy = jax.eval_shape(lambda: init_sg(pipe, jax.random.key(0), batch_size=B))
-
-    def stage_tree(st: SGState, s: int) -> tuple:
-        if s < n - 1:
-            return (st.params[s], st.opt_state[s], st.sg_params[s], st.sg_opt_state[s])
-        return (st.params[s], st.opt_state[s], (), ())
-
-    layouts = [_layout(stage_tree(dummy, s)) for s in range(n)]
-    sizes = _sizes(layouts)
+    layouts, sizes = _stage_layouts(pipe, B)
 
     def pack(st: SGState) -> PackedSG:
         st = jax.device_get(st)
@@ -289,7 +308,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             return Message(*(_put(a, mesh, P(AXIS)) for a in arrays))
 
         return PackedSG(
-            _put_stages([stage_tree(st, s) for s in range(n)], layouts, sizes, mesh),
+            _put_stages([_stage_tree(st, s) for s in range(n)], layouts, sizes, mesh),
             put((shift(h), shift(y), shift(v))),
             put((h, y, v)),
             _put(st.tick, mesh, P()),
@@ -306,14 +325,7 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
             )
             for s in range(n - 1)
         )
-        return SGState(
-            tuple(t[0] for t in trees),
-            tuple(t[1] for t in trees),
-            tuple(t[2] for t in trees[:-1]),
-            tuple(t[3] for t in trees[:-1]),
-            outbox,
-            jnp.asarray(_to_host(pk.tick)),
-        )
+        return _sg_state(trees, outbox, jnp.asarray(_to_host(pk.tick)))
 
     def forward_branch(s: int) -> Callable:
         def branch(flat: Flat, msg: Message, x: jax.Array):
