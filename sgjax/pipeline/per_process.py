@@ -220,7 +220,7 @@ def sg_per_process(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunn
         per = jnp.stack(mets, axis=1)  # (6, T): loss, acc, done, sgl, fwd_ok, sg_ok
         # tick t's SG update ran at the start of tick t + 1 (the last one just above)
         sgl = jnp.concatenate([per[3, 1:], sgl_last[None]])
-        sg_ok = jnp.concatenate([per[4 + 1, 1:] > 0.5, ok_last[None]])
+        sg_ok = jnp.concatenate([per[5, 1:] > 0.5, ok_last[None]])
         local = jnp.stack([per[0], per[1], per[2], sgl, ((per[4] > 0.5) & sg_ok).astype(per.dtype)])
         allm = _gather(local)  # (n, 5, T)
         finished = allm[n - 1, 2] > 0.5  # the last stage's view
