@@ -187,8 +187,7 @@ def train_with_snapshots(
         state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved["leaves"]])
         records, start = list(saved["records"]), int(saved["step"])
 
-    def save(i: int, state: train.TrainState) -> None:
-        path = Path(checkpoint)  # type: ignore[arg-type]
+    def save(path: Path, i: int, state: train.TrainState) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         blob = {"ident": ident, "step": i, "records": to_numpy(records),
@@ -201,7 +200,7 @@ def train_with_snapshots(
         if on_snapshot is not None and i in wanted:
             records.append({"step": i, **on_snapshot(i, state)})
         if checkpoint is not None and 0 < i < steps and i % checkpoint_every == 0:
-            save(i, state)
+            save(Path(checkpoint), i, state)
 
     if start == 0:
         snap(0, None, state)
