@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv if argv else ["--help"])
         return 2
     name = argv[0]
+    from sgjax.infra.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before JAX allocates anything: see the module's docstring
     try:
         module = COMMANDS[name][0]()
         sub = subparsers[name]

@@ -294,7 +294,9 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
     Reads ``SGJAX_COORDINATOR``, ``SGJAX_NUM_PROCESSES``, ``SGJAX_PROCESS_ID`` (and pins
     this process to ``SGJAX_CPUS`` if set); returns False, doing nothing, when
     ``SGJAX_NUM_PROCESSES`` is unset. On CPU it selects gloo for the cross-process
-    collectives. Call it before JAX computes anything (its backends start then).
+    collectives. It also keeps freed memory for reuse
+    (:func:`sgjax.infra.allocator.keep_freed_memory`). Call it before JAX computes
+    anything (its backends start then).
 
     Raises:
         ValueError: an incomplete or malformed environment (naming the variable).
@@ -327,6 +329,9 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
                 f"{ENV_CPUS} must be comma-separated core numbers, got {os.environ[ENV_CPUS]!r}"
             ) from None
         os.sched_setaffinity(0, cores)
+    from sgjax.infra.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a job's step is timed: no per-call page faults (see its docstring)
     import jax
 
     if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):

@@ -1,0 +1,83 @@
+"""Keep freed memory for reuse: the C allocator's settings for a training process.
+
+XLA:CPU takes every call's output and scratch buffers from ``malloc`` and frees them when
+the call is done. glibc's ``malloc`` serves a request of ``M_MMAP_THRESHOLD`` bytes or
+more (128 KiB at start, raised adaptively as such blocks are freed, but never above
+32 MiB) with a fresh ``mmap`` that ``free`` returns to the kernel, and returns the top
+of the heap above ``M_TRIM_THRESHOLD``. Either way the next call's buffers are new pages:
+the kernel faults in and zeroes every 4 KiB page again, on every call. Where that
+happens depends on the sizes and the order of earlier allocations (so on the program,
+and even on the process): measured on the 2-core VM (``docs/performance.md``),
+
+* a pipeline stage of four 1024-wide layers (batch 128, Adam, its state donated): one
+  42 MB scratch buffer above the 32 MiB cap, 10 282 page faults per call, **39–43 ms**
+  per call instead of **20.7–21.7 ms** — the SG pipeline on two processes ran at 0.97×
+  one core instead of …× (see ``docs/pipeline.md``);
+* the bench's SG step (784-256-256-256-10, batch 256): 200–320 page faults per step.
+
+:func:`keep_freed_memory` sets both thresholds to 1 GiB with ``mallopt``, so freed blocks
+stay in the process's heap and the next call reuses them (0 page faults per call in both
+cases). The price is that a process's resident memory does not shrink after a peak —
+what a training process wants. The ``sgjax`` command and every process of a
+:func:`sgjax.pipeline.launch` job call it first thing; a user's own script can call it
+too. ``SGJAX_KEEP_FREED_MEMORY=0`` in the environment turns it off (for a comparison).
+It does nothing on a C library other than glibc (macOS, musl), where it returns False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+ENV = "SGJAX_KEEP_FREED_MEMORY"
+#: mallopt's parameter numbers (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+_applied: dict[str, int] = {}
+
+
+def keep_freed_memory(threshold: int = 1 << 30) -> bool:
+    """Set glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to ``threshold`` bytes.
+
+    Blocks below ``threshold`` are then taken from and returned to the process's heap,
+    never mapped and unmapped per call (see the module's docstring for why and what it
+    buys). Safe to call at any time and more than once; it affects allocations made
+    after the call.
+
+    Returns:
+        True if the settings were applied; False if the C library is not glibc or
+        ``SGJAX_KEEP_FREED_MEMORY=0`` is set (nothing changed).
+
+    Raises:
+        ValueError: ``threshold`` not an int in 1 MiB..2 GiB − 1 (mallopt takes a C int).
+        OSError: glibc refused a setting.
+
+    Example (Linux with glibc):
+        >>> if keep_freed_memory():
+        ...     print(settings())
+        {'M_MMAP_THRESHOLD': 1073741824, 'M_TRIM_THRESHOLD': 1073741824}
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise ValueError(f"`threshold` must be an int (bytes), got {type(threshold).__name__}")
+    if not (1 << 20) <= threshold <= (1 << 31) - 1:
+        raise ValueError(f"`threshold` must be in 1 MiB..2 GiB − 1 bytes, got {threshold}")
+    if os.environ.get(ENV, "1").strip() == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    for name, param in (
+        ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD),
+        ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD),
+    ):
+        if libc.mallopt(param, threshold) != 1:
+            raise OSError(f"mallopt({name}, {threshold}) was refused by the C library")
+        _applied[name] = threshold
+    return True
+
+
+def settings() -> dict[str, int]:
+    """What :func:`keep_freed_memory` set in this process (empty if nothing): recorded
+    next to speed figures, so a comparison says under which allocator settings it ran."""
+    return dict(_applied)
