@@ -22,6 +22,10 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument(
+        "--sizes", default="784,512,512,512,10",
+        help="the MLP of the main table, comma-separated layer sizes (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--micro-batches", type=int, default=8, help="GPipe's M (default 8)")
     p.add_argument("--seconds", type=float, default=30.0, help="training budget per contender")
@@ -29,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-seconds", type=float, default=5.0)
     p.add_argument(
         "--sweep", default="256x32,512x64,1024x128",
-        help="WIDTHxMICRO_BATCH sizes of the sweep, comma-separated (default: %(default)s)",
+        help="WIDTHxMICRO_BATCH[xHIDDEN_LAYERS] points of the sweep (3 hidden layers unless "
+        "given), comma-separated (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny sizes and budgets (smoke test)")
     p.add_argument("--data-dir", default=None)
@@ -37,16 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         sweep = tuple(tuple(int(v) for v in item.split("x")) for item in args.sweep.split(","))
-        if any(len(pair) != 2 or min(pair) < 1 for pair in sweep):
+        if any(len(point) not in (2, 3) or min(point) < 1 for point in sweep):
             raise ValueError
     except ValueError:
-        p.error(f"--sweep: expected WIDTHxMICRO_BATCH[,...] of positive ints, got {args.sweep!r}")
+        p.error(
+            f"--sweep: expected WIDTHxMICRO_BATCH[xHIDDEN_LAYERS][,...] of positive ints, "
+            f"got {args.sweep!r}"
+        )
+    try:
+        sizes = tuple(int(v) for v in args.sizes.split(","))
+        if len(sizes) < 3 or min(sizes) < 1 or sizes[0] != 784 or sizes[-1] != 10:
+            raise ValueError
+    except ValueError:
+        p.error(f"--sizes: expected 784,H1,...,10 (positive ints, MNIST), got {args.sizes!r}")
 
     from sgjax.infra import jsonio
     from sgjax.pipeline.compare import compare, format_tables
 
     kwargs: dict = dict(
-        processes=args.processes, batch_size=args.batch_size,
+        sizes=sizes, processes=args.processes, batch_size=args.batch_size,
         micro_batches=args.micro_batches, seconds=args.seconds, target=args.target,
         sweep_seconds=args.sweep_seconds, data_dir=args.data_dir, sweep=sweep,
     )  # fmt: skip

@@ -328,7 +328,7 @@ def test_comparison_time_to_target_and_tables():
     # a micro-batch of 64 takes 64 ms sequentially; the slowest stage plus the messages
     # 31 + 1 ms: the pipeline can be at most 2.00× faster
     assert (
-        "| 64 | 64 | 1000 | 1800 | 1.80 | 10.00 ms | 1.000 ms | 10.0% | 30.00 + 31.00 ms | "
+        "| 64 | 3 | 64 | 1000 | 1800 | 1.80 | 10.00 ms | 1.000 ms | 10.0% | 30.00 + 31.00 ms | "
         "32.00 ms | 2.00 |" in text
     ), text
     assert "bubble bound 1.78×" in text

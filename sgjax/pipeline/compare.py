@@ -213,7 +213,7 @@ def _worker(spec_path: str) -> None:
     initialize_from_env()
     import jax
 
-    from sgjax.infra import data, jsonio
+    from sgjax.infra import allocator, data, jsonio
     from sgjax.pipeline.loop import MESH_METHODS, train_pipelined
     from sgjax.pipeline.mesh import make_mesh
     from sgjax.pipeline.packing import _width
@@ -234,6 +234,7 @@ def _worker(spec_path: str) -> None:
         )  # fmt: skip
         r.pop("params")
         r.update(label=run["label"], processes=jax.process_count(), sizes=run["sizes"])
+        r["allocator"] = allocator.settings()  # under which malloc settings it ran
         r["cpus"] = sorted(os.sched_getaffinity(0))
         if r["examples_per_s"] and r.get("curve") is not None and run.get("target"):
             first = run["micro_batches"] if run["method"] == "gpipe" else run["chunk"]
@@ -251,6 +252,17 @@ def _worker(spec_path: str) -> None:
         results.append(r)
     if jax.process_index() == 0:
         jsonio.write(spec["out"], {"results": results})
+
+
+def _sweep_point(point: Sequence[int]) -> tuple[int, int, int]:
+    """(width, micro-batch) or (width, micro-batch, hidden layers) → the triple."""
+    if len(point) not in (2, 3) or any(int(v) < 1 for v in point):
+        raise ValueError(
+            "sweep: each point must be (width, micro-batch[, hidden layers]) of positive "
+            f"ints, got {tuple(point)}"
+        )
+    w, b, *d = (int(v) for v in point)
+    return w, b, d[0] if d else 3
 
 
 def run_job(
@@ -287,7 +299,7 @@ def compare(
     seconds: float = 30.0,
     eval_every: int = 200,
     chunk: int = 50,
-    sweep: Sequence[tuple[int, int]] = ((256, 32), (512, 64), (1024, 128)),
+    sweep: Sequence[tuple[int, ...]] = ((256, 32), (512, 64), (1024, 128)),
     sweep_seconds: float = 5.0,
     data_dir: str | None = None,
     timeout: float = 900.0,
@@ -298,11 +310,13 @@ def compare(
     ``sizes`` is the MNIST MLP of the main table, split into ``processes`` stages;
     ``seconds`` is each contender's training budget (it stops earlier at ``target``
     test accuracy, evaluated every ``eval_every`` micro-batches). ``sweep`` lists (width,
-    micro-batch size) pairs: the network is ``[784, w, w, w, 10]``, each run trains
-    ``sweep_seconds`` without evaluation. Returns ``{"load": ..., "main": [...],
-    "sweep": [...]}``; every row is :func:`~sgjax.pipeline.train_pipelined`'s result
-    (no params) plus ``label``, ``cpus`` and, where measured, ``seconds_to_target``,
-    ``messaging_s_per_tick`` and ``s_per_tick``.
+    micro-batch size) pairs or (width, micro-batch size, hidden layers) triples: the
+    network is ``[784, w, …, w, 10]`` with 3 hidden layers of width w unless a triple
+    says otherwise, each run trains ``sweep_seconds`` without evaluation. Returns
+    ``{"load": ..., "main": [...], "sweep": [...]}``; every row is
+    :func:`~sgjax.pipeline.train_pipelined`'s result (no params) plus ``label``, ``cpus``,
+    ``allocator`` (the malloc settings it ran under) and, where measured,
+    ``seconds_to_target``, ``messaging_s_per_tick`` and ``s_per_tick``.
     """
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < processes:
@@ -318,11 +332,12 @@ def compare(
         for label, method, n, pin in CONTENDERS
     ]  # fmt: skip
     sweep_runs: list[dict[str, Any]] = [
-        {**common, "batch_size": b, "label": f"{method}, w={w}, B={b}", "method": method,
-         "sizes": [784, w, w, w, 10], "stages": processes, "seconds": sweep_seconds,
+        {**common, "batch_size": b, "label": f"{method}, w={w}, B={b}, hidden={d}",
+         "method": method,
+         "sizes": [784, *[w] * d, 10], "stages": processes, "seconds": sweep_seconds,
          "eval_every": None, "_n": 1 if method == "sg" else processes, "_pin": True,
          "stage_compute": method == "sg"}
-        for w, b in sweep
+        for w, b, d in (_sweep_point(p) for p in sweep)
         for method in ("sg", "sg-pipeline")
     ]  # fmt: skip
     t0 = time.monotonic()
@@ -384,10 +399,10 @@ def format_tables(r: dict[str, Any]) -> str:
         "",
         "Sweep: SG pipeline on N processes vs sequential SG on 1 core, same network",
         "",
-        "| width | B | sg 1 core, ex/s | sg-pipeline, ex/s | speed-up | s per tick | "
-        "messages per tick | messages / tick | stages alone, per tick | slowest stage + "
-        "messages | bound on the speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| width | hidden layers | B | sg 1 core, ex/s | sg-pipeline, ex/s | speed-up | "
+        "s per tick | messages per tick | messages / tick | stages alone, per tick | "
+        "slowest stage + messages | bound on the speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     sw = r["sweep"]
     for a, b in zip(sw[0::2], sw[1::2]):
@@ -399,7 +414,8 @@ def format_tables(r: dict[str, Any]) -> str:
         # one micro-batch through sequential SG vs the slowest stage plus the messages
         bound = a["batch_size"] / ea / (slow + msg)
         lines.append(
-            f"| {w} | {a['batch_size']} | {ea:.0f} | {eb:.0f} | {eb / ea:.2f} | "
+            f"| {w} | {len(a['sizes']) - 2} | {a['batch_size']} | {ea:.0f} | {eb:.0f} | "
+            f"{eb / ea:.2f} | "
             f"{tick * 1e3:.2f} ms | {msg * 1e3:.3f} ms | {msg / tick:.1%} | "
             f"{' + '.join(f'{t * 1e3:.2f}' for t in stages)} ms | "
             f"{(slow + msg) * 1e3:.2f} ms | {bound:.2f} |"
