@@ -12,45 +12,58 @@ from sgjax.infra import allocator
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# A 48 MB block (above glibc's largest adaptive mmap threshold, 32 MiB) allocated,
-# written and freed 5 times, as XLA:CPU does with a call's scratch buffer: the page
-# faults per round. Plain ctypes malloc/free, so nothing but the C library decides.
+# A block allocated, written and freed 5 times, as XLA:CPU does with a call's scratch
+# buffer: the page faults per round. 48 MB in the main thread (above glibc's largest
+# adaptive mmap threshold, 32 MiB); 96 MB in a new thread (above the 64 MiB heaps of a
+# per-thread arena). Plain ctypes malloc/free, so nothing but the C library decides.
 _PROBE = """
-import ctypes, resource, sys
+import ctypes, resource, sys, threading
 from sgjax.infra.allocator import keep_freed_memory
-if sys.argv[1] == "keep":
+mode, where = sys.argv[1:]
+if mode == "keep":
     assert keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-n = 48 << 20
+n = (48 if where == "main" else 96) << 20
 def once():
     p = libc.malloc(n)
     ctypes.memset(p, 1, n)
     libc.free(p)
-once()
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+out = []
+def rounds():
     once()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 5)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        once()
+    out.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 5)
+if where == "main":
+    rounds()
+else:
+    t = threading.Thread(target=rounds)
+    t.start()
+    t.join()
+print(out[0])
 """
 
 
-def _faults_per_round(mode: str) -> int:
+def _faults_per_round(mode: str, where: str) -> int:
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PROBE, mode, where], capture_output=True, text=True, check=True
     )
     return int(out.stdout.strip())
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only (the function is a no-op elsewhere)")
-def test_freed_blocks_are_reused_without_page_faults():
-    # Without the settings every round maps a fresh 48 MB: ≈ 12 288 faults of 4 KiB pages
-    # (fewer if transparent huge pages serve it, never near 0) — which is also what this
-    # test sees if keep_freed_memory stops applying them.
-    assert _faults_per_round("default") >= 1000
-    assert _faults_per_round("keep") < 50
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_freed_blocks_are_reused_without_page_faults(where):
+    # Without the settings every round maps a fresh block: ≈ 12 288 / 24 576 faults of
+    # 4 KiB pages (fewer if transparent huge pages serve it, never near 0) — which is
+    # also what this test sees if keep_freed_memory stops applying any one setting
+    # (either threshold: the main thread; the arena count: the thread).
+    assert _faults_per_round("default", where) >= 1000
+    assert _faults_per_round("keep", where) < 50
 
 
 def test_settings_are_recorded_and_the_env_turns_them_off(monkeypatch):
@@ -60,7 +73,8 @@ def test_settings_are_recorded_and_the_env_turns_them_off(monkeypatch):
     assert allocator.settings() == {}
     monkeypatch.delenv(allocator.ENV)
     assert allocator.keep_freed_memory(64 << 20) is GLIBC
-    expected = {"M_MMAP_THRESHOLD": 64 << 20, "M_TRIM_THRESHOLD": 64 << 20} if GLIBC else {}
+    expected = {"M_MMAP_THRESHOLD": 64 << 20, "M_TRIM_THRESHOLD": 64 << 20, "M_ARENA_MAX": 1}
+    expected = expected if GLIBC else {}
     assert allocator.settings() == expected
     allocator.keep_freed_memory()  # back to the default the sgjax command uses
 

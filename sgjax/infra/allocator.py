@@ -10,18 +10,26 @@ happens depends on the sizes and the order of earlier allocations (so on the pro
 and even on the process): measured on the 2-core VM (``docs/performance.md``),
 
 * a pipeline stage of four 1024-wide layers (batch 128, Adam, its state donated): one
-  42 MB scratch buffer above the 32 MiB cap, 10 282 page faults per call, **39–43 ms**
-  per call instead of **20.7–21.7 ms** — the SG pipeline on two processes ran at 0.97×
-  one core instead of …× (see ``docs/pipeline.md``);
+  42 MB scratch buffer above the 32 MiB cap, 10 282 page faults per call, 39–43 ms per
+  call instead of 20.7–21.7 ms;
 * the bench's SG step (784-256-256-256-10, batch 256): 200–320 page faults per step.
 
-:func:`keep_freed_memory` sets both thresholds to 1 GiB with ``mallopt``, so freed blocks
-stay in the process's heap and the next call reuses them (0 page faults per call in both
-cases). The price is that a process's resident memory does not shrink after a peak —
-what a training process wants. The ``sgjax`` command and every process of a
-:func:`sgjax.pipeline.launch` job call it first thing; a user's own script can call it
-too. ``SGJAX_KEEP_FREED_MEMORY=0`` in the environment turns it off (for a comparison).
-It does nothing on a C library other than glibc (macOS, musl), where it returns False.
+A second way to the same faults: XLA's worker threads allocate from glibc's per-thread
+arenas, whose heaps hold at most 64 MiB each and are shrunk when their top is free; a
+larger block is mapped whatever the threshold says (the SG pipeline on 2 processes at
+width 2048: 20 000–30 000 page faults per tick, 99–104 ms per tick instead of 57).
+
+:func:`keep_freed_memory` sets both thresholds to 1 GiB and the number of arenas to one
+(``M_ARENA_MAX``: every thread allocates from the main heap) with ``mallopt``, so freed
+blocks stay in the process's heap and the next call reuses them (0 page faults per call
+in all three cases; figures in ``docs/performance.md`` and ``docs/pipeline.md``). The
+price: a process's resident memory does not shrink after a peak (what a training process
+wants), and threads share one arena's lock (XLA allocates a few buffers per call). The
+``sgjax`` command and every process of a :func:`sgjax.pipeline.launch` job call it
+first thing; a user's own script should call it before JAX starts its threads (a thread
+keeps the arena it first allocated from). ``SGJAX_KEEP_FREED_MEMORY=0`` in the
+environment turns it off (for a comparison). It does nothing on a C library other than
+glibc (macOS, musl), where it returns False.
 """
 
 from __future__ import annotations
@@ -33,17 +41,18 @@ import platform
 
 ENV = "SGJAX_KEEP_FREED_MEMORY"
 #: mallopt's parameter numbers (glibc's malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 _applied: dict[str, int] = {}
 
 
 def keep_freed_memory(threshold: int = 1 << 30) -> bool:
-    """Set glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to ``threshold`` bytes.
+    """Set glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to ``threshold`` bytes
+    and ``M_ARENA_MAX`` to 1.
 
-    Blocks below ``threshold`` are then taken from and returned to the process's heap,
-    never mapped and unmapped per call (see the module's docstring for why and what it
-    buys). Safe to call at any time and more than once; it affects allocations made
-    after the call.
+    Blocks below ``threshold`` are then taken from and returned to the process's one
+    heap, never mapped and unmapped per call (see the module's docstring for why and
+    what it buys). Safe to call more than once; it affects allocations made after the
+    call, by threads that had not allocated before it (call it first thing).
 
     Returns:
         True if the settings were applied; False if the C library is not glibc or
@@ -56,7 +65,7 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
     Example (Linux with glibc):
         >>> if keep_freed_memory():
         ...     print(settings())
-        {'M_MMAP_THRESHOLD': 1073741824, 'M_TRIM_THRESHOLD': 1073741824}
+        {'M_MMAP_THRESHOLD': 1073741824, 'M_TRIM_THRESHOLD': 1073741824, 'M_ARENA_MAX': 1}
     """
     if isinstance(threshold, bool) or not isinstance(threshold, int):
         raise ValueError(f"`threshold` must be an int (bytes), got {type(threshold).__name__}")
@@ -67,13 +76,15 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    for name, param in (
-        ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD),
-        ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD),
-    ):
-        if libc.mallopt(param, threshold) != 1:
-            raise OSError(f"mallopt({name}, {threshold}) was refused by the C library")
-        _applied[name] = threshold
+    params = (
+        ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, threshold),
+        ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, threshold),
+        ("M_ARENA_MAX", M_ARENA_MAX, 1),
+    )
+    for name, param, value in params:
+        if libc.mallopt(param, value) != 1:
+            raise OSError(f"mallopt({name}, {value}) was refused by the C library")
+        _applied[name] = value
     return True
 
 

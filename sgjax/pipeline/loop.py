@@ -145,7 +145,8 @@ def train_pipelined(
         ``updates`` (per stage), ``examples``, ``seconds`` (training, compile excluded),
         ``compile_seconds`` (the first call, which also trains), ``examples_per_s``
         (None when the compiling call was the only one, so that nothing was timed),
-        ``final_loss`` (mean over the micro-batches the last stage finished in the last
+        ``call_seconds`` (the wall time of each timed call, in order: warm-up and noise
+        show there), ``final_loss`` (mean over the micro-batches the last stage finished in the last
         call, the SG pipeline's drain included; None if none finished),
         ``final_loss_micro_batches`` (how many that was), ``params``, ``micro_batches``
         (GPipe) and, with test data, ``test_accuracy``, ``test_loss`` and ``curve`` (a
@@ -236,6 +237,7 @@ def train_pipelined(
     curve: list[dict[str, float]] = []
     seen = calls = timed = 0
     compile_seconds = train_seconds = 0.0
+    call_seconds: list[float] = []  # every timed call's wall time, in order
     last_eval = 0
     # `seen` is the same in every process; a decision from the clock or an evaluation is
     # process 0's (_agree), so that no process stops while another calls a collective.
@@ -250,7 +252,8 @@ def train_pipelined(
         if calls == 0:  # the first call compiles (and trains like every other)
             compile_seconds = time.perf_counter() - t0
         else:
-            train_seconds += time.perf_counter() - t0
+            call_seconds.append(time.perf_counter() - t0)
+            train_seconds += call_seconds[-1]
             timed += k * batch_size
         _check_finite(method, metrics, valid, seen, calls, per_call, state, params_of)
         calls, seen = calls + 1, seen + k
@@ -283,6 +286,7 @@ def train_pipelined(
         "seconds": train_seconds,
         "compile_seconds": compile_seconds,
         "examples_per_s": timed / train_seconds if train_seconds > 0 else None,
+        "call_seconds": call_seconds,
         "final_loss": float(np.mean(losses)) if losses.size else None,
         "final_loss_micro_batches": int(losses.size),
         "params": params_of(state),

@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the selected sections, print the tables, optionally write JSON."""
-    from sgjax.infra import jsonio
+    from sgjax.infra import allocator, jsonio
 
     if args.json:
         jsonio.check_writable(args.json, name="--json")  # before the benchmarks, not after
@@ -126,10 +126,13 @@ def run(args: argparse.Namespace) -> int:
             "cpu_count": os.cpu_count(),
             "quick": bool(args.quick),
             "load_start": load_average(),
+            # the malloc settings the figures were taken under (`sgjax` sets them)
+            "allocator": allocator.settings(),
         }
     }
+    kept = "freed memory kept" if result["meta"]["allocator"] else "default malloc"
     print(
-        f"sgjax bench on {result['meta']['device']} ({os.cpu_count()} CPUs), "
+        f"sgjax bench on {result['meta']['device']} ({os.cpu_count()} CPUs, {kept}), "
         f"load average at start {result['meta']['load_start']}"
     )
     sections = {
