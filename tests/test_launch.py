@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -82,6 +83,10 @@ def _job() -> dict:
     ys = rng.integers(0, 3, (2, ticks, batch)).astype(np.int32)
     mesh = pipeline.make_mesh(2)
     out: dict = {"devices": [d.process_index for d in mesh.devices.flat]}
+    from sgjax.infra import allocator
+
+    out["allocator"] = allocator.settings()
+    out["cpus"] = sorted(os.sched_getaffinity(0))
 
     pipe = pipeline.sg_pipeline(net, "xent", optax.adam(1e-2), optax.sgd(0.1))
     state = pipeline.init_sg(pipe, jax.random.key(0), batch_size=batch)
@@ -179,6 +184,14 @@ def job() -> dict:
 
 def test_two_processes_hold_one_stage_each(job):
     assert job["devices"] == [0, 1]
+
+
+def test_a_launched_process_keeps_freed_memory(job):
+    # one malloc arena exactly when the process is pinned to one core (see allocator)
+    settings = job["allocator"]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert settings["M_MMAP_THRESHOLD"] == settings["M_TRIM_THRESHOLD"] == 1 << 30
+        assert settings.get("M_ARENA_MAX") == (1 if len(job["cpus"]) == 1 else None), job
 
 
 @pytest.mark.parametrize("runner", ["mesh", "per-process"])

@@ -19,17 +19,20 @@ arenas, whose heaps hold at most 64 MiB each and are shrunk when their top is fr
 larger block is mapped whatever the threshold says (the SG pipeline on 2 processes at
 width 2048: 20 000–30 000 page faults per tick, 99–104 ms per tick instead of 57).
 
-:func:`keep_freed_memory` sets both thresholds to 1 GiB and the number of arenas to one
-(``M_ARENA_MAX``: every thread allocates from the main heap) with ``mallopt``, so freed
-blocks stay in the process's heap and the next call reuses them (0 page faults per call
-in all three cases; figures in ``docs/performance.md`` and ``docs/pipeline.md``). The
-price: a process's resident memory does not shrink after a peak (what a training process
-wants), and threads share one arena's lock (XLA allocates a few buffers per call). The
-``sgjax`` command and every process of a :func:`sgjax.pipeline.launch` job call it
-first thing; a user's own script should call it before JAX starts its threads (a thread
-keeps the arena it first allocated from). ``SGJAX_KEEP_FREED_MEMORY=0`` in the
-environment turns it off (for a comparison). It does nothing on a C library other than
-glibc (macOS, musl), where it returns False.
+:func:`keep_freed_memory` sets both thresholds to 1 GiB with ``mallopt``, so freed
+blocks stay in the process's heap and the next call reuses them, and with ``arenas=1``
+also makes every thread allocate from the main heap (``M_ARENA_MAX``): 0 page faults per
+call in all three cases (figures in ``docs/performance.md`` and ``docs/pipeline.md``).
+The price: a process's resident memory does not shrink after a peak (what a training
+process wants); and one arena means one lock for every thread — measured on 2 unpinned
+cores it made the bench's steps 14–23 % slower, so it is only for a process pinned to
+one core, where XLA's threads cannot run at once anyway. The ``sgjax`` command calls
+``keep_freed_memory()`` first thing; every process of a :func:`sgjax.pipeline.launch`
+job calls it too, with ``arenas=1`` when it is pinned to one core. A user's own script
+should call it before JAX starts its threads (a thread keeps the arena it first
+allocated from). ``SGJAX_KEEP_FREED_MEMORY=0`` in the environment turns it off (for a
+comparison). It does nothing on a C library other than glibc (macOS, musl), where it
+returns False.
 """
 
 from __future__ import annotations
@@ -45,42 +48,49 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 _applied: dict[str, int] = {}
 
 
-def keep_freed_memory(threshold: int = 1 << 30) -> bool:
+def keep_freed_memory(threshold: int = 1 << 30, *, arenas: int | None = None) -> bool:
     """Set glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to ``threshold`` bytes
-    and ``M_ARENA_MAX`` to 1.
+    (and ``M_ARENA_MAX`` to ``arenas`` unless None).
 
-    Blocks below ``threshold`` are then taken from and returned to the process's one
-    heap, never mapped and unmapped per call (see the module's docstring for why and
-    what it buys). Safe to call more than once; it affects allocations made after the
-    call, by threads that had not allocated before it (call it first thing).
+    Blocks below ``threshold`` are then taken from and returned to the process's heap,
+    never mapped and unmapped per call (see the module's docstring for why, what it
+    buys and when ``arenas=1`` is worth its lock). Safe to call more than once; it
+    affects allocations made after the call (the arena count: by threads that had not
+    allocated before it, so call it first thing).
 
     Returns:
         True if the settings were applied; False if the C library is not glibc or
         ``SGJAX_KEEP_FREED_MEMORY=0`` is set (nothing changed).
 
     Raises:
-        ValueError: ``threshold`` not an int in 1 MiB..2 GiB − 1 (mallopt takes a C int).
+        ValueError: ``threshold`` not an int in 1 MiB..2 GiB − 1 (mallopt takes a C int),
+            or ``arenas`` neither None nor a positive int.
         OSError: glibc refused a setting.
 
     Example (Linux with glibc):
         >>> if keep_freed_memory():
         ...     print(settings())
-        {'M_MMAP_THRESHOLD': 1073741824, 'M_TRIM_THRESHOLD': 1073741824, 'M_ARENA_MAX': 1}
+        {'M_MMAP_THRESHOLD': 1073741824, 'M_TRIM_THRESHOLD': 1073741824}
     """
     if isinstance(threshold, bool) or not isinstance(threshold, int):
         raise ValueError(f"`threshold` must be an int (bytes), got {type(threshold).__name__}")
     if not (1 << 20) <= threshold <= (1 << 31) - 1:
         raise ValueError(f"`threshold` must be in 1 MiB..2 GiB − 1 bytes, got {threshold}")
+    if arenas is not None and (
+        isinstance(arenas, bool) or not isinstance(arenas, int) or arenas < 1
+    ):
+        raise ValueError(f"`arenas` must be None or an int ≥ 1, got {arenas!r}")
     if os.environ.get(ENV, "1").strip() == "0":
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    params = (
+    params = [
         ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, threshold),
         ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, threshold),
-        ("M_ARENA_MAX", M_ARENA_MAX, 1),
-    )
+    ]
+    if arenas is not None:
+        params.append(("M_ARENA_MAX", M_ARENA_MAX, arenas))
     for name, param, value in params:
         if libc.mallopt(param, value) != 1:
             raise OSError(f"mallopt({name}, {value}) was refused by the C library")

@@ -295,7 +295,8 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
     this process to ``SGJAX_CPUS`` if set); returns False, doing nothing, when
     ``SGJAX_NUM_PROCESSES`` is unset. On CPU it selects gloo for the cross-process
     collectives. It also keeps freed memory for reuse
-    (:func:`sgjax.infra.allocator.keep_freed_memory`). Call it before JAX computes
+    (:func:`sgjax.infra.allocator.keep_freed_memory`, one arena when pinned to one
+    core). Call it before JAX computes
     anything (its backends start then).
 
     Raises:
@@ -321,6 +322,7 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
         ) from None
     if not 0 <= rank < n:
         raise ValueError(f"{ENV_PROCESS_ID} must be in 0..{n - 1}, got {rank}")
+    cores: set[int] = set()
     if os.environ.get(ENV_CPUS):
         try:
             cores = {int(c) for c in os.environ[ENV_CPUS].split(",")}
@@ -331,7 +333,10 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
         os.sched_setaffinity(0, cores)
     from sgjax.infra.allocator import keep_freed_memory
 
-    keep_freed_memory()  # a job's step is timed: no per-call page faults (see its docstring)
+    # No page faults per call (see its docstring); one malloc arena on one core, where
+    # XLA's threads cannot contend for its lock and blocks above a thread arena's 64 MiB
+    # heaps (a wide stage's scratch) would otherwise be mapped on every call.
+    keep_freed_memory(arenas=1 if len(cores) == 1 else None)
     import jax
 
     if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):
