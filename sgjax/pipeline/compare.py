@@ -227,7 +227,8 @@ def _worker(spec_path: str) -> None:
         r = train_pipelined(
             run["method"], net, ds.x_train, ds.y_train, steps=run.get("steps"),
             seconds=run["seconds"], batch_size=run["batch_size"], chunk=run["chunk"],
-            micro_batches=run["micro_batches"], lr=run["lr"], sg_lr=run["lr"], mesh=mesh,
+            micro_batches=run["micro_batches"], lr=run["lr"], sg_lr=run.get("sg_lr", run["lr"]),
+            mesh=mesh,
             x_test=ds.x_test if run["eval_every"] else None, y_test=ds.y_test,
             eval_every=run["eval_every"], target_accuracy=run.get("target"),
             sg_runner=run.get("sg_runner", "auto"),
