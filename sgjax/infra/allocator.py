@@ -12,7 +12,8 @@ and even on the process): measured on the 2-core VM (``docs/performance.md``),
 * a pipeline stage of four 1024-wide layers (batch 128, Adam, its state donated): one
   42 MB scratch buffer above the 32 MiB cap, 10 282 page faults per call, 39–43 ms per
   call instead of 20.7–21.7 ms;
-* the bench's SG step (784-256-256-256-10, batch 256): 200–320 page faults per step.
+* the bench's SG step (784-256-256-256-10, batch 256): 120–330 page faults per step
+  (5–8 % of its time, measured over fresh processes).
 
 A second way to the same faults: XLA's worker threads allocate from glibc's per-thread
 arenas, whose heaps hold at most 64 MiB each and are shrunk when their top is free; a
