@@ -231,7 +231,7 @@ def _worker(spec_path: str) -> None:
             mesh=mesh,
             x_test=ds.x_test if run["eval_every"] else None, y_test=ds.y_test,
             eval_every=run["eval_every"], target_accuracy=run.get("target"),
-            sg_runner=run.get("sg_runner", "auto"),
+            sg_runner=run.get("sg_runner", "auto"), seed=run.get("seed", 0),
         )  # fmt: skip
         r.pop("params")
         r.update(label=run["label"], processes=jax.process_count(), sizes=run["sizes"])
