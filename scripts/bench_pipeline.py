@@ -40,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    from sgjax.pipeline.compare import compare, format_tables, sweep_point
+
     try:
-        sweep = tuple(tuple(int(v) for v in item.split("x")) for item in args.sweep.split(","))
-        if any(len(point) not in (2, 3) or min(point) < 1 for point in sweep):
-            raise ValueError
+        sweep = tuple(
+            sweep_point([int(v) for v in item.split("x")]) for item in args.sweep.split(",")
+        )
     except ValueError:
         p.error(
             f"--sweep: expected WIDTHxMICRO_BATCH[xHIDDEN_LAYERS][,...] of positive ints, "
@@ -57,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--sizes: expected 784,H1,...,10 (positive ints, MNIST), got {args.sizes!r}")
 
     from sgjax.infra import jsonio
-    from sgjax.pipeline.compare import compare, format_tables
 
     kwargs: dict = dict(
         sizes=sizes, processes=args.processes, batch_size=args.batch_size,

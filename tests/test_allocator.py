@@ -66,6 +66,10 @@ def test_freed_blocks_are_reused_without_page_faults(where, mode):
     assert _faults_per_round(mode, where) < 50
 
 
+def test_glibc_is_recognised_as_the_platform_says():
+    assert allocator._glibc() is GLIBC
+
+
 def test_settings_are_recorded_and_the_env_turns_them_off(monkeypatch):
     monkeypatch.setenv(allocator.ENV, "0")
     monkeypatch.setattr(allocator, "_applied", {})
@@ -91,10 +95,13 @@ def test_bad_arena_count_is_refused_naming_it(bad):
 
 
 def test_the_sgjax_command_applies_it_first(monkeypatch):
+    # before the sub-command's module (and so JAX's backends) is loaded
     from sgjax.apps import cli
 
     calls = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
+    load, help_ = cli.COMMANDS["launch"]
+    monkeypatch.setitem(cli.COMMANDS, "launch", (lambda: calls.append("load") or load(), help_))
     with pytest.raises(SystemExit):
         cli.main(["launch", "--no-such-flag"])
-    assert calls == [1]
+    assert calls == ["keep", "load"]

@@ -186,12 +186,14 @@ def test_two_processes_hold_one_stage_each(job):
     assert job["devices"] == [0, 1]
 
 
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only (a no-op elsewhere)"
+)
 def test_a_launched_process_keeps_freed_memory(job):
     # one malloc arena exactly when the process is pinned to one core (see allocator)
     settings = job["allocator"]
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert settings["M_MMAP_THRESHOLD"] == settings["M_TRIM_THRESHOLD"] == 1 << 30
-        assert settings.get("M_ARENA_MAX") == (1 if len(job["cpus"]) == 1 else None), job
+    assert settings["M_MMAP_THRESHOLD"] == settings["M_TRIM_THRESHOLD"] == 1 << 30, job
+    assert settings.get("M_ARENA_MAX") == (1 if len(job["cpus"]) == 1 else None), job
 
 
 @pytest.mark.parametrize("runner", ["mesh", "per-process"])
@@ -303,6 +305,16 @@ def test_launch_cli_checks_the_command_before_starting(capsys):
     ]:
         assert cli.main(["launch", *argv]) == 1, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_sweep_points_default_to_three_hidden_layers_and_refuse_bad_ones():
+    from sgjax.pipeline import compare
+
+    assert compare.sweep_point([1024, 128]) == (1024, 128, 3)
+    assert compare.sweep_point((1024, 128, 7)) == (1024, 128, 7)
+    for bad in ([1024], [1024, 128, 5, 1], [1024, 0], [1024, 128, 0]):
+        with pytest.raises(ValueError, match="sweep: each point"):
+            compare.sweep_point(bad)
 
 
 def test_comparison_time_to_target_and_tables():

@@ -390,6 +390,8 @@ def test_train_pipelined_trains_exactly_the_steps_asked():
     )  # fmt: skip
     assert r["micro_batches_seen"] == r["updates"] == 15
     assert _max_err(r["params"], state.params) <= 0
+    # two calls (10 + 5): the first compiles, so one timed call, and the timing adds up
+    assert len(r["call_seconds"]) == 1 and r["call_seconds"][0] == r["seconds"] > 0
 
 
 # --------------------------------------------------------------------------------------

@@ -39,9 +39,7 @@ returns False.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 
 ENV = "SGJAX_KEEP_FREED_MEMORY"
 #: mallopt's parameter numbers (glibc's malloc.h)
@@ -83,9 +81,9 @@ def keep_freed_memory(threshold: int = 1 << 30, *, arenas: int | None = None) ->
         raise ValueError(f"`arenas` must be None or an int ≥ 1, got {arenas!r}")
     if os.environ.get(ENV, "1").strip() == "0":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None)  # the process's own symbols: glibc's mallopt
     params = [
         ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, threshold),
         ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, threshold),
@@ -97,6 +95,14 @@ def keep_freed_memory(threshold: int = 1 << 30, *, arenas: int | None = None) ->
             raise OSError(f"mallopt({name}, {value}) was refused by the C library")
         _applied[name] = value
     return True
+
+
+def _glibc() -> bool:
+    """Whether this process's C library is glibc (the only one with these settings)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr, or the name unknown here
+        return False
 
 
 def settings() -> dict[str, int]:

@@ -255,8 +255,9 @@ def _worker(spec_path: str) -> None:
         jsonio.write(spec["out"], {"results": results})
 
 
-def _sweep_point(point: Sequence[int]) -> tuple[int, int, int]:
-    """(width, micro-batch) or (width, micro-batch, hidden layers) → the triple."""
+def sweep_point(point: Sequence[int]) -> tuple[int, int, int]:
+    """(width, micro-batch) or (width, micro-batch, hidden layers) → the triple (3 hidden
+    layers unless given); ValueError unless 2 or 3 positive ints."""
     if len(point) not in (2, 3) or any(int(v) < 1 for v in point):
         raise ValueError(
             "sweep: each point must be (width, micro-batch[, hidden layers]) of positive "
@@ -338,7 +339,7 @@ def compare(
          "sizes": [784, *[w] * d, 10], "stages": processes, "seconds": sweep_seconds,
          "eval_every": None, "_n": 1 if method == "sg" else processes, "_pin": True,
          "stage_compute": method == "sg"}
-        for w, b, d in (_sweep_point(p) for p in sweep)
+        for w, b, d in (sweep_point(p) for p in sweep)
         for method in ("sg", "sg-pipeline")
     ]  # fmt: skip
     t0 = time.monotonic()

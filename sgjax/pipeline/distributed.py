@@ -296,8 +296,7 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
     ``SGJAX_NUM_PROCESSES`` is unset. On CPU it selects gloo for the cross-process
     collectives. It also keeps freed memory for reuse
     (:func:`sgjax.infra.allocator.keep_freed_memory`, one arena when pinned to one
-    core). Call it before JAX computes
-    anything (its backends start then).
+    core). Call it before JAX computes anything (its backends start then).
 
     Raises:
         ValueError: an incomplete or malformed environment (naming the variable).

@@ -146,8 +146,8 @@ def train_pipelined(
         ``compile_seconds`` (the first call, which also trains), ``examples_per_s``
         (None when the compiling call was the only one, so that nothing was timed),
         ``call_seconds`` (the wall time of each timed call, in order: warm-up and noise
-        show there), ``final_loss`` (mean over the micro-batches the last stage finished in the last
-        call, the SG pipeline's drain included; None if none finished),
+        show there), ``final_loss`` (mean over the micro-batches the last stage finished
+        in the last call, the SG pipeline's drain included; None if none finished),
         ``final_loss_micro_batches`` (how many that was), ``params``, ``micro_batches``
         (GPipe) and, with test data, ``test_accuracy``, ``test_loss`` and ``curve`` (a
         list of ``{"micro_batches", "seconds", "test_accuracy", "test_loss"}``).
