@@ -312,7 +312,7 @@ def test_sweep_points_default_to_three_hidden_layers_and_refuse_bad_ones():
 
     assert compare.sweep_point([1024, 128]) == (1024, 128, 3)
     assert compare.sweep_point((1024, 128, 7)) == (1024, 128, 7)
-    for bad in ([1024], [1024, 128, 5, 1], [1024, 0], [1024, 128, 0]):
+    for bad in ([1024], [1024, 128, 5, 1], [1024, 0], [1024, 128, 0], [1024.5, 128], [1024, True]):
         with pytest.raises(ValueError, match="sweep: each point"):
             compare.sweep_point(bad)
 

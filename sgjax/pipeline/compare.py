@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import os
 import sys
 import tempfile
@@ -257,8 +258,10 @@ def _worker(spec_path: str) -> None:
 
 def sweep_point(point: Sequence[int]) -> tuple[int, int, int]:
     """(width, micro-batch) or (width, micro-batch, hidden layers) → the triple (3 hidden
-    layers unless given); ValueError unless 2 or 3 positive ints."""
-    if len(point) not in (2, 3) or any(int(v) < 1 for v in point):
+    layers unless given); ValueError unless 2 or 3 positive ints (a float or a bool is
+    refused, not truncated)."""
+    ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in point)
+    if len(point) not in (2, 3) or not ints or any(v < 1 for v in point):
         raise ValueError(
             "sweep: each point must be (width, micro-batch[, hidden layers]) of positive "
             f"ints, got {tuple(point)}"
