@@ -10,9 +10,11 @@ imports its module (``verify`` is :mod:`theory.cli`, the claim package's public 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 
 from sgjax.infra.jsonio import OutputKeptError  # results kept elsewhere: a message, exit 1
@@ -70,12 +72,65 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subparsers
 
 
-def _interrupted(name: str, argv: Sequence[str], err: KeyboardInterrupt) -> int:
-    """Ctrl-C: say what was kept and how to go on; exit status 130, no traceback."""
+#: Signals that end or pre-empt a job, handled like Ctrl-C (checkpoint, resume hint, exit
+#: status 128 + the signal's number): ``kill``, ``timeout``, ``docker stop``, systemd and
+#: cluster schedulers send SIGTERM; a closed terminal or ssh session SIGHUP; schedulers
+#: warn of a pre-emption with SIGUSR1/SIGUSR2 (SGE's ``-notify``, Slurm's ``--signal``)
+#: or SIGXCPU (a CPU-time limit).
+STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+
+
+class StopSignal(KeyboardInterrupt):
+    """Raised in the main thread when one of :data:`STOP_SIGNALS` arrives."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupts() -> Iterator[list[int]]:
+    """Within the block, :data:`STOP_SIGNALS` raise :class:`StopSignal` like Ctrl-C does.
+
+    Yields the list of the signals received (the first one decides the exit status). A
+    signal arriving while the first is being handled (the checkpoint is being written)
+    is noted, not raised, so that the save completes; SIGKILL still ends the process at
+    once (and a checkpoint write is atomic). The previous handlers are restored at the
+    end. Outside the main thread nothing is installed.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, _frame) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise StopSignal(signum)
+
+    previous = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):
+                num = getattr(signal, name)
+                previous[num] = signal.signal(num, handler)
+    try:
+        yield received
+    finally:
+        for num, old in previous.items():
+            signal.signal(num, old)
+
+
+def _interrupted(
+    name: str, argv: Sequence[str], err: KeyboardInterrupt, received: Sequence[int] = ()
+) -> int:
+    """Ctrl-C or a stop signal: say what was kept and how to go on; no traceback.
+
+    The exit status is the shell's convention for a process ended by a signal: 128 + its
+    number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP)."""
+    signum = received[0] if received else int(signal.SIGINT)
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     step = getattr(err, "step", None)
     where = getattr(err, "checkpoint_dir", None)
     saved = getattr(err, "checkpoint_step", None)
-    msg = f"sgjax {name}: interrupted" + (f" after step {step}" if step is not None else "")
+    msg = f"sgjax {name}: {how}" + (f" after step {step}" if step is not None else "")
     if where is not None and saved is not None:
         again = [a for a in argv if a != "--resume"]
         msg += (
@@ -84,8 +139,9 @@ def _interrupted(name: str, argv: Sequence[str], err: KeyboardInterrupt) -> int:
         )
     elif step is not None:
         msg += "; nothing was saved (no --checkpoint-dir)"
-    print(msg, file=sys.stderr)
-    return 130
+    with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+        print(msg, file=sys.stderr, flush=True)
+    return 128 + signum
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,14 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sgjax.infra.allocator import keep_freed_memory
 
     keep_freed_memory()  # before JAX allocates anything: see the module's docstring
+    with stop_signals_as_interrupts() as received:
+        return _dispatch(name, argv, subparsers[name], received)
+
+
+def _dispatch(
+    name: str, argv: list[str], sub: argparse.ArgumentParser, received: Sequence[int]
+) -> int:
     try:
         module = COMMANDS[name][0]()
-        sub = subparsers[name]
         module.add_arguments(sub)
         # The sub-command's own parser: a bad flag prints *its* usage.
         return int(module.run(sub.parse_args(argv[1:])) or 0)
     except KeyboardInterrupt as err:
-        return _interrupted(name, argv, err)
+        return _interrupted(name, argv, err, received)
     except (ValueError, FileNotFoundError, FloatingPointError, OutputKeptError) as err:
         # Bad input and diverging runs are the user's to fix: a message, not a traceback.
         # (A NonFiniteLossError words it for the command line: no `err.state`.)

@@ -54,11 +54,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,50 @@ _UNHASHED = f"{MANIFEST}: missing"
 class FirstSaveInterruptedError(CorruptCheckpointError):
     """The only checkpoint was never hashed: the first save was interrupted after orbax's
     commit. :func:`~sgjax.infra.runner.run_training` then starts again from step 0."""
+
+
+#: signals whose Python handlers wait while a checkpoint is written (Ctrl-C and the
+#: signals ``sgjax`` handles like it, see :data:`sgjax.apps.cli.STOP_SIGNALS`)
+_DEFERRED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+_deferring: list[int] = []  # nesting depth of deferred_signals (one entry per level)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold back Ctrl-C and the stop signals for the duration of the block.
+
+    A signal arriving inside is remembered and delivered again when the (outermost)
+    block ends, so its handler runs after a save has completed, not halfway through it.
+    Only in the main thread (elsewhere Python runs no signal handlers); SIGKILL cannot be
+    held back (a save is atomic, so it loses at most the save in progress).
+    """
+    import threading
+
+    if _deferring or threading.current_thread() is not threading.main_thread():
+        _deferring.append(0)
+        try:
+            yield
+        finally:
+            _deferring.pop()
+        return
+    pending: list[int] = []
+    previous = {}
+    for name in _DEFERRED:
+        num = getattr(signal, name, None)
+        if num is None:
+            continue
+        old = signal.getsignal(num)
+        if callable(old):  # a Python handler (not SIG_DFL / SIG_IGN): hold it back
+            previous[num] = signal.signal(num, lambda n, _f: pending.append(n))
+    _deferring.append(0)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+        for num, old in previous.items():
+            signal.signal(num, old)
+        if pending:
+            signal.raise_signal(pending[0])  # the original handler runs now
 
 
 def _hash_file(path: Path) -> str:

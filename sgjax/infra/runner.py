@@ -55,7 +55,12 @@ import optax
 
 from sgjax import losses as loss_lib
 from sgjax import train
-from sgjax.infra.checkpoint import Checkpointer, FirstSaveInterruptedError, abstract_state
+from sgjax.infra.checkpoint import (
+    Checkpointer,
+    FirstSaveInterruptedError,
+    abstract_state,
+    deferred_signals,
+)
 from sgjax.infra.config import RunConfig, describe_may_change
 from sgjax.nets import Network
 from sgjax.rules import UpdateRule
@@ -316,8 +321,11 @@ class _Run:
 
     def save(self, state: TrainState, metrics: dict[str, Any]) -> None:
         assert self.ckpt is not None
-        self.ckpt.save(state, {**self.meta, "last_metrics": _jsonable(metrics)})
-        self.last_saved = int(state.step)
+        # Ctrl-C or a stop signal during the save is handled once it is complete (and
+        # recorded): the interrupted run then has nothing more to save.
+        with deferred_signals():
+            self.ckpt.save(state, {**self.meta, "last_metrics": _jsonable(metrics)})
+            self.last_saved = int(state.step)
 
     def on_step(self, n: int, metrics: dict[str, Any], state: TrainState) -> None:
         self.good_metrics = metrics
