@@ -74,6 +74,10 @@ class NonFiniteStateError(FloatingPointError):
     """Raised instead of writing a state that holds NaN or inf."""
 
 
+class CheckpointDirInUseError(ValueError):
+    """Another live process holds the checkpoint directory's lock (one writer at a time)."""
+
+
 class CorruptCheckpointError(ValueError):
     """A checkpoint's files do not match the hashes written when it was saved.
 
@@ -92,6 +96,8 @@ class CorruptCheckpointError(ValueError):
 
 #: the file, inside each step's directory, holding the SHA-256 of the checkpoint's files
 MANIFEST = "sgjax_sha256.json"
+#: the lock file of a checkpoint directory: who writes to it (pid, host, start, command)
+LOCK = "sgjax.lock"
 _UNHASHED = f"{MANIFEST}: missing"
 
 
@@ -250,12 +256,106 @@ def _orbax_name(path: tuple) -> str:
     return ".".join(parts)
 
 
+def _owner() -> dict[str, Any]:
+    import socket
+    import sys
+    import time
+
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(sys.argv)[:300],
+    }
+
+
+def _describe(owner: dict[str, Any]) -> str:
+    if not owner:
+        return "a process that left no details"
+    cmd = f" ({owner['command']})" if owner.get("command") else ""
+    return (
+        f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, started "
+        f"{owner.get('started', '?')}{cmd}"
+    )
+
+
+def _read_owner(path: Path) -> dict[str, Any]:
+    try:
+        owner = json.loads(path.read_text())
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+class _DirLock:
+    """One writer per checkpoint directory: ``flock`` on ``<dir>/sgjax.lock``.
+
+    The kernel releases the lock when its process dies, however it dies, so a held lock
+    always means a live writer (on a network file system, as far as it supports locks:
+    NFSv4 does). The file holds the owner's pid, host, start time and command, and is
+    removed on a clean close: a lock file found *unheld* was left by a run that was
+    killed (SIGKILL, power loss), which :attr:`stale` describes.
+    """
+
+    def __init__(self, directory: Path):
+        import fcntl
+
+        self.path = directory / LOCK
+        self.stale: str | None = None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CheckpointDirInUseError(
+                    f"checkpoint directory {directory} is in use by another run: "
+                    f"{_describe(_read_owner(self.path))}. One run writes to a checkpoint "
+                    "directory at a time: wait for that run to end, stop it, or use another "
+                    "directory"
+                ) from None
+            except OSError:  # a file system without locks: go on without one
+                os.close(fd)
+                self.fd = None
+                return
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:  # its owner removed it as we opened it
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd: int | None = fd
+        old = _read_owner(self.path)
+        if old and old.get("pid") != os.getpid():
+            self.stale = (
+                f"{directory} was locked by {_describe(old)}, which ended without releasing "
+                "it (killed, or its machine stopped); that run is no longer writing, so this "
+                "one takes the directory over"
+            )
+        data = json.dumps(_owner()).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # while still held: nobody can take a lock on it meanwhile
+        os.close(self.fd)  # releases the lock
+        self.fd = None
+
+
 class Checkpointer:
     """Atomic save/restore of ``TrainState`` + JSON metadata in ``directory``, newest ``keep``.
 
     Args:
         directory: where the checkpoints go (created if missing).
         keep: how many of the newest checkpoints to keep (≥ 1).
+
+    Only one ``Checkpointer`` (in any process) holds a directory at a time: the second
+    gets :class:`CheckpointDirInUseError` naming the first's pid, host and command. A lock
+    left by a killed process is taken over, and :attr:`stale_lock` says whose it was.
 
     Use it as a context manager, or call :meth:`close` when done.
     """
@@ -266,9 +366,22 @@ class Checkpointer:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
+        self.keep = keep
         self.directory = Path(directory).expanduser().resolve()
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"checkpoint directory {self.directory} exists and is not a directory")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = _DirLock(self.directory)  # first: nothing below touches another's run
+        #: what was found of a lock left by a killed run (None: there was none)
+        self.stale_lock = self._lock.stale
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self) -> None:
+        ocp = self._ocp
         # Leftovers of a save that was killed midway: never complete, so never a
         # checkpoint. Removed here, synchronously (orbax's own clean-up runs in the
         # background and may not have finished when the manager is closed).
@@ -284,7 +397,7 @@ class Checkpointer:
                 "meta": ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=self.keep),
                 enable_async_checkpointing=False,
                 create=True,
             ),
@@ -480,7 +593,10 @@ class Checkpointer:
             )
 
     def close(self) -> None:
-        self._mgr.close()
+        try:
+            self._mgr.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Checkpointer:
         return self

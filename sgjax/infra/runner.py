@@ -211,6 +211,8 @@ def run_training(
         net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed
     )
     ckpt = Checkpointer(ckpt_dir, keep=keep) if ckpt_dir is not None else None
+    if ckpt is not None and ckpt.stale_lock:
+        _warn(ckpt.stale_lock)
     try:
         state: TrainState | None = None
         if ckpt is not None:
