@@ -27,6 +27,10 @@ Scale. sgjax's SG modules predict the **per-example** gradient ∂ℓ_b/∂h_b (
 be a mean over the leading (batch) axis of ``h``, so the cotangent is ∂ℓ_b/∂h_b / B: the
 target is ``B·g`` and the module's output goes down as ``SG/B``. Use ``"sum"`` for a summed
 loss, or a number ``k`` (target ``k·g``, output sent down as ``SG/k``) for anything else.
+The SG module's own regression is weighted the same way: each example's ``‖SG − t‖²``
+counts ``1/k`` (``"mean"``: the batch mean ``L_SG`` below; ``"sum"``: its sum), so the
+module's gradient scales with the loss's as the model's does, and sharding the batch does
+not change either (below).
 
 dtypes. ``h`` may be any floating dtype (float32, bfloat16, ...). The module runs in its own
 parameters' dtype; the residual ``SG − t`` and its scaling are computed in float32 (or
@@ -41,15 +45,32 @@ module trains on it without being used — warm an SG up before switching it on)
 predict the activation ``h`` that a lower part sends, regressing onto ``stop_grad(h)``, so
 that an upper part can run on ``I(source)`` before (or without) the lower one.
 
-Both compose with ``jax.jit``, ``jax.vmap``, ``lax.scan``, ``jax.checkpoint`` (remat) and
-``jax.shard_map``; their non-array settings (estimator, mode, λ, α, reduction) are static
-(a new value retraces; one setting, one compile). Data parallel with ``shard_map``: let each
-shard differentiate its *own* batch-mean loss (the interface scales by the local batch) —
-``shard_map`` then sums the gradients of replicated parameters over the shards, so divide
-by their number. (Differentiating a loss already ``pmean``-ed over shards would make every
-cotangent 1/shards too small for the local scale: pass ``loss_reduction=`` the global batch
-size then.) ``h`` must carry the batch on its leading axis: under ``jax.vmap`` over
-*examples* there is none — put the interface outside that vmap.
+Both compose with ``jax.jit``, ``jax.vmap`` (over seeds or models, not examples),
+``lax.scan``, ``jax.checkpoint`` (remat) and ``jax.shard_map``. The settings estimator,
+mode, α and reduction are static (a new value retraces; one setting, one compile); λ may
+be a Python number (static) or a float scalar array — a traced λ (an annealing schedule
+computed inside one compiled step) gives bit-for-bit the static λ's gradients with no
+retrace; a traced λ cannot raise inside ``jit``: within 1e-6 of [0, 1] (a schedule's
+rounding) it is clipped, further outside it turns the signal sent below into NaN instead
+of a silently wrong mix.
+
+Data parallel (the model and SG-module gradients both equal the full batch's; tested on 2
+and 4 devices):
+
+* ``shard_map``, each shard differentiating its *own* batch-mean loss (the default
+  ``loss_reduction="mean"`` scales by the local batch): ``shard_map`` sums the gradients
+  of replicated parameters over the shards, so divide by their number;
+* ``shard_map`` with the loss ``pmean``-ed over the shards before differentiating: pass
+  ``loss_reduction=`` the *global* batch size (every cotangent is 1/shards smaller than
+  for the local mean);
+* ``jax.pmap``: each device its own batch-mean loss, then ``lax.pmean`` the gradients.
+
+Limits: reverse mode only — forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
+``jax.linearize`` of a function holding an interface) is refused by JAX ("can't apply
+forward-mode autodiff (jvp) to a custom_vjp function"): an SG exists only as a backward
+pass. ``h`` must carry the batch on its leading axis: under a ``jax.vmap`` over
+*examples* there is none (the per-example h looks like a batch of features) — put the
+interface outside that vmap; the error says so when it sees one.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -132,14 +153,62 @@ def _check_h(h: Any, where: str) -> None:
         raise TypeError(f"{where}: `h` must have a floating dtype, got {h.dtype}")
 
 
-def _check_context(context: Any, batch: int, where: str, name: str = "context") -> None:
+def _under_vmap(x: Any) -> bool:
+    """Whether ``x`` is being traced by a ``jax.vmap`` (for error messages only)."""
+    t = x
+    while isinstance(t, jax.core.Tracer):
+        if type(t).__name__ == "BatchTracer":
+            return True
+        t = getattr(t, "primal", None) if hasattr(t, "primal") else getattr(t, "val", None)
+    return False
+
+
+def _vmap_hint(h: Any) -> str:
+    if not _under_vmap(h):
+        return ""
+    return (
+        " — h is traced by jax.vmap: under a vmap over *examples* h has no batch axis (its "
+        f"per-example shape {tuple(h.shape)} is read as (batch, ...)); put the interface "
+        "outside the per-example vmap (a vmap over seeds or models is fine)"
+    )
+
+
+def _check_context(
+    context: Any, batch: int, where: str, name: str = "context", h: Any = None
+) -> None:
     for leaf in jax.tree.leaves(context):
         shape = tuple(jnp.shape(leaf))
         if not shape or shape[0] != batch:
             raise ValueError(
                 f"{where}: `{name}` must have h's batch size {batch} on its leading axis, "
-                f"got shape {shape}"
+                f"got shape {shape}{_vmap_hint(h)}"
             )
+
+
+def _check_label_context(context: Any, h: Any, where: str) -> None:
+    """The context of an sgjax estimator conditioned on labels: a (batch, k) array."""
+    if not (hasattr(context, "shape") and hasattr(context, "dtype")):
+        what = type(context).__name__
+        if isinstance(context, dict):
+            what += f" with keys {sorted(map(str, context))}"
+        raise TypeError(
+            f"{where}: `context` must be one array, the one-hot labels of shape (batch, k) that "
+            f"the estimator is conditioned on; got a {what} — pass that array (e.g. "
+            "jax.nn.one_hot(y, k)), or write your own estimator apply(params, h, context) "
+            "that reads this structure"
+        )
+    shape = tuple(context.shape)
+    if context.ndim == 1 and jnp.issubdtype(context.dtype, jnp.integer):
+        raise TypeError(
+            f"{where}: `context` must be a float one-hot of shape (batch, k); got int labels "
+            f"of shape {shape} — use jax.nn.one_hot(y, k), k the number of classes the SG "
+            "was made for (init_sg(key, h_shape, k))"
+        )
+    if context.ndim != 2:
+        raise ValueError(
+            f"{where}: `context` must be the one-hot labels of shape (batch, k), got shape "
+            f"{shape}{_vmap_hint(h)}"
+        )
 
 
 def _float_dtype(*dtypes: Any) -> Any:
@@ -150,49 +219,60 @@ def _float_dtype(*dtypes: Any) -> Any:
 # The backward interface.
 
 
+#: How far outside [0, 1] a traced λ may fall by rounding (it is clipped); further: NaN.
+_LAM_SLACK = 1e-6
+
+
 @dataclasses.dataclass(frozen=True)
 class _Config:
     apply: ApplyFn
     mode: str
-    lam: float
+    lam: float | None  # None: λ is data, the `lam` argument of _interface
     prop: float
     scale: float
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _interface(h: jax.Array, theta: Params, context: Any, cfg: _Config) -> jax.Array:
-    del theta, context, cfg
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _interface(h: jax.Array, theta: Params, context: Any, lam: Any, cfg: _Config) -> jax.Array:
+    del theta, context, lam, cfg
     return h
 
 
-def _interface_fwd(h, theta, context, cfg):
-    return h, (h, theta, context)
+def _interface_fwd(h, theta, context, lam, cfg):
+    return h, (h, theta, context, lam)
 
 
 def _interface_bwd(cfg: _Config, res, g):
-    h, theta, context = res
+    h, theta, context, lam = res
     zeros_theta = jax.tree.map(jnp.zeros_like, theta)
+    zero_lam = None if lam is None else jnp.zeros_like(lam)  # λ is a setting: no gradient
     if cfg.mode == "no-backprop":
-        return jnp.zeros_like(h), zeros_theta, None
+        return jnp.zeros_like(h), zeros_theta, None, zero_lam
 
     s, module_vjp = jax.vjp(lambda th, hh: cfg.apply(th, hh, context), theta, h)
     wide = _float_dtype(s.dtype, g.dtype)
-    batch = h.shape[0]
     # Per-example target t = scale·g, stop-gradiented (g is a cotangent: no tape to cut,
     # but a stop_gradient keeps it so under higher-order differentiation too).
     t = jax.lax.stop_gradient(g).astype(wide) * cfg.scale
     r = s.astype(wide) - t
-    # d/dθ and d/dh of mean_b ‖s_b − t_b‖², in one VJP (as rules.synthetic_gradients).
-    g_theta, g_h = module_vjp((2.0 * r / batch).astype(s.dtype))
+    # d/dθ and d/dh of L_SG = Σ_b ‖s_b − t_b‖² / scale, in one VJP: each example weighs
+    # what it weighs in the loss (for "mean" the batch mean, as rules.synthetic_gradients),
+    # so the module's gradient sums over shards exactly as the model's does.
+    g_theta, g_h = module_vjp((2.0 * r / cfg.scale).astype(s.dtype))
     if cfg.mode == "warm-up":
-        return g, g_theta, None
+        return g, g_theta, None, zero_lam
     delta = s.astype(wide)
-    if cfg.prop:
-        delta = delta + cfg.prop * batch * g_h.astype(wide)
+    if cfg.prop:  # α times the per-example ∂ℓ_SG,b/∂h_b
+        delta = delta + cfg.prop * cfg.scale * g_h.astype(wide)
     down = jax.lax.stop_gradient(delta) / cfg.scale
-    if cfg.lam:
-        down = cfg.lam * g.astype(wide) + (1.0 - cfg.lam) * down
-    return down.astype(h.dtype), g_theta, None
+    if cfg.lam is None or cfg.lam:
+        # One formula for a static and a traced λ (the same float ops, the same bits).
+        lam_w = jnp.asarray(cfg.lam if cfg.lam is not None else lam, wide)
+        if cfg.lam is None:  # λ as data: a schedule's rounding (1 − 5·0.2 = −1.5e-8) is
+            ok = (lam_w >= -_LAM_SLACK) & (lam_w <= 1 + _LAM_SLACK)  # clipped; a λ
+            lam_w = jnp.where(ok, jnp.clip(lam_w, 0, 1), jnp.nan)  # truly outside poisons
+        down = lam_w * g.astype(wide) + (1.0 - lam_w) * down
+    return down.astype(h.dtype), g_theta, None, zero_lam
 
 
 _interface.defvjp(_interface_fwd, _interface_bwd)
@@ -205,7 +285,7 @@ def sg_interface(
     *,
     estimator: Any = "conditioned",
     mode: str = "apply",
-    lam: float = 0.0,
+    lam: float | jax.Array = 0.0,
     prop: float = 0.0,
     loss_reduction: str | float = "mean",
 ) -> jax.Array:
@@ -214,23 +294,30 @@ def sg_interface(
     Args:
         h: the activation, with a leading batch axis; any shape, any floating dtype.
         sg_params: the SG module's parameters (from :func:`init_sg` or ``estimator.init``).
-        context: what the module is conditioned on (cDNI: the one-hot labels, shape
-            ``(batch, classes)``); ``None`` for an unconditioned module. Receives no gradient.
+        context: what the module is conditioned on (cDNI: the float one-hot labels, shape
+            ``(batch, classes)`` — ``jax.nn.one_hot(y, classes)``, not the int labels);
+            ``None`` for an unconditioned module. Receives no gradient.
         estimator: an :class:`~sgjax.estimators.Estimator`, its name, a user's
             ``(init, apply)`` pair or a bare ``apply(params, h, context)``; ``apply`` must
             return an array of ``h``'s shape estimating the per-example gradient.
         mode: ``"apply"``, ``"warm-up"`` or ``"no-backprop"`` (see the module docstring).
         lam: λ ∈ [0, 1] of BP(λ): below receives ``λ·g + (1 − λ)·SG`` (``"apply"`` only).
+            A Python number is static; a float scalar array (traced or not) is data: an
+            annealing schedule inside one compiled step, same gradients, no retrace.
         prop: α ≥ 0 of SG + prop: the signal below is ``SG + α ∂L_SG/∂h`` (per example).
         loss_reduction: ``"mean"`` (the loss is a batch mean, default), ``"sum"``, or the
-            factor k turning the cotangent into the per-example gradient the module predicts.
+            factor k turning the cotangent into the per-example gradient the module predicts
+            (the global batch size for a loss ``pmean``-ed over data-parallel shards).
 
     Returns:
         ``h`` itself (the same value; only the backward pass differs).
 
     Raises (at trace time): ``ValueError`` naming ``mode``, ``lam``, ``prop``, ``context``
     or ``estimator`` when the mode is unknown, λ ∉ [0, 1], α < 0, the context's batch is not
-    h's, or the module's output shape is not h's.
+    h's, or the module's output shape is not h's; ``TypeError`` when a label-conditioned
+    estimator gets int labels or a dict as its context (the message gives the fix). Not
+    supported: forward mode (``jax.jvp``/``jacfwd``) and a ``vmap`` over examples (see the
+    module docstring).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -249,8 +336,7 @@ def sg_interface(
     where = "sg_interface"
     if mode not in MODES:
         raise ValueError(f"{where}: `mode` must be one of {MODES}, got {mode!r}")
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0.0 <= lam <= 1.0:
-        raise ValueError(f"{where}: `lam` (λ) must be a number in [0, 1], got {lam!r}")
+    lam_static, lam_data = _lam(lam, where)
     if isinstance(prop, bool) or not isinstance(prop, int | float) or not prop >= 0.0:
         raise ValueError(f"{where}: `prop` (α) must be a number ≥ 0, got {prop!r}")
     _check_h(h, where)
@@ -261,24 +347,53 @@ def sg_interface(
             f"{where}: the estimator is conditioned on a context (the labels) but `context` is "
             "None; pass the one-hot labels, or use an unconditioned estimator such as 'linear'"
         )
-    _check_context(context, batch, where)
+    if needs_context:
+        _check_label_context(context, h, where)
+    _check_context(context, batch, where, h=h)
     scale = _scale_of(loss_reduction, batch, where)
     try:
         out = jax.eval_shape(apply, sg_params, h, context)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, AttributeError) as err:
         raise ValueError(
             f"{where}: `estimator` cannot be applied to `sg_params` and h of shape "
-            f"{tuple(h.shape)} ({type(err).__name__}: {err}); were `sg_params` made for this "
-            "activation (init_sg(key, h.shape[1:], context width))?"
+            f"{tuple(h.shape)} with context {_describe(context)} ({type(err).__name__}: "
+            f"{err}); were `sg_params` made for this activation (init_sg(key, h.shape[1:], "
+            f"context width))?{_vmap_hint(h)}"
         ) from err
     if getattr(out, "shape", None) != h.shape:
         raise ValueError(
             f"{where}: `estimator` output must have h's shape {tuple(h.shape)} (an SG "
             f"predicts ∂ℓ/∂h), got {getattr(out, 'shape', type(out).__name__)}; were "
-            "`sg_params` made for this activation?"
+            f"`sg_params` made for this activation?{_vmap_hint(h)}"
         )
-    cfg = _Config(apply, mode, float(lam), float(prop), scale)
-    return _interface(h, sg_params, context, cfg)
+    cfg = _Config(apply, mode, lam_static, float(prop), scale)
+    return _interface(h, sg_params, context, lam_data, cfg)
+
+
+def _describe(context: Any) -> str:
+    if context is None:
+        return "None"
+    if hasattr(context, "shape") and hasattr(context, "dtype"):
+        return f"of shape {tuple(context.shape)} ({context.dtype})"
+    return f"a {type(context).__name__}"
+
+
+def _lam(lam: Any, where: str) -> tuple[float | None, jax.Array | None]:
+    """(static λ, None) for a Python number; (None, λ as a float array) for an array."""
+    bad = f"{where}: `lam` (λ) must be a number in [0, 1] or a float scalar array"
+    if isinstance(lam, bool):
+        raise ValueError(f"{bad}, got {lam!r}")
+    if isinstance(lam, int | float):
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"{bad}, got {lam!r}")
+        return float(lam), None
+    if hasattr(lam, "shape") and hasattr(lam, "dtype"):
+        if tuple(lam.shape) != () or not jnp.issubdtype(lam.dtype, jnp.floating):
+            raise ValueError(f"{bad}, got an array of shape {tuple(lam.shape)} ({lam.dtype})")
+        if not isinstance(lam, jax.core.Tracer) and not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"{bad}, got {float(lam)!r}")
+        return None, jnp.asarray(lam)
+    raise ValueError(f"{bad}, got {type(lam).__name__}")
 
 
 def init_sg(

@@ -148,18 +148,32 @@ def test_lam_mixes_linearly():
     _assert_tree_close(grads[1], mix, 1e-5)
 
 
-def test_sg_gradient_is_the_regression_onto_the_true_gradient():
-    """Independent reference: one interface, written-out loss, autograd of it."""
+@pytest.mark.parametrize("reduction", ["mean", "sum", 2.5])
+def test_sg_gradient_is_the_regression_onto_the_true_gradient(reduction):
+    """Independent reference: one interface, written-out loss, autograd of it. With a loss
+    ``Σ_b ℓ_b / k`` the module regresses onto ``k·g`` = the per-example gradient, each
+    example weighing ``1/k`` as in the loss (k = batch for "mean", 1 for "sum")."""
     net, params, x, y, k = _problem(seed=3, batch=10)
     est = estimators.mlp((8,))
     (theta,) = _random_sg(k, est, net, (3,))
     c = jax.nn.one_hot(y, net.out_dim)
     hs = net.hidden(params, x)
-    # true per-example gradient at h_3: batch × ∂(mean loss)/∂h_3
-    upper = lambda h: XENT.fn(net.stages[3].apply(params[3], h), y)  # noqa: E731
-    t = x.shape[0] * _jgrad(upper)(hs[3])
-    want = _jgrad(lambda th: jnp.mean(jnp.sum((est.apply(th, hs[3], c) - t) ** 2, -1)))(theta)
-    got = _jgrad(_interface_loss(net, (3,), est), argnums=1)(params, (theta,), x, y)[0]
+    kk = {"mean": x.shape[0], "sum": 1.0}.get(reduction, reduction)
+    # the per-example losses ℓ_b, the loss Σ_b ℓ_b / k, the true per-example ∂ℓ_b/∂h_3
+    ell = lambda p, h: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+        net.stages[3].apply(p, h), y
+    )
+    t = _jgrad(lambda h: ell(params[3], h).sum())(hs[3])
+    want = _jgrad(lambda th: jnp.sum((est.apply(th, hs[3], c) - t) ** 2) / kk)(theta)
+
+    def loss(params, theta):
+        h = params[0]
+        for i, (stage, p) in enumerate(zip(net.stages[:3], params)):
+            h = stage.apply(p, x if i == 0 else h)
+        h = sg_interface(h, theta, c, estimator=est, loss_reduction=reduction)
+        return ell(params[3], h).sum() / kk
+
+    got = _jgrad(loss, argnums=1)(params, theta)
     _assert_tree_close(got, want, 1e-5)
 
 
@@ -418,7 +432,9 @@ def _err_setup():
     "kwargs, match",
     [
         ({"mode": "warmup"}, "`mode` must be one of"),
-        ({"lam": 1.5}, r"`lam` \(λ\) must be a number in \[0, 1\], got 1.5"),
+        ({"lam": 1.5}, r"`lam` \(λ\) must be a number in \[0, 1\].*got 1.5"),
+        ({"lam": jnp.float32(1.5)}, r"`lam` \(λ\) must be a number in \[0, 1\].*got 1.5"),
+        ({"lam": jnp.ones(2)}, r"`lam` \(λ\) .* got an array of shape \(2,\)"),
         ({"lam": -0.1}, r"`lam` \(λ\)"),
         ({"prop": -1.0}, r"`prop` \(α\)"),
         ({"loss_reduction": "max"}, "`loss_reduction`"),
@@ -449,6 +465,113 @@ def test_context_of_the_wrong_batch_is_named():
         sg_interface(h, sg, None)
     with pytest.raises(TypeError, match="floating dtype"):
         sg_interface(jnp.ones((4, 8), jnp.int32), sg, jnp.zeros((4, 3)))
+
+
+def test_int_labels_as_context_name_the_fix():
+    h, sg, _ = _err_setup()
+    labels = jnp.arange(4) % 3
+    with pytest.raises(TypeError, match=r"float one-hot .* got int labels of shape \(4,\) "
+                       r"— use jax.nn.one_hot\(y, k\)"):  # fmt: skip
+        jax.grad(lambda h: sg_interface(h, sg, labels).sum())(h)
+
+
+def test_dict_context_names_the_fix():
+    h, sg, c = _err_setup()
+    with pytest.raises(TypeError, match=r"`context` must be one array.* dict with keys \['y'\]"):
+        sg_interface(h, sg, {"y": c})
+    # a user's estimator may read a dict; an AttributeError inside it is reported, not raw
+    own = (None, lambda th, h, c: h * c.y)
+    with pytest.raises(ValueError, match=r"cannot be applied .* context a dict .*AttributeError"):
+        sg_interface(h, {}, {"y": c}, estimator=own)
+
+
+def test_per_example_vmap_is_named():
+    h, sg, c = _err_setup()
+    with pytest.raises(ValueError, match=r"traced by jax.vmap: .* outside the per-example vmap"):
+        jax.vmap(lambda hh, cc: sg_interface(hh, sg, cc))(h, c)
+    lin = init_sg(jax.random.key(0), (8,), estimator="linear")
+    with pytest.raises(ValueError, match=r"outside the per-example vmap"):
+        jax.vmap(lambda hh: sg_interface(hh, lin, estimator="linear"))(h)
+    # the same wrong context outside any vmap: no vmap hint
+    with pytest.raises(ValueError, match=r"shape \(batch, k\), got shape \(4,\)$"):
+        sg_interface(h, sg, c[:, 0])
+
+
+def test_forward_mode_is_refused():
+    """Documented limit: an SG exists only as a backward pass."""
+    h, sg, c = _err_setup()
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        jax.jvp(lambda h: sg_interface(h, sg, c), (h,), (h,))
+
+
+# --------------------------------------------------------------------------------------
+# λ as data: a traced λ (an annealing schedule inside one compiled step).
+
+
+def test_traced_lam_equals_static_lam_bit_for_bit_without_retrace():
+    net, params, x, y, est, sg = _all_sg_problem()
+    traces = []
+
+    @jax.jit
+    def traced(params, sg, lam):
+        traces.append(1)
+        return jax.grad(_interface_loss(net, AT["all"], est, lam=lam), argnums=(0, 1))(
+            params, sg, x, y
+        )
+
+    for lam in (0.0, 0.3, 0.7, 1.0):
+        got = traced(params, sg, jnp.float32(lam))
+        want = jax.jit(jax.grad(_interface_loss(net, AT["all"], est, lam=lam), argnums=(0, 1)))(
+            params, sg, x, y
+        )
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(traces) == 1
+    # an eager jnp scalar is data too (and checked: it is concrete)
+    g = _jgrad(_interface_loss(net, AT["all"], est, lam=jnp.float32(1.0)))(params, sg, x, y)
+    _assert_tree_close(g, _jgrad(lambda p: XENT.fn(net.apply(p, x), y))(params), 1e-6)
+
+
+def test_traced_lam_out_of_range_poisons_the_signal_below():
+    net, params, x, y, est, sg = _all_sg_problem()
+    f = jax.jit(lambda lam: jax.grad(_interface_loss(net, AT["all"], est, lam=lam))(
+        params, sg, x, y))  # fmt: skip
+    assert bool(jnp.all(jnp.isfinite(f(jnp.float32(0.5))[0]["W"])))
+    assert bool(jnp.all(jnp.isnan(f(jnp.float32(1.5))[0]["W"])))
+    assert bool(jnp.all(jnp.isnan(f(jnp.float32(-1e-3))[0]["W"])))
+    # a schedule's rounding (float32 1 − 5·(1/5) = −1.5e-8) is λ = 0, not an error
+    want = _jgrad(_interface_loss(net, AT["all"], est))(params, sg, x, y)
+    _assert_tree_close(f(jnp.float32(-1.5e-8)), want, 1e-6)
+
+
+def test_annealed_lam_trains_as_the_static_schedule():
+    """λ_t = 1 − t/T annealed inside one compiled step (λ computed from the step counter)
+    takes the same steps as a static λ per step (one compile per value)."""
+    net, params, x, y, est, sg = _all_sg_problem(seed=1)
+    opt, steps = optax.adam(1e-2), 5
+    schedule = lambda t: 1.0 - 0.25 * t  # noqa: E731  (exact in float32: 1, .75, ..., 0)
+
+    def make(lam_of):
+        def step(v, s, t):
+            lam = lam_of(t)
+            g = jax.grad(lambda v: _interface_loss(net, AT["all"], est, lam=lam)(*v, x, y))(v)
+            u, s = opt.update(g, s)
+            return optax.apply_updates(v, u), s
+
+        return step
+
+    traced = jax.jit(make(lambda t: schedule(t.astype(jnp.float32))))
+    v1 = v2 = (params, sg)
+    s1 = s2 = opt.init(v1)
+    for t in range(steps):
+        v1, s1 = traced(v1, s1, jnp.int32(t))
+        v2, s2 = jax.jit(make(lambda _, t=t: schedule(t)))(v2, s2, t)
+    assert traced._cache_size() == 1
+    diff = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(v1), jax.tree.leaves(v2))
+    )
+    print(f"annealed λ: max |traced − static| after {steps} steps = {diff:.3g}")
+    assert diff == 0.0
 
 
 # --------------------------------------------------------------------------------------
