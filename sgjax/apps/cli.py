@@ -169,8 +169,13 @@ def _dispatch(
         return int(module.run(sub.parse_args(argv[1:])) or 0)
     except KeyboardInterrupt as err:
         return _interrupted(name, argv, err, received)
-    except (ValueError, FileNotFoundError, FloatingPointError, OutputKeptError) as err:
-        # Bad input and diverging runs are the user's to fix: a message, not a traceback.
+    except (ValueError, OSError, FloatingPointError, OutputKeptError) as err:
+        if isinstance(err, OSError) and not (
+            isinstance(err, FileNotFoundError) or getattr(err, "one_line", False)
+        ):
+            raise  # an unexpected system error: its traceback is the information
+        # Bad input, diverging runs and failed saves (a full disk) are the user's to fix:
+        # a message, not a traceback.
         # (A NonFiniteLossError words it for the command line: no `err.state`.)
         cli_message = getattr(err, "cli_message", None)
         text = cli_message() if callable(cli_message) else str(err)

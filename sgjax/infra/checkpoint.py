@@ -74,6 +74,24 @@ class NonFiniteStateError(FloatingPointError):
     """Raised instead of writing a state that holds NaN or inf."""
 
 
+class CheckpointWriteError(OSError):
+    """A save failed (disk full, a file system error): nothing was deleted.
+
+    Attributes:
+        step: the step whose save failed.
+        kept: the steps of the checkpoints that are there and verify.
+    """
+
+    one_line = True  # the command line prints it as one message, no traceback
+
+    def __init__(self, message: str, step: int, kept: list[int]):
+        super().__init__(message)
+        self.step, self.kept = step, kept
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class CheckpointDirInUseError(ValueError):
     """Another live process holds the checkpoint directory's lock (one writer at a time)."""
 
@@ -148,6 +166,61 @@ def deferred_signals() -> Iterator[None]:
             signal.signal(num, old)
         if pending:
             signal.raise_signal(pending[0])  # the original handler runs now
+
+
+#: suffix of a checkpoint moved aside while the same step is saved again
+_ASIDE = ".sgjax-replaced"
+
+
+def _orbax_thread_error(record: Any) -> bool:
+    """False for orbax's log of an exception in one of its threads (the same exception is
+    raised to the caller of the save, which reports it in one line)."""
+    return "raised an exception" not in str(record.msg) or "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Drop orbax's log records (a failed write logs dozens of tracebacks from its
+    threads); the exception itself reaches the caller, which reports it in one line.
+    Records its threads log after the save returned are dropped by a filter."""
+    import logging
+
+    absl = logging.getLogger("absl")
+    if _orbax_thread_error not in absl.filters:
+        absl.addFilter(_orbax_thread_error)
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _root_cause(err: BaseException) -> tuple[str, int | None]:
+    """The innermost OS error behind ``err`` (its message, its errno), else ``err``."""
+    seen, e, found = set(), err, None
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            found = e
+        e = e.__cause__ or e.__context__
+    if found is not None:
+        return f"{found.strerror or found} (errno {found.errno})", found.errno
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "No space left on device" in text or "os_error_code='28'" in text:
+        return "No space left on device (errno 28)", 28
+    return text[:300], None
+
+
+def _size(where: Path) -> int:
+    return sum(p.stat().st_size for p in where.rglob("*") if p.is_file())
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10**5 else f"{n / 1e3:.0f} kB"
 
 
 def _hash_file(path: Path) -> str:
@@ -388,6 +461,14 @@ class Checkpointer:
         if self.directory.is_dir():
             for tmp in self.directory.glob(f"*{ocp.utils.TMP_DIR_SUFFIX}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
+            # A checkpoint moved aside by a re-save that was killed: put back if the new
+            # one never completed, else removed.
+            for aside in self.directory.glob(f"*{_ASIDE}"):
+                where = self.directory / aside.name[: -len(_ASIDE)]
+                if where.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    os.replace(aside, where)
         self._mgr = ocp.CheckpointManager(
             self.directory,
             # Named handlers, so that a fresh manager can read an existing checkpoint's
@@ -397,7 +478,8 @@ class Checkpointer:
                 "meta": ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=ocp.checkpoint_managers.LatestN(n=self.keep),
+                # No retention by orbax (it removes the oldest before the new one is
+                # hashed): save() removes old checkpoints once the new one verifies.
                 enable_async_checkpointing=False,
                 create=True,
             ),
@@ -430,19 +512,76 @@ class Checkpointer:
             json.dumps(meta)
         except TypeError as e:
             raise ValueError(f"checkpoint `metadata` must be JSON-serialisable: {e}") from e
+        where = self.directory / str(step)
+        aside = self.directory / f"{step}{_ASIDE}"
         if step in self._mgr.all_steps():
-            # Re-saving a step (e.g. the final save after a periodic one): replace it.
-            self._mgr.delete(step)
-        self._mgr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._mgr.wait_until_finished()
-        write_manifest(self.directory / str(step))  # last: a checkpoint without it is unverified
+            # Re-saving a step (a bad checkpoint the resumed run reached again): the old
+            # one is moved aside, and removed only once the new one is verified.
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(where, aside)
+            self._mgr.reload()
+        try:
+            with _quiet_orbax():
+                self._mgr.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                    ),
+                    force=True,
+                )
+                self._mgr.wait_until_finished()
+            write_manifest(where)  # last: a checkpoint without it is unverified
+            problems = verify(where)
+            if problems:
+                raise OSError(f"the files read back differ from those written: {problems[0]}")
+        except Exception as e:
+            self._discard_failed(step, aside)
+            raise self._write_error(step, e) from None
+        shutil.rmtree(aside, ignore_errors=True)
+        # Retention, only now that the new checkpoint is verified: the newest `keep`
+        # stay. At its peak the directory holds keep + 1 checkpoints.
+        for old in self.steps()[: -self.keep]:
+            self._mgr.delete(old)
         return step
+
+    def _discard_failed(self, step: int, aside: Path) -> None:
+        """Remove what a failed save of ``step`` left, put back what it replaced."""
+        ocp = self._ocp
+        with _quiet_orbax():
+            with contextlib.suppress(Exception):
+                self._mgr.wait_until_finished()
+        for tmp in self.directory.glob(f"{step}{ocp.utils.TMP_DIR_SUFFIX}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.directory / str(step), ignore_errors=True)  # never verified
+        if aside.exists():
+            os.replace(aside, self.directory / str(step))
+        with contextlib.suppress(Exception):
+            self._mgr.reload()
+
+    def _write_error(self, step: int, err: BaseException) -> CheckpointWriteError:
+        reason, errno = _root_cause(err)
+        kept = [s for s in self.steps() if not verify(self.directory / str(s))]
+        sizes = [_size(self.directory / str(s)) for s in kept]
+        room = (
+            f"; each checkpoint takes about {_mb(max(sizes))}, and the directory needs room "
+            f"for {self.keep + 1} of them (keep={self.keep}, plus the new one, written and "
+            "verified before the oldest is removed)"
+            if sizes
+            else ""
+        )
+        what = "free some space" if errno == 28 else "fix the cause"
+        return CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {self.directory}: {reason}. "
+            "Nothing was deleted: "
+            + (
+                f"the checkpoints of steps {kept} are kept and verify"
+                if kept
+                else "no checkpoint had been written yet"
+            )
+            + f"{room}. To go on, {what}, then rerun with --resume",
+            step,
+            kept,
+        )
 
     def restore(
         self, target: Any, *, step: int | None = None, verify_hash: bool = True
