@@ -82,7 +82,8 @@ def test_the_cli_reports_a_failed_save_in_one_line(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(checkpoint, "write_manifest", full)
     argv = ["train", "--dataset", "digits", "--depth", "1", "--width", "8", "--steps", "3",
-            "--no-progress", "--checkpoint-every", "2", "--checkpoint-dir", str(tmp_path)]  # fmt: skip
+            "--no-progress", "--checkpoint-every", "2",
+            "--checkpoint-dir", str(tmp_path)]  # fmt: skip
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device (errno 28)" in err, err
