@@ -1,7 +1,7 @@
 """Mutation harness: plant realistic bugs in a copy of sgjax/ and see what catches them.
 
 Each mutant replaces one exact string in a copy of ``sgjax/rules.py``,
-``estimators.py``, ``losses.py`` or ``nets.py`` (the stable maths), then runs selected
+``estimators.py``, ``interface.py``, ``sweep.py``, ``losses.py`` or ``nets.py``, then runs selected
 ``sgjax verify`` rows and test files against the copy (``PYTHONPATH`` = the copy), and
 reports which verify rows and which tests turn red (pytest stops at the first red test,
 ``-x``: the table lists the first). A mutant that turns nothing red is a defect of the
@@ -11,6 +11,8 @@ checks.
     python scripts/mutations.py --out docs/results/mutations.md
     python scripts/mutations.py --only mse-grad-sign,kickback-mean
     python scripts/mutations.py --check          # patterns still apply? (fast; CI)
+    python scripts/mutations.py --baseline --json docs/results/mutations.json
+    python scripts/mutations.py --doc docs/results/mutations.json   # docs/theory.md section
 
 Too slow for CI (a verify subset and a test file per mutant); ``tests/test_mutations.py``
 runs ``--check`` so that a pattern that no longer matches the sources fails loudly.
@@ -137,6 +139,72 @@ MUTANTS: tuple[Mutant, ...] = (
         'h @ theta["W"]',
         "dropped term: dense stage without its bias",
     ),
+    # Issue 25: bugs in the SG modules' own training path (what the module regresses
+    # onto, which module gets which gradient, the prop term, the interface's scaling).
+    Mutant(
+        "sg-true-targets-bootstrap",
+        "rules.py",
+        't = g_true if targets == "true" else g',
+        "t = g",
+        'target choice: targets="true" silently regresses onto the bootstrapped target',
+    ),
+    Mutant(
+        "sg-bias-not-trained",
+        "estimators.py",
+        'out = jnp.broadcast_to(theta["C"], (h.shape[0], theta["C"].shape[0]))',
+        'out = jnp.broadcast_to(jax.lax.stop_gradient(theta["C"]), (h.shape[0], '
+        'theta["C"].shape[0]))',
+        "untrained parameter: the affine SG's bias C gets no gradient",
+    ),
+    Mutant(
+        "sg-prop-scales-sg",
+        "rules.py",
+        "delta = delta + alpha * h.shape[0] * reg.grad_h",
+        "delta = alpha * delta + h.shape[0] * reg.grad_h",
+        "prop coefficient on the wrong term: α·SG + ∂ℓ_SG/∂h",
+    ),
+    Mutant(
+        "sg-grads-wrong-module",
+        "rules.py",
+        "rule_grads = tuple(aux[b][0] for b in boundaries)",
+        "rule_grads = tuple(aux[b][0] for b in reversed(boundaries))",
+        "wrong module: each SG module receives another module's gradient",
+    ),
+    Mutant(
+        "sg-loss-sum-not-mean",
+        "estimators.py",
+        "loss = jnp.mean(jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1))",
+        "loss = jnp.sum(jnp.square(r))",
+        "mean/sum mix-up: the reported SG loss summed over the batch",
+    ),
+    Mutant(
+        "mlp-sg-ignores-label",
+        "estimators.py",
+        "z = jnp.concatenate([z, y.astype(z.dtype)], axis=-1)",
+        "z = jnp.concatenate([z, 0 * y.astype(z.dtype)], axis=-1)",
+        "context ignored for one estimator: the MLP SG drops the label",
+    ),
+    Mutant(
+        "mlp-sg-hidden-frozen",
+        "estimators.py",
+        'z = activation(z @ layer["W"] + layer["b"])',
+        'z = activation(z @ jax.lax.stop_gradient(layer["W"]) + layer["b"])',
+        "untrained parameters: the MLP SG's hidden weights get no gradient",
+    ),
+    Mutant(
+        "interface-target-unscaled",
+        "interface.py",
+        "t = jax.lax.stop_gradient(g).astype(wide) * cfg.scale",
+        "t = jax.lax.stop_gradient(g).astype(wide)",
+        "mean/sum mix-up: sg_interface regresses onto the cotangent g, not the per-example k·g",
+    ),
+    Mutant(
+        "interface-prop-no-batch",
+        "interface.py",
+        "delta = delta + cfg.prop * cfg.scale * g_h.astype(wide)",
+        "delta = delta + cfg.prop * g_h.astype(wide)",
+        "wrong scale: sg_interface's prop term of the reduced loss, not per example",
+    ),
     Mutant(
         "xent-drops-label",
         "losses.py",
@@ -146,10 +214,11 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
 )
 
-#: What runs against each mutant: verify families (few instances) and test files.
-VERIFY_CLAIMS = "table1,implied-loss"
+#: What runs against each mutant: verify families (few instances) and test files
+#: (``-m "not slow"``; pytest stops at the first red test).
+VERIFY_CLAIMS = "library-sg,table1,implied-loss"
 VERIFY_INSTANCES = "2"
-TEST_FILES = ("tests/test_rules.py",)
+TEST_FILES = ("tests/test_library_sg.py", "tests/test_rules.py")
 
 
 def check_patterns(root: Path = ROOT) -> list[str]:
@@ -202,7 +271,8 @@ def run_mutant(
             tail = (v.stderr or v.stdout).strip().splitlines()[-1:] or ["?"]
             red_rows = [f"(verify crashed: {tail[0][:80]})"]
         p = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m",
+             "not slow", *tests],
             cwd=t, env=env, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         red_tests = _failed_tests(p.stdout)
@@ -235,17 +305,87 @@ def to_markdown(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+THEORY_DOC = ROOT / "docs" / "theory.md"
+DOC_BEGIN = "<!-- mutations:begin (generated by scripts/mutations.py --doc; do not edit) -->"
+DOC_END = "<!-- mutations:end -->"
+
+
+def red_by_row(results: list[dict[str, object]]) -> dict[str, list[str]]:
+    """verify row -> the mutants that turned it red (measured; baseline excluded).
+
+    Example:
+        >>> red_by_row([{"mutant": "m", "red_rows": ["a/b"], "red_tests": []}])
+        {'a/b': ['m']}
+    """
+    out: dict[str, list[str]] = {}
+    for r in results:
+        if r["mutant"] == "(none)":
+            continue
+        rows = r["red_rows"]
+        assert isinstance(rows, list)
+        for row in rows:
+            out.setdefault(str(row), []).append(str(r["mutant"]))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def doc_section(results: list[dict[str, object]]) -> str:
+    """The generated 'what turns it red' section of docs/theory.md (markdown)."""
+    lines = [
+        DOC_BEGIN,
+        "",
+        "| `sgjax verify` row | planted bugs that turn it red (measured) |",
+        "|---|---|",
+    ]
+    for row, mutants in red_by_row(results).items():
+        lines.append(f"| `{row}` | {', '.join(mutants)} |")
+    missed = [str(r["mutant"]) for r in results if r["mutant"] != "(none)" and not r["red_rows"]]
+    lines += [
+        "",
+        f"Mutants measured: {sum(r['mutant'] != '(none)' for r in results)}; turning no "
+        f"verify row red: {', '.join(missed) or 'none'}.",
+        "",
+        DOC_END,
+    ]
+    return "\n".join(lines)
+
+
+def splice_doc(text: str, results: list[dict[str, object]]) -> str:
+    """``text`` with its generated section replaced by :func:`doc_section` of ``results``."""
+    i, j = text.find(DOC_BEGIN), text.find(DOC_END)
+    if i < 0 or j < i:
+        raise SystemExit(f"docs/theory.md: no generated section ({DOC_BEGIN!r} ... {DOC_END!r})")
+    return text[:i] + doc_section(results) + text[j + len(DOC_END) :]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only check the patterns apply")
     ap.add_argument("--only", default="", help="comma-separated mutant names")
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument(
+        "--json",
+        default=None,
+        help="write the measured results here (docs/theory.md's "
+        "'what turns it red' is generated from them: --doc)",
+    )
+    ap.add_argument(
+        "--doc",
+        default=None,
+        metavar="JSON",
+        help="regenerate docs/theory.md's mutation section from these results and exit",
+    )
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
     ap.add_argument("--baseline", action="store_true", help="also run the unmodified sources")
     ap.add_argument(
         "--tests", default=",".join(TEST_FILES), help="comma-separated test files / node ids"
     )
     args = ap.parse_args(argv)
+    if args.doc:
+        results = json.loads(Path(args.doc).read_text(encoding="utf-8"))
+        THEORY_DOC.write_text(splice_doc(THEORY_DOC.read_text(encoding="utf-8"), results),
+                              encoding="utf-8")  # fmt: skip
+        print(f"{THEORY_DOC}: mutation section regenerated from {args.doc}")
+        return 0
     problems = check_patterns()
     if problems:
         print("\n".join(problems), file=sys.stderr)
@@ -271,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.out:  # incremental: a long run leaves its table so far
             Path(args.out).write_text(to_markdown(results) + "\n", encoding="utf-8")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     table = to_markdown(results)
     print(table)
     if args.out:

@@ -2,6 +2,7 @@
 
 Every row has a strength, ``evidence`` (it could fail if the paper or our
 implementation were wrong) or ``identity`` (true by construction: a sanity check),
+says whether it runs sgjax library code (column ``library``; counted in the summary),
 and is one of three kinds (:mod:`theory.record`):
 
 * claim: a statement of the paper; "pass" or "FAIL".
@@ -54,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "Strength: evidence (could fail if the paper or sgjax were wrong) or identity (true\n"
-        "by construction; a sanity check).\n"
+        "by construction; a sanity check). Library: yes when the row's figure comes from\n"
+        "sgjax library code (rules, estimators, interface), no for hand-written models.\n"
         "Row kinds: claim (a statement of the paper: pass/FAIL), control (the check with "
         "the\npaper's assumption broken: must fail), finding (a statement that is not the "
         "paper's,\ne.g. a step read into a proof: reported as holds/refuted, never changes "
@@ -82,14 +84,14 @@ def format_records(records: list[Claim]) -> str:
     Example:
         >>> from theory.record import at_most, control
         >>> print(format_records([at_most("a/b", "Prop. 1", 1e-12, 1e-8, 4)]))
-        claim  reference  strength  measured  target   n  verdict
-        -----  ---------  --------  --------  -------  -  -------
-        a/b    Prop. 1    evidence  1e-12     ≤ 1e-08  4  pass
+        claim  reference  strength  library  measured  target   n  verdict
+        -----  ---------  --------  -------  --------  -------  -  -------
+        a/b    Prop. 1    evidence  no       1e-12     ≤ 1e-08  4  pass
     """
-    rows = [("claim", "reference", "strength", "measured", "target", "n", "verdict")]
+    rows = [("claim", "reference", "strength", "library", "measured", "target", "n", "verdict")]
     rows += [
-        (c.name, c.reference, c.strength, _fmt(c.measured), c.target, str(c.instances),
-         _verdict(c))
+        (c.name, c.reference, c.strength, "yes" if c.runs_library else "no", _fmt(c.measured),
+         c.target, str(c.instances), _verdict(c))
         for c in records
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -115,6 +117,11 @@ _ABOUT = {
     "table1": ("Table 1: each rule's δ̂ is ∂L_SG/∂h of its (SG, target, L_SG) triple", "heavy"),
     "table2": ("Table 2: SG − backprop loss gap on artificial data", "heavy"),
     "sg-prop-alone": ("§3 footnote: the SG + prop signal alone (paper.md §6 item 22)", "light"),
+    "library-sg": (
+        "sgjax's SG modules (every estimator, target kind, prop, placement, the interface): "
+        "parameter gradients and signals vs a hand-written reference",
+        "medium",
+    ),
 }
 _COST_NOTE = (
     "share of a default `sgjax verify` run (measured 2026-11-29: 661 s in all on a shared "
@@ -168,10 +175,12 @@ def run(args: argparse.Namespace) -> int:
     n_ctrl = sum(c.kind == "control" for c in records)
     findings = [c for c in records if c.kind == "finding"]
     n_ev = sum(c.strength == "evidence" for c in records)
+    n_lib = sum(c.runs_library for c in records)
     print(
         f"\n{len(records) - len(bad)}/{len(records)} as expected ({n_ctrl} negative controls, "
         f"{len(findings)} findings, {sum(not c.passed for c in findings)} refuted; "
-        f"{n_ev} evidence rows, {len(records) - n_ev} identity rows); "
+        f"{n_ev} evidence rows, {len(records) - n_ev} identity rows; "
+        f"{n_lib} rows run sgjax library code); "
         f"{time.perf_counter() - t_all:.1f}s"
     )
     if args.json:

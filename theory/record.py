@@ -21,7 +21,12 @@ Every record also has a ``strength``:
   turns it red (``docs/theory.md``, ``docs/results/mutations.md``).
 * ``"identity"``: true by construction (an algebraic identity of the set-up, such as
   ``ω = 0`` staying 0); a sanity check that guards the harness, not evidence for the
-  paper.
+  paper. :func:`identity` takes the reason, which goes into ``detail``.
+
+And ``runs_library``: True when the row's measured figure comes from sgjax library code
+(``sgjax.rules``, ``sgjax.estimators``, ``sgjax.interface``, ...) compared with an
+independent reference; False when the row checks the paper's mathematics on
+hand-written models only (then no bug in sgjax can turn it red). :func:`library` sets it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class Claim:
       expect_pass: False for a negative control (the check is expected to fail).
       kind: ``"claim"``, ``"control"`` or ``"finding"`` (see the module docstring).
       strength: ``"evidence"`` or ``"identity"`` (see the module docstring).
+      runs_library: the measured figure comes from sgjax library code (see the module
+        docstring).
 
     Example:
         >>> c = at_most("demo/zero", "Prop. 1", 3e-12, 1e-8, 4)
@@ -76,6 +83,7 @@ class Claim:
     expect_pass: bool = True
     kind: str = "claim"
     strength: str = "evidence"
+    runs_library: bool = False
 
     def __post_init__(self) -> None:
         if self.strength not in STRENGTHS:
@@ -188,11 +196,26 @@ def finding(claim: Claim, note: str = "") -> Claim:
     return dataclasses.replace(claim, detail=detail, kind="finding")
 
 
-def identity(claim: Claim) -> Claim:
+def identity(claim: Claim, why: str = "") -> Claim:
     """Mark ``claim`` as a sanity identity: true by construction, not evidence.
 
+    ``why`` says what makes it true by construction; it opens ``detail``.
+
     Example:
-        >>> identity(at_most("thm1/ω=0", "Thm. 1", 0.0, 0.0, 4)).strength
-        'identity'
+        >>> c = identity(at_most("thm1/ω=0", "Thm. 1", 0.0, 0.0, 4), "linear ω-update")
+        >>> (c.strength, c.detail)
+        ('identity', 'identity: linear ω-update')
     """
-    return dataclasses.replace(claim, strength="identity")
+    detail = f"identity: {why}" if why else ""
+    detail += ("; " if detail and claim.detail else "") + claim.detail
+    return dataclasses.replace(claim, strength="identity", detail=detail)
+
+
+def library(claim: Claim) -> Claim:
+    """Mark ``claim`` as one whose measured figure comes from sgjax library code.
+
+    Example:
+        >>> library(at_most("table1/SG", "Table 1", 0.0, 1e-12, 4)).runs_library
+        True
+    """
+    return dataclasses.replace(claim, runs_library=True)

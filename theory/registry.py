@@ -18,13 +18,14 @@ from theory import (
     corollary1,
     critical_points,
     implied_loss,
+    library_sg,
     proposition2,
     sg_extras,
     table1,
     table2,
     theorem1,
 )
-from theory.record import Claim, identity
+from theory.record import Claim, identity, library
 
 ClaimFn = Callable[[jax.Array, int, bool], list[Claim]]
 
@@ -44,13 +45,19 @@ def _prop1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
         cp(k1, n)  # bottleneck (width 3 < k = 6): claim, and its control on the same nets
         + cp(k1, n, loss="log")
         + cp(k1, n, label=False)
-        + [identity(r) for r in cp(k2, n, sizes=wide)]
+        + [identity(r, _WHY_WIDE) for r in cp(k2, n, sizes=wide)]
         + [
             identity(dataclasses.replace(r, kind="claim", expect_pass=True,
-                                         name=r.name + "-also-critical"))
+                                         name=r.name + "-also-critical"), _WHY_WIDE)
             for r in cp(k2, n, sizes=wide, loss="log")
         ]
     )  # fmt: skip
+
+
+_WHY_WIDE = (
+    "h spans the input, so the least-squares residual G − SG is orthogonal to every "
+    "lower layer's input whatever the loss"
+)
 
 
 def _appendix_a(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
@@ -110,7 +117,8 @@ def _cor1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
         c(k1, n)
         + c(k1, n, printed=True)
         + [identity(dataclasses.replace(r, kind="claim", expect_pass=True,
-                                        name=r.name + "/no-label(h spans x)"))
+                                        name=r.name + "/no-label(h spans x)"),
+                    "h spans x: the label-free least-squares SG is exact there")
            for r in c(k1, n, label=False)]
         + c(k2, n, sizes=COR1_BOTTLENECK, where_backprop_converges=True)
         + c(k2, n, sizes=COR1_BOTTLENECK, label=False, where_backprop_converges=True)
@@ -127,11 +135,15 @@ def _implied(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
         # Under a skew A, L̂ = L + const still holds by construction (½hAhᵀ cannot
         # see the skew part): an identity; the field check is the control.
         + [
-            identity(r) if r.kind == "claim" else r
+            identity(r, "½hAhᵀ cannot see the skew part of A") if r.kind == "claim" else r
             for r in implied_loss.implied_quadratic_loss(k2, n, skew=0.5)
         ]
-        + sg_extras.library_sg_implied_loss(k3, max(n // 4, 4))
+        + [library(r) for r in sg_extras.library_sg_implied_loss(k3, max(n // 4, 4))]
     )
+
+
+def _library_sg(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
+    return library_sg.library_sg_gradients(key, n)
 
 
 def _sg_prop_alone(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
@@ -141,7 +153,7 @@ def _sg_prop_alone(key: jax.Array, n: int, thorough: bool = False) -> list[Claim
 def _table1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
     k1, k2, k3, k4 = jax.random.split(key, 4)
     k5, k6 = jax.random.split(jax.random.fold_in(key, 5))
-    return (
+    recs = (
         table1.table1_identities(k1, n)
         + table1.table1_identities(k2, n, wrong=True)
         # Softmax cross-entropy, every row but Kickback (vacuous under xent).
@@ -150,6 +162,7 @@ def _table1(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
         + table1.table1_trajectories(k3, n)
         + table1.table1_trajectories(k4, n, random_B=True)
     )
+    return [library(r) for r in recs]  # every row runs sgjax.rules (and nets, losses)
 
 
 def _table2(key: jax.Array, n: int, thorough: bool = False) -> list[Claim]:
@@ -174,6 +187,7 @@ CLAIMS: OrderedDict[str, ClaimFn] = OrderedDict(
         ("table1", _table1),
         ("table2", _table2),
         ("sg-prop-alone", _sg_prop_alone),
+        ("library-sg", _library_sg),
     ]
 )
 
@@ -191,6 +205,7 @@ DEFAULT_INSTANCES: dict[str, int] = {
     "table1": 8,
     "table2": 8,
     "sg-prop-alone": 16,
+    "library-sg": 4,
 }
 
 #: Instances per family with ``--thorough``: ≥ 1000 where an instance is cheap; the
@@ -209,4 +224,5 @@ THOROUGH_INSTANCES: dict[str, int] = {
     "table1": 1000,
     "table2": 10,
     "sg-prop-alone": 160,
+    "library-sg": 64,
 }

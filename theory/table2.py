@@ -368,17 +368,21 @@ def table2(
                     f"sigmoid-SG gap / linear-SG gap: {v['sigmoid']:.2g} / {v['linear']:.2g}",
                 )
             )
-        # Control: the separable-data gap must not show on random labels (same k).
-        rnd_c = next(
-            (r for r in rnd if r[0] == "random" + c[0][len("linear") :] and r[1] == c[1]), None
-        )
-        if rnd_c is not None:
+        # Control: the gap is a property of *separable* data (the log-loss gradient's
+        # tail σ(p) − y, which a linear SG cannot follow as p grows). On noisy labels
+        # of the same linear rule (not separable: the optimum is finite) it must not
+        # show at this threshold. (Random labels would add nothing: the claim
+        # `table2/random-labels-log≈0` already bounds their gap by 1e-4.) No claim
+        # judges the noisy cells at this threshold; the bold-cell finding uses paper/4.
+        noisy_c = ("noisy" + c[0][len("linear") :], c[1], "log")
+        if noisy_c in t:
             claims.append(
                 control(
-                    at_least(f"table2/log-gap/{rnd_c[0]}/{rnd_c[1]}", "Table 2", rnd[rnd_c],
-                             thr, n, f"mean gap, linear SG, random labels; threshold of "
-                             f"{c[0]}"),
-                    "random labels: the separable-data gap must not show",
+                    at_least(f"table2/log-gap/{noisy_c[0]}/{noisy_c[1]}", "Table 2",
+                             t[noisy_c]["linear"], thr, n, f"mean gap, linear SG, noisy "
+                             f"labels (not separable); threshold of {c[0]}"),
+                    "noisy labels of the same linear rule (not separable): the "
+                    "separable-data gap must not show",
                 )
             )  # fmt: skip
     if rnd:
