@@ -246,6 +246,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="continue the run in --checkpoint-dir with the same options (--steps may be "
         "raised); ends bit-identical to an uninterrupted run (default: off)",
     )
+    p.add_argument(
+        "--adopt-older-checkpoints",
+        action="store_true",
+        help="with --resume: check the checkpoints an older sgjax wrote without hashes (each "
+        "read back whole, matching this network, finite), hash them, and continue from the "
+        "newest (default: such checkpoints are refused and never overwritten)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     g = p.add_argument_group(
         "pipeline",
@@ -284,9 +291,17 @@ class Outputs(NamedTuple):
     checkpoint_every: int = 1000
     resume: bool = False
     progress: bool = True
+    adopt_older: bool = False
 
 
-_OUTPUT_FLAGS = ("json", "checkpoint_dir", "checkpoint_every", "resume", "no_progress")
+_OUTPUT_FLAGS = (
+    "json",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "resume",
+    "no_progress",
+    "adopt_older_checkpoints",
+)
 
 
 def parse(args: argparse.Namespace) -> tuple[RunConfig, Outputs]:
@@ -294,10 +309,17 @@ def parse(args: argparse.Namespace) -> tuple[RunConfig, Outputs]:
     given = {k: v for k, v in vars(args).items() if k not in _OUTPUT_FLAGS}
     config = from_flags(given)
     outputs = Outputs(
-        args.json, args.checkpoint_dir, args.checkpoint_every, args.resume, not args.no_progress
+        args.json,
+        args.checkpoint_dir,
+        args.checkpoint_every,
+        args.resume,
+        not args.no_progress,
+        args.adopt_older_checkpoints,
     )
     if outputs.resume and outputs.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
+    if outputs.adopt_older and not outputs.resume:
+        raise ValueError("--adopt-older-checkpoints goes with --resume (the run to continue)")
     if config.pipeline is not None:
         bad = [
             f
@@ -371,6 +393,7 @@ def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
         config=config,
         log=print,
         p_update=config.p_update,
+        adopt_older=outputs.adopt_older,
     )
     seconds = time.perf_counter() - t0
     tr = train.evaluate(net, state.params, config.loss, x_train, ds.y_train)

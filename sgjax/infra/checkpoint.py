@@ -119,6 +119,30 @@ LOCK = "sgjax.lock"
 _UNHASHED = f"{MANIFEST}: missing"
 
 
+#: written into every checkpoint's metadata, inside orbax's commit and so before the
+#: hashes: a checkpoint with no hash manifest but this key is a save of this sgjax that
+#: was stopped before it was hashed; without it, an sgjax older than the hashes wrote it.
+FORMAT_KEY, FORMAT = "sgjax_checkpoint_format", 2
+
+
+def unhashed_kind(where: Path) -> str | None:
+    """Why ``where`` has no hash manifest: ``"interrupted"`` (this format, the process
+    stopped between the save and the hashing), ``"older"`` (written by an older sgjax, or
+    metadata unreadable: then it is kept, never overwritten), None (it has one)."""
+    if (where / MANIFEST).exists():
+        return None
+    try:
+        meta = json.loads((where / "meta" / "metadata").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        meta = None
+    return "interrupted" if isinstance(meta, dict) and FORMAT_KEY in meta else "older"
+
+
+class OlderFormatError(CorruptCheckpointError):
+    """The directory's checkpoints were written by an older sgjax, without hashes; they
+    are left untouched (``--adopt-older-checkpoints`` checks and hashes them)."""
+
+
 class FirstSaveInterruptedError(CorruptCheckpointError):
     """The only checkpoint was never hashed: the first save was interrupted after orbax's
     commit. :func:`~sgjax.infra.runner.run_training` then starts again from step 0."""
@@ -507,13 +531,18 @@ class Checkpointer:
                 f"refusing to checkpoint step {step}: the state holds NaN or inf; the "
                 f"checkpoints in {self.directory} (steps {self.steps()}) are kept as they are"
             )
-        meta = {"step": step, **(metadata or {})}
+        meta = {"step": step, **(metadata or {}), FORMAT_KEY: FORMAT}
         try:
             json.dumps(meta)
         except TypeError as e:
             raise ValueError(f"checkpoint `metadata` must be JSON-serialisable: {e}") from e
         where = self.directory / str(step)
         aside = self.directory / f"{step}{_ASIDE}"
+        if step in self._mgr.all_steps() and unhashed_kind(where) == "older":
+            raise ValueError(
+                f"refusing to overwrite the checkpoint of step {step} in {self.directory}: an "
+                "older sgjax wrote it (see Checkpointer.adopt_older)"
+            )
         if step in self._mgr.all_steps():
             # Re-saving a step (a bad checkpoint the resumed run reached again): the old
             # one is moved aside, and removed only once the new one is verified.
@@ -685,14 +714,32 @@ class Checkpointer:
                     "when the run saves their step again)."
                 )
             return out
-        if len(skipped) == 1 and all(p.startswith(_UNHASHED) for p in skipped[0].problems):
-            # One checkpoint, never hashed: the run was killed between the first save's
-            # commit and its hashing, so nothing older exists. Starting again from step 0
-            # loses nothing that was ever verified (the caller decides; the runner does).
+        unhashed = [e for e in skipped if all(p.startswith(_UNHASHED) for p in e.problems)]
+        older = [e.step for e in unhashed if unhashed_kind(self.directory / str(e.step)) == "older"]
+        if older:
+            others = [e for e in skipped if e.step not in older]
+            cut = [str(e).split(". Checkpoints that verify")[0] for e in others]
+            also = "; besides, " + "; ".join(cut) if cut else ""
+            raise OlderFormatError(
+                f"{self.directory} holds checkpoints written by an older sgjax, without the "
+                f"hashes this version checks: steps {sorted(older)}{also}. They are left "
+                "untouched. To continue that run, add --adopt-older-checkpoints to --resume "
+                "(each is read back whole, must match this run's network and hold finite "
+                "values, and is then hashed); to start over, use another --checkpoint-dir",
+                older[0],
+                [p for e in skipped for p in e.problems],
+                [],
+            )
+        if len(skipped) == 1 and unhashed:
+            # One checkpoint of this format, never hashed: the run was killed between the
+            # first save's commit and its hashing, so nothing older exists. Starting again
+            # from step 0 loses nothing that was ever verified (the runner does).
             raise FirstSaveInterruptedError(
-                f"{str(skipped[0]).split('. Checkpoints that verify')[0]}; it is the only "
-                "checkpoint, so the run starts again from step 0 (the unverified checkpoint "
-                "is replaced when that step is saved again)",
+                f"{str(skipped[0]).split('. Checkpoints that verify')[0]}; it carries this "
+                "sgjax's format mark, so it is a first save stopped before it was hashed (not "
+                "an older sgjax's checkpoint), and the only checkpoint: the run starts again "
+                "from step 0 (the unverified checkpoint is replaced when that step is saved "
+                "again)",
                 skipped[0].step,
                 skipped[0].problems,
                 [],
@@ -705,6 +752,25 @@ class Checkpointer:
             [p for e in skipped for p in e.problems],
             [],
         )
+
+    def adopt_older(self, target: Any) -> list[int]:
+        """Check and hash the checkpoints an older sgjax wrote without hashes.
+
+        Each is read back whole into ``target``'s structure (so it must match the network,
+        rule and optimiser, and hold finite values), then its files are hashed as they are
+        now: from then on it is verified like any other. Returns the steps adopted.
+
+        Raises:
+            ValueError: a checkpoint does not match ``target`` (nothing of it is changed).
+        """
+        adopted = []
+        for step in self.steps():
+            where = self.directory / str(step)
+            if unhashed_kind(where) == "older":
+                self.restore(target, step=step, verify_hash=False)
+                write_manifest(where)
+                adopted.append(step)
+        return adopted
 
     @staticmethod
     def _check_matches(where: Path, stored: Any, target: Any) -> None:

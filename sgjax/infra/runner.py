@@ -142,6 +142,7 @@ def run_training(
     log: Callable[[str], None] | None = None,
     step_cache: StepCache | None = None,
     p_update: float = 1.0,
+    adopt_older: bool = False,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train to ``steps`` total steps, checkpointing to ``ckpt_dir``; returns (state, history).
 
@@ -177,6 +178,9 @@ def run_training(
         step_cache: a :class:`StepCache` to reuse compiled steps across calls.
         p_update: stochastic updates, see :func:`sgjax.train.make_step` (needs
             :func:`sgjax.train.stagewise` optimisers when < 1); the draws follow ``seed``.
+        adopt_older: with ``resume``, first check and hash the checkpoints an older sgjax
+            wrote without hashes (:meth:`~sgjax.infra.checkpoint.Checkpointer.adopt_older`);
+            without it they are refused, and never overwritten.
 
     Returns:
         ``(state, history)``; ``history`` holds ``{"step": s, **metrics}`` of the logged
@@ -194,6 +198,8 @@ def run_training(
         raise ValueError(f"`ckpt_every` must be an int ≥ 1, got {ckpt_every!r}")
     if resume and ckpt_dir is None:
         raise ValueError("`resume=True` (--resume) needs a `ckpt_dir` (--checkpoint-dir)")
+    if adopt_older and not resume:
+        raise ValueError("`adopt_older=True` (--adopt-older-checkpoints) needs `resume=True`")
     train.check_run(net, x, y, steps=steps, batch_size=batch_size, log_every=log_every)
     key = jax.random.key(seed) if key is None else key
     meta: dict[str, Any] = {
@@ -217,6 +223,14 @@ def run_training(
         state: TrainState | None = None
         if ckpt is not None:
             target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
+            if adopt_older:
+                adopted = ckpt.adopt_older(target)
+                say(
+                    f"checked and hashed the checkpoints of steps {adopted} (written by an "
+                    "older sgjax)"
+                    if adopted
+                    else "--adopt-older-checkpoints: no checkpoint of an older sgjax found"
+                )
             restored = _restore(ckpt, target, resume=resume, meta=meta, config=config, say=say)
             if restored is not None:
                 state, last = restored
