@@ -51,7 +51,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sgjax.train",
         ),
     ),
-    ("adapters", ("sgjax.diagnostics", "sgjax.flax_adapter", "sgjax.interface", "sgjax.recurrent")),
+    (
+        "adapters",
+        (
+            "sgjax.diagnostics",
+            "sgjax.flax_adapter",
+            "sgjax.interface",
+            "sgjax.nnx_interface",
+            "sgjax.optim",
+            "sgjax.recurrent",
+        ),
+    ),
     ("infra", ("sgjax.infra", "sgjax.pipeline")),
     ("theory", ("theory",)),
     ("apps", ("sgjax.apps", "sgjax.__main__")),

@@ -2,8 +2,9 @@
 
 The code is read from the ```python blocks under that heading of ``README.md`` (a shared
 setup block, then a plain function, a flax linen module and an NNX model with a skip
-connection), so the test follows the text whenever it is edited. Each example must stay
-≤ 20 lines and reach ≥ 0.93 test accuracy on the digits (when this test was written they
+connection, trained in the standard NNX loop), so the test follows the text whenever it is
+edited. Each example must stay ≤ 20 lines (25 for the NNX one, which carries its own NNX
+loop) and reach ≥ 0.93 test accuracy on the digits (when this test was written they
 measured 0.972, 0.972 and 0.969 after 1000 steps). The plain example with the interfaces
 in ``mode="no-backprop"`` (nothing below the top layer trains) must stay below that bar,
 so reaching it takes the synthetic gradients, not the top layer alone.
@@ -53,7 +54,8 @@ def _run(ns: dict, code: str, name: str, **replace: str) -> float:
 @pytest.mark.parametrize("k", range(3), ids=NAMES)
 def test_example_is_short_and_learns(setup_namespace, k, capsys):
     code = blocks()[k + 1]
-    assert len(code.strip().splitlines()) <= 20, f"the {NAMES[k]} example should stay ≤ 20 lines"
+    limit = 25 if NAMES[k] == "nnx" else 20  # the NNX example carries its own NNX loop
+    assert len(code.strip().splitlines()) <= limit, f"the {NAMES[k]} example: ≤ {limit} lines"
     accuracy = _run(setup_namespace, code, NAMES[k])
     assert "test accuracy" in capsys.readouterr().out
     print(f"{NAMES[k]}: test accuracy {accuracy:.4f}")
