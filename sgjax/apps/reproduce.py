@@ -33,6 +33,7 @@ import json
 import re
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sgjax.apps.experiments import EXPERIMENTS
@@ -131,11 +132,16 @@ def _seed_of(directory: Path) -> int:
     return int(m.group(1))
 
 
-def aggregate_runs(name: str, dirs: list[Path], out: Path) -> dict:
+def aggregate_runs(
+    name: str, dirs: list[Path], out: Path, data_dates: dict[str, str] | None = None
+) -> dict:
     """Recompute ``name``'s claims for each run in ``dirs`` and combine them over seeds.
 
     The runs must differ only in the seed (same steps, width, scale settings that change
-    the networks); writes ``aggregate.md`` and ``verdicts.json`` to ``out``.
+    the networks); writes ``aggregate.md`` and ``verdicts.json`` to ``out``. A claim
+    registered after a run's data existed (its results.json's ``run_date``, else
+    ``data_dates[str(dir)]``; with neither, only the paper digest's claims count as
+    registered before) is exploratory for that run (:mod:`sgjax.apps.experiments.registry`).
     """
     from sgjax.apps.experiments import common as C
 
@@ -152,7 +158,8 @@ def aggregate_runs(name: str, dirs: list[Path], out: Path) -> dict:
         seed = _seed_of(d)
         if seed in per_seed:
             raise ValueError(f"--aggregate: seed {seed} appears twice ({d})")
-        per_seed[seed] = exp.claims(res)
+        date = res.get("run_date") or (data_dates or {}).get(str(d))
+        per_seed[seed] = C.preregistered(exp.claims(res), date)
         cfg = res.get("settings", {})
         budgets[seed] = tuple(cfg.get(k) for k in ("steps", "width", "lr", "hidden"))
     if len(set(budgets.values())) > 1:
@@ -171,10 +178,13 @@ def aggregate_runs(name: str, dirs: list[Path], out: Path) -> dict:
         f"Steps {steps}, width {width}, hidden {hidden}, lr {lr}. Runs: "
         + ", ".join(f"`{d}`" for d in dirs),
         "",
-        "Verdicts as defined in docs/reproduce.md: held needs every seed held (≥ "
-        f"{C.MIN_SEEDS_HELD} seeds, paper's regime); consistent, every seed passes; "
-        "contradicted, every seed fails beyond the resolution (at this budget); otherwise "
-        "inconclusive.",
+        "Verdicts as defined in docs/reproduce.md, over the seeds run after the claim was "
+        "registered (earlier ones are exploratory): held needs every seed held (≥ "
+        f"{C.MIN_SEEDS_HELD} seeds, the paper's regime) and the mean margin beyond the "
+        "resolution (the larger of the measurement's and the spread over seeds, t₀.₉₅·sd/√n); "
+        "consistent, every seed passes; contradicted, every seed fails in the regime (≥ "
+        f"{C.MIN_SEEDS_CONTRADICTED} seeds, beyond the resolution); untested, every seed "
+        "fails outside the regime or cannot measure it; otherwise inconclusive.",
         "",
         C.aggregate_table(agg),
         "",
@@ -188,8 +198,20 @@ def aggregate_runs(name: str, dirs: list[Path], out: Path) -> dict:
 def _verdict_counts(claims: dict) -> str:
     counts = Counter(c.get("verdict", "held" if c.get("holds") else "contradicted")
                      for c in claims.values())  # fmt: skip
-    return ", ".join(f"{v} {counts[v]}" for v in ("held", "consistent", "contradicted",
-                                                  "inconclusive") if counts[v])  # fmt: skip
+    from sgjax.apps.experiments.common import VERDICTS
+
+    return ", ".join(f"{v} {counts[v]}" for v in VERDICTS if counts[v])
+
+
+def _stamp(path: Path, started: str) -> None:
+    """Record when the run began in its results.json (``run_date``): claims registered
+    after it are exploratory for it (:mod:`sgjax.apps.experiments.registry`)."""
+    if path.exists():
+        from sgjax.apps.experiments.common import write_json
+
+        res = json.loads(path.read_text())
+        res["run_date"] = started
+        write_json(path, res)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,7 +257,9 @@ def run(args: argparse.Namespace) -> int:
         )
         ctx.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         res = EXPERIMENTS[name].run(ctx)
+        _stamp(ctx.out / "results.json", started)
         claims = res.get("claims") or {}
         print(
             f"{name}: {len(claims)} claims ({_verdict_counts(claims) or 'none'}), "

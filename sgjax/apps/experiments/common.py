@@ -78,16 +78,26 @@ def _coerce(name: str, text: str, like: Any) -> Any:
         ) from None
 
 
-def settings_for(ctx: Context, scales: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def settings_for(
+    ctx: Context, scales: dict[str, dict[str, Any]], minimum: dict[str, float] | None = None
+) -> dict[str, Any]:
     """The experiment's settings at ``ctx.scale``, with ``--steps`` and ``--set`` applied.
 
     An override of a name the experiment does not have is an error naming the settings it
-    does have (checked before any training).
+    does have; a setting below its ``minimum`` (every entry of a tuple, which must not be
+    empty) is refused with the reason — settings that would make the experiment's claims
+    meaningless (a network with no hidden layer, no layer above the SG) fail here, before
+    any training, not as verdicts about the paper.
 
     Example:
         >>> ctx = Context(out=Path("o"), steps=7, overrides={"depths": "20,50", "lr": "3e-4"})
         >>> settings_for(ctx, {"smoke": {"depths": (2,), "lr": 1e-3, "steps": 40}})
         {'depths': (20, 50), 'lr': 0.0003, 'steps': 7}
+        >>> ctx = Context(out=Path("o"), overrides={"depths": "0"})
+        >>> settings_for(ctx, {"smoke": {"depths": (2,)}}, minimum={"depths": 2})
+        Traceback (most recent call last):
+        ...
+        ValueError: --set depths=0: each entry must be ≥ 2, got (0,)
     """
     cfg: dict[str, Any] = dict(scales[ctx.scale])
     if ctx.steps is not None:
@@ -96,6 +106,14 @@ def settings_for(ctx: Context, scales: dict[str, dict[str, Any]]) -> dict[str, A
         if k not in cfg:
             raise ValueError(f"--set {k}={v}: no setting {k!r}; this experiment has {sorted(cfg)}")
         cfg[k] = _coerce(k, v, cfg[k])
+    for k, low in (minimum or {}).items():
+        v = cfg[k]
+        given = f"--set {k}={ctx.overrides[k]}" if k in ctx.overrides else f"setting {k!r}"
+        if isinstance(v, tuple):
+            if not v or any(e < low for e in v):
+                raise ValueError(f"{given}: each entry must be ≥ {low:g}, got {v}")
+        elif v is not None and v < low:
+            raise ValueError(f"{given}: must be ≥ {low:g}, got {v}")
     return cfg
 
 
@@ -332,33 +350,60 @@ def load_mnist(ctx: Context, n_train: int | None, n_test: int | None = None):
 
 # ------------------------------------------------------------------------------ verdicts
 
-#: The four verdicts a claim can get (defined in docs/reproduce.md, "Verdicts").
-VERDICTS = ("held", "consistent", "contradicted", "inconclusive")
-#: "held" needs the claim to pass on at least this many seeds.
+#: The verdicts a claim can get (defined in docs/reproduce.md, "Verdicts").
+VERDICTS = ("held", "consistent", "contradicted", "untested", "inconclusive", "exploratory")
+#: "held" needs the claim to pass on at least this many confirmatory seeds.
 MIN_SEEDS_HELD = 3
+#: "contradicted" needs at least this many: one seed says nothing of the spread over seeds.
+MIN_SEEDS_CONTRADICTED = 2
+#: one-sided 95 % Student-t quantiles by degrees of freedom (1.645 beyond the table)
+_T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860,
+        9: 1.833, 10: 1.812, 15: 1.753, 20: 1.725, 30: 1.697}  # fmt: skip
+
+
+def seed_resolution(margins: Sequence[float]) -> float:
+    """The margin the spread of ``margins`` over seeds can tell from zero: t₀.₉₅·sd/√n.
+
+    Zero for one seed (its spread is unknown, see :func:`aggregate`).
+
+    Example:
+        >>> round(seed_resolution([0.064, 0.104, 0.068]), 4)
+        0.0371
+    """
+    m = np.asarray(margins, dtype=float)
+    n = len(m)
+    if n < 2:
+        return 0.0
+    df = n - 1
+    t = _T95.get(df) or next((v for k, v in sorted(_T95.items()) if k >= df), 1.645)
+    return float(t * np.std(m, ddof=1) / math.sqrt(n))
 
 
 def judge(margin: float, resolution: float, *, regime: bool = True, tested: bool = True) -> str:
     """One run's verdict on a claim from its signed ``margin`` (> 0: passes by that much).
 
-    ``inconclusive`` when the run cannot test the claim (``tested`` false, e.g. neither
-    method leaves chance, or a probe saturates for every method) or when ``|margin|`` is
-    within the measurement ``resolution``; otherwise ``contradicted`` when it fails, ``held``
-    when it passes in the regime the paper's statement is about, ``consistent`` when it
-    passes outside it (e.g. early training where the paper's curves are at ≈0.999).
+    ``untested`` when the run cannot test the claim (``tested`` false, e.g. neither
+    method leaves chance, or a probe saturates for every method) or when it fails outside
+    the regime the paper's statement is about (too few steps, a network that did not
+    train): a failure there says nothing about the claim. ``inconclusive`` when ``|margin|``
+    is within the measurement ``resolution``; otherwise ``contradicted`` when it fails in
+    the regime, ``held`` when it passes in the regime, ``consistent`` when it passes
+    outside it (e.g. early training where the paper's curves are at ≈0.999).
 
     Example:
         >>> judge(0.03, 0.01), judge(0.03, 0.01, regime=False), judge(-0.005, 0.01)
         ('held', 'consistent', 'inconclusive')
-        >>> judge(-0.03, 0.01), judge(0.5, 0.01, tested=False)
-        ('contradicted', 'inconclusive')
+        >>> judge(-0.03, 0.01), judge(-0.03, 0.01, regime=False), judge(0.5, 0.01, tested=False)
+        ('contradicted', 'untested', 'untested')
     """
     if resolution < 0 or not math.isfinite(resolution):
         raise ValueError(f"judge: `resolution` must be finite and ≥ 0, got {resolution!r}")
-    if not tested or not math.isfinite(margin) or abs(margin) <= resolution:
+    if not tested:
+        return "untested"
+    if not math.isfinite(margin) or abs(margin) <= resolution:
         return "inconclusive"
     if margin < 0:
-        return "contradicted"
+        return "contradicted" if regime else "untested"
     return "held" if regime else "consistent"
 
 
@@ -368,20 +413,36 @@ def claim(
     margin: float,
     resolution: float,
     *,
+    cid: str,
     regime: bool = True,
     regime_note: str = "",
     tested: bool = True,
     untested_note: str = "",
+    control: Any = None,
 ) -> dict:
-    """A claim record: what we measured, the paper's target, the margin and the verdict.
+    """A claim record: what we measured, the target, the margin and the verdict.
 
-    ``margin`` is signed (> 0: the claim passes by that much, in the units of the
-    target); ``resolution`` is the smallest margin the measurement can tell from zero.
-    ``holds`` (margin > 0) is kept for the reports' old column; the verdict is ``judge``'s.
+    ``cid`` names the claim's entry in :mod:`sgjax.apps.experiments.registry` (its source,
+    registration and regime are copied into the record). ``margin`` is signed (> 0: the
+    claim passes by that much, in the units of the target); ``resolution`` is the
+    smallest margin the measurement can tell from zero. ``control``: backprop's value of
+    the same statistic on the same run, where the claim is judged against it (the margin
+    then already includes the contrast). A fresh record is confirmatory;
+    :func:`preregistered` re-labels it for data older than the claim.
     """
+    from sgjax.apps.experiments.registry import CLAIMS
+
+    if cid not in CLAIMS:
+        raise KeyError(f"claim: {cid!r} is not registered in sgjax.apps.experiments.registry")
+    spec = CLAIMS[cid]
     margin = float(margin)
     return {
+        "id": cid,
+        "source": spec.source,
+        "registered": spec.registered,
+        "status": "confirmatory",
         "value": value,
+        "control": control,
         "target": target,
         "margin": margin,
         "resolution": float(resolution),
@@ -392,6 +453,25 @@ def claim(
         "holds": bool(tested and math.isfinite(margin) and margin > 0),
         "verdict": judge(margin, resolution, regime=regime, tested=tested),
     }
+
+
+def preregistered(records: dict[str, dict], data_date: str | None) -> dict[str, dict]:
+    """``records`` with each claim registered after ``data_date`` marked exploratory.
+
+    An exploratory record keeps its would-be verdict in ``verdict_if_registered`` and gets
+    the verdict ``exploratory``: a claim stated after its data existed is never evidence.
+    """
+    from sgjax.apps.experiments.registry import is_confirmatory
+
+    out = {}
+    for name, rec in records.items():
+        rec = dict(rec)
+        if not is_confirmatory(rec["id"], data_date):
+            rec["status"] = "exploratory"
+            rec["verdict_if_registered"] = rec["verdict"]
+            rec["verdict"] = "exploratory"
+        out[name] = rec
+    return out
 
 
 def accuracy_resolution(p1: float, p2: float | None, n: int, *, exact: bool = False) -> float:
@@ -419,21 +499,29 @@ def accuracy_resolution(p1: float, p2: float | None, n: int, *, exact: bool = Fa
 def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
     """Combine per-seed claim records (``{seed: {claim: record}}``) into one verdict each.
 
-    ``held``: every seed held and there are ≥ :data:`MIN_SEEDS_HELD` seeds;
-    ``consistent``: every seed passed (held or consistent) — fewer seeds, or outside the
-    paper's regime; ``contradicted``: every seed contradicted; anything else (a seed within
-    the resolution, untested, or seeds that disagree) is ``inconclusive``. The spread of
-    the margins over seeds is reported with it. A claim missing on some seeds (a network
-    not trained there, ``--set methods=…``) is combined over the seeds that have it, and
-    its ``seeds`` say which.
+    Only confirmatory seeds count (exploratory ones are listed with their margins); with
+    none, the verdict is ``exploratory``. Over the confirmatory seeds, the resolution is
+    the larger of the runs' measurement resolution and the spread of the margins over
+    seeds (:func:`seed_resolution`), and the mean margin is judged against it:
+
+    ``held``: every seed held, ≥ :data:`MIN_SEEDS_HELD` seeds and the mean margin beyond
+    the resolution; ``consistent``: every seed passed (held or consistent) — fewer seeds,
+    outside the paper's regime, or a mean margin within the spread over seeds;
+    ``contradicted``: every seed contradicted, ≥
+    :data:`MIN_SEEDS_CONTRADICTED` seeds and the mean margin beyond the resolution;
+    ``untested``: every seed untested (outside the regime, or a measurement that cannot
+    tell); anything else is ``inconclusive``. A claim missing on some seeds (a network not
+    trained there, ``--set methods=…``) is combined over the seeds that have it.
 
     Example:
-        >>> r = lambda m: {"x": claim(m, "> 0", m, 0.01)}
+        >>> r = lambda m: {"x": claim(m, "> 0", m, 0.01, cid="fig3/bp-plateau")}
         >>> aggregate({0: r(0.1), 1: r(0.2), 2: r(0.3)})["x"]["verdict"]
         'held'
         >>> aggregate({0: r(0.1), 1: r(-0.2), 2: r(0.3)})["x"]["verdict"]
         'inconclusive'
-        >>> aggregate({0: r(0.1)})["x"]["verdict"]
+        >>> aggregate({0: r(0.1)})["x"]["verdict"], aggregate({0: r(-0.1)})["x"]["verdict"]
+        ('consistent', 'inconclusive')
+        >>> aggregate({0: r(0.02), 1: r(0.3), 2: r(0.03)})["x"]["verdict"]  # spread > mean
         'consistent'
     """
     if not per_seed:
@@ -445,46 +533,77 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
     for name in names:
         seeds = [s for s in sorted(per_seed) if name in per_seed[s]]
         recs = [per_seed[s][name] for s in seeds]
-        vs = [r["verdict"] for r in recs]
-        if all(v == "contradicted" for v in vs):
-            verdict = "contradicted"
+        conf = [(s, r) for s, r in zip(seeds, recs) if r.get("status") != "exploratory"]
+        expl = [(s, r) for s, r in zip(seeds, recs) if r.get("status") == "exploratory"]
+        notes = {n for r in recs for n in (r["regime_note"], r["untested_note"]) if n}
+        for s, r in expl:
+            notes.add(
+                f"seed {s} exploratory (claim registered {r['registered'][:10]}, after the "
+                f"data): would be {r.get('verdict_if_registered')}, margin {r['margin']:+.4g}"
+            )
+        use = conf or expl  # the figures shown; the verdict comes from `conf` only
+        margins = np.array([r["margin"] for _, r in use], dtype=float)
+        measured = max(r["resolution"] for _, r in use)
+        spread = seed_resolution(margins) if conf else 0.0
+        resolution = max(measured, spread)
+        vs = [r["verdict"] for _, r in conf]
+        mean = float(np.mean(margins))
+        beyond = math.isfinite(mean) and abs(mean) > resolution
+        if not conf:
+            verdict = "exploratory"
+        elif all(v == "untested" for v in vs):
+            verdict = "untested"
+        elif all(v == "contradicted" for v in vs):
+            ok = len(conf) >= MIN_SEEDS_CONTRADICTED and beyond
+            verdict = "contradicted" if ok else "inconclusive"
+            if len(conf) < MIN_SEEDS_CONTRADICTED:
+                notes.add("one seed fails: the spread over seeds is unknown, so not a verdict")
         elif all(v in ("held", "consistent") for v in vs):
-            held = all(v == "held" for v in vs) and len(seeds) >= MIN_SEEDS_HELD
-            verdict = "held" if held else "consistent"
+            every = all(v == "held" for v in vs) and len(conf) >= MIN_SEEDS_HELD
+            verdict = "held" if every and beyond else "consistent"
         else:
             verdict = "inconclusive"
-        margins = np.array([r["margin"] for r in recs], dtype=float)
+        if conf and not beyond and spread > measured and verdict != "untested":
+            notes.add(f"mean margin {mean:+.3g} within the spread over seeds ±{spread:.2g}")
         out[name] = {
+            "id": recs[0].get("id"),
+            "source": recs[0].get("source"),
             "verdict": verdict,
-            "seeds": seeds,
-            "per_seed_verdict": vs,
-            "values": [r["value"] for r in recs],
+            "seeds": [s for s, _ in use],
+            "confirmatory_seeds": [s for s, _ in conf],
+            "per_seed_verdict": [r["verdict"] for _, r in use],
+            "values": [r["value"] for _, r in use],
+            "controls": [r.get("control") for _, r in use],
             "margins": margins.tolist(),
             "margin_min": float(np.min(margins)),
-            "margin_mean": float(np.mean(margins)),
+            "margin_mean": mean,
             "margin_max": float(np.max(margins)),
-            "resolution": max(r["resolution"] for r in recs),
+            "resolution": resolution,
+            "measurement_resolution": measured,
+            "seed_resolution": spread,
             "target": recs[0]["target"],
-            "notes": sorted({n for r in recs for n in (r["regime_note"], r["untested_note"]) if n}),
+            "notes": sorted(notes),
         }
     return out
 
 
 def claims_table(claims: dict[str, dict]) -> str:
-    """The per-run claims as a markdown table with margins and verdicts."""
+    """The per-run claims as a markdown table with sources, margins and verdicts."""
     rows = []
     for name, c in claims.items():
         note = c.get("untested_note") if not c.get("tested", True) else c.get("regime_note")
+        control = c.get("control")
         rows.append(
             [
                 name,
-                c["value"],
+                c.get("source", "—"),
+                c["value"] if control is None else f"{c['value']} (backprop: {control})",
                 c["target"],
                 f"{c['margin']:+.4g} (±{c['resolution']:.2g})",
                 c["verdict"] + (f" — {note}" if note else ""),
             ]
         )
-    return table(["claim", "ours", "target", "margin (resolution)", "verdict"], rows)
+    return table(["claim", "source", "ours", "target", "margin (resolution)", "verdict"], rows)
 
 
 def aggregate_table(agg: dict[str, dict]) -> str:
@@ -492,14 +611,22 @@ def aggregate_table(agg: dict[str, dict]) -> str:
     rows = []
     for name, a in agg.items():
         vals = "; ".join(f"s{s}: {fmt(v)}" for s, v in zip(a["seeds"], a["values"]))
+        controls = [c for c in a.get("controls", []) if c is not None]
+        if controls:
+            vals += " (backprop: " + "; ".join(fmt(c) for c in controls) + ")"
         spread = f"{a['margin_min']:+.4g} … {a['margin_max']:+.4g} (mean {a['margin_mean']:+.4g})"
         per = ", ".join(a["per_seed_verdict"])
+        res = f"±{a['resolution']:.2g}"
+        if a.get("seed_resolution", 0) > a.get("measurement_resolution", 0):
+            res += " (seeds)"
         rows.append(
-            [name, a["target"], vals, spread, f"±{a['resolution']:.2g}", per, f"**{a['verdict']}**"]
-        )
+            [name, a.get("source") or "—", a["target"], vals, spread, res, per,
+             f"**{a['verdict']}**"]
+        )  # fmt: skip
     return table(
         [
             "claim",
+            "source",
             "target",
             "ours per seed",
             "margin min … max",

@@ -68,6 +68,10 @@ PAPER_FINAL_RELU = {  # paper.md §3.2, read off Fig. 4 at 100k steps (±0.0002)
 }
 FRACTIONS = (0.25, 0.40, 0.63)  # the paper's 25k, 40k, 63k of 100k
 PAPER_STEPS = 100_000
+#: a middle SG needs a layer below and above it; positive sizes and budgets
+MINIMUM = {"depths": 2, "width": 1, "steps": 1, "batch": 1}
+#: the paper's Fig. 4 claims are about the 20- and 50-layer ReLU networks
+PAPER_DEPTH = 20
 #: the paper's Fig. 4 regime: both curves at ≥ 99 % train accuracy (its y-axis is 0.995–1)
 REGIME = 0.99
 #: a network "trains" when it leaves chance by this much (train accuracy ≥ 0.5)
@@ -75,7 +79,7 @@ TRAINS = 0.5
 
 
 def run(ctx: C.Context) -> dict:
-    cfg = C.settings_for(ctx, SETTINGS)
+    cfg = C.settings_for(ctx, SETTINGS, minimum=MINIMUM)
     steps = cfg["steps"]
     ds = C.load_mnist(ctx, cfg["n_train"], n_test=1)
     x, y = ds.x_train, ds.y_train
@@ -173,28 +177,38 @@ def claims(results: dict) -> dict:
         )
         gaps = [a - b for a, b in zip(sg, bp)]
         j = int(np.argmin(gaps))
-        in_regime = min(sg + bp) >= REGIME
+        deep_enough = d >= PAPER_DEPTH
+        shallow = f"{d} layers (the paper's claim is about ≥ {PAPER_DEPTH})"
+        in_regime = min(sg + bp) >= REGIME and deep_enough
         out[f"ReLU {d} layers: SG ≥ backprop at steps {checks}"] = C.claim(
             ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in zip(sg, bp)),
             "SG ≥ Bprop at each (paper: ≈ 0.999 regime)",
             gaps[j],
             C.accuracy_resolution(sg[j], bp[j], n_eval, exact=exact),
+            cid="fig4/sg-ahead",
             regime=in_regime,
             regime_note=""
             if in_regime
+            else shallow
+            if not deep_enough
             else f"early-training regime (min {min(sg + bp):.3f} "
             f"< {REGIME}), not the paper's ≈ 0.999",
             tested=trains,
             untested_note=untested,
         )
-        long_enough = cfg["steps"] >= PAPER_STEPS
+        long_enough = cfg["steps"] >= PAPER_STEPS and deep_enough
         out[f"ReLU {d} layers: SG final train accuracy ≥ 0.999"] = C.claim(
             float(final_sg),
             "≥ 0.999 (paper, at 100k steps)",
             final_sg - 0.999,
             C.accuracy_resolution(final_sg, None, n_eval, exact=exact),
+            cid="fig4/sg-final",
             regime=long_enough,
-            regime_note="" if long_enough else f"{cfg['steps']} of the paper's 100k steps",
+            regime_note=""
+            if long_enough
+            else shallow
+            if not deep_enough
+            else f"{cfg['steps']} of the paper's 100k steps",
             tested=trains,
             untested_note=untested,
         )

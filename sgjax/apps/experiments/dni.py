@@ -65,6 +65,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 METHODS = ("no_bprop", "backprop", "dni", "cdni")
 PAPER_STEPS = 500_000
+#: an SG needs a boundary between hidden layers
+MINIMUM = {"layers": 2, "width": 1, "steps": 1, "batch": 1}
 LABELS = {"no_bprop": "No Bprop", "backprop": "Bprop", "dni": "DNI", "cdni": "cDNI"}
 
 
@@ -80,7 +82,7 @@ def _rule(method: str, cfg: dict):
 
 
 def run(ctx: C.Context) -> dict:
-    cfg = C.settings_for(ctx, SETTINGS)
+    cfg = C.settings_for(ctx, SETTINGS, minimum=MINIMUM)
     bad = [m for m in cfg["methods"] if m not in METHODS]
     if bad or not cfg["methods"]:
         raise ValueError(f"--set methods=…: each must be one of {METHODS}, got {cfg['methods']}")
@@ -151,6 +153,7 @@ def claims(results: dict) -> dict:
             "≤ +0.50 pp",
             0.005 - gaps[j],
             C.accuracy_resolution(e_c, e_b, n),
+            cid="dni-mnist/cdni-vs-bp",
             **regime,
         )
     if "dni" in ran and len(L) > 1:
@@ -162,6 +165,7 @@ def claims(results: dict) -> dict:
             f"{L[-1]} layers above {L[0]}",
             dni[-1] - dni[0],
             C.accuracy_resolution(dni[-1], dni[0], n),
+            cid="dni-mnist/dni-depth",
             **regime,
         )
     if "no_bprop" in ran:
@@ -171,6 +175,7 @@ def claims(results: dict) -> dict:
             "≥ 9%",
             min(nob) - 0.09,
             C.accuracy_resolution(min(nob), None, n),
+            cid="dni-mnist/no-bprop",
             **regime,
         )
     return out

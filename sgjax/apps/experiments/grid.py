@@ -106,7 +106,7 @@ def _within(v: np.ndarray, ell: np.ndarray, y: np.ndarray) -> float:
 
 
 def run(ctx: C.Context) -> dict:
-    cfg = C.settings_for(ctx, SETTINGS)
+    cfg = C.settings_for(ctx, SETTINGS, minimum={"hidden": 2, "steps": 1})
     if ctx.steps is not None:
         cfg["snapshots"] = (*tuple(s for s in cfg["snapshots"] if s < ctx.steps), ctx.steps)
     steps, snaps = cfg["steps"], tuple(cfg["snapshots"])
@@ -214,10 +214,15 @@ def claims(results: dict) -> dict:
         top, bottom = row[every[-1]], row[every[0]]
         single = row["single_ref"]
         out[f"{name}: single SG ρ ≥ 0.8 at step {ref}"] = C.claim(
-            single, "≥ 0.8", single - 0.8, RHO_RESOLUTION, **regime
+            single, "≥ 0.8", single - 0.8, RHO_RESOLUTION, cid="fig2/single-rho", **regime
         )
         out[f"{name}: every-layer top SG ρ ≥ SG1 ρ"] = C.claim(
-            f"{top:.3f} vs {bottom:.3f}", "top ≥ bottom", top - bottom, d, **regime
+            f"{top:.3f} vs {bottom:.3f}",
+            "top ≥ bottom",
+            top - bottom,
+            d,
+            cid="fig2/top-vs-bottom",
+            **regime,
         )
         for other, label in (("no_label", "no-label"), ("label_only", "label-only")):
             out[f"{name}: conditioned ρ > {label} ρ"] = C.claim(
@@ -225,6 +230,7 @@ def claims(results: dict) -> dict:
                 f"conditioned > {label}",
                 single - row[f"{other}_ref"],
                 d,
+                cid="fig2/conditioned-vs-ablation",
                 **regime,
             )
             lo, lc = row[f"{other}_loss_final"], row["single_loss_final"]
@@ -233,6 +239,7 @@ def claims(results: dict) -> dict:
                 "higher (paper: slower / no good solution)",
                 lo - lc,
                 LOSS_RESOLUTION,
+                cid="fig2/ablation-ends-higher",
                 **regime,
             )
     return out
