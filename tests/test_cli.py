@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sgjax import rules
@@ -104,6 +105,16 @@ def test_cosine_flag_reports_one_value_per_hidden_boundary(tmp_path):
         (["--rule", "rprop"], "invalid choice: 'rprop'"),
         (["--steps", "0"], "--steps must be ≥ 1, got 0"),
         (["--sg-at", "top"], "--sg-at must be 'all', 'middle', 'output'"),
+        # seeds past JAX's 32-bit keys would repeat another seed's network (issue 27)
+        (
+            ["--seed", str(2**32)],
+            f"--seed must be an integer in 0..{2**32 - 1}, got {2**32} "
+            "(JAX keys hold 32 bits: seed 4294967296 would build the same network as seed 0)",
+        ),
+        (["--seed", str(2**40 + 3)], "would build the same network as seed 3"),
+        (["--seed", str(2**64)], f"--seed must be an integer in 0..{2**32 - 1}, got {2**64}"),
+        (["--seed", "-1"], f"--seed must be an integer in 0..{2**32 - 1}, got -1"),
+        (["--seed", "1.5"], "--seed must be an integer, got '1.5'"),
     ],
 )
 def test_bad_arguments_name_the_argument(capsys, argv, message):
@@ -111,6 +122,23 @@ def test_bad_arguments_name_the_argument(capsys, argv, message):
         cli.main(["train", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_accepted_seed_gives_its_own_network():
+    """The ends of the accepted range build distinct networks; past them, a refusal (from
+    code too, naming the argument)."""
+    import jax
+
+    from sgjax.infra.config import MAX_SEED, RunConfig, check_seed
+
+    inits = [RunConfig(seed=s).net(4, 3).init(jax.random.key(s)) for s in (0, 1, MAX_SEED)]
+    firsts = [np.asarray(jax.tree.leaves(p)[0]) for p in inits]
+    assert not np.array_equal(firsts[0], firsts[2]) and not np.array_equal(firsts[0], firsts[1])
+    for bad in (-1, MAX_SEED + 1, 2**64, True, 1.0):
+        with pytest.raises(ValueError, match="seed"):
+            check_seed(bad)
+        with pytest.raises(ValueError, match=r"`seed` \(--seed\) must be an integer"):
+            RunConfig(seed=bad)
 
 
 def test_library_errors_become_one_line_messages(capsys):

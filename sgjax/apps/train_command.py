@@ -50,6 +50,19 @@ def _positive_int(name: str, minimum: int = 1):
     return parse
 
 
+def _seed(text: str) -> int:
+    from sgjax.infra.config import check_seed
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
+    try:
+        return check_seed(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _probability(name: str):
     def parse(text: str) -> float:
         try:
@@ -204,7 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=_DEFAULT,
         help=f"seed of initialisation, batch order and generated data (default: {d.seed})",
     )

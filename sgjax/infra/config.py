@@ -50,6 +50,36 @@ MAY_CHANGE = ("steps", "data_dir")
 RULE_FLAGS = {"estimator": "--estimator", "at": "--sg-at", "targets": "--targets", "prop": "--prop"}
 
 
+#: the largest seed: JAX's keys hold 32 bits, and ``jax.random.key(2**32 + s)`` is
+#: ``jax.random.key(s)`` (the high bits are dropped), so a larger seed would silently
+#: repeat another seed's initialisation.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, name: str = "--seed") -> int:
+    """``seed`` if it is an int in ``0..MAX_SEED``, else a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> check_seed(2**32)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --seed must be an integer in 0..4294967295, got 4294967296 (JAX keys ...
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        why = ""
+        if MAX_SEED < seed < 2**64:
+            why = (
+                f" (JAX keys hold 32 bits: seed {seed} would build the same network as seed "
+                f"{seed % 2**32})"
+            )
+        elif seed >= 2**64:
+            why = " (JAX keys hold 32 bits)"
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {seed}{why}")
+    return seed
+
+
 def _rules_taking(option: str) -> str:
     return ", ".join(s.name for s in rules.RULES.values() if option in s.options) or "none"
 
@@ -182,6 +212,7 @@ class RunConfig:
             low = 0 if name == "depth" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"`{name}` must be an int ≥ {low}, got {v!r}")
+        check_seed(self.seed, "`seed` (--seed)")
         if (
             isinstance(self.p_update, bool)
             or not isinstance(self.p_update, int | float)

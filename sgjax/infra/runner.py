@@ -61,7 +61,7 @@ from sgjax.infra.checkpoint import (
     abstract_state,
     deferred_signals,
 )
-from sgjax.infra.config import RunConfig, describe_may_change
+from sgjax.infra.config import RunConfig, check_seed, describe_may_change
 from sgjax.nets import Network
 from sgjax.rules import UpdateRule
 from sgjax.train import NonFiniteLossError, TrainingInterrupted, TrainState
@@ -201,6 +201,7 @@ def run_training(
     if adopt_older and not resume:
         raise ValueError("`adopt_older=True` (--adopt-older-checkpoints) needs `resume=True`")
     train.check_run(net, x, y, steps=steps, batch_size=batch_size, log_every=log_every)
+    check_seed(seed, "`seed`")
     key = jax.random.key(seed) if key is None else key
     meta: dict[str, Any] = {
         "seed": seed,
