@@ -264,6 +264,10 @@ def stagewise(optimizer: optax.GradientTransformation) -> optax.GradientTransfor
     return optax.GradientTransformation(init, update)
 
 
+#: what ``make_step(..., p_update=p)`` does to the SG modules (see ``sg_update``)
+SG_UPDATE_POLICIES = ("with-stage", "every-step")
+
+
 def _check_p_update(p_update: Any) -> float:
     if (
         isinstance(p_update, bool)
@@ -284,6 +288,7 @@ def make_step(
     cosine: bool = False,
     p_update: float = 1.0,
     update_key: jax.Array | None = None,
+    sg_update: str = "with-stage",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Build the pure training step ``step(state, (x, y)) -> (state, metrics)``.
 
@@ -306,6 +311,11 @@ def make_step(
             step ``s`` uses ``fold_in(update_key, s)``, so the step stays pure, a resumed
             run draws what an uninterrupted one would, and ``jax.vmap`` over states gives
             every replica the same pattern unless each builds its step with its own key.
+        sg_update: what ``p_update`` does to the SG modules. ``"with-stage"`` (default):
+            the module at a stage's output boundary is skipped together with that stage;
+            ``"every-step"``: the modules regress at every step whichever stages update
+            (the DNI paper's text does not settle which it used; docs/results/p-update
+            measures both).
 
     Metrics: ``loss`` and ``accuracy`` (of this batch, before the update), ``sg_loss``
     (one entry per SG module), ``finite``, ``bad_labels`` (how many integer labels fall
@@ -327,6 +337,10 @@ def make_step(
     loss = loss_lib.get(loss)
     sg_opt = optimizer if sg_optimizer is None else sg_optimizer
     p_update = _check_p_update(p_update)
+    if sg_update not in SG_UPDATE_POLICIES:
+        raise ValueError(
+            f"make_step: `sg_update` must be one of {SG_UPDATE_POLICIES}, got {sg_update!r}"
+        )
     base_key = jax.random.key(0) if update_key is None else update_key
 
     def check_stagewise(state: TrainState) -> None:
@@ -374,7 +388,7 @@ def make_step(
             )
         )
         rule_state, sg_opt_state = new.rule_state, new.sg_opt_state
-        if len(modules):
+        if len(modules) and sg_update == "with-stage":
             owner = [b - 1 for b in rule.boundaries(net)]  # type: ignore[misc]
             rule_state = rule_state._replace(
                 params=tuple(
@@ -582,17 +596,43 @@ def check_step(metrics: dict[str, Any], step: int | None = None) -> None:
         sgjax.train.BadLabelsError: step 7: 2 label(s) of the batch lie outside the network's classes; the update was not applied. Check the labels (integers in [0, classes)).
     """  # noqa: E501
     where = f"step {step}: " if step is not None else ""
-    bad = int(np.sum(np.asarray(metrics.get("bad_labels", 0))))
-    if bad:
+    bad = np.asarray(metrics.get("bad_labels", 0))
+    finite = np.asarray(metrics["finite"])
+    loss = np.asarray(metrics["loss"])
+    if bad.ndim:  # vmapped over seeds: name each seed that failed, with its own count
+        idx = [int(i) for i in np.flatnonzero(bad.reshape(-1))]
+        if idx:
+            counts = ", ".join(f"seed index {i}: {int(bad.reshape(-1)[i])}" for i in idx)
+            raise BadLabelsError(
+                f"{where}label(s) of the batch lie outside the network's classes ({counts}; of "
+                f"{bad.size} vmapped seeds); the update was not applied. Check the labels "
+                "(integers in [0, classes))."
+            )
+    elif int(bad):
         raise BadLabelsError(
-            f"{where}{bad} label(s) of the batch lie outside the network's classes; the "
+            f"{where}{int(bad)} label(s) of the batch lie outside the network's classes; the "
             "update was not applied. Check the labels (integers in [0, classes))."
         )
-    if not bool(np.all(np.asarray(metrics["finite"]))):
-        loss = np.asarray(metrics["loss"])
-        raise NonFiniteLossError(
-            -1 if step is None else step, float(loss.reshape(-1)[0]) if loss.size else 0.0, None
+    if not bool(np.all(finite)):
+        at = -1 if step is None else step
+        if finite.ndim == 0:
+            raise NonFiniteLossError(at, float(loss.reshape(-1)[0]) if loss.size else 0.0, None)
+        idx = [int(i) for i in np.flatnonzero(~finite.reshape(-1))]
+        losses = loss.reshape(-1) if loss.size == finite.size else np.full(finite.size, np.nan)
+        which = "seed index" if len(idx) == 1 else "seed indices"
+        err = NonFiniteLossError(
+            at,
+            float(losses[idx[0]]),
+            None,
+            [
+                f"the loss or a gradient of {which} {', '.join(map(str, idx))} (of "
+                f"{finite.size} vmapped seeds; losses: "
+                + ", ".join(f"{float(losses[i])}" for i in idx[:5])
+                + ")"
+            ],
         )
+        err.seeds = idx  # type: ignore[attr-defined]
+        raise err
 
 
 def check_labels(y: Any, num_classes: int, *, name: str = "y") -> None:

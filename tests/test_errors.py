@@ -52,7 +52,25 @@ def test_check_step_on_vmapped_metrics_and_non_finite():
     with pytest.raises(train.NonFiniteLossError, match=r"^a step: .*non-finite"):
         train.check_step({**ok, "finite": np.array([True, False])})
     with pytest.raises(train.BadLabelsError, match=r"3 label"):
-        train.check_step({**ok, "bad_labels": np.array([0, 3])})
+        train.check_step({**ok, "bad_labels": np.array(3)})
+
+
+def test_check_step_names_the_failing_seed_with_its_own_loss_and_labels():
+    """Vmapped metrics (issue 27, case 8): the seed that failed is named with its own
+    loss (not seed 0's finite one) and the bad labels are counted per seed."""
+    ok = {"finite": np.array([True, True, True]), "bad_labels": np.array([0, 0, 0]),
+          "loss": np.array([0.5, 0.7, 0.9])}  # fmt: skip
+    train.check_step(ok)
+    bad = {**ok, "finite": np.array([True, False, True]),
+           "loss": np.array([0.5, np.inf, 0.9])}  # fmt: skip
+    with pytest.raises(train.NonFiniteLossError) as err:
+        train.check_step(bad, step=4)
+    msg = str(err.value)
+    assert "seed index 1 (of 3 vmapped seeds; losses: inf)" in msg and "0.5" not in msg
+    assert err.value.loss == np.inf and err.value.seeds == [1]
+    with pytest.raises(train.BadLabelsError) as err2:
+        train.check_step({**ok, "bad_labels": np.array([0, 3, 2])}, step=4)
+    assert "seed index 1: 3, seed index 2: 2; of 3 vmapped seeds" in str(err2.value)
 
 
 def test_evaluate_checks_params_against_the_network():
