@@ -11,7 +11,7 @@ import pytest
 
 from sgjax import rules
 from sgjax.apps import cli
-from sgjax.infra.config import RuleConfig
+from sgjax.infra.config import RuleConfig, RunConfig
 
 RULES = tuple(rules.RULES)  # every registered rule
 
@@ -122,6 +122,16 @@ def test_bad_arguments_name_the_argument(capsys, argv, message):
         cli.main(["train", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_sg_at_middle_with_no_hidden_layer_is_refused_like_all(capsys):
+    """With --depth 0 there is no hidden boundary: `middle` used to mean `output` quietly
+    while `all` was refused (issue 27); both are refused now, `output` still runs."""
+    for at in ("all", "middle"):
+        argv = ["train", "--depth", "0", "--sg-at", at, "--steps", "1", "--no-progress"]
+        assert cli.main(argv) == 1
+        assert f"--sg-at {at} needs a hidden layer" in capsys.readouterr().err
+    assert RunConfig(depth=0, rule=RuleConfig.of("sg", at="output")).depth == 0
 
 
 def test_every_accepted_seed_gives_its_own_network():

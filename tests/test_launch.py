@@ -294,17 +294,40 @@ def test_cpu_sets_and_argument_errors():
         launch([sys.executable, "-c", "pass"], 1, timeout=0)
 
 
-def test_launch_cli_checks_the_command_before_starting(capsys):
+def test_launch_cli_checks_the_command_before_starting(capsys, monkeypatch):
     from sgjax.apps import cli
+    from sgjax.pipeline import distributed
+
+    started = []  # a command that got through would be recorded here, not run
+    monkeypatch.setattr(distributed, "launch", lambda cmd, n, **kw: started.append(cmd))
 
     for argv, message in [
         (["-n", "2", "--", "train", "--pipeline", "3"], "needs --pipeline 2, got --pipeline 3"),
         (["-n", "2", "--", "train"], "needs --pipeline 2, got no --pipeline"),
         (["-n", "2"], "give the sgjax command to run after `--`"),
         (["-n", "0", "--", "train"], "-n/--processes must be ≥ 1, got 0"),
+        # a command that joins no job would run once per process (issue 27)
+        (["-n", "2", "--", "verify"], "`verify` does not join such a job, so each of the 2"),
+        (["-n", "2", "--", "reproduce", "fig2"], "run `sgjax reproduce` without launch"),
     ]:
         assert cli.main(["launch", *argv]) == 1, argv
         assert message in capsys.readouterr().err, argv
+    assert started == []
+
+
+def test_launch_warns_of_more_processes_than_cores(monkeypatch, capsys):
+    from sgjax.apps import cli
+    from sgjax.pipeline import distributed
+
+    started = []
+    monkeypatch.setattr(distributed, "launch", lambda cmd, n, **kw: started.append(n))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cli.main(["launch", "-n", "3", "--", "train", "--pipeline", "3"]) == 0
+    err = capsys.readouterr().err
+    assert started == [3]
+    assert "warning: 3 processes on 2 usable core(s): they share cores" in err
+    assert cli.main(["launch", "-n", "2", "--", "train", "--pipeline", "2"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_sweep_points_default_to_three_hidden_layers_and_refuse_bad_ones():

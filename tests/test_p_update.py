@@ -7,8 +7,6 @@ an updated stage must get exactly the update of the ordinary step.
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +14,7 @@ import optax
 import pytest
 
 from sgjax import nets, rules, train
+from sgjax.infra.config import RunConfig
 
 NET = nets.mlp([5, 7, 6, 3], "tanh")  # 3 stages, SG modules at boundaries 1 and 2
 
@@ -105,6 +104,29 @@ def test_skipped_stages_keep_params_and_optimiser_state_updated_ones_match_the_f
     assert (seen > 0).all(), f"each stage should both update and skip in 6 steps: {seen}"
 
 
+def test_sg_modules_trained_every_step_whichever_stages_update():
+    """``sg_update="every-step"``: stages are skipped as before, but every SG module makes
+    the ordinary step's update at every step (checked against the full step, with
+    ``p_update=0`` so that no stage moves while the modules do)."""
+    rule = RULES["sg"]()
+    opt = train.stagewise(optax.adam(1e-2))
+    state = train.init(jax.random.key(0), NET, rule, opt)
+    state, _ = jax.jit(train.make_step(NET, rule, "xent", opt))(state, _batches(1, 9)[0])
+    step = jax.jit(train.make_step(NET, rule, "xent", opt, p_update=0.0, sg_update="every-step"))
+    full = jax.jit(train.make_step(NET, rule, "xent", opt))
+    for batch in _batches(3):
+        new, m = step(state, batch)
+        ref, _ = full(state, batch)
+        assert not bool(m["updated"].any())
+        assert _same(new.params, state.params) and _same(new.opt_state, state.opt_state)
+        assert _same(new.rule_state, ref.rule_state)
+        assert _same(new.sg_opt_state, ref.sg_opt_state)
+        assert not _same(new.rule_state, state.rule_state)  # the modules did move
+        state = new
+    with pytest.raises(ValueError, match="`sg_update` must be one of"):
+        train.make_step(NET, rule, "xent", opt, p_update=0.5, sg_update="never")
+
+
 def test_stochastic_step_is_pure_and_vmaps_over_seeds():
     rule = RULES["sg"]()
     opt = train.stagewise(optax.adam(1e-2))
@@ -145,21 +167,16 @@ def test_p_update_errors_name_the_argument():
         step(state, _batches(1)[0])
 
 
-def test_cli_p_update_zero_leaves_the_network_at_its_initialisation(tmp_path):
+def test_cli_refuses_p_update_zero(capsys):
+    """--p-update 0 would train nothing and exit 0 (issue 27): refused, naming the flag.
+    (``make_step(p_update=0.0)`` stays available from code, tested above.)"""
     from sgjax.apps import cli
-    from sgjax.infra import data
 
-    out = tmp_path / "r.json"
-    argv = ["train", "--dataset", "digits", "--steps", "5", "--depth", "1", "--width", "16"]
-    assert (
-        cli.main([*argv, "--rule", "sg", "--p-update", "0", "--no-progress", "--json", str(out)])
-        == 0
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--rule", "sg", "--p-update", "0", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "--p-update must be in (0, 1], got 0 (0 would skip every update" in (
+        capsys.readouterr().err
     )
-    res = json.loads(out.read_text())
-    assert res["config"]["p_update"] == 0.0
-    ds = data.digits(seed=0)
-    net = nets.mlp([64, 16, 10])
-    init = train.init(jax.random.key(0), net, RULES["sg"](), optax.adam(1e-3))
-    ref = train.evaluate(net, init.params, "xent", ds.x_test, ds.y_test)
-    assert res["test_accuracy"] == ref["accuracy"]
-    assert res["test_loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match=r"`p_update` \(--p-update\) must be a number in \(0, 1\]"):
+        RunConfig(p_update=0.0)

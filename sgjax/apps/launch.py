@@ -13,6 +13,7 @@ See :func:`sgjax.pipeline.launch` and docs/pipeline.md (also for several GPU hos
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -60,12 +61,27 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give the sgjax command to run after `--`, e.g. -- train --pipeline 2")
     if command[0] == "launch":
         raise ValueError("the command to run cannot itself be `launch`")
+    if command[0] != "train":
+        raise ValueError(
+            f"sgjax launch runs the N processes of one `train --pipeline N` job; "
+            f"`{command[0]}` does not join such a job, so each of the {args.processes} "
+            f"processes would run it in full: run `sgjax {command[0]}` without launch"
+        )
     n = _pipeline_value(command)
     if command[0] == "train" and n != str(args.processes):
         raise ValueError(
             f"sgjax launch -n {args.processes} runs one pipeline stage per process, so the "
             f"command needs --pipeline {args.processes}, got "
             f"{'no --pipeline' if n is None else '--pipeline ' + n}"
+        )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores is not None and args.processes > cores:
+        print(
+            f"sgjax launch: warning: {args.processes} processes on {cores} usable core(s): "
+            "they share cores (none is pinned), so every stage runs slower than on a core of "
+            "its own and the timings do not compare with a pinned run",
+            file=sys.stderr,
+            flush=True,
         )
     try:
         launch(

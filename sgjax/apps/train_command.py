@@ -69,8 +69,11 @@ def _probability(name: str):
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not 0.0 <= v <= 1.0:
-            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1], got {text}")
+        if not 0.0 < v <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be in (0, 1], got {text}"
+                + (" (0 would skip every update: the network would never train)" if v == 0 else "")
+            )
         return v
 
     return parse

@@ -216,9 +216,23 @@ class RunConfig:
         if (
             isinstance(self.p_update, bool)
             or not isinstance(self.p_update, int | float)
-            or not 0.0 <= self.p_update <= 1.0
+            or not 0.0 < self.p_update <= 1.0
         ):
-            raise ValueError(f"`p_update` must be a number in [0, 1], got {self.p_update!r}")
+            raise ValueError(
+                f"`p_update` (--p-update) must be a number in (0, 1], got {self.p_update!r}"
+                + (
+                    " (0 would skip every update: the network would never train)"
+                    if self.p_update == 0
+                    else ""
+                )  # fmt: skip
+            )
+        at = self.rule.options_dict().get("at")
+        if self.depth == 0 and at in ("all", "middle"):
+            raise ValueError(
+                f"--sg-at {at} needs a hidden layer: with --depth 0 the network has one stage "
+                "and no hidden boundary; use --sg-at output for one SG module between the "
+                "output and the loss, or --depth ≥ 1"
+            )
         if self.sg_optimizer is not None and not self.rule.trains_modules:
             raise ValueError(
                 "the SG optimiser (--sg-lr, --sg-optimizer) applies to --rule "
