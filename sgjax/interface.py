@@ -55,15 +55,19 @@ rounding) it is clipped, further outside it turns the signal sent below into NaN
 of a silently wrong mix.
 
 Data parallel (the model and SG-module gradients both equal the full batch's; tested on 2
-and 4 devices):
+and 4 devices, ``tests/test_interface_sharding.py``):
 
-* ``shard_map``, each shard differentiating its *own* batch-mean loss (the default
-  ``loss_reduction="mean"`` scales by the local batch): ``shard_map`` sums the gradients
-  of replicated parameters over the shards, so divide by their number;
-* ``shard_map`` with the loss ``pmean``-ed over the shards before differentiating: pass
-  ``loss_reduction=`` the *global* batch size (every cotangent is 1/shards smaller than
-  for the local mean);
-* ``jax.pmap``: each device its own batch-mean loss, then ``lax.pmean`` the gradients.
+* ``shard_map``, each shard differentiating its *own* batch-mean loss:
+  ``loss_reduction="local-mean"``; ``shard_map`` sums the gradients of replicated
+  parameters over the shards, so divide by their number;
+* ``shard_map`` with the loss ``pmean``-ed over the shards before differentiating:
+  ``loss_reduction="global-mean"`` (every cotangent is 1/shards of the local mean's);
+* ``shard_map`` with a summed loss ``psum``-ed over the shards: ``"sum"``;
+* ``jax.pmap``: each device its own batch-mean loss (or a ``pmean``-ed one: pmap
+  differentiates it as the local one) with ``"mean"``, then ``lax.pmean`` the gradients.
+
+Inside ``shard_map`` the default ``"mean"`` is refused (it cannot tell the first two
+apart, and the wrong one would scale the SG modules' gradients by the number of shards).
 
 Limits: reverse mode only — forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
 ``jax.linearize`` of a function holding an interface) is refused by JAX ("can't apply
@@ -130,17 +134,41 @@ def _module_apply(estimator: Any, where: str) -> tuple[ApplyFn, bool]:
     )
 
 
-def _scale_of(loss_reduction: Any, batch: int, where: str) -> float:
+REDUCTIONS = ("mean", "local-mean", "global-mean", "sum")
+
+
+def _sharded_axes(h: Any) -> tuple[str, ...]:
+    """The manual mesh axes (inside ``jax.shard_map``) that ``h`` varies over."""
+    mat = getattr(jax.typeof(h), "manual_axis_type", None)
+    return tuple(sorted(map(str, getattr(mat, "varying", ()) or ())))
+
+
+def _scale_of(loss_reduction: Any, batch: int, where: str, axes: tuple[str, ...] = ()) -> float:
     if isinstance(loss_reduction, str):
-        if loss_reduction == "mean":
+        if loss_reduction == "mean" and axes:
+            raise ValueError(
+                f"{where}: inside shard_map (h is split over the mesh axes {list(axes)}) "
+                "`loss_reduction='mean'` is ambiguous, and the wrong reading scales the SG "
+                "modules' gradients by the number of shards: pass 'local-mean' if each shard "
+                "differentiates the mean loss of its own examples (shard_map sums replicated "
+                "parameters' gradients over the shards: divide them by their number), or "
+                "'global-mean' if the loss is pmean-ed over the shards before differentiating"
+            )
+        if loss_reduction in ("mean", "local-mean"):
             return float(batch)
+        if loss_reduction == "global-mean":
+            shards = 1
+            for a in axes:
+                shards *= int(jax.lax.axis_size(a))
+            return float(batch * shards)
         if loss_reduction == "sum":
             return 1.0
     elif isinstance(loss_reduction, int | float) and not isinstance(loss_reduction, bool):
         if loss_reduction > 0:
             return float(loss_reduction)
     raise ValueError(
-        f"{where}: `loss_reduction` must be 'mean', 'sum' or a number > 0, got {loss_reduction!r}"
+        f"{where}: `loss_reduction` must be one of {REDUCTIONS} or a number > 0, got "
+        f"{loss_reduction!r}"
     )
 
 
@@ -306,8 +334,10 @@ def sg_interface(
             annealing schedule inside one compiled step, same gradients, no retrace.
         prop: α ≥ 0 of SG + prop: the signal below is ``SG + α ∂L_SG/∂h`` (per example).
         loss_reduction: ``"mean"`` (the loss is a batch mean, default), ``"sum"``, or the
-            factor k turning the cotangent into the per-example gradient the module predicts
-            (the global batch size for a loss ``pmean``-ed over data-parallel shards).
+            factor k turning the cotangent into the per-example gradient the module predicts.
+            Inside ``shard_map`` ``"mean"`` is refused as ambiguous: ``"local-mean"`` (each
+            shard its own batch mean) or ``"global-mean"`` (a loss ``pmean``-ed over the
+            shards; k = the global batch).
 
     Returns:
         ``h`` itself (the same value; only the backward pass differs).
@@ -350,7 +380,7 @@ def sg_interface(
     if needs_context:
         _check_label_context(context, h, where)
     _check_context(context, batch, where, h=h)
-    scale = _scale_of(loss_reduction, batch, where)
+    scale = _scale_of(loss_reduction, batch, where, _sharded_axes(h))
     try:
         out = jax.eval_shape(apply, sg_params, h, context)
     except (TypeError, ValueError, AttributeError) as err:

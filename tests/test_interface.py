@@ -298,63 +298,7 @@ def test_composes_with_scan_and_remat():
     _assert_tree_close(g_sg, r_sg, 1e-6)
 
 
-SHARD_MAP_CHECK = """
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
-from sgjax import estimators, losses, nets
-from sgjax.interface import sg_interface
-
-net = nets.mlp([6, 8, 8, 3], "tanh")
-params = net.init(jax.random.key(0))
-est = estimators.conditioned()
-sg = tuple(jax.tree.map(lambda v: 0.3 * jax.random.normal(jax.random.key(b), v.shape),
-                        est.init(None, (8,), 3)) for b in (1, 2))
-n = len(jax.devices())
-x = jax.random.normal(jax.random.key(3), (4 * n, 6))
-y = jax.random.randint(jax.random.key(4), (4 * n,), 0, 3)
-
-def loss(params, sg, x, y):
-    c, h = jax.nn.one_hot(y, 3), x
-    for i, (stage, theta) in enumerate(zip(net.stages, params)):
-        h = stage.apply(theta, h)
-        if i < 2:
-            h = sg_interface(h, sg[i], c)
-    return losses.softmax_cross_entropy.fn(h, y)
-
-grad = jax.grad(loss, argnums=(0, 1))
-mesh = Mesh(np.array(jax.devices()), ("data",))
-
-def local(params, sg, x, y):
-    # Each shard differentiates its own mean loss. shard_map sums the gradients of
-    # replicated inputs over the shards (as for any JAX model), so divide by their number.
-    return jax.tree.map(lambda g: g / n, grad(params, sg, x, y))
-
-sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
-                                out_specs=P()))
-got, want = sharded(params, sg, x, y), grad(params, sg, x, y)
-err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-          for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
-print("devices", n, "max relative difference", err)
-assert err < 1e-5, err
-"""
-
-
-def test_composes_with_shard_map_on_four_devices():
-    """Data parallel over 4 (simulated CPU) devices, each shard scaling its targets by its
-    own batch: the mean of the shards' gradients equals the single-device gradients."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}  # fmt: skip
-    res = subprocess.run(
-        [sys.executable, "-c", SHARD_MAP_CHECK], env=env, capture_output=True, text=True
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "devices 4" in res.stdout, res.stdout
+# shard_map and pmap (2 and 4 devices, every documented pattern): test_interface_sharding.py
 
 
 # --------------------------------------------------------------------------------------
