@@ -117,7 +117,7 @@ def _override(text: str) -> tuple[str, str]:
 
 
 #: experiments whose settings ``--set`` can override
-SETTABLE = ("fig2", "fig3", "fig4", "fig5", "fig8", "dni-mnist")
+SETTABLE = ("fig2", "fig3", "fig4", "fig5", "fig8", "dni-mnist", "p-update")
 
 
 def _seed_of(directory: Path) -> int:
@@ -130,6 +130,20 @@ def _seed_of(directory: Path) -> int:
     if m is None:
         raise ValueError(f"--aggregate: no seed found in {directory}/results.json or report.md")
     return int(m.group(1))
+
+
+def _same_experiment(name: str, d: Path, res: dict, titles: dict[str, Path]) -> None:
+    """Refuse runs of different experiments, told apart by their report's title."""
+    report = d / "report.md"
+    title = report.read_text().partition("\n")[0].lstrip("# ").strip() if report.exists() else ""
+    if title:
+        titles.setdefault(title, d)
+    if len(titles) > 1:
+        (t1, d1), (t2, d2) = list(titles.items())[:2]
+        raise ValueError(
+            f"--aggregate: the directories hold different experiments: {d1} is {t1!r}, {d2} "
+            f"is {t2!r}; aggregate the seeds of one experiment ({name})"
+        )
 
 
 def aggregate_runs(
@@ -151,15 +165,24 @@ def aggregate_runs(
                          f"{[n for n, e in EXPERIMENTS.items() if e.claims]}")  # fmt: skip
     per_seed: dict[int, dict] = {}
     budgets = {}
+    titles: dict[str, Path] = {}
     for d in dirs:
         if not (d / "results.json").exists():
             raise ValueError(f"--aggregate: {d} has no results.json")
         res = json.loads((d / "results.json").read_text())
+        _same_experiment(name, d, res, titles)
         seed = _seed_of(d)
         if seed in per_seed:
             raise ValueError(f"--aggregate: seed {seed} appears twice ({d})")
         date = res.get("run_date") or (data_dates or {}).get(str(d))
-        per_seed[seed] = C.preregistered(exp.claims(res), date)
+        try:
+            claims = exp.claims(res)
+        except KeyError as e:
+            raise ValueError(
+                f"--aggregate: {d} is not a run of {name} (its results.json has no "
+                f"{e.args[0]!r}); aggregate the seeds of one experiment"
+            ) from None
+        per_seed[seed] = C.preregistered(claims, date)
         cfg = res.get("settings", {})
         budgets[seed] = tuple(cfg.get(k) for k in ("steps", "width", "lr", "hidden"))
     if len(set(budgets.values())) > 1:

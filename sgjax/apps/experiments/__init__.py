@@ -6,7 +6,7 @@ only when called, so that ``sgjax reproduce --help`` does not start JAX.
 
 Example:
     >>> sorted(EXPERIMENTS)
-    ['dni-cnn', 'dni-mnist', 'dni-rnn', 'fig2', 'fig3', 'fig4', 'fig5', 'fig8']
+    ['dni-cnn', 'dni-mnist', 'dni-rnn', 'fig2', 'fig3', 'fig4', 'fig5', 'fig8', 'p-update']
 """
 
 from __future__ import annotations
@@ -89,6 +89,18 @@ def _dni(ctx: Any) -> dict:
     return dni.run(ctx)
 
 
+def _p_update(ctx: Any) -> dict:
+    from sgjax.apps.experiments import pupdate
+
+    return pupdate.run(ctx)
+
+
+def _claims_p_update(results: dict) -> dict:
+    from sgjax.apps.experiments import pupdate
+
+    return pupdate.claims(results)
+
+
 def _dni_rnn(ctx: Any) -> dict:
     from sgjax.apps.experiments import rnn as experiment
 
@@ -121,6 +133,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("fig5", _fig5, "weight norms under SG", _claims_deep("fig5")),
         Experiment("fig8", _fig8, "linear probes of each layer", _claims_deep("fig8")),
         Experiment("dni-mnist", _dni, "the DNI paper's every-layer MNIST FCN", _claims_dni),
+        Experiment(
+            "p-update",
+            _p_update,
+            "stochastic updates: cDNI vs backprop with skipped stage updates",
+            _claims_p_update,
+        ),
         Experiment("dni-rnn", _dni_rnn, "recurrent DNI: truncated BPTT with a boundary SG"),
         Experiment("dni-cnn", _dni_cnn, "the same with a CNN and convolutional SG modules"),
     )

@@ -596,7 +596,7 @@ def claims_table(claims: dict[str, dict]) -> str:
         rows.append(
             [
                 name,
-                c.get("source", "—"),
+                c.get("source", "—").split(" (")[0],
                 c["value"] if control is None else f"{c['value']} (backprop: {control})",
                 c["target"],
                 f"{c['margin']:+.4g} (±{c['resolution']:.2g})",
@@ -620,7 +620,7 @@ def aggregate_table(agg: dict[str, dict]) -> str:
         if a.get("seed_resolution", 0) > a.get("measurement_resolution", 0):
             res += " (seeds)"
         rows.append(
-            [name, a.get("source") or "—", a["target"], vals, spread, res, per,
+            [name, (a.get("source") or "—").split(" (")[0], a["target"], vals, spread, res, per,
              f"**{a['verdict']}**"]
         )  # fmt: skip
     return table(

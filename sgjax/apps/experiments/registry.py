@@ -200,6 +200,29 @@ _SPECS = (
         "Adam 3e-5 (the paper's)",
         "final losses closer than 1e-3 are the same outcome",
     ),
+    # ------------------------------------------- DNI paper: stochastic updates (p_update)
+    ClaimSpec(
+        "p-update/cdni-drop-vs-bp",
+        "ours (operationalises paper.md §5.1, unverified: cDNI 'keeps training well at low "
+        "p_update', 'backprop cannot do this')",
+        TODAY,
+        "issue 25",
+        "equal updates per stage (p = 0.2 for 5× the steps of p = 1); at equal steps a "
+        "stage makes 5× fewer updates, so a failure there is untested",
+        "two binomial standard errors of the difference of the two drops (4 accuracies on "
+        "10k test images); over seeds: t₀.₉₅ · sd/√n",
+        contrast="cDNI's drop from p = 1 to p = 0.2 no larger than backprop-with-skips'",
+    ),
+    ClaimSpec(
+        "p-update/cdni-within-1pt",
+        "ours (operationalises paper.md §5.1: 'keeps training well'; the 1-point threshold "
+        "is ours)",
+        TODAY,
+        "issue 25",
+        "equal updates per stage, as above",
+        "two binomial standard errors of the difference on 10k test images; over seeds: "
+        "t₀.₉₅ · sd/√n",
+    ),
     # ---------------------------------------------------------------- DNI paper MNIST FCN
     *(
         ClaimSpec(
