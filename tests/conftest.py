@@ -67,6 +67,21 @@ def mnist_dir() -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tinyshakespeare_path() -> Path:
+    """Tiny Shakespeare's input.txt, or skip with a reason that says how to provide it."""
+    from sgjax.recurrent import tasks
+
+    try:
+        return tasks.find_tinyshakespeare()
+    except FileNotFoundError as e:
+        pytest.skip(
+            "Tiny Shakespeare not found: set SGJAX_DATA_DIR to a directory holding "
+            f"tinyshakespeare/input.txt, or place it in {SHARED_MNIST.parent / 'tinyshakespeare'} "
+            f"({e})"
+        )
+
+
 @pytest.fixture
 def getkey(request):
     """``getkey()`` returns fresh PRNG keys, seeded from the test's node id (and

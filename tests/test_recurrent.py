@@ -358,7 +358,7 @@ def test_tinyshakespeare_split_and_missing_data(tmp_path):
 # ------------------------------------------------------------------------- the experiment
 
 
-def test_reproduce_dni_rnn_smoke(tmp_path, capsys):
+def test_reproduce_dni_rnn_smoke(tmp_path, capsys, tinyshakespeare_path):
     out = tmp_path / "dni-rnn"
     rc = cli.main(["reproduce", "dni-rnn", "--scale", "smoke", "--out", str(out), "--no-progress"])
     assert rc == 0 and "dni-rnn:" in capsys.readouterr().out
