@@ -288,6 +288,52 @@ def _stop_all(procs: Sequence[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
+def check_coordinator_port(address: str) -> None:
+    """Raise a clear ``ValueError`` if process 0 cannot serve the coordinator at ``address``.
+
+    Checked before JAX starts (given a port in use, its coordinator crashes the process
+    with a C++ stack, and the other processes wait for minutes). The port is in use when
+    something accepts connections on it, or when it cannot be bound the way the
+    coordinator binds it (``SO_REUSEPORT``, all interfaces); the reservation that
+    :func:`launch` holds on it does neither.
+
+    Example:
+        >>> with socket.create_server(("127.0.0.1", 0)) as busy:
+        ...     try:
+        ...         check_coordinator_port(f"127.0.0.1:{busy.getsockname()[1]}")
+        ...     except ValueError as e:
+        ...         print(str(e).split(": ", 1)[1])
+        another program accepts connections on it, so process 0 cannot start the job's coordinator there; choose a free port (sgjax launch picks one itself)
+    """  # noqa: E501
+    host, _, port_text = address.rpartition(":")
+    try:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{ENV_COORDINATOR} must be HOST:PORT with a port in 1..65535, got {address!r}"
+        ) from None
+    busy = None
+    with contextlib.suppress(OSError), socket.create_connection((host or "127.0.0.1", port), 1):
+        busy = "another program accepts connections on it"
+    if busy is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("", port))
+        except OSError as e:
+            busy = f"it cannot be bound ({e.strerror or e})"
+        finally:
+            sock.close()
+    if busy is not None:
+        raise ValueError(
+            f"{ENV_COORDINATOR}={address} is in use: {busy}, so process 0 cannot start the "
+            "job's coordinator there; choose a free port (sgjax launch picks one itself)"
+        )
+
+
 def initialize_from_env(*, timeout: int = 120) -> bool:
     """Join the ``jax.distributed`` job described by the environment, if there is one.
 
@@ -321,6 +367,8 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
         ) from None
     if not 0 <= rank < n:
         raise ValueError(f"{ENV_PROCESS_ID} must be in 0..{n - 1}, got {rank}")
+    if rank == 0:
+        check_coordinator_port(values[ENV_COORDINATOR])  # before JAX: it would crash on it
     cores: set[int] = set()
     if os.environ.get(ENV_CPUS):
         try:
