@@ -40,6 +40,38 @@ def _old_name(new: str, old: dict) -> str | None:
     return next((o for o in old if new.startswith(o) or o.startswith(new)), None)
 
 
+def _cell(a: dict) -> str:
+    n = len(a["confirmatory_seeds"]) or len(a["seeds"])
+    kind = "confirmatory" if a["confirmatory_seeds"] else "exploratory"
+    return (
+        f"**{a['verdict']}** — mean margin {a['margin_mean']:+.3g} (±{a['resolution']:.2g}), "
+        f"{n} {kind} seed{'s' if n > 1 else ''}"
+    )
+
+
+def claim_tables() -> list[str]:
+    """One table per experiment: a row per claim, a column per committed budget."""
+    by_exp: dict[str, list[tuple[str, dict]]] = {}
+    for vj in sorted(VERDICTS_DIR.glob("*/verdicts.json")):
+        v = json.loads(vj.read_text())
+        by_exp.setdefault(v["experiment"], []).append((vj.parent.name, v))
+    out = ["## Every claim, by budget", ""]
+    for exp, runs in by_exp.items():
+        runs.sort(key=lambda r: r[1].get("steps") or 0)
+        sources: dict[str, str] = {}
+        for _, v in runs:
+            for name, a in v["claims"].items():
+                sources.setdefault(name, (a.get("source") or "").split(" (")[0])
+        head = " | ".join(f"[{d}]({d}/aggregate.md) ({v['steps']} steps)" for d, v in runs)
+        out += [f"### {exp}", "", f"| claim | source | {head} |"]
+        out.append("|---|---|" + "---|" * len(runs))
+        for name, source in sources.items():
+            cells = [_cell(v["claims"][name]) if name in v["claims"] else "—" for _, v in runs]
+            out.append(f"| {name} | {source} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     from sgjax.apps.experiments.common import VERDICTS
@@ -82,8 +114,9 @@ def main() -> int:
             f"| [{name}]({name}/aggregate.md) | " + " | ".join(str(c[v]) for v in VERDICTS) + " |"
         )
     lines.append("| **all** | " + " | ".join(f"**{counts[v]}**" for v in VERDICTS) + " |")
-    (VERDICTS_DIR / "README.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
+    lines += ["", *claim_tables()]
+    (VERDICTS_DIR / "README.md").write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -506,7 +506,7 @@ def _fig3_claims(results: dict) -> dict:
         )
 
     def dfa():
-        return "DFA: distance at layer 1 below backprop's (solves the task early)", C.claim(
+        return "DFA: distance at layer 1 below backprop's", C.claim(
             f"{d['dfa'][0]:.3f} vs {d['backprop'][0]:.3f}",
             "DFA < Bprop",
             float(d["backprop"][0] - d["dfa"][0]),
