@@ -596,3 +596,16 @@ def test_claims_skip_networks_not_trained():
     assert all(c["verdict"] == "held" for c in got.values())
     with pytest.raises(ValueError, match="methods"):
         deep.settings(C.Context(out=Path("x"), overrides={"methods": "backprop,bogus"}))
+
+
+def test_readme_verdict_counts_match_the_committed_verdicts():
+    """The README's count of verdicts is that of docs/results/verdicts (rejudge.py's)."""
+    root = Path(__file__).resolve().parent.parent
+    table = (root / "docs/results/verdicts/README.md").read_text()
+    (row,) = [line for line in table.splitlines() if line.startswith("| **all**")]
+    counts = [int(n) for n in re.findall(r"\*\*(\d+)\*\*", row)]
+    assert len(counts) == len(C.VERDICTS)
+    readme = (root / "README.md").read_text().replace("\n", " ")
+    said = ", ".join(f"{n} {v}" for v, n in zip(C.VERDICTS, counts))
+    assert f"Over the {sum(counts)} claim × budget verdicts" in readme
+    assert said in readme, said
