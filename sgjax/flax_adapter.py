@@ -14,7 +14,15 @@ Contract:
   f_i, so boundary i — where an SG module may sit — is the output of block i. Plain
   callables in the sequence (``nnx.relu``, a flatten ``lambda``) have no parameters: they
   join the module before them (a leading one joins the first module), so
-  ``[Linear, relu, Linear]`` gives the two stages ``relu∘Linear`` and ``Linear``.
+  ``[Linear, relu, Linear]`` gives the two stages ``relu∘Linear`` and ``Linear`` — except
+  one that changes the per-example rank (a flatten) and has a module after it: it joins
+  that module, so ``[Conv, relu, flatten, Linear]`` has its boundary at the conv's
+  ``(H, W, C)`` output, where a conv SG fits (a flat 3136-vector there would need a
+  3136×3136 dense SG; :func:`network_from_nnx` warns, naming the size, where a dense SG
+  would hold more than :data:`DWARF` (10) times the network's parameters).
+* :func:`estimator_per_boundary` ``(net, choices) -> Estimator``: one estimator for the
+  rules that puts the conv SG at ``(H, W, C)`` boundaries, the dense cDNI SG elsewhere,
+  or the estimator chosen per boundary.
   ``params[i]`` is a plain nested dict of arrays (:func:`flax.nnx.to_pure_dict` of the
   block's :class:`flax.nnx.Param` variables), so optax, checkpoints and ``jax.vmap``
   see ordinary pytrees. ``Stage.init(key)`` ignores ``key`` and returns the parameters the
@@ -60,6 +68,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,17 +96,47 @@ def _blocks(blocks: Any) -> list[Any]:
     )
 
 
-def _group(items: list[Any]) -> list[tuple[list[Callable], nnx.Module, list[Callable]]]:
-    """Attach parameter-free callables to a neighbouring module: (pre, module, post)."""
+def _rank_changes(fn: Callable, spec: Any) -> tuple[bool, Any]:
+    """(does ``fn`` change the per-example rank, its output spec) — ``(False, None)`` if
+    ``spec`` is unknown or ``fn`` cannot be traced on it."""
+    if spec is None:
+        return False, None
+    try:
+        out = jax.eval_shape(fn, spec)
+    except Exception:  # the real call reports the real error later
+        return False, None
+    if not hasattr(out, "shape"):
+        return False, None
+    return len(out.shape) != len(spec.shape), jax.ShapeDtypeStruct(out.shape, out.dtype)
+
+
+def _group(
+    items: list[Any], spec: Any = None
+) -> list[tuple[list[Callable], nnx.Module, list[Callable]]]:
+    """Attach parameter-free callables to a neighbouring module: (pre, module, post).
+
+    A callable joins the module before it, except that a leading one joins the first
+    module and — when the input ``spec`` is known — one that changes the per-example rank
+    (a flatten, an unflatten) joins the module *after* it, so the boundary keeps the
+    previous module's shape (a conv boundary stays (H, W, C))."""
     groups: list[tuple[list[Callable], nnx.Module, list[Callable]]] = []
     pending: list[Callable] = []
     for k, item in enumerate(items):
         if isinstance(item, nnx.Module):
             groups.append((pending, item, []))
             pending = []
+            if spec is not None:
+                try:
+                    out = jax.eval_shape(lambda h, m=item: m(h), spec)
+                    spec = jax.ShapeDtypeStruct(out.shape, out.dtype)
+                except Exception:  # reported by network_from_nnx's own call
+                    spec = None
         elif callable(item):
-            if groups:
-                groups[-1][2].append(item)
+            changes, spec = _rank_changes(item, spec)
+            later = any(isinstance(i, nnx.Module) for i in items[k + 1 :])
+            if groups and (not (changes or pending) or not later):
+                groups[-1][2].extend([*pending, item])
+                pending = []
             else:
                 pending.append(item)
         else:
@@ -179,7 +219,7 @@ def network_from_nnx(blocks: Any, example_input: Any) -> tuple[nets.Network, tup
     h_spec = jax.ShapeDtypeStruct((1, *tuple(shape[1:])), getattr(example_input, "dtype", None))
     stages: list[nets.Stage] = []
     params: list[Params] = []
-    for k, (pre, module, post) in enumerate(_group(_blocks(blocks))):
+    for k, (pre, module, post) in enumerate(_group(_blocks(blocks), h_spec)):
         graphdef, state, rest = _split(module)
         theta = nnx.to_pure_dict(state)
 
@@ -239,7 +279,119 @@ def network_from_nnx(blocks: Any, example_input: Any) -> tuple[nets.Network, tup
         )
         params.append(theta)
         h_spec = jax.ShapeDtypeStruct((1, *out.shape[1:]), out.dtype)
-    return nets.network(stages), tuple(params)
+    net = nets.network(stages)
+    _warn_dwarfing_boundaries(net, params)
+    return net, tuple(params)
+
+
+#: A module "dwarfs" the network (and is warned about) above this many times its size.
+DWARF = 10
+
+
+def _count(tree: Any) -> int:
+    return sum(math.prod(v.shape) for v in jax.tree.leaves(tree))
+
+
+def _warn_dwarfing_boundaries(net: nets.Network, params: Sequence[Params]) -> None:
+    """Warn where a dense SG (d×d, the default estimator) would dwarf the network."""
+    n_net = _count(params)
+    for b, stage in enumerate(net.stages[:-1], start=1):
+        if len(stage.out_shape) != 1:
+            continue  # a spatial boundary: estimator_per_boundary puts the conv SG there
+        d = int(stage.out_shape[0])
+        n_sg = d * d + d * (net.out_dim + 1)
+        if n_sg > DWARF * n_net:
+            warnings.warn(
+                f"network_from_nnx: boundary {b} (after {stage.name}) is a flat vector of {d}: "
+                f"a dense SG there (hA + yB + C, the default estimator) would hold {n_sg:,} "
+                f"parameters, {n_sg / n_net:.0f}x the network's {n_net:,}. Keep the boundary's "
+                "spatial shape (a flatten placed before the next module joins it) and use "
+                "flax_adapter.estimator_per_boundary(net) (the conv SG at (H, W, C) "
+                "boundaries), or put SG modules elsewhere (rules.synthetic_gradients(at=...))",
+                stacklevel=3,
+            )
+
+
+def estimator_per_boundary(
+    net: nets.Network,
+    choices: dict[int, Any] | None = None,
+    *,
+    flat: Any = "conditioned",
+    spatial: Any = "conv",
+) -> est_lib.Estimator:
+    """One estimator that puts a suitable SG module at each boundary of ``net``.
+
+    Boundary b (the output of stage b, 1..depth) gets ``choices[b]`` if given, else
+    ``spatial`` (the conv SG) where its per-example shape is ``(H, W, C)`` and ``flat``
+    elsewhere. The rules create every module with one estimator, so this one dispatches
+    on the activation's per-example shape; two boundaries of the same shape must get the
+    same estimator (else ``ValueError`` naming them). ``init`` warns, naming the size,
+    when one module would hold more than :data:`DWARF` times the network's parameters.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from sgjax import rules
+        >>> model = nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0)), nnx.relu,
+        ...                        lambda a: a.reshape(a.shape[0], -1),
+        ...                        nnx.Linear(8 * 8 * 4, 10, rngs=nnx.Rngs(1)))
+        >>> net, params = network_from_nnx(model, jnp.ones((1, 8, 8, 1)))
+        >>> [s.out_shape for s in net.stages]      # the flatten joined the Linear
+        [(8, 8, 4), (10,)]
+        >>> rule = rules.synthetic_gradients(estimator_per_boundary(net), at=[1])
+        >>> sorted(rule.init(jax.random.key(0), net).params[0]["out"])   # the conv SG
+        ['K', 'K_y', 'c']
+    """
+    where = "estimator_per_boundary"
+    choices = dict(choices or {})
+    bad = [b for b in choices if not isinstance(b, int) or not 1 <= b <= net.depth]
+    if bad:
+        raise ValueError(f"{where}: boundaries must be in 1..{net.depth}, got {bad}")
+    by_shape: dict[tuple[int, ...], tuple[int, est_lib.Estimator]] = {}
+    for b, stage in enumerate(net.stages, start=1):
+        shape = tuple(stage.out_shape)
+        default = spatial if len(shape) == 3 else flat
+        est = est_lib.get(choices.get(b, default))
+        if shape in by_shape and by_shape[shape][1] != est:
+            other = by_shape[shape][0]
+            raise ValueError(
+                f"{where}: boundaries {other} and {b} share the per-example shape {shape} but "
+                f"were given different estimators ({by_shape[shape][1].name} and {est.name}); "
+                "the rules build every module with one estimator, which can only tell them "
+                "apart by shape — give them the same one"
+            )
+        by_shape.setdefault(shape, (b, est))
+    n_net = _count(jax.eval_shape(net.init, jax.random.key(0)))
+
+    def pick(h_shape: Sequence[int]) -> tuple[int, est_lib.Estimator]:
+        shape = tuple(int(d) for d in h_shape)
+        if shape not in by_shape:
+            raise ValueError(
+                f"{where}: no boundary of the network has the per-example shape {shape} "
+                f"(boundaries: {sorted(by_shape)}); was this estimator made for this network?"
+            )
+        return by_shape[shape]
+
+    def init(key: jax.Array, h_shape: Sequence[int], y_dim: int, dtype=jnp.float32) -> Params:
+        b, est = pick(h_shape)
+        theta = est.init(key, tuple(h_shape), y_dim, dtype)
+        n_sg = _count(theta)
+        if n_sg > DWARF * n_net:
+            warnings.warn(
+                f"{where}: the {est.name} SG at boundary {b} (shape {tuple(h_shape)}) holds "
+                f"{n_sg:,} parameters, {n_sg / n_net:.0f}x the network's {n_net:,}",
+                stacklevel=2,
+            )
+        return theta
+
+    def apply(theta: Params, h: jax.Array, y: jax.Array) -> jax.Array:
+        return pick(h.shape[1:])[1].apply(theta, h, y)
+
+    ests = [e for _, e in by_shape.values()]
+    name = "per-boundary(" + ", ".join(f"{b}:{e.name}" for b, e in by_shape.values()) + ")"
+    return est_lib.Estimator(
+        init, apply, name, any(e.uses_h for e in ests), any(e.uses_y for e in ests)
+    )
 
 
 def update_nnx(blocks: Any, params: Sequence[Params]) -> None:

@@ -146,12 +146,20 @@ def _nnx_cnn(seed=0):
     ]
 
 
+def _flatten_then(stage, in_shape):
+    """``stage`` with a flatten in front of it (where the adapter now puts a flatten)."""
+    return stage._replace(
+        apply=lambda theta, h: stage.apply(theta, h.reshape(h.shape[0], -1)),
+        in_shape=tuple(in_shape),
+    )
+
+
 def _pure_cnn():
     return nets.network(
         [
             _conv_stage((8, 8, 1), 4, flatten_in=True),
-            _conv_stage((8, 8, 4), 4, flatten=True),
-            nets.dense(256, 10, "identity"),
+            _conv_stage((8, 8, 4), 4),
+            _flatten_then(nets.dense(256, 10, "identity"), (8, 8, 4)),
         ]
     )
 
@@ -160,7 +168,8 @@ def _pure_cnn():
 def test_nnx_cnn_trains_like_pure_cnn(data, name):
     x, y = data
     net, params = flax_adapter.network_from_nnx(_nnx_cnn(), x[:1])
-    assert [s.out_shape for s in net.stages] == [(8, 8, 4), (256,), (10,)]
+    # the flatten joins the Linear: the boundary keeps the conv's (H, W, C)
+    assert [s.out_shape for s in net.stages] == [(8, 8, 4), (8, 8, 4), (10,)]
     pure = _pure_cnn()
     pure_params = (params[0], params[1], _as_dense(params[2:])[0])
     rule = RULES[name]()
@@ -296,3 +305,70 @@ def test_feedback_method_of_a_user_block_is_used(data):
     for s_n, s_p in zip(out_n.signals, out_p.signals):
         np.testing.assert_allclose(s_n, s_p, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out_n.grads[0]["lin"]["kernel"], out_p.grads[0]["W"], atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------
+# SG modules that fit the boundaries: conv SG at conv boundaries, a warning where a dense
+# SG would dwarf the network.
+
+
+def _conv_net(hw=16, *, flatten_in_block=False):
+    r = nnx.Rngs(0)
+    conv, flat = nnx.Conv(1, 4, (3, 3), rngs=r), (lambda a: a.reshape(a.shape[0], -1))
+    head = [nnx.Linear(hw * hw * 4, 12, rngs=r), nnx.relu, nnx.Linear(12, 10, rngs=r)]
+    if flatten_in_block:  # the flatten inside the conv's block: a flat boundary
+        return [nnx.Sequential(conv, nnx.relu, flat), *head]
+    return nnx.Sequential(conv, nnx.relu, flat, *head)
+
+
+def test_a_dense_sg_dwarfing_the_network_is_named(recwarn):
+    x = jnp.zeros((1, 16, 16, 1))
+    d, k = 16 * 16 * 4, 10
+    n_net = (9 * 4 + 4) + (d * 12 + 12) + (12 * 10 + 10)
+    n_sg = d * d + d * k + d  # A, B, C of hA + yB + C, counted here by hand
+    ratio = f"{n_sg / n_net:.0f}x"
+    msg = rf"boundary 1 .* flat vector of {d}: .* {n_sg:,} parameters, {ratio} .* {n_net:,}"
+    with pytest.warns(UserWarning, match=msg):
+        flax_adapter.network_from_nnx(_conv_net(flatten_in_block=True), x)
+    net, _ = flax_adapter.network_from_nnx(_conv_net(), x)  # the spatial boundary: silent
+    assert [s.out_shape for s in net.stages] == [(16, 16, 4), (12,), (10,)]
+    assert not [w for w in recwarn if "dwarf" in str(w.message) or "flat vector" in str(w.message)]
+
+
+def test_estimator_per_boundary_puts_the_conv_sg_at_conv_boundaries():
+    x = jax.random.normal(jax.random.key(0), (5, 16, 16, 1))
+    net, params = flax_adapter.network_from_nnx(_conv_net(), x[:1])
+    small = estimators.mlp((16,))
+    est = flax_adapter.estimator_per_boundary(net, {2: small})
+    rule = rules.synthetic_gradients(est)
+    mods = rule.init(jax.random.key(1), net).params
+    refs = {1: estimators.conv(), 2: small}
+    hs = net.hidden(params, x)
+    y = jax.nn.one_hot(jnp.arange(5) % 10, 10)
+    for b, theta in zip((1, 2), mods):
+        ref = refs[b]
+        want = ref.init(jax.random.key(b), net.stages[b - 1].out_shape, 10)
+        assert jax.tree.structure(theta) == jax.tree.structure(want)
+        theta = jax.tree.map(lambda v: v + 0.1, theta)  # non-zero: the output is compared
+        np.testing.assert_allclose(est.apply(theta, hs[b], y), ref.apply(theta, hs[b], y))
+    n_sg = sum(v.size for v in jax.tree.leaves(mods))
+    assert n_sg < sum(v.size for v in jax.tree.leaves(params))
+
+
+def test_estimator_per_boundary_refuses_what_it_cannot_tell_apart():
+    net = nets.mlp([6, 8, 8, 3])  # boundaries 1 and 2 are both (8,)
+    with pytest.raises(ValueError, match=r"boundaries 1 and 2 share the per-example shape \(8,\)"):
+        flax_adapter.estimator_per_boundary(net, {2: "mlp"})
+    with pytest.raises(ValueError, match=r"boundaries must be in 1..3, got \[7\]"):
+        flax_adapter.estimator_per_boundary(net, {7: "mlp"})
+
+
+def test_estimator_per_boundary_names_a_module_that_dwarfs_the_network():
+    net, params = flax_adapter.network_from_nnx(_conv_net(), jnp.zeros((1, 16, 16, 1)))
+    n_net = sum(v.size for v in jax.tree.leaves(params))
+    w = 1024  # estimators.mlp()'s default hidden widths (1024, 1024), on [h, y] of 12 + 10
+    n_sg = (22 * w + w) + (w * w + w) + (w * 12 + 12)
+    est = flax_adapter.estimator_per_boundary(net, {2: "mlp"})
+    with pytest.warns(UserWarning, match=rf"mlp SG at boundary 2 .* {n_sg:,} parameters, "
+                      rf"{n_sg / n_net:.0f}x the network's {n_net:,}"):  # fmt: skip
+        est.init(jax.random.key(0), (12,), 10)
