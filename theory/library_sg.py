@@ -129,10 +129,14 @@ def _conv_ref(h: jax.Array, K: jax.Array) -> jax.Array:
     p = k // 2
     H, W = h.shape[1], h.shape[2]
     hp = jnp.pad(h, ((0, 0), (p, p), (p, p), (0, 0)))
-    out = 0.0
-    for i in range(k):
-        for j in range(k):
-            out = out + jnp.einsum("bhwc,co->bhwo", hp[:, i : i + H, j : j + W, :], K[i, j])
+    terms = [
+        jnp.einsum("bhwc,co->bhwo", hp[:, i : i + H, j : j + W, :], K[i, j])
+        for i in range(k)
+        for j in range(k)
+    ]
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
     return out
 
 
