@@ -133,20 +133,40 @@ def _candidates(name: str) -> tuple[list[Path], bool]:
         base = Path(env).expanduser()
         dirs = [base] if spec.env_itself else []
         return dirs + [base / s for s in spec.subdirs], True
-    roots = [Path(__file__).resolve().parents[1], Path.cwd()]  # repository root, cwd
+    # A shared/data/<name> in the current directory or any directory above it (so a
+    # checkout's ../shared is found from the checkout and from any sub-directory of it),
+    # then the same above the installed package (an editable install's checkout, or the
+    # project holding the virtual environment of a non-editable one).
     dirs = []
-    for root in roots:
-        for s in spec.subdirs:
-            d = (root.parent / "shared" / "data" / s).resolve()
-            if d not in dirs:
-                dirs.append(d)
+    for start in (Path.cwd().resolve(), _PACKAGE_DIR):
+        for a in (start, *start.parents):
+            for s in spec.subdirs:
+                d = a / "shared" / "data" / s
+                if d not in dirs:
+                    dirs.append(d)
     return dirs, False
 
 
-def _how_to(name: str) -> str:
+#: where this package is installed (a checkout for an editable install, site-packages else)
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset's files were not found. ``str(err)`` words the fix for Python callers
+    (``data_dir=``), :meth:`cli_message` for the command line (``--data-dir DIR``)."""
+
+    def __init__(self, python: str, cli: str):
+        super().__init__(python)
+        self._cli = cli
+
+    def cli_message(self) -> str:
+        return self._cli
+
+
+def _how_to(name: str, arg: str = "`data_dir=`") -> str:
     files = ", ".join(IDX_FILES.values())
     return (
-        f"Provide the {name} IDX files ({files}; raw or .gz) by passing `data_dir=` "
+        f"Provide the {name} IDX files ({files}; raw or .gz) by passing {arg} "
         f"or by setting SGJAX_DATA_DIR to "
         + ("their directory or " if _IDX_SETS[name].env_itself else "")
         + f"a directory with a sub-directory {' / '.join(_IDX_SETS[name].subdirs)} "
@@ -165,10 +185,13 @@ def find_idx_dir(name: str = "mnist", data_dir: str | os.PathLike | None = None)
     2. the ``SGJAX_DATA_DIR`` environment variable (for MNIST the directory itself or its
        ``mnist`` sub-directory; for Fashion-MNIST only its ``fashion_mnist`` /
        ``fashion-mnist`` sub-directory, because the two share file names);
-    3. ``../shared/data/<name>`` next to the repository root or the current directory.
+    3. ``shared/data/<name>`` in the current directory or any directory above it (a
+       checkout's ``../shared``, from the checkout or any sub-directory of it), then above
+       the installed package — the same for editable and non-editable installs.
 
     Raises:
-        FileNotFoundError: saying where it looked and how to provide the files.
+        DataNotFoundError: a :class:`FileNotFoundError` saying where it looked and how to
+            provide the files (``data_dir=``; its ``cli_message()`` says ``--data-dir``).
 
     Example:
         >>> import tempfile
@@ -184,10 +207,11 @@ def find_idx_dir(name: str = "mnist", data_dir: str | os.PathLike | None = None)
     if data_dir is not None:
         base = Path(data_dir).expanduser()
         looked = [base] + [base / s for s in _IDX_SETS[name].subdirs]
-        how = "the `data_dir` argument"
+        how, how_cli, from_env = "the `data_dir` argument", "--data-dir", False
     else:
         looked, from_env = _candidates(name)
         how = "SGJAX_DATA_DIR" if from_env else "the default locations (SGJAX_DATA_DIR unset)"
+        how_cli = how
     for d in looked:
         if _has_idx(d):
             return d
@@ -196,10 +220,18 @@ def find_idx_dir(name: str = "mnist", data_dir: str | os.PathLike | None = None)
         if d.is_dir():
             missing = [f for f in IDX_FILES.values() if _idx_file(d, f) is None]
             detail.append(f"{d} (missing {', '.join(missing)})")
-        else:
+        elif data_dir is not None or from_env:
             detail.append(f"{d} (no such directory)")
-    raise FileNotFoundError(
-        f"{name} IDX files not found via {how}; looked in: {'; '.join(detail)}. " + _how_to(name)
+    if data_dir is None and not from_env:  # the walk up: one line, not every ancestor
+        sub = "|".join(_IDX_SETS[name].subdirs)
+        detail.append(
+            f"shared/data/{{{sub}}} in {Path.cwd().resolve()} and every directory above it, "
+            f"and above {_PACKAGE_DIR}"
+        )
+    looked_in = f"looked in: {'; '.join(detail)}. "
+    raise DataNotFoundError(
+        f"{name} IDX files not found via {how}; {looked_in}" + _how_to(name),
+        f"{name} IDX files not found via {how_cli}; {looked_in}" + _how_to(name, "--data-dir DIR"),
     )
 
 
