@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import signal
 import sys
@@ -125,7 +126,7 @@ def _interrupted(
 
     The exit status is the shell's convention for a process ended by a signal: 128 + its
     number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP)."""
-    signum = received[0] if received else int(signal.SIGINT)
+    signum = getattr(err, "signum", None) or (received[0] if received else int(signal.SIGINT))
     how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     step = getattr(err, "step", None)
     where = getattr(err, "checkpoint_dir", None)
@@ -133,9 +134,12 @@ def _interrupted(
     msg = f"sgjax {name}: {how}" + (f" after step {step}" if step is not None else "")
     if where is not None and saved is not None:
         again = [a for a in argv if a != "--resume"]
+        n = os.environ.get("SGJAX_NUM_PROCESSES")  # a process of a multi-process job
+        launch = f"launch -n {n} -- " if n else ""
         msg += (
-            f"; checkpoint of step {saved} saved in {where}. Resume with:\n  sgjax "
-            f"{shlex.join(again)} --resume"
+            f"; checkpoint of step {saved} saved in {where}. Resume with"
+            + (" (all the job's processes)" if n else "")
+            + f":\n  sgjax {launch}{shlex.join(again)} --resume"
         )
     elif step is not None:
         msg += "; nothing was saved (no --checkpoint-dir)"

@@ -247,8 +247,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint-dir",
         type=Path,
         default=None,
-        help="save the full training state here periodically (atomic, last 3 kept; "
-        "default: no checkpoints)",
+        help="save the full training state here periodically (atomic, hashed, last 3 kept; "
+        "with --pipeline the steps are micro-batches, saved at whole calls of 50, and every "
+        "process must see the directory; default: no checkpoints)",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -336,14 +337,8 @@ def parse(args: argparse.Namespace) -> tuple[RunConfig, Outputs]:
         raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
     if outputs.adopt_older and not outputs.resume:
         raise ValueError("--adopt-older-checkpoints goes with --resume (the run to continue)")
-    if config.pipeline is not None:
-        bad = [
-            f
-            for f, v in (("--checkpoint-dir", outputs.checkpoint_dir), ("--resume", outputs.resume))
-            if v
-        ]
-        if bad:
-            raise ValueError(f"{', '.join(bad)} not supported with --pipeline (no checkpoints)")
+    if config.pipeline is not None and outputs.adopt_older:
+        raise ValueError("--adopt-older-checkpoints applies to runs without --pipeline")
     return config, outputs
 
 
@@ -482,6 +477,30 @@ def _fake_cpu_devices(n: int) -> None:
         pass
 
 
+#: micro-batches per jitted call of the SG pipeline (``train_pipelined``'s ``chunk``):
+#: checkpoints are taken at whole calls, so a resumed run needs the same value
+_PIPELINE_CHUNK = 50
+
+
+def _lost_process(err: Exception) -> Exception | None:
+    """A collective's failure in a multi-process job, as one line (another process died:
+    the launcher names it), or None for any other error."""
+    import jax
+
+    if jax.process_count() == 1 or "RuntimeError" not in type(err).__name__:
+        return None
+    import re
+
+    from sgjax.infra.runner import LostProcessError
+
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = re.sub(r"^(INTERNAL: )?(Error dispatching computation: )+", "", text)[:200]
+    return LostProcessError(
+        f"process {jax.process_index()} of {jax.process_count()} lost contact with another "
+        f"process of the job, which probably died (sgjax launch names it): {first}"
+    )
+
+
 def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
     """``sgjax train --pipeline N``: train on N devices with :mod:`sgjax.pipeline`."""
     assert config.pipeline is not None
@@ -504,22 +523,51 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
             "--pipeline trains with Adam at the learning rates --lr and --sg-lr; a custom "
             "optax optimiser does not apply to it"
         )
-    t0 = time.perf_counter()
-    r = pipeline.train_pipelined(
-        "gpipe" if pipe.method == "gpipe" else "sg-pipeline",
-        net,
-        x_train,
-        ds.y_train,
+    from sgjax.infra.runner import PipelineRun
+
+    per_call = pipe.micro_batches if pipe.method == "gpipe" else _PIPELINE_CHUNK
+    run = PipelineRun(
+        outputs.checkpoint_dir,
         steps=config.steps,
-        batch_size=config.batch_size,
-        micro_batches=pipe.micro_batches or 1,
-        loss=config.loss,
-        lr=lr,
-        sg_lr=sg_lr,
-        estimator=config.rule.options_dict().get("estimator", "conditioned"),
-        seed=config.seed,
-        mesh=mesh,
+        per_call=per_call or 1,
+        every=outputs.checkpoint_every,
+        resume=outputs.resume,
+        meta={
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "num_examples": len(x_train),
+            "rule": config.rule.name,
+            "steps": config.steps,
+            "run_config": config.to_dict(),
+        },
+        config=config,
+        say=print if jax.process_index() == 0 else (lambda _m: None),
     )
+    t0 = time.perf_counter()
+    try:
+        with run.signals():
+            r = pipeline.train_pipelined(
+                "gpipe" if pipe.method == "gpipe" else "sg-pipeline",
+                net,
+                x_train,
+                ds.y_train,
+                steps=config.steps,
+                batch_size=config.batch_size,
+                micro_batches=pipe.micro_batches or 1,
+                loss=config.loss,
+                lr=lr,
+                sg_lr=sg_lr,
+                estimator=config.rule.options_dict().get("estimator", "conditioned"),
+                seed=config.seed,
+                chunk=_PIPELINE_CHUNK,
+                mesh=mesh,
+                start=run.start,
+                on_call=run.on_call,
+            )
+    except Exception as e:
+        raise _lost_process(e) or e from None
+    finally:
+        run.close()
     seconds = time.perf_counter() - t0
     tr = train.evaluate(net, r["params"], config.loss, x_train, ds.y_train)
     te = train.evaluate(net, r["params"], config.loss, x_test, ds.y_test)

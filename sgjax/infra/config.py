@@ -218,16 +218,13 @@ class RunConfig:
             or not isinstance(self.p_update, int | float)
             or not 0.0 < self.p_update <= 1.0
         ):
+            never = " (0 would skip every update: the network would never train)"
             raise ValueError(
                 f"`p_update` (--p-update) must be a number in (0, 1], got {self.p_update!r}"
-                + (
-                    " (0 would skip every update: the network would never train)"
-                    if self.p_update == 0
-                    else ""
-                )  # fmt: skip
+                + (never if self.p_update == 0 else "")
             )
         at = self.rule.options_dict().get("at")
-        if self.depth == 0 and at in ("all", "middle"):
+        if self.depth == 0 and at in ("all", "middle") and self.pipeline is None:
             raise ValueError(
                 f"--sg-at {at} needs a hidden layer: with --depth 0 the network has one stage "
                 "and no hidden boundary; use --sg-at output for one SG module between the "

@@ -44,9 +44,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -389,3 +391,171 @@ class _Run:
         if self.ckpt is not None:
             err.checkpoint_dir = str(self.ckpt.directory)
         return err
+
+
+# --------------------------------------------------------------------------------------
+# --pipeline runs: checkpoints, stop signals, agreed by every process of the job
+
+
+class PipelineInterrupted(KeyboardInterrupt):
+    """A ``--pipeline`` run stopped by Ctrl-C or a stop signal, after a checkpoint.
+
+    ``step`` is the micro-batches trained, ``checkpoint_step`` the newest checkpoint
+    (None without a checkpoint directory), ``signum`` the signal.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint_step: int | None, where: str | None):
+        super().__init__(f"stopped after micro-batch {step}")
+        self.signum, self.step = signum, step
+        self.checkpoint_step, self.checkpoint_dir = checkpoint_step, where
+
+
+class LostProcessError(ConnectionError):
+    """A process of a multi-process job lost contact with another (which died)."""
+
+    one_line = True  # the command line prints it as one message, no traceback
+
+
+def _any_process(flag: bool) -> bool:
+    """True in every process when ``flag`` is true in any (a collective)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+class PipelineRun:
+    """Checkpoint/resume and stop signals for :func:`sgjax.pipeline.train_pipelined`.
+
+    Pass :meth:`start` as its ``start`` and :meth:`on_call` as its ``on_call``, inside
+    ``with run.signals():``. In every process: the newest checkpoint that verifies is
+    restored (``resume``); after every call whose micro-batch count crosses a multiple
+    of ``every`` (or reaches ``steps``), the whole state is gathered and process 0 saves
+    it; Ctrl-C or a stop signal in *any* process stops *every* process at the same call,
+    after a checkpoint, with :class:`PipelineInterrupted` (a process stopping alone
+    would leave the others waiting in a collective). Only states at a whole number of
+    calls (``per_call`` micro-batches) are saved: a resumed run continues there,
+    bit-identical to a run never stopped.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike | None,
+        *,
+        steps: int,
+        per_call: int,
+        every: int,
+        keep: int = 3,
+        resume: bool = False,
+        meta: dict[str, Any],
+        config: RunConfig | None = None,
+        say: Callable[[str], None] = lambda _m: None,
+    ):
+        from sgjax.infra.checkpoint import PipelineCheckpointer
+
+        if resume and ckpt_dir is None:
+            raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
+        self.steps, self.per_call, self.every = steps, per_call, every
+        self.resume, self.config, self.say = resume, config, say
+        self.meta = {**meta, "chunk": per_call}
+        self.pending: list[int] = []
+        self.last_saved: int | None = None
+        self.ckpt = (
+            PipelineCheckpointer(ckpt_dir, keep=keep, writer=jax.process_index() == 0)
+            if ckpt_dir is not None
+            else None
+        )
+        if self.ckpt is not None and self.ckpt.stale_lock:
+            _warn(self.ckpt.stale_lock)
+        if self.ckpt is not None and not resume and self.ckpt.latest_step() is not None:
+            self.close()
+            raise ValueError(
+                f"{ckpt_dir} already holds checkpoints (newest: micro-batch "
+                f"{self.ckpt.latest_step()}); pass --resume to continue that run, or use an "
+                "empty directory"
+            )
+
+    def start(self, initial: Any) -> tuple[Any, int] | None:
+        """The state to resume from (``train_pipelined``'s ``start``), or None."""
+        if self.ckpt is None or not self.resume:
+            return None
+        if self.ckpt.latest_step() is None:
+            self.say(f"--resume: no checkpoint in {self.ckpt.directory}; starting a new run")
+            return None
+        state, saved = self.ckpt.restore_newest_good(initial, report=_warn)
+        where = self.ckpt.directory
+        for k in (*_MUST_MATCH, "chunk"):
+            if saved.get(k) != self.meta.get(k):
+                raise ValueError(
+                    f"cannot resume from {where}: its run had {k}={saved.get(k)!r}, this one "
+                    f"has {k}={self.meta.get(k)!r}. Use the original settings or another "
+                    "directory."
+                )
+        seen = int(saved["step"])
+        if self.config is not None:
+            problems = self.config.resume_problems(saved.get("run_config", {}), seen)
+            if problems:
+                raise ValueError(
+                    f"cannot resume from {where}: the run differs from the one that wrote "
+                    f"it: {'; '.join(problems)}. Use the original settings or another "
+                    f"directory ({describe_may_change()})."
+                )
+        if seen >= self.steps:
+            raise ValueError(
+                f"the run in {where} is complete ({seen} micro-batches); raise --steps to "
+                "continue it"
+            )
+        self.last_saved = seen
+        self.say(f"resumed from micro-batch {seen} ({where})")
+        return state, seen
+
+    def on_call(self, seen: int, get_state: Callable[[], Any]) -> None:
+        """After each call: checkpoint when due; stop every process on a signal."""
+        stop = _any_process(bool(self.pending))
+        whole = seen % self.per_call == 0
+        last = self.last_saved if self.last_saved is not None else 0
+        due = seen // self.every > last // self.every or seen == self.steps
+        if self.ckpt is not None and whole and (due or stop) and seen != self.last_saved:
+            tree = get_state()  # every process: a collective
+            if self.ckpt.writer:
+                self.ckpt.save(seen, tree, self.meta)
+            self.last_saved = seen
+        if stop:
+            signum = self.pending[0] if self.pending else int(signal.SIGTERM)
+            where = str(self.ckpt.directory) if self.ckpt is not None else None
+            raise PipelineInterrupted(signum, seen, self.last_saved, where)
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """Ctrl-C and the stop signals are noted, to be acted on at the next call's end.
+
+        The previous handlers come back at the end, unless the block ends with an error
+        (then the process is about to exit with it; a late stop signal stays noted)."""
+        import threading
+
+        names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in names:
+                num = getattr(signal, name, None)
+                if num is not None:
+                    previous[num] = signal.signal(num, lambda n, _f: self.pending.append(n))
+        try:
+            yield
+        except Exception:
+            # Ending with an error (e.g. another process died and the launcher now stops
+            # this one): a stop signal must not replace that error with a traceback, so
+            # the handlers stay noting ones.
+            raise
+        except BaseException:
+            for num, old in previous.items():
+                signal.signal(num, old)
+            raise
+        else:
+            for num, old in previous.items():
+                signal.signal(num, old)
+
+    def close(self) -> None:
+        if self.ckpt is not None:
+            self.ckpt.close()

@@ -218,46 +218,93 @@ def launch(
                 )
             )
         t0 = time.monotonic()
-        echoed = 0
-        failed: tuple[int, int] | None = None
-        while True:
+        echoed = [0]
+        try:
+            failed = _watch(procs, logs, n, timeout, grace, echo, t0, echoed)
+        except KeyboardInterrupt:
+            # Ctrl-C or a stop signal to the launcher: the processes get SIGTERM and
+            # stop at their next call, checkpointed; say what each one last reported.
+            _stop_all(procs, grace)
             if echo:
-                echoed = _echo(logs / "rank0.log", echoed)
-            codes = [p.poll() for p in procs]
-            bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-            if bad:
-                failed = bad[0]
-                break
-            if all(c == 0 for c in codes):
-                break
-            if timeout is not None and time.monotonic() - t0 > timeout:
-                running = [r for r, c in enumerate(codes) if c is None]
-                _stop_all(procs, grace)
-                outs = _read_all(logs, n)
-                raise LaunchError(
-                    f"launch: timed out after {timeout:g} s; ranks {running} were still "
-                    f"running and were stopped. Output of rank {running[0]}:\n"
-                    f"{_tail(outs[running[0]])}",
-                    running[0],
-                    None,
-                )
-            time.sleep(0.05)
+                _echo(logs / "rank0.log", echoed[0])
+            _say_last_lines(_read_all(logs, n), procs)
+            raise
         if failed is not None:
             _stop_all(procs, grace)
         if echo:
-            _echo(logs / "rank0.log", echoed)
+            _echo(logs / "rank0.log", echoed[0])
         outs = _read_all(logs, n)
         seconds = time.monotonic() - t0
     if failed is not None:
         rank, code = failed
         what = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        others = "".join(
+            f"\n  rank {r}: {_last_line(outs[r])}"
+            for r in range(n)
+            if r != rank and outs[r].strip()
+        )
         raise LaunchError(
-            f"launch: rank {rank} of {n} {what}; the other ranks were stopped. Its last "
-            f"output:\n{_tail(outs[rank])}",
+            f"launch: rank {rank} of {n} {what}; the other ranks were stopped"
+            + (f" (their last words:{others})" if others else "")
+            + f". Its last output:\n{_tail(outs[rank])}",
             rank,
             code,
         )
     return LaunchResult([int(p.returncode) for p in procs], outs, cpus, port, seconds)
+
+
+def _last_line(text: str) -> str:
+    """The last line a process wrote, preferring its last ``sgjax ...`` message."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith("sgjax ")]
+    return (said or lines or [""])[-1][:300]
+
+
+def _say_last_lines(outs: list[str], procs: Sequence[subprocess.Popen]) -> None:
+    for r, out in enumerate(outs):
+        code = procs[r].returncode
+        status = f"exit status {code}" if code is None or code >= 0 else f"signal {-code}"
+        print(f"sgjax launch: rank {r} ({status}): {_last_line(out) or '(no output)'}",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _watch(
+    procs: Sequence[subprocess.Popen],
+    logs: Path,
+    n: int,
+    timeout: float | None,
+    grace: float,
+    echo: bool,
+    t0: float,
+    echoed: list[int],
+) -> tuple[int, int] | None:
+    """Poll until every process ended well or one failed: ``failed`` (rank, status) or
+    None; a timeout stops them and raises. ``echoed[0]``: bytes of rank 0's output
+    echoed so far (kept up to date for the caller)."""
+    failed: tuple[int, int] | None = None
+    while True:
+        if echo:
+            echoed[0] = _echo(logs / "rank0.log", echoed[0])
+        codes = [p.poll() for p in procs]
+        bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if bad:
+            failed = bad[0]
+            break
+        if all(c == 0 for c in codes):
+            break
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            running = [r for r, c in enumerate(codes) if c is None]
+            _stop_all(procs, grace)
+            outs = _read_all(logs, n)
+            raise LaunchError(
+                f"launch: timed out after {timeout:g} s; ranks {running} were still "
+                f"running and were stopped. Output of rank {running[0]}:\n"
+                f"{_tail(outs[running[0]])}",
+                running[0],
+                None,
+            )
+        time.sleep(0.05)
+    return failed
 
 
 def _echo(path: Path, start: int) -> int:
@@ -388,6 +435,9 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
 
     if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # JAX's preemption service would take SIGTERM for itself; sgjax handles it (and the
+    # other stop signals) in Python: every process stops at the same call, checkpointed.
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(
         coordinator_address=values[ENV_COORDINATOR],
         num_processes=n,

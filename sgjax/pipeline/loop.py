@@ -20,7 +20,7 @@ from sgjax import rules, train
 from sgjax.nets import Network
 from sgjax.pipeline.dataparallel import dp_on_mesh
 from sgjax.pipeline.gpipe import gpipe_on_mesh, init_bp
-from sgjax.pipeline.mesh import _agree, _check_count, make_mesh
+from sgjax.pipeline.mesh import _agree, _check_count, _to_host, make_mesh
 from sgjax.pipeline.per_process import sg_per_process
 from sgjax.pipeline.sg import flush, sg_on_mesh
 from sgjax.pipeline.stages import init_sg, sg_pipeline
@@ -104,6 +104,8 @@ def train_pipelined(
     eval_every: int | None = None,
     target_accuracy: float | None = None,
     sg_runner: str = "auto",
+    start: tuple[Any, int] | Callable[[Any], tuple[Any, int] | None] | None = None,
+    on_call: Callable[[int, Callable[[], Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``net`` with a pipeline (or a baseline) and report the result.
 
@@ -139,6 +141,17 @@ def train_pipelined(
             (per-process when every process holds exactly one mesh device and there is
             more than one process, else mesh). Same results; the result's
             ``sg_runner`` says which ran.
+        start: resume: ``(state, seen)``, a state that ``on_call``'s ``get_state``
+            returned after ``seen`` micro-batches (a whole number of calls); training
+            continues with micro-batch ``seen`` of the same batch sequence, and ends
+            bit-identical to a run that was never stopped (same ``chunk``). Or a function
+            of the fresh initial state (host arrays, the structure to restore into)
+            returning ``(state, seen)`` or None (a fresh start).
+        on_call: ``on_call(seen, get_state)`` after every call, in every process (before
+            the SG pipeline's final drain): ``get_state()`` returns the whole training
+            state (the mesh runners' ``unpack``, as host numpy arrays; a collective, so
+            every process must call it when one does), e.g. to checkpoint it. An
+            exception it raises ends training.
 
     Returns:
         A dict with ``method``, ``stages``, ``batch_size``, ``micro_batches_seen``,
@@ -193,7 +206,21 @@ def train_pipelined(
     per_call = micro_batches if method == "gpipe" else chunk
     if method == "gpipe" and steps is not None:
         steps = -(-steps // per_call) * per_call  # whole optimiser steps
-    data = train.batches(x_train, y_train, batch_size, seed=seed)
+    resumed: tuple[Any, int] | None = None
+
+    def resolve(initial: Any) -> Any:
+        """The state to start from: ``initial``, or the one ``start`` gives."""
+        nonlocal resumed
+        resumed = start(jax.device_get(initial)) if callable(start) else start
+        if resumed is None:
+            return initial
+        seen0 = int(resumed[1])
+        if seen0 % per_call or seen0 < 0 or (steps is not None and seen0 >= steps):
+            raise ValueError(
+                f"train_pipelined: `start` at micro-batch {seen0} must be a whole number of "
+                f"calls of {per_call} and before `steps` ({steps})"
+            )
+        return resumed[0]
 
     def next_chunk(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``per_call`` micro-batches, the first ``k`` of them valid."""
@@ -203,6 +230,7 @@ def train_pipelined(
     state: Any
     call: Callable[..., tuple[Any, dict[str, jax.Array]]]
     params_of: Callable[[Any], Any]  # a state -> its parameters
+    whole: Callable[[Any], Any]  # a state -> the whole state, unpacked (the runners' unpack)
     if method == "sg-pipeline":
         pipe = sg_pipeline(net, loss, opt, sg_opt, estimator=estimator)
         sg_mesh = mesh or make_mesh(net.depth)
@@ -210,32 +238,41 @@ def train_pipelined(
             sg_runner = "per-process" if _one_device_per_process(sg_mesh) else "mesh"
         bind = sg_per_process if sg_runner == "per-process" else sg_on_mesh
         runner = bind(pipe, sg_mesh, batch_size=batch_size)
-        state, call = runner.pack(init_sg(pipe, key, batch_size=batch_size)), runner.run
+        state, call = runner.pack(resolve(init_sg(pipe, key, batch_size=batch_size))), runner.run
         params_of = lambda st: runner.unpack(st).params  # noqa: E731
+        whole = runner.unpack
     elif method == "gpipe":
         gp_mesh = mesh or make_mesh(net.depth)
         gp = gpipe_on_mesh(
             net, loss, opt, gp_mesh, batch_size=batch_size, micro_batches=micro_batches
         )
-        state = gp.pack(init_bp(net, opt, key))
+        state = gp.pack(resolve(init_bp(net, opt, key)))
         call = lambda st, xs, ys, valid: gp.run(st, xs, ys)  # noqa: E731 — always full
         params_of = lambda st: gp.unpack(st).params  # noqa: E731
+        whole = gp.unpack
     elif method == "data-parallel":
         dp_mesh = mesh or make_mesh(len(jax.devices()))
         dp = dp_on_mesh(net, loss, opt, dp_mesh, batch_size=batch_size)
-        state, call = dp.pack(init_bp(net, opt, key)), dp.run
+        state = dp.pack(resolve(init_bp(net, opt, key)))
+        call, whole = dp.run, dp.unpack
         params_of = lambda st: dp.unpack(st).params  # noqa: E731
     else:
         rule = rules.backprop() if method == "backprop" else rules.synthetic_gradients(estimator)
         state = jax.jit(train.init, static_argnums=(1, 2, 3, 4))(key, net, rule, opt, sg_opt)
+        state = jax.tree.map(jnp.asarray, resolve(state))
         call = _single_device_chunk(net, rule, loss, opt, sg_opt)
         params_of = lambda st: st.params  # noqa: E731
+        whole = lambda st: st  # noqa: E731
+
+    start_seen = 0 if resumed is None else int(resumed[1])
+    data = train.batches(x_train, y_train, batch_size, seed=seed, start=start_seen)
 
     def evaluate(params: Any) -> dict[str, float]:
         return train.evaluate(net, params, loss, x_test, y_test)
 
     curve: list[dict[str, float]] = []
-    seen = calls = timed = 0
+    seen, calls, timed = start_seen, 0, 0
+    done_before = start_seen // per_call  # calls of the run before `start`
     compile_seconds = train_seconds = 0.0
     call_seconds: list[float] = []  # every timed call's wall time, in order
     last_eval = 0
@@ -255,8 +292,10 @@ def train_pipelined(
             call_seconds.append(time.perf_counter() - t0)
             train_seconds += call_seconds[-1]
             timed += k * batch_size
-        _check_finite(method, metrics, valid, seen, calls, per_call, state, params_of)
+        _check_finite(method, metrics, valid, seen, done_before + calls, per_call, state, params_of)
         calls, seen = calls + 1, seen + k
+        if on_call is not None:
+            on_call(seen, lambda st=state: jax.tree.map(_to_host, whole(st)))
         if x_test is not None and eval_every is not None and seen - last_eval >= eval_every:
             ev = evaluate(params_of(state))
             curve.append({"micro_batches": seen, "seconds": train_seconds, **_named(ev)})
@@ -269,7 +308,9 @@ def train_pipelined(
         if net.depth > 1:  # drain the micro-batches in flight (the compiled call is reused)
             example = (xs[0], ys[0])
             state, drained = flush(call, state, net.depth, *example, ticks=per_call)
-            _check_finite(method, drained, None, seen, calls, per_call, state, params_of)
+            _check_finite(
+                method, drained, None, seen, done_before + calls, per_call, state, params_of
+            )
             done = np.asarray(drained["done"])
             losses = np.concatenate([losses, np.asarray(drained["loss"])[done]])
     elif method == "gpipe":
@@ -281,7 +322,7 @@ def train_pipelined(
         "stages": net.depth,
         "batch_size": batch_size,
         "micro_batches_seen": seen,
-        "updates": calls if method == "gpipe" else seen,
+        "updates": done_before + calls if method == "gpipe" else seen,
         "examples": seen * batch_size,
         "seconds": train_seconds,
         "compile_seconds": compile_seconds,
