@@ -175,7 +175,7 @@ def _dispatch(
         return _interrupted(name, argv, err, received)
     except (ValueError, OSError, FloatingPointError, OutputKeptError) as err:
         if isinstance(err, OSError) and not (
-            isinstance(err, FileNotFoundError) or getattr(err, "one_line", False)
+            isinstance(err, FileNotFoundError | OutputKeptError) or getattr(err, "one_line", False)
         ):
             raise  # an unexpected system error: its traceback is the information
         # Bad input, diverging runs and failed saves (a full disk) are the user's to fix:
