@@ -12,8 +12,14 @@ Storage is orbax-checkpoint's ``CheckpointManager`` (it ships with flax): every 
 written to a temporary directory and renamed into place when complete, so a crash
 mid-save never leaves a half-written checkpoint that looks finished (orbax ignores the
 temporary directories and deletes them on the next open); only the newest ``keep``
-checkpoints are kept. Saves are synchronous: on the 2-core CPU an MNIST-MLP-sized state
-(1.6M floats) takes about 0.1 s, negligible at the save intervals used.
+checkpoints are kept, the oldest removed only once the new one is hashed and verified
+(so a directory needs room for keep + 1). Saves are synchronous: on the 2-core CPU an
+MNIST-MLP-sized state (1.6M floats) takes about 0.1 s, negligible at the save intervals
+used. One :class:`Checkpointer` holds a directory at a time (``flock`` on
+``sgjax.lock``); a failed save (a full disk) raises :class:`CheckpointWriteError` and
+deletes nothing but its own partial files; Ctrl-C and the stop signals wait until a
+save in progress is complete (:func:`deferred_signals`). :class:`PipelineCheckpointer`
+does the same for ``--pipeline`` runs.
 
 Restoring needs the *structure* of the state (orbax stores arrays, not Python types):
 pass a ``TrainState`` or its abstract shapes (:func:`abstract_state`), and the restored
@@ -29,9 +35,11 @@ restored values are finite. A checkpoint whose files were changed, truncated, ze
 deleted, whose hash manifest is missing (the process stopped between the save and the
 hashing) or unreadable, raises :class:`CorruptCheckpointError` naming the file and the
 checkpoints that are still good. A checkpoint without a manifest is never trusted: if it
-is the only one (a run killed during its first save), ``--resume`` starts again from step
-0 and says so; several checkpoints without one (written before hashing existed) are
-refused; read one anyway with ``Checkpointer.restore(..., verify_hash=False)``.
+is the only one and carries this format's mark (:data:`FORMAT_KEY`: a run killed during
+its first save), ``--resume`` starts again from step 0 and says so; checkpoints without
+the mark (an older sgjax's) are refused and never overwritten —
+:meth:`Checkpointer.adopt_older` checks and hashes them; read one anyway with
+``Checkpointer.restore(..., verify_hash=False)``.
 
 The policy for resuming (:meth:`Checkpointer.restore_newest_good`, used by
 ``--resume``): the newest checkpoint that verifies is restored and every newer one that

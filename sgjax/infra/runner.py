@@ -14,7 +14,10 @@ A non-finite loss or gradient stops the run with :class:`sgjax.train.NonFiniteLo
 saved first if it is finite and newer than the last checkpoint; a state holding NaN or
 inf is never written, so the directory keeps only good checkpoints. The error names the
 part that became non-finite (:func:`sgjax.train.nonfinite_parts`). Ctrl-C saves the last
-finished step and raises :class:`sgjax.train.TrainingInterrupted`.
+finished step and raises :class:`sgjax.train.TrainingInterrupted` (``sgjax train`` turns
+SIGTERM, SIGHUP, SIGUSR1/2 and SIGXCPU into the same, see :mod:`sgjax.apps.cli`).
+:class:`PipelineRun` gives ``--pipeline`` runs checkpoints, resume and stop signals,
+agreed by every process of a multi-process job.
 
 Every checkpoint is saved with the SHA-256 of its files; ``resume=True`` resumes from the
 newest one that verifies and names each newer corrupt one on stderr (see
