@@ -93,15 +93,13 @@ def sg_split(
         labels = {p: "sg" if isinstance(v, SGParam) else "model" for p, v in found}
         how = "no SGParam variable (create SG modules with sgjax.nnx_interface.SGInterface)"
     else:
+        pred: Callable[[tuple[str, ...]], bool]
         if is_sg is None:
             pred = _default_is_sg
             how = "no key named 'sg', 'sg<digits>' or 'sg_…' (pass is_sg=)"
         elif isinstance(is_sg, str):
             name = is_sg
-
-            def pred(path: tuple[str, ...]) -> bool:
-                return name in path
-
+            pred = lambda path: name in path  # noqa: E731
             how = f"no key named {is_sg!r}"
         elif callable(is_sg):
             pred, how = is_sg, "no path for which `is_sg` is true"

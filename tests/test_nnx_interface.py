@@ -165,3 +165,20 @@ def test_settings_are_checked_at_construction():
         SGInterface((8,), 3, estimator=lambda th, h, c: h, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="NHWC"):
         SGInterface((8,), 3, estimator="conv", rngs=nnx.Rngs(0))
+
+
+def test_orbax_checkpoint_round_trip(tmp_path):
+    """flax's NNX checkpoint recipe: save nnx.state with orbax, restore into an abstract
+    model (nnx.eval_shape), merge. The restored model takes the same gradients."""
+    import orbax.checkpoint as ocp
+
+    model, (x, y) = _model_with_live_sgs(), _data()
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "state", nnx.state(model))
+        ckpt.wait_until_finished()
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: CNN(nnx.Rngs(7))))
+        restored = nnx.merge(graphdef, ckpt.restore(tmp_path / "state", abstract))
+    g0 = nnx.to_pure_dict(nnx.grad(lambda m: xent(m(x, y), y))(model))
+    g1 = nnx.to_pure_dict(nnx.grad(lambda m: xent(m(x, y), y))(restored))
+    assert _max_rel(g1, g0) == 0.0
+    assert restored.sg_conv.sg_params()["hidden"] == []
