@@ -102,6 +102,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sgjax import estimators as est_lib
 
@@ -381,6 +382,7 @@ def sg_interface(
         _check_label_context(context, h, where)
     _check_context(context, batch, where, h=h)
     scale = _scale_of(loss_reduction, batch, where, _sharded_axes(h))
+    _check_params(sg_params, where)
     try:
         out = jax.eval_shape(apply, sg_params, h, context)
     except (TypeError, ValueError, AttributeError) as err:
@@ -398,6 +400,23 @@ def sg_interface(
         )
     cfg = _Config(apply, mode, lam_static, float(prop), scale)
     return _interface(h, sg_params, context, lam_data, cfg)
+
+
+def _check_params(sg_params: Any, where: str) -> None:
+    """The SG parameters must be a pytree of arrays (not, e.g., flax NNX Variables)."""
+    # An object converting itself to an array (__jax_array__: a flax NNX Variable) is a
+    # pytree node whose leaf is fine, but the estimator would receive the object.
+    leaves = jax.tree_util.tree_flatten_with_path(
+        sg_params, is_leaf=lambda x: hasattr(x, "__jax_array__")
+    )[0]
+    for path, leaf in leaves:
+        if not isinstance(leaf, jax.Array | np.ndarray | np.generic | float | int):
+            raise TypeError(
+                f"{where}: `sg_params` must be a pytree of arrays; the leaf at "
+                f"{jax.tree_util.keystr(path) or '(root)'} is a {type(leaf).__name__}. For "
+                "flax NNX variables pass their values (v[...]), or let "
+                "sgjax.nnx_interface.SGInterface hold the SG module's parameters"
+            )
 
 
 def _describe(context: Any) -> str:

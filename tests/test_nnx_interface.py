@@ -217,3 +217,20 @@ def test_every_estimator_equals_the_dict_api(name):
                                                         if jax.tree.leaves(v)}) == 0.0  # fmt: skip
     assert _max_rel(got[1], want[1]) == 0.0
     assert float(jnp.abs(got[1]).max()) > 0  # the live module sends a signal below
+
+
+def test_nnx_variables_passed_as_sg_params_name_the_fix():
+    """Before SGInterface, per-leaf nnx.Params in a module reached the estimator and failed
+    inside it ("Triggering __jax_array__() during abstractification"), reported as
+    sg_params made for another activation."""
+
+    class PerLeaf(nnx.Module):
+        def __init__(self):
+            theta = SGInterface((5, 5, 3), K, estimator="conv", rngs=nnx.Rngs(0)).sg_params()
+            self.sg = nnx.data(jax.tree.map(nnx.Param, theta))
+
+        def __call__(self, h):
+            return sg_interface(h, self.sg, jnp.eye(B, K), estimator="conv")
+
+    with pytest.raises(TypeError, match=r"leaf at \['out'\]\['K'\] is a Param.*SGInterface"):
+        PerLeaf()(jnp.ones((B, 5, 5, 3)))
