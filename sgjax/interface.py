@@ -65,6 +65,8 @@ and 4 devices, ``tests/test_interface_sharding.py``):
 * ``shard_map`` with a summed loss ``psum``-ed over the shards: ``"sum"``;
 * ``jax.pmap``: each device its own batch-mean loss (or a ``pmean``-ed one: pmap
   differentiates it as the local one) with ``"mean"``, then ``lax.pmean`` the gradients.
+* ``jax.jit`` on a batch sharded over devices (``NamedSharding``, no ``shard_map``): the
+  program sees the global batch — ``"mean"``, nothing else to do.
 
 Inside ``shard_map`` the default ``"mean"`` is refused (it cannot tell the first two
 apart, and the wrong one would scale the SG modules' gradients by the number of shards).

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = r'''
 import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sgjax import estimators, losses, nets
 from sgjax.interface import sg_interface
 
@@ -82,6 +82,8 @@ PATTERNS = {
             lambda p, s: jax.lax.pmean(mean_loss(p, s, x, y, B), "d"))(p, s))),
     "shard_map, psum-ed summed loss ('sum')": ("sum", smap(
         lambda p, s, x, y: grad(lambda p, s: jax.lax.psum(sum_loss(p, s, x, y), "d"))(p, s))),
+    "jit on a batch sharded over the devices (GSPMD), 'mean'": ("mean", lambda p, s, x, y: jax.jit(
+        grad(mean_loss))(p, s, *jax.device_put((x, y), NamedSharding(mesh, P("d"))))),
     "pmap, per-device mean loss ('mean'), pmean grads": ("mean", pmap(
         lambda p, s, x, y: jax.lax.pmean(grad(mean_loss)(p, s, x, y), "d"))),
     "pmap, pmean-ed loss ('mean'), pmean grads": ("mean", pmap(
@@ -120,4 +122,4 @@ def test_sg_gradients_equal_the_full_batch_under_every_pattern(devices):
     res = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True)
     print(res.stdout)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
-    assert res.stdout.count(f" | {devices} | ") == 7, res.stdout
+    assert res.stdout.count(f" | {devices} | ") == 8, res.stdout
