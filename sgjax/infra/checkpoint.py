@@ -233,7 +233,9 @@ def _quiet_orbax() -> Iterator[None]:
 
 def _root_cause(err: BaseException) -> tuple[str, int | None]:
     """The innermost OS error behind ``err`` (its message, its errno), else ``err``."""
-    seen, e, found = set(), err, None
+    seen: set[int] = set()
+    e: BaseException | None = err
+    found: OSError | None = None
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno is not None:
@@ -407,6 +409,7 @@ class _DirLock:
 
         self.path = directory / LOCK
         self.stale: str | None = None
+        self.fd: int | None = None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -421,7 +424,6 @@ class _DirLock:
                 ) from None
             except OSError:  # a file system without locks: go on without one
                 os.close(fd)
-                self.fd = None
                 return
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -430,7 +432,7 @@ class _DirLock:
             if same:
                 break
             os.close(fd)
-        self.fd: int | None = fd
+        self.fd = fd
         old = _read_owner(self.path)
         if old and old.get("pid") != os.getpid():
             self.stale = (
@@ -916,7 +918,8 @@ class PipelineCheckpointer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
                 with open(tmp / _PIPE_STATE, "wb") as f:
-                    np.savez(f, **{f"leaf_{i:05d}": a for i, a in enumerate(leaves)})
+                    arrays: dict[str, Any] = {f"leaf_{i:05d}": a for i, a in enumerate(leaves)}
+                    np.savez(f, **arrays)
                     f.flush()
                     os.fsync(f.fileno())
                 (tmp / _PIPE_META).write_text(json.dumps(meta))

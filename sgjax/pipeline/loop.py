@@ -295,7 +295,7 @@ def train_pipelined(
         _check_finite(method, metrics, valid, seen, done_before + calls, per_call, state, params_of)
         calls, seen = calls + 1, seen + k
         if on_call is not None:
-            on_call(seen, lambda st=state: jax.tree.map(_to_host, whole(st)))
+            on_call(seen, _gatherer(whole, state))
         if x_test is not None and eval_every is not None and seen - last_eval >= eval_every:
             ev = evaluate(params_of(state))
             curve.append({"micro_batches": seen, "seconds": train_seconds, **_named(ev)})
@@ -341,6 +341,11 @@ def train_pipelined(
         out["test_accuracy"], out["test_loss"] = ev["accuracy"], ev["loss"]
         out["curve"] = curve
     return out
+
+
+def _gatherer(whole: Callable[[Any], Any], state: Any) -> Callable[[], Any]:
+    """``on_call``'s ``get_state``: the whole state as host arrays (a collective)."""
+    return lambda: jax.tree.map(_to_host, whole(state))
 
 
 def _one_device_per_process(mesh: Mesh) -> bool:
