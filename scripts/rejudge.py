@@ -81,7 +81,12 @@ def main() -> int:
     for vj in sorted(VERDICTS_DIR.glob("*/verdicts.json")):
         before = json.loads(vj.read_text())
         dirs = [ROOT / d for d in before["runs"]]
-        dates = {str(d): first_added(d / "results.json") for d in dirs}
+        # runs that recorded their start carry it (run_date); older ones: the first commit
+        dates = {
+            str(d): first_added(d / "results.json")
+            for d in dirs
+            if "run_date" not in json.loads((d / "results.json").read_text())
+        }
         agg = aggregate_runs(before["experiment"], dirs, vj.parent, data_dates=dates)
         # the file records the run directories relative to the repository
         after = json.loads(vj.read_text())
