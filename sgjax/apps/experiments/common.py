@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ def _coerce(name: str, text: str, like: Any) -> Any:
 
 
 def settings_for(
-    ctx: Context, scales: dict[str, dict[str, Any]], minimum: dict[str, float] | None = None
+    ctx: Context, scales: dict[str, dict[str, Any]], minimum: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
     """The experiment's settings at ``ctx.scale``, with ``--steps`` and ``--set`` applied.
 
@@ -361,7 +361,7 @@ _T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8:
         9: 1.833, 10: 1.812, 15: 1.753, 20: 1.725, 30: 1.697}  # fmt: skip
 
 
-def seed_resolution(margins: Sequence[float]) -> float:
+def seed_resolution(margins: Sequence[float] | np.ndarray) -> float:
     """The margin the spread of ``margins`` over seeds can tell from zero: t₀.₉₅·sd/√n.
 
     Zero for one seed (its spread is unknown, see :func:`aggregate`).

@@ -119,10 +119,8 @@ def claims(results: dict) -> dict:
     out = {}
     for budget in ("steps", "updates"):
         cb = acc[f"backprop/equal-{budget}"]
-        regime = {
-            "regime": budget == "updates",
-            "regime_note": "" if budget == "updates" else "equal steps: 1/p fewer updates",
-        }
+        in_regime = budget == "updates"
+        note = "" if in_regime else "equal steps: 1/p fewer updates"
         for pol in POLICIES:
             c = acc[f"sg/{pol}/equal-{budget}"]
             drop_c, drop_b = c1 - c, b1 - cb
@@ -134,7 +132,8 @@ def claims(results: dict) -> dict:
                 2 * (var / n) ** 0.5,
                 cid="p-update/cdni-drop-vs-bp",
                 control=f"{drop_b * 100:+.2f} pt",
-                **regime,
+                regime=in_regime,
+                regime_note=note,
             )
             out[f"SG {pol}, equal {budget}: cDNI within 1 pt of p = 1"] = C.claim(
                 f"{c:.4f} vs {c1:.4f}",
@@ -142,7 +141,8 @@ def claims(results: dict) -> dict:
                 c - (c1 - WITHIN),
                 C.accuracy_resolution(c, c1, n),
                 cid="p-update/cdni-within-1pt",
-                **regime,
+                regime=in_regime,
+                regime_note=note,
             )
     return out
 
