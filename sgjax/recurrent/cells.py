@@ -1,15 +1,20 @@
-"""Recurrent cells as pure ``(init, apply)`` pairs with a single flat state array.
+"""Recurrent cells as pure ``(init, apply)`` pairs.
 
 A :class:`Cell` steps a state ``s`` of per-example width ``state_dim`` with an input ``x``:
 
 * ``init(key, in_dim, dtype) -> params``;
-* ``apply(params, s_BxS, x_BxI) -> (s_next_BxS, out_BxH)`` — ``out`` is what a readout
+* ``apply(params, s, x_BxI) -> (s_next, out_BxH)`` — ``out`` is what a readout
   sees (the hidden vector h);
-* ``state_dim`` — the width of ``s``; ``out_dim`` — the width of ``out``.
+* ``state_dim`` — the width of ``s`` (of all its leaves together, per example);
+  ``out_dim`` — the width of ``out``;
+* ``init_state(batch, dtype) -> s`` (optional) — the initial state. Without it the state
+  is one ``(batch, state_dim)`` array starting at zero.
 
-The state is one array so that a synthetic-gradient module (:mod:`sgjax.estimators`) can sit
-on it unchanged: the LSTM's state is ``[h, c]`` (width ``2·hidden``), and the DNI boundary
-SG predicts the gradient with respect to both.
+The built-in cells keep one array (the LSTM's state is ``[h, c]``, width ``2·hidden``). A
+cell of your own may keep any pytree of ``(batch, ...)`` arrays — an ``(h, c)`` tuple —
+given ``init_state``: the window step flattens it to one ``(batch, state_dim)`` vector
+(leaves in ``jax.tree`` order) where the boundary SG reads it and the gradient flows back
+into each leaf (:func:`sgjax.recurrent.core.flat_state`).
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -32,13 +37,15 @@ Params = Any
 
 
 class Cell(NamedTuple):
-    """A recurrent cell: ``init(key, in_dim, dtype)``, ``apply(params, s, x) -> (s', out)``."""
+    """A recurrent cell: ``init(key, in_dim, dtype)``, ``apply(params, s, x) -> (s', out)``,
+    and optionally ``init_state(batch, dtype) -> s`` for a state other than one array."""
 
     init: Callable[..., Params]
-    apply: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    apply: Callable[[Params, Any, jax.Array], tuple[Any, jax.Array]]
     state_dim: int
     out_dim: int
     name: str
+    init_state: Callable[[int, Any], Any] | None = None
 
 
 def _check_hidden(hidden: int) -> int:

@@ -38,21 +38,31 @@ Conventions: ``x`` is time-major ``(L, B, in_dim)``; ``y`` is ``(L, B)`` integer
 state, which no parameter produced) does not train the SG (``sg_weight`` 0), and the
 last window of a finite sequence injects nothing (``inject`` 0): there is no future.
 
+The window step (:func:`make_step`) is pure, like :func:`sgjax.train.make_step`:
+``step(state, window) -> (state, metrics)``, the carried state in ``state.carry``. Inside
+``jit`` it refuses (returns the state unchanged, carry and step counter included) an update
+whose loss, gradients, new parameters or new carry are not finite (``metrics["finite"]``
+false) and a window whose unmasked labels lie outside the classes (``metrics
+["bad_labels"]`` > 0); :func:`sgjax.train.check_step` raises on both. Shapes are checked
+when it is traced. The carried state may be any pytree (see :mod:`sgjax.recurrent.cells`).
+
 Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> from sgjax.recurrent import cells, core
     >>> model = core.Model(cells.vanilla(8), in_dim=3, out_dim=3, loss="xent")
     >>> h = core.harness(model, window=4, method="dni")
-    >>> state = core.init(h, jax.random.key(0), optax.sgd(0.1))
-    >>> step = core.make_window_step(h, optax.sgd(0.1))
+    >>> state = core.init(h, jax.random.key(0), optax.sgd(0.1), batch=2)
+    >>> step = jax.jit(core.make_step(h, optax.sgd(0.1)))
     >>> x = jnp.ones((12, 2, 3)); y = jnp.zeros((12, 2), int)
-    >>> state, carry, metrics = core.train_sequence(h, step, state, x, y)
-    >>> step.traces  # three windows, one compilation
-    1
+    >>> for win in core.windows(h, x, y):  # three windows, one compilation
+    ...     state, metrics = step(state, win)
+    >>> int(state.step), bool(metrics["finite"]), int(metrics["bad_labels"])
+    (3, True, 0)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -63,6 +73,7 @@ import optax
 
 from sgjax import estimators as est_lib
 from sgjax import interface
+from sgjax import train as train_lib
 from sgjax.recurrent.cells import Cell
 
 Params = Any
@@ -111,7 +122,7 @@ class WindowOut(NamedTuple):
 
     grads: Params
     sg_grads: Params
-    s_end: jax.Array
+    s_end: Any
     target: jax.Array
     sg_start: jax.Array
     loss: jax.Array
@@ -120,11 +131,16 @@ class WindowOut(NamedTuple):
 
 
 class TrainState(NamedTuple):
+    """Parameters and optimiser states of the model and the SG, the number of applied
+    window updates, and ``carry``: the recurrent state carried into the next window (any
+    pytree of ``(batch, ...)`` arrays; ``None`` until a batch size is known)."""
+
     params: Params
     sg_params: Params
     opt_state: Any
     sg_opt_state: Any
     step: jax.Array
+    carry: Any = None
 
 
 # ------------------------------------------------------------------------- construction
@@ -207,8 +223,11 @@ def init(
     optimizer: optax.GradientTransformation,
     sg_optimizer: optax.GradientTransformation | None = None,
     dtype=jnp.float32,
+    *,
+    batch: int | None = None,
 ) -> TrainState:
-    """A fresh :class:`TrainState` (the SG module zero-initialised, as every estimator is).
+    """A fresh :class:`TrainState` (the SG module zero-initialised, as every estimator is),
+    with the initial carry of ``batch`` sequences if ``batch`` is given (else ``None``).
 
     Example:
         >>> import jax, optax
@@ -229,12 +248,60 @@ def init(
         optimizer.init(params),
         sg_opt.init(sg_params) if sg_params is not None else None,
         jnp.zeros((), jnp.int32),
+        None if batch is None else initial_carry(h, batch, dtype),
     )
 
 
-def initial_carry(h: Harness, batch: int, dtype=jnp.float32) -> jax.Array:
-    """The zero state ``(batch, state_dim)``."""
-    return jnp.zeros((batch, h.model.cell.state_dim), dtype)
+def initial_carry(h: Harness, batch: int, dtype=jnp.float32) -> Any:
+    """The cell's initial state for ``batch`` sequences: ``cell.init_state(batch, dtype)``,
+    or the zero ``(batch, state_dim)`` array for a cell without one."""
+    if not isinstance(batch, int | np.integer) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"`batch` must be an int ≥ 1, got {batch!r}")
+    cell = h.model.cell
+    if cell.init_state is not None:
+        return cell.init_state(int(batch), dtype)
+    return jnp.zeros((batch, cell.state_dim), dtype)
+
+
+def flat_state(s: Any) -> jax.Array:
+    """A state pytree as one ``(batch, state_dim)`` array: its leaves, each flattened per
+    example, concatenated in ``jax.tree`` order (an array state is returned as it is)."""
+    leaves = jax.tree.leaves(s)
+    if len(leaves) == 1 and jnp.ndim(leaves[0]) == 2:
+        return leaves[0]
+    return jnp.concatenate([jnp.reshape(v, (jnp.shape(v)[0], -1)) for v in leaves], axis=-1)
+
+
+def unflat_state(like: Any, flat: jax.Array) -> Any:
+    """Inverse of :func:`flat_state`: ``flat`` cut back into the structure of ``like``."""
+    leaves, treedef = jax.tree.flatten(like)
+    if len(leaves) == 1 and jnp.ndim(leaves[0]) == 2:
+        return jax.tree.unflatten(treedef, [flat])
+    out, at = [], 0
+    for v in leaves:
+        width = int(np.prod(jnp.shape(v)[1:], dtype=np.int64))
+        out.append(jnp.reshape(flat[:, at : at + width], jnp.shape(v)))
+        at += width
+    return jax.tree.unflatten(treedef, out)
+
+
+def state_sg_interface(s: Any, sg_params: Params, context: Any = None, **kwargs: Any) -> Any:
+    """:func:`sgjax.interface.sg_interface` on a state pytree (an ``(h, c)`` tuple): the SG
+    module reads and predicts the gradient of :func:`flat_state` ``(s)``; each leaf
+    receives its part. Keyword arguments go to ``sg_interface``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from sgjax import estimators
+        >>> s = (jnp.ones((2, 1)), jnp.ones((2, 2)))
+        >>> th = {"A": jnp.zeros((3, 3)), "C": jnp.array([1.0, 2.0, 3.0])}
+        >>> g = jax.grad(lambda s: jnp.sum(state_sg_interface(s, th, None,
+        ...     estimator=estimators.linear())[0]))(s)
+        >>> g[0].tolist(), g[1].tolist()  # SG (1, 2, 3) per example, over a batch of 2
+        ([[0.5], [0.5]], [[1.0, 1.5], [1.0, 1.5]])
+    """
+    flat = interface.sg_interface(flat_state(s), sg_params, context, **kwargs)
+    return unflat_state(s, flat)
 
 
 # ------------------------------------------------------------------------------ forward
@@ -243,17 +310,18 @@ def initial_carry(h: Harness, batch: int, dtype=jnp.float32) -> jax.Array:
 def step_loss(loss: str, logits: jax.Array, y: jax.Array) -> jax.Array:
     """Per-example loss of one step, ``(B,)``: softmax cross-entropy (``xent``, integer
     ``y``) or the summed sigmoid cross-entropy of ``out_dim`` bits (``bits``), in nats."""
-    if loss == "xent":
+    if loss == "xent":  # (labels are clipped: an out-of-range one must be masked or refused)
         logp = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1)[:, 0]
+        yi = jnp.clip(y.astype(jnp.int32), 0, logits.shape[-1] - 1)
+        return -jnp.take_along_axis(logp, yi[:, None], axis=-1)[:, 0]
     y = y.astype(logits.dtype)
     return jnp.sum(jax.nn.softplus(logits) - y * logits, axis=-1)
 
 
 def unroll(
-    model: Model, params: Params, s0: jax.Array, x: jax.Array, y: jax.Array, m: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """``lax.scan`` of the cell over a window: ``(s_T, states (T,B,S), losses (T,B),
+    model: Model, params: Params, s0: Any, x: jax.Array, y: jax.Array, m: jax.Array
+) -> tuple[Any, Any, jax.Array, jax.Array]:
+    """``lax.scan`` of the cell over a window: ``(s_T, states (T, …), losses (T,B),
     logits (T,B,O))``; losses already multiplied by the mask."""
     W, b = params["out"]["W"], params["out"]["b"]
 
@@ -268,8 +336,8 @@ def unroll(
 
 
 def window_loss(
-    model: Model, params: Params, s0: jax.Array, x: jax.Array, y: jax.Array, m: jax.Array
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    model: Model, params: Params, s0: Any, x: jax.Array, y: jax.Array, m: jax.Array
+) -> tuple[jax.Array, tuple[Any, Any]]:
     """ℓ = Σ_t mean_b m_tb ℓ_tb over the window, with ``(s_T, states)``."""
     s_T, states, losses, _ = unroll(model, params, s0, x, y, m)
     return jnp.sum(losses) / x.shape[1], (s_T, states)
@@ -282,7 +350,7 @@ def window_grads(
     h: Harness,
     params: Params,
     sg_params: Params,
-    carry: jax.Array,
+    carry: Any,
     win: Window,
     delta_next: jax.Array | None = None,
 ) -> WindowOut:
@@ -290,92 +358,127 @@ def window_grads(
 
     ``delta_next`` replaces ``SG(s_T, c_T)`` as the injected per-example gradient (an
     oracle, for tests); it is still multiplied by ``win.inject``.
+    The carry may be any pytree of the cell's state; the SG, ``delta_next``, ``target``
+    and ``sg_start`` live on its :func:`flat_state` ``(batch, state_dim)``.
     """
     model = h.model
-    batch = carry.shape[0]
+    flat0 = flat_state(carry)
+    batch = flat0.shape[0]
     sg = h.sg if h.sg is not None else est_lib.linear()  # (unused without an SG)
     uses_sg = h.sg is not None
 
     def surrogate(params, theta, eps):
-        s = jax.lax.stop_gradient(carry)
+        s = jax.lax.stop_gradient(flat0)
         if uses_sg:
             # the DNI regression of this boundary: the cotangent arriving here is its target
             s = interface.sg_interface(s, theta, win.c0, estimator=sg)
         s = s + eps  # ∂/∂eps is the cotangent arriving at the window's first state
-        loss, (s_T, states) = window_loss(model, params, s, win.x, win.y, win.m)
+        loss, (s_T, states) = window_loss(
+            model, params, unflat_state(carry, s), win.x, win.y, win.m
+        )
         total, aux_loss = loss, jnp.zeros((), loss.dtype)
         if uses_sg or delta_next is not None:
-            d = delta_next if delta_next is not None else sg.apply(theta, s_T, win.c1)
+            f_T = flat_state(s_T)
+            d = delta_next if delta_next is not None else sg.apply(theta, f_T, win.c1)
             d = jax.lax.stop_gradient(d) * (win.inject * h.decay)
-            total = total + jnp.sum(d * s_T) / batch
+            total = total + jnp.sum(d * f_T) / batch
             if h.method == "dni_aux":
-                pred = states @ params["aux"]["W"] + params["aux"]["b"]
+                pred = jax.vmap(flat_state)(states) @ params["aux"]["W"] + params["aux"]["b"]
                 aux_loss = jnp.mean(jnp.sum(jnp.square(pred - d[None]), axis=-1))
                 total = total + h.aux_weight * aux_loss
         return total, (loss, s_T, aux_loss)
 
-    eps = jnp.zeros_like(carry)
+    eps = jnp.zeros_like(flat0)
     grad_fn = jax.grad(surrogate, argnums=(0, 1, 2), has_aux=True)
     (g_params, g_theta, g_eps), (loss, s_T, aux_loss) = grad_fn(params, sg_params, eps)
     target = g_eps * batch
     if uses_sg:  # the first boundary of a fresh sequence does not train the SG
         g_theta = jax.tree.map(lambda a: (a * win.sg_weight).astype(a.dtype), g_theta)
     if uses_sg:
-        sg_start = sg.apply(sg_params, carry, win.c0)
+        sg_start = sg.apply(sg_params, flat0, win.c0)
         r = (sg_start - target).reshape(batch, -1)
         sg_loss = jnp.mean(jnp.sum(jnp.square(r), axis=-1))
     else:
-        sg_start = jnp.zeros_like(carry)
+        sg_start = jnp.zeros_like(flat0)
         sg_loss = jnp.zeros((), loss.dtype)
     return WindowOut(g_params, g_theta, s_T, target, sg_start, loss, sg_loss, aux_loss)
 
 
-class WindowStep:
-    """A jitted window step ``(state, carry, window) -> (state, s_T, metrics)``.
+WindowStep = Callable[[TrainState, Window], tuple[TrainState, dict]]
+"""The type of a window step: ``step(state, window) -> (state, metrics)``."""
 
-    Inputs are validated in Python before the call; ``traces`` counts how often the step
-    was traced (compiled), which must stay 1 across windows of one shape.
+
+def _finite(*trees: Any) -> jax.Array:
+    ok = jnp.ones((), bool)
+    for leaf in jax.tree.leaves(trees):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(leaf))
+    return ok
+
+
+def count_bad_labels(h: Harness, y: Any, m: Any) -> jax.Array:
+    """How many unmasked targets of a window are out of range: integer classes outside
+    ``[0, out_dim)`` (``loss="xent"``), bits outside ``[0, 1]`` (``loss="bits"``).
+    Masked steps (``m == 0``, padding) may hold anything."""
+    y, live = jnp.asarray(y), jnp.asarray(m) != 0
+    if h.model.loss == "xent":
+        bad = (y < 0) | (y >= h.model.out_dim)
+    else:
+        bad = jnp.any(~((y >= 0) & (y <= 1)), axis=-1)
+    return jnp.sum(bad & live, dtype=jnp.int32)
+
+
+def make_step(
+    h: Harness,
+    optimizer: optax.GradientTransformation,
+    sg_optimizer: optax.GradientTransformation | None = None,
+) -> WindowStep:
+    """The pure window step ``step(state, window) -> (state, metrics)`` of ``h`` (model
+    with ``optimizer``, SG with ``sg_optimizer``, default the same); jit it, vmap it.
+
+    It trains on one :class:`Window` from ``state.carry`` and returns the state with the
+    window's last state as the new ``carry``. Shapes (the carry against the window, the
+    SG module against the state) are checked when it is traced: ``ValueError`` naming
+    the argument. The update is refused — the state returned unchanged, carry and
+    ``step`` included — when the loss, a gradient, a new parameter, optimiser state or
+    the new carry is not finite, or an unmasked target is out of range.
+
+    Metrics: ``loss`` (nats, summed over the window's steps, mean over the batch),
+    ``count`` (unmasked steps), ``sg_loss``, ``aux_loss``, ``finite``, ``bad_labels``
+    (see :func:`count_bad_labels`). :func:`sgjax.train.check_step` raises on a refusal.
+    Example: see the module docstring.
     """
+    sg_opt = sg_optimizer or optimizer
 
-    def __init__(
-        self,
-        h: Harness,
-        optimizer: optax.GradientTransformation,
-        sg_optimizer: optax.GradientTransformation | None = None,
-    ):
-        self.h = h
-        self.traces = 0
-        self._checked: set = set()
-        sg_opt = sg_optimizer or optimizer
+    def step(state: TrainState, win: Window) -> tuple[TrainState, dict]:
+        check_window(h, state.carry, win)
+        flat = flat_state(state.carry)
+        check_sg_params(h, state.sg_params, flat.shape[0], flat.dtype)
+        bad_labels = count_bad_labels(h, win.y, win.m)
+        out = window_grads(h, state.params, state.sg_params, state.carry, win)
+        upd, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, upd)
+        sg_params, sg_opt_state = state.sg_params, state.sg_opt_state
+        if h.sg is not None:
+            sg_upd, sg_opt_state = sg_opt.update(out.sg_grads, sg_opt_state, sg_params)
+            sg_params = optax.apply_updates(sg_params, sg_upd)
+        s_end = jax.lax.stop_gradient(out.s_end)
+        new = TrainState(params, sg_params, opt_state, sg_opt_state, state.step + 1, s_end)
+        finite = jnp.isfinite(out.loss) & _finite(out.grads, out.sg_grads, new)
+        apply = finite & (bad_labels == 0)
+        # a select per leaf, as in sgjax.train.make_step (XLA fuses it into the update)
+        new = jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, state)
+        metrics = {
+            "loss": out.loss,
+            "count": jnp.sum(win.m),
+            "sg_loss": out.sg_loss,
+            "aux_loss": out.aux_loss,
+            "finite": finite,
+            "bad_labels": bad_labels,
+        }
+        return new, metrics
 
-        def step(state: TrainState, carry: jax.Array, win: Window):
-            self.traces += 1  # runs at trace time only
-            out = window_grads(h, state.params, state.sg_params, carry, win)
-            upd, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, upd)
-            sg_params, sg_opt_state = state.sg_params, state.sg_opt_state
-            if h.sg is not None:
-                sg_upd, sg_opt_state = sg_opt.update(out.sg_grads, sg_opt_state, sg_params)
-                sg_params = optax.apply_updates(sg_params, sg_upd)
-            metrics = {
-                "loss": out.loss,
-                "count": jnp.sum(win.m),
-                "sg_loss": out.sg_loss,
-                "aux_loss": out.aux_loss,
-                "finite": jnp.isfinite(out.loss),
-            }
-            new = TrainState(params, sg_params, opt_state, sg_opt_state, state.step + 1)
-            return new, jax.lax.stop_gradient(out.s_end), metrics
-
-        self._step = jax.jit(step)
-
-    def __call__(self, state: TrainState, carry: jax.Array, win: Window):
-        check_window(self.h, carry, win)
-        key = _shape_key(state.sg_params, carry)
-        if key not in self._checked:
-            check_sg_params(self.h, state.sg_params, carry.shape[0], carry.dtype)
-            self._checked.add(key)
-        return self._step(state, carry, win)
+    return step
 
 
 def make_window_step(
@@ -383,18 +486,11 @@ def make_window_step(
     optimizer: optax.GradientTransformation,
     sg_optimizer: optax.GradientTransformation | None = None,
 ) -> WindowStep:
-    """The jitted window step of ``h`` (model with ``optimizer``, SG with ``sg_optimizer``,
-    default the same). Example: see the module docstring."""
-    return WindowStep(h, optimizer, sg_optimizer)
+    """``jax.jit(make_step(h, optimizer, sg_optimizer))``: the jitted pure window step."""
+    return jax.jit(make_step(h, optimizer, sg_optimizer))
 
 
 # ------------------------------------------------------------------------------ checking
-
-
-def _shape_key(tree: Any, carry: jax.Array) -> tuple:
-    leaves, treedef = jax.tree.flatten(tree)
-    shapes = tuple((np.shape(v), str(getattr(v, "dtype", type(v)))) for v in leaves)
-    return (str(treedef), shapes, carry.shape)
 
 
 def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.float32) -> None:
@@ -405,8 +501,11 @@ def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.flo
     S = h.model.cell.state_dim
     s = jax.ShapeDtypeStruct((batch, S), dtype)
     c = jax.ShapeDtypeStruct((batch, max(h.context_dim, 1)), dtype)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), sg_params
+    )
     try:
-        out = jax.eval_shape(h.sg.apply, sg_params, s, c)
+        out = jax.eval_shape(h.sg.apply, abstract, s, c)
     except Exception as e:  # re-raised with the shapes that matter
         raise ValueError(
             f"`sg_params`: the SG module {h.sg.name!r} cannot be applied to the cell's state "
@@ -423,16 +522,44 @@ def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.flo
 
 
 def check_window(h: Harness, carry: Any, win: Window) -> None:
-    """Shape checks of one window (``ValueError`` naming the argument)."""
+    """Shape checks of one window and the carry it starts from (``ValueError`` naming the
+    argument); works on traced arrays."""
     T, I = h.window, h.model.in_dim
-    if np.ndim(carry) != 2 or np.shape(carry)[1] != h.model.cell.state_dim:
+    if np.ndim(win.x) != 3 or np.shape(win.x)[::2] != (T, I):
+        raise ValueError(f"`x` window: expected shape (T={T}, batch, {I}), got {np.shape(win.x)}")
+    B = np.shape(win.x)[1]
+    if carry is None:
         raise ValueError(
-            f"`carry`: expected shape (batch, state_dim={h.model.cell.state_dim}), got "
-            f"{np.shape(carry)}"
+            "`carry` (state.carry) is None: start from `core.init(..., batch=B)` or "
+            "`state._replace(carry=core.initial_carry(h, B))`"
         )
-    B = np.shape(carry)[0]
-    if np.shape(win.x) != (T, B, I):
-        raise ValueError(f"`x` window: expected shape (T={T}, B={B}, {I}), got {np.shape(win.x)}")
+    want = jax.eval_shape(lambda: initial_carry(h, B))
+    got_leaves, got_def = jax.tree.flatten(carry)
+    want_leaves, want_def = jax.tree.flatten(want)
+    if got_def != want_def:
+        raise ValueError(
+            f"`carry`: expected the structure of the cell's state {want_def} (cell "
+            f"{h.model.cell.name!r}), got {got_def}"
+        )
+    for i, (g, w) in enumerate(zip(got_leaves, want_leaves)):
+        name = "`carry`" if len(want_leaves) == 1 else f"`carry` leaf {i}"
+        if np.ndim(g) >= 1 and np.shape(g)[0] != B and np.shape(g)[1:] == w.shape[1:]:
+            raise ValueError(
+                f"{name}: batch {np.shape(g)[0]}, but the window's `x` has batch {B}; a "
+                "carry belongs to the batch of streams that produced it (start a batch of "
+                f"another size from `core.initial_carry(h, {B})`)"
+            )
+        if np.shape(g) != w.shape:
+            raise ValueError(
+                f"{name}: expected shape {w.shape} (batch {B}, cell {h.model.cell.name!r} with "
+                f"state_dim {h.model.cell.state_dim}), got {np.shape(g)}"
+            )
+    width = sum(int(np.prod(w.shape[1:], dtype=np.int64)) for w in want_leaves)
+    if width != h.model.cell.state_dim:
+        raise ValueError(
+            f"cell {h.model.cell.name!r}: its `init_state` has {width} numbers per example, "
+            f"but its `state_dim` is {h.model.cell.state_dim}"
+        )
     y_shape = (T, B) if h.model.loss == "xent" else (T, B, h.model.out_dim)
     if np.shape(win.y) != y_shape:
         raise ValueError(f"`y` window: expected shape {y_shape}, got {np.shape(win.y)}")
@@ -497,6 +624,16 @@ def check_sequence(
 # ---------------------------------------------------------------------------- sequences
 
 
+GAMMA_ADVICE = (
+    "recurrent DNI with decay γ = 1 (the harness default) on a stream that does not end "
+    "(`last=False`): with γ = 1 the SG regresses onto the sum of all future gradients, which "
+    "an endless stream does not bound, and the linear SG on the LSTM state can feed back on "
+    "itself (runs collapsed on Tiny Shakespeare: see docs/results/dni-rnn). Pass "
+    "`core.harness(..., decay=0.5)` (what `sgjax reproduce dni-rnn` uses on the LM); finite "
+    "sequences (Copy, `last=True`) may keep γ = 1."
+)
+
+
 def windows(
     h: Harness,
     x: Any,
@@ -513,8 +650,14 @@ def windows(
     ``first``: the sequence starts from an initial state (its first boundary does not
     train the SG). ``last``: nothing follows it (its last window injects no SG).
     ``next_ctx`` ``(B, context_dim)``: context of the boundary after the sequence.
+
+    Warns (``UserWarning``) when a DNI harness with γ = 1 (``decay=1.0``, the default)
+    meets a sequence that goes on (``last=False``, an endless stream such as a character
+    LM): see :data:`GAMMA_ADVICE`.
     """
     L, B = check_sequence(h, x, y, m, ctx)
+    if not last and h.sg is not None and h.decay >= 1.0:
+        warnings.warn(GAMMA_ADVICE, UserWarning, stacklevel=2)
     T = h.window
     K = -(-L // T)
     P = K * T - L
@@ -555,29 +698,47 @@ def train_sequence(
     m: Any = None,
     *,
     ctx: Any = None,
-    carry: jax.Array | None = None,
+    carry: Any = None,
     first: bool = True,
     last: bool = True,
     next_ctx: Any = None,
-) -> tuple[TrainState, jax.Array, dict]:
-    """Train on one batch of sequences window by window (one update per window).
+    check: bool = True,
+) -> tuple[TrainState, Any, dict]:
+    """Train on one batch of sequences window by window (one update per window) with the
+    window step ``step`` (from :func:`make_window_step`).
 
-    Returns the state, the carried state after the last window, and metrics summed over
-    windows (``loss`` in nats summed over steps and averaged over the batch, ``count`` the
-    number of unmasked steps, ``sg_loss``/``aux_loss`` summed over windows).
-    Example: see the module docstring.
+    The sequence starts from ``carry`` (the cell's initial state if ``None``; it replaces
+    ``state.carry``). Returns the state, the carried state after the last window (also
+    ``state.carry``), and metrics summed over windows (``loss`` in nats summed over steps
+    and averaged over the batch, ``count`` the number of unmasked steps,
+    ``sg_loss``/``aux_loss``/``bad_labels`` summed, ``finite`` of all windows). With
+    ``check`` (default), :func:`sgjax.train.check_step` raises at the end of the sequence
+    if a window's update was refused (one device sync per sequence).
+
+    Example:
+        >>> import jax, optax
+        >>> from sgjax.recurrent import cells
+        >>> h = harness(Model(cells.vanilla(4), 3, 3), window=2, method="dni")
+        >>> step = make_window_step(h, optax.sgd(0.1))
+        >>> state = init(h, jax.random.key(0), optax.sgd(0.1))
+        >>> x, y = np.zeros((4, 2, 3), np.float32), np.array([[0, 1]] * 3 + [[0, 3]])
+        >>> train_sequence(h, step, state, x, y)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sgjax.train.BadLabelsError: 1 label(s) of the batch lie outside the network's classes; ...
     """
     wins = windows(h, x, y, m, ctx, first=first, last=last, next_ctx=next_ctx)
     B = np.shape(x)[1]
     dtype = jax.tree.leaves(state.params)[0].dtype
-    if carry is None:
-        carry = initial_carry(h, B, dtype)
+    state = state._replace(carry=initial_carry(h, B, dtype) if carry is None else carry)
     total: dict = {}
     for win in wins:
-        state, carry, metrics = step(state, carry, win)
+        state, metrics = step(state, win)
         for k, v in metrics.items():
             total[k] = v if k not in total else (total[k] + v if k != "finite" else total[k] & v)
-    return state, carry, total
+    if check:
+        train_lib.check_step(total)
+    return state, state.carry, total
 
 
 # --------------------------------------------------------------- full-BPTT references
@@ -600,10 +761,11 @@ def _padded(h: Harness, x, y, m):
 
 
 def boundary_states_and_gradients(
-    h: Harness, params: Params, x: Any, y: Any, m: Any = None, carry: jax.Array | None = None
+    h: Harness, params: Params, x: Any, y: Any, m: Any = None, carry: Any = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Full BPTT on the whole sequence: ``(loss, states s_k (K,B,S), true per-example
-    ∂(loss of steps ≥ kT)/∂s_k (K,B,S))`` at every window start k = 0..K−1.
+    ∂(loss of steps ≥ kT)/∂s_k (K,B,S))`` at every window start k = 0..K−1 (states as
+    :func:`flat_state`).
 
     The gradient of the loss of the steps from kT on with respect to s_k is what an exact
     boundary SG would output; this is the reference for the SG cosine diagnostic (and the
@@ -626,9 +788,9 @@ def boundary_states_and_gradients(
     def total(eps):
         def body(s, inp):
             xw, yw, mw, e = inp
-            s = s + e
-            loss, (s_T, _) = window_loss(h.model, params, s, xw, yw, mw)
-            return s_T, (loss, s)
+            f = flat_state(s) + e
+            loss, (s_T, _) = window_loss(h.model, params, unflat_state(s, f), xw, yw, mw)
+            return s_T, (loss, f)
 
         _, (losses, starts) = jax.lax.scan(body, s0, (xs, ys, ms, eps))
         return jnp.sum(losses), starts
@@ -646,7 +808,7 @@ def sg_cosines(
     y: Any,
     m: Any = None,
     ctx: Any = None,
-    carry: jax.Array | None = None,
+    carry: Any = None,
 ) -> jax.Array:
     """Per boundary k = 1..K−1: mean over the batch of cos(SG(s_k, c_k), true ∂L_{≥k}/∂s_k).
 
