@@ -231,6 +231,34 @@ def _quiet_orbax() -> Iterator[None]:
             lg.setLevel(level)
 
 
+_call_soon_threadsafe: list[Any] = []  # asyncio's, while replaced
+
+
+def _tolerate_closed_loops(on: bool) -> None:
+    """While on, ``call_soon_threadsafe`` on a closed asyncio loop does nothing.
+
+    When a write fails, orbax closes its event loop while tensorstore's threads still
+    hold callbacks for it; each then raises "Event loop is closed" in its own thread and
+    prints a traceback (dozens, before and after the real error). A callback posted to a
+    closed loop can never run, so dropping it loses nothing. On during a save; switched
+    off when the save succeeds, left on after a failed one (the threads may still call).
+    """
+    import asyncio
+
+    if on and not _call_soon_threadsafe:
+        orig = asyncio.BaseEventLoop.call_soon_threadsafe
+        _call_soon_threadsafe.append(orig)
+
+        def call_soon_threadsafe(self, *args, **kwargs):
+            if self.is_closed():
+                return None
+            return orig(self, *args, **kwargs)
+
+        asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign]
+    elif not on and _call_soon_threadsafe:
+        asyncio.BaseEventLoop.call_soon_threadsafe = _call_soon_threadsafe.pop()  # type: ignore[method-assign]
+
+
 def _root_cause(err: BaseException) -> tuple[str, int | None]:
     """The innermost OS error behind ``err`` (its message, its errno), else ``err``."""
     seen: set[int] = set()
@@ -565,6 +593,7 @@ class Checkpointer:
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(where, aside)
             self._mgr.reload()
+        _tolerate_closed_loops(True)  # until the save succeeds: see the function
         try:
             with _quiet_orbax():
                 self._mgr.save(
@@ -582,6 +611,7 @@ class Checkpointer:
         except Exception as e:
             self._discard_failed(step, aside)
             raise self._write_error(step, e) from None
+        _tolerate_closed_loops(False)
         shutil.rmtree(aside, ignore_errors=True)
         # Retention, only now that the new checkpoint is verified: the newest `keep`
         # stay. At its peak the directory holds keep + 1 checkpoints.
