@@ -39,7 +39,7 @@ RUNS = [
 CHUNK, BATCH = 2, 16
 
 
-def worker(out: str, calls: int) -> None:
+def worker(out: str, calls: int, plant: int = -1) -> None:
     """Run every entry of RUNS; record the state's hash after each call (rank 0 writes)."""
     from sgjax.pipeline.distributed import initialize_from_env
 
@@ -65,6 +65,8 @@ def worker(out: str, calls: int) -> None:
 
         def on_call(seen, get_state, hashes=hashes, last=last):
             leaves = [np.asarray(x) for x in jax.tree.leaves(get_state())]
+            if plant == len(hashes) and jax.process_count() > 1:  # --plant: must be caught
+                leaves[0] = np.nextafter(leaves[0], np.inf).astype(leaves[0].dtype)
             h = hashlib.sha256()
             for a in leaves:
                 h.update(np.ascontiguousarray(a).tobytes())
@@ -90,6 +92,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs/results/fault-injection")
     p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--plant", type=int, default=-1, metavar="K",
+                   help="self-test: the multi-process side moves one value by one ulp after "
+                   "call K; the report must show that call as the first difference")  # fmt: skip
     args = p.parse_args()
     from sgjax.pipeline import launch
 
@@ -102,8 +107,8 @@ def main() -> int:
             env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
             check=True,
         )
-        launch([sys.executable, __file__, "--worker", str(two), str(args.calls)], 2,
-               env=env, echo=False, timeout=1800)  # fmt: skip
+        launch([sys.executable, __file__, "--worker", str(two), str(args.calls),
+                str(args.plant)], 2, env=env, echo=False, timeout=1800)  # fmt: skip
         seconds = time.perf_counter() - t0
         ref, job = json.loads(one.read_text()), json.loads(two.read_text())
     rows = []
@@ -153,6 +158,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], int(sys.argv[3]))
+        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else -1)
         sys.exit(0)
     sys.exit(main())
