@@ -21,6 +21,7 @@ RUN_BY = {
     "Quick example": "tests/test_quick_example.py",
     "Synthetic gradients in your own model": "tests/test_interface_examples.py",
     "flax NNX": "tests/test_readme_nnx.py",
+    "Recurrent DNI": "tests/test_readme_recurrent.py",
 }
 
 

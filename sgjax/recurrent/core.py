@@ -629,8 +629,9 @@ GAMMA_ADVICE = (
     "(`last=False`): with γ = 1 the SG regresses onto the sum of all future gradients, which "
     "an endless stream does not bound, and the linear SG on the LSTM state can feed back on "
     "itself (runs collapsed on Tiny Shakespeare: see docs/results/dni-rnn). Pass "
-    "`core.harness(..., decay=0.5)` (what `sgjax reproduce dni-rnn` uses on the LM); finite "
-    "sequences (Copy, `last=True`) may keep γ = 1."
+    "`core.harness(..., decay=0.5)` (what `sgjax reproduce dni-rnn` uses on the LM: it bounds "
+    "the target, though it has not made every seed stable); finite sequences (Copy, "
+    "`last=True`) may keep γ = 1."
 )
 
 
