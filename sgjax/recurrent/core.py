@@ -796,7 +796,7 @@ def boundary_states_and_gradients(
         _, (losses, starts) = jax.lax.scan(body, s0, (xs, ys, ms, eps))
         return jnp.sum(losses), starts
 
-    eps = jnp.zeros((K, B, h.model.cell.state_dim), s0.dtype)
+    eps = jnp.zeros((K, B, h.model.cell.state_dim), xs.dtype)
     (loss, starts), g = jax.value_and_grad(total, has_aux=True)(eps)
     return loss, starts, g * B
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,12 +167,32 @@ def task_dims(task: str, bits: int) -> tuple[int, int]:
 
 
 class CharData(NamedTuple):
-    """Character ids of the training (first 90%) and validation (last 10%) text."""
+    """Character ids of the training (first 90%) and validation (last 10%) text, and the
+    encoding the file was read with (``"ascii"``, or ``"utf-8"`` when it was not ASCII)."""
 
     train: np.ndarray
     valid: np.ndarray
     vocab: str
     path: Path
+    encoding: str = "ascii"
+
+
+MIN_SPLIT_CHARS = 2
+"""Each split must hold at least this many characters (an input and its next character)."""
+
+
+def min_text_chars(split: float = 0.9) -> int:
+    """The shortest text :func:`load_tinyshakespeare` accepts for ``split``: both the
+    training and the validation part hold :data:`MIN_SPLIT_CHARS` characters.
+
+    Example:
+        >>> min_text_chars(0.9), min_text_chars(0.5)
+        (11, 4)
+    """
+    n = 2 * MIN_SPLIT_CHARS
+    while int(n * split) < MIN_SPLIT_CHARS or n - int(n * split) < MIN_SPLIT_CHARS:
+        n += 1
+    return n
 
 
 def _ts_candidates(data_dir) -> tuple[list[Path], str]:
@@ -228,7 +249,14 @@ def find_tinyshakespeare(data_dir: str | os.PathLike | None = None) -> Path:
 def load_tinyshakespeare(data_dir: str | os.PathLike | None = None, split: float = 0.9) -> CharData:
     """Tiny Shakespeare as character ids, split by position: first ``split`` for training.
 
-    The vocabulary is the sorted set of characters of the whole file (65).
+    The vocabulary is the sorted set of characters of the whole file (65). A file that is
+    not ASCII is read as UTF-8 (with a ``UserWarning`` naming the file, the byte offset
+    of its first non-ASCII character and the vocabulary size) and ``encoding`` says so.
+
+    Raises:
+        ValueError: the file is not valid UTF-8 (naming the file and the byte offset), or
+            it is shorter than :func:`min_text_chars` characters (naming the file, its
+            length and the minimum).
 
     Example:
         >>> d = load_tinyshakespeare()  # doctest: +SKIP
@@ -238,14 +266,39 @@ def load_tinyshakespeare(data_dir: str | os.PathLike | None = None, split: float
     if not 0.0 < split < 1.0:
         raise ValueError(f"`split` must be in (0, 1), got {split!r}")
     path = find_tinyshakespeare(data_dir)
-    text = path.read_text(encoding="ascii")
-    vocab = "".join(sorted(set(text)))
-    table = np.zeros(128, np.int32)
-    for i, ch in enumerate(vocab):
-        table[ord(ch)] = i
-    ids = table[np.frombuffer(text.encode("ascii"), np.uint8)]
+    raw = path.read_bytes()
+    codes = np.frombuffer(raw, np.uint8)
+    encoding = "ascii"
+    if codes.size and int(codes.max()) >= 128:
+        first = int(np.argmax(codes >= 128))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}: not ASCII and not valid UTF-8: byte {raw[e.start]:#04x} at byte offset "
+                f"{e.start} ({e.reason}); the character LM reads ASCII or UTF-8 text"
+            ) from None
+        encoding = "utf-8"
+        codes = np.array([ord(ch) for ch in text], np.int64)
+    n_min = min_text_chars(split)
+    if codes.size < n_min:
+        raise ValueError(
+            f"{path}: {codes.size} characters; a character LM needs at least {n_min} (with "
+            f"`split`={split}, {MIN_SPLIT_CHARS} characters in each of the training and the "
+            "validation part)"
+        )
+    uniq, ids = np.unique(codes, return_inverse=True)
+    vocab = "".join(chr(int(c)) for c in uniq)
+    if encoding != "ascii":
+        warnings.warn(
+            f"{path}: not ASCII (first non-ASCII byte at offset {first}); read as UTF-8: "
+            f"{codes.size} characters, a vocabulary of {len(vocab)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    ids = ids.astype(np.int32)
     cut = int(len(ids) * split)
-    return CharData(ids[:cut], ids[cut:], vocab, path)
+    return CharData(ids[:cut], ids[cut:], vocab, path, encoding)
 
 
 def streams(ids: np.ndarray, batch: int) -> np.ndarray:
