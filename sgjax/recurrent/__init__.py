@@ -1,8 +1,11 @@
 """Recurrent DNI: truncated BPTT over windows with a synthetic gradient at each boundary.
 
-* :mod:`sgjax.recurrent.cells` — vanilla RNN and LSTM cells, pure ``(init, apply)``;
-* :mod:`sgjax.recurrent.core` — the window step (BPTT-T, DNI-T, DNI+Aux-T, full BPTT),
-  the boundary interface, full-BPTT references and the SG cosine diagnostic;
+* :mod:`sgjax.recurrent.cells` — vanilla RNN and LSTM cells, pure ``(init, apply)``; a
+  cell's state may be any pytree (an ``(h, c)`` tuple, with ``init_state``);
+* :mod:`sgjax.recurrent.core` — the pure window step ``make_step(h, opt)(state, window)
+  -> (state, metrics)`` (BPTT-T, DNI-T, DNI+Aux-T, full BPTT; refuses non-finite updates
+  and bad labels inside ``jit``), the boundary interface, full-BPTT references and the SG
+  cosine diagnostic;
 * :mod:`sgjax.recurrent.tasks` — Copy, Repeat Copy (with curricula) and Tiny Shakespeare;
 * :mod:`sgjax.recurrent.bench` — speed per character and XLA activation memory;
 * the experiment, ``sgjax reproduce dni-rnn``, is :mod:`sgjax.apps.experiments.rnn` (an app).
