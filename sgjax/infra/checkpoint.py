@@ -259,6 +259,26 @@ def _tolerate_closed_loops(on: bool) -> None:
         asyncio.BaseEventLoop.call_soon_threadsafe = _call_soon_threadsafe.pop()  # type: ignore[method-assign]
 
 
+def _unretrieved(record: Any) -> bool:
+    """False for asyncio's log of a task or future whose exception nobody retrieved."""
+    return "exception was never retrieved" not in str(record.msg)
+
+
+def _quiet_dropped_callbacks() -> None:
+    """After a failed save, orbax's abandoned tasks and futures are collected later (at
+    exit, after the error is printed): asyncio would log each one's exception, Python warn
+    of each coroutine never awaited. The exception was reported once, by the save."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning
+    )
+    aio = logging.getLogger("asyncio")
+    if _unretrieved not in aio.filters:
+        aio.addFilter(_unretrieved)
+
+
 def _root_cause(err: BaseException) -> tuple[str, int | None]:
     """The innermost OS error behind ``err`` (its message, its errno), else ``err``."""
     seen: set[int] = set()
@@ -610,6 +630,7 @@ class Checkpointer:
                 raise OSError(f"the files read back differ from those written: {problems[0]}")
         except Exception as e:
             self._discard_failed(step, aside)
+            _quiet_dropped_callbacks()
             raise self._write_error(step, e) from None
         _tolerate_closed_loops(False)
         shutil.rmtree(aside, ignore_errors=True)
