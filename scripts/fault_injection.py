@@ -15,6 +15,16 @@ silently wrong:
    deleted, the metadata JSON truncated — each followed by ``--resume``; and every
    checkpoint corrupted, which must be refused with one clear line.
 
+4. **the faults of issue 27**: SIGTERM, SIGHUP and SIGUSR1 from outside, one after the
+   other on one run (each lands after a new checkpoint appeared), then ``--resume``; a
+   second run started on a directory in use (with and without ``--resume``); a full disk
+   (a tmpfs with room for two and a half checkpoints, when this runs as root; else ENOSPC
+   injected into the writer), then room made and ``--resume``; checkpoints of an older
+   sgjax (no hashes, no format mark): refused, untouched, then
+   ``--adopt-older-checkpoints``; and a ``--pipeline 2`` job in two processes
+   (``sgjax launch``) whose rank 1 is killed with SIGKILL, resumed, stopped with SIGTERM
+   to the launcher, resumed again, and compared with an uninterrupted job.
+
 Each resumed run must end bit-identical to the reference (every leaf of the final
 checkpointed state, ``np.array_equal``; and the JSON results), or be refused with a clear
 message; the final checkpoint must verify.
@@ -29,6 +39,7 @@ Writes ``report.md`` and ``results.json`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -60,7 +71,20 @@ def child(spec: str, note: Path, argv: list[str]) -> int:
     k = int(arg) if arg else -1
     from sgjax.infra import checkpoint, runner
 
-    if kind == "step":  # before training step k + 1 runs (state.step == k)
+    if kind == "slow":  # k ms of sleep before each step (the results do not change)
+        orig_get = runner.StepCache.get
+
+        def slowed(self, *a, **kw):
+            fn = orig_get(self, *a, **kw)
+
+            def step(state, batch):
+                time.sleep(k / 1000)
+                return fn(state, batch)
+
+            return step
+
+        runner.StepCache.get = slowed
+    elif kind == "step":  # before training step k + 1 runs (state.step == k)
         orig = runner.StepCache.get
 
         def patched(self, *a, **kw):
@@ -88,6 +112,17 @@ def child(spec: str, note: Path, argv: list[str]) -> int:
             return await orig_save(self, directory, *a, **kw)
 
         ocp.JsonCheckpointHandler.async_save = async_save
+    elif kind == "enospc":  # the disk is full from the save of step k on
+        import errno
+
+        orig = checkpoint.write_manifest
+
+        def full(where: Path) -> None:
+            if int(where.name) >= k:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+            orig(where)
+
+        checkpoint.write_manifest = full
     elif kind in ("commit", "manifest"):  # after orbax's commit; before/inside the hashing
         orig_manifest = checkpoint.write_manifest
 
@@ -273,10 +308,9 @@ def main() -> int:
             spec = {"step": f"step:{at + int(rng.integers(1, EVERY))}"}.get(kind, f"{kind}:{at}")
             rc, _, err = _run(run_argv, spec=spec, log=log)
             what = log.with_suffix(".note").read_text() if rc == -9 else f"not killed (rc {rc})"
-        from sgjax.infra.checkpoint import Checkpointer
-
-        with Checkpointer(kill_dir) as ck:
-            left = ck.steps()
+        # listed, not opened: opening it would take over the killed run's lock, and the
+        # resume that follows should find (and explain) it
+        left = sorted(int(p.name) for p in kill_dir.iterdir() if p.name.isdigit())
         warn = [line for line in err.splitlines() if "warning" in line]
         rows.append({"scenario": f"kill {i}: {kind}", "injected": what, "rc": rc,
                      "killed": rc == -9,  # a kill that did not land proves nothing
@@ -324,28 +358,289 @@ def main() -> int:
                  "refused_in_one_line": rc == 1 and len(lines) == 1 and "Traceback" not in err,
                  "directory_untouched": before == after})  # fmt: skip
 
-    ok = all(r.get("bit_identical", True) and r.get("killed", True) for r in rows) and all(
-        r.get("refused_in_one_line", True) and r.get("directory_untouched", True) for r in rows
+    rows += _faults_27(work, logs, rng, argv_of=lambda d: [*TRAIN, "--steps", str(STEPS),
+                       "--checkpoint-dir", str(d)], ref_state=ref_state,
+                       ref_results=ref_results, part=part)  # fmt: skip
+
+    ok = (
+        all(r.get("bit_identical", True) and r.get("killed", True) for r in rows)
+        and all(
+            r.get("refused_in_one_line", True) and r.get("directory_untouched", True) for r in rows
+        )
+        and all(r.get("clean_stop", True) and r.get("kept_verify", True) for r in rows)
     )
     summary = {
         "all_ok": ok, "seed": args.seed, "steps": STEPS, "checkpoint_every": EVERY,
         "seconds": time.perf_counter() - t_all, "load_average": os.getloadavg(),
         "reference": ref_results, "scenarios": rows,
     }  # fmt: skip
-    summary = jsonio.loads_strict(jsonio.dumps(summary).replace(str(work), "$WORK"))
+    summary = jsonio.loads_strict(_anonymous(jsonio.dumps(summary), work))
     jsonio.write(args.out / "results.json", summary)
     (args.out / "report.md").write_text(_report(summary))
     for log in logs.iterdir():  # keep the logs free of the scratch path
-        log.write_text(log.read_text().replace(str(work), "$WORK").replace(str(ROOT), "$REPO"))
+        log.write_text(_anonymous(log.read_text(), work))
     print(_report(summary))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 
+# --------------------------------------------------------------------------------------
+# Section 4: the faults of issue 27.
+
+
+def _popen(argv: list[str], spec: str | None = None) -> tuple[subprocess.Popen, list[str], float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if spec is None:
+        cmd = [sys.executable, "-m", "sgjax", *argv]
+    else:
+        cmd = [sys.executable, __file__, "--child", spec, "--note", os.devnull, "--", *argv]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return proc, cmd, time.perf_counter()
+
+
+def _finish(proc: subprocess.Popen, cmd: list[str], t0: float, log: Path) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=900)
+    log.write_text(f"$ {' '.join(cmd)}\n[{time.perf_counter() - t0:.1f} s, rc {proc.returncode}]\n"
+                   f"--- stdout\n{out}--- stderr\n{err}")  # fmt: skip
+    return proc.returncode, err
+
+
+def _verified_steps(d: Path) -> list[int]:
+    from sgjax.infra import checkpoint
+
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir()
+                  if p.name.isdigit() and (p / checkpoint.MANIFEST).exists())  # fmt: skip
+
+
+def _wait_checkpoint_after(proc: subprocess.Popen, d: Path, after: int) -> int | None:
+    """Wait until ``d`` holds a hashed checkpoint newer than ``after`` (None: the process
+    ended first, or 600 s passed)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        newer = [s for s in _verified_steps(d) if s > after]
+        if newer:
+            return newer[-1]
+        time.sleep(0.02)
+    return None
+
+
+def _lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[Gloo]")]
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _pipeline_leaves(d: Path, step: int) -> list:
+    import numpy as np
+
+    with np.load(d / str(step) / "state.npz") as z:
+        return [z[k] for k in sorted(z.files)]
+
+
+def _faults_27(work, logs, rng, *, argv_of, ref_state, ref_results, part) -> list[dict]:
+    import json
+
+    import numpy as np
+
+    from sgjax.infra import checkpoint
+
+    rows: list[dict] = []
+
+    # 4a. SIGTERM, SIGHUP, SIGUSR1 in turn on one run, each after a new checkpoint
+    d = work / "signals"
+    shutil.rmtree(d, ignore_errors=True)
+    argv = [*argv_of(d), "--json", str(work / "signals.json")]
+    newest = 0
+    for i, name in enumerate(("SIGTERM", "SIGHUP", "SIGUSR1")):
+        signum = getattr(signal, name)
+        proc, cmd, t0 = _popen(argv if i == 0 else [*argv, "--resume"])
+        after = _wait_checkpoint_after(proc, d, newest)
+        time.sleep(float(rng.uniform(0.0, 0.2)))
+        landed = proc.poll() is None
+        proc.send_signal(signum)
+        rc, err = _finish(proc, cmd, t0, logs / f"30-{name}.log")
+        newest = max(_verified_steps(d) or [0])
+        said = _lines(err)
+        rows.append({"scenario": f"{name} from outside", "rc": rc,
+                     "injected": f"{name} after checkpoint {after} appeared" if landed
+                     else "the run ended before the signal",
+                     "clean_stop": landed and rc == 128 + signum and "Traceback" not in err
+                     and any(f"stopped by {name}" in ln and f"checkpoint of step {newest} saved"
+                             in ln for ln in said),
+                     "checkpoints_after": _verified_steps(d), "message": said[:2]})  # fmt: skip
+    rc, err = _run([*argv, "--resume"], log=logs / "33-signals-final-resume.log")[0::2]
+    _, problems, state = _final_state(d)
+    rows.append({"scenario": "final --resume after the 3 signals", "rc": rc,
+                 "resume_warning": [ln for ln in err.splitlines() if "warning" in ln],
+                 "final_checkpoint_verifies": not problems,
+                 "bit_identical": rc == 0 and _same(state, ref_state)
+                 and _results(work / "signals.json") == ref_results})  # fmt: skip
+
+    # 4b. two writers: a second run on a directory in use, fresh and with --resume
+    d = work / "two-writers"
+    shutil.rmtree(d, ignore_errors=True)
+    js = work / "two-writers.json"
+    first, cmd_a, t_a = _popen([*argv_of(d), "--json", str(js)], spec="slow:20")
+    _wait_checkpoint_after(first, d, 0)
+    for j, extra in enumerate(([], ["--resume"])):
+        rc, _, err = _run([*argv_of(d), *extra], log=logs / f"34-second-writer-{j}.log")
+        said = _lines(err)
+        rows.append({"scenario": "a second run on the directory" + (" with --resume" if extra
+                     else ""), "injected": "while the first run trains", "rc": rc,
+                     "message": said, "first_still_running": first.poll() is None,
+                     "refused_in_one_line": rc == 1 and len(said) == 1
+                     and "in use by another run" in said[0]})  # fmt: skip
+    rc, err = _finish(first, cmd_a, t_a, logs / "35-first-writer.log")
+    _, problems, state = _final_state(d)
+    rows.append({"scenario": "the first run, undisturbed", "rc": rc,
+                 "final_checkpoint_verifies": not problems,
+                 "bit_identical": rc == 0 and _same(state, ref_state)
+                 and _results(js) == ref_results})  # fmt: skip
+
+    # 4c. a full disk during a save: a small tmpfs (root), else ENOSPC injected
+    disk = work / "disk"
+    disk.mkdir(exist_ok=True)
+    one = sum(-(-p.stat().st_size // 4096) * 4096 for p in (part / "400").rglob("*")
+              if p.is_file()) + 4096 * len(list((part / "400").rglob("*")))  # fmt: skip
+    size_kb = int(2.5 * one / 1024) + 16
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(disk)],
+        capture_output=True, check=False).returncode == 0  # fmt: skip
+    d = disk / "ck"
+    js = work / "disk.json"
+    try:
+        spec = None if mounted else "enospc:200"
+        proc, cmd, t0 = _popen([*argv_of(d), "--json", str(js)], spec=spec)
+        rc, err = _finish(proc, cmd, t0, logs / "36-disk-full.log")
+        said = _lines(err)
+        kept = _verified_steps(d)
+        leftovers = [p.name for p in d.iterdir() if not p.name.isdigit() and p.name != "sgjax.lock"]
+        rows.append({"scenario": "disk full during a save", "rc": rc,
+                     "injected": f"a {size_kb} KiB tmpfs (a checkpoint takes ~{one // 1024} KiB)"
+                     if mounted else "ENOSPC from the writer from step 200 on",
+                     "message": said, "checkpoints_after": kept, "leftovers": leftovers,
+                     "refused_in_one_line": rc == 1 and len(said) == 1 and "errno 28" in said[0],
+                     "kept_verify": bool(kept) and not leftovers
+                     and all(not checkpoint.verify(d / str(k)) for k in kept)})  # fmt: skip
+        if mounted:  # room again
+            subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+        rc, _, err = _run([*argv_of(d), "--resume", "--json", str(js)],
+                          log=logs / "37-disk-resume.log")  # fmt: skip
+        _, problems, state = _final_state(d)
+        rows.append({"scenario": "--resume once there is room", "rc": rc,
+                     "final_checkpoint_verifies": not problems,
+                     "bit_identical": rc == 0 and _same(state, ref_state)
+                     and _results(js) == ref_results})  # fmt: skip
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=False)
+
+    # 4d. checkpoints of an older sgjax: no hashes, no format mark
+    d = work / "older"
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(part, d)
+    for step_dir in (p for p in d.iterdir() if p.name.isdigit()):
+        (step_dir / checkpoint.MANIFEST).unlink()
+        meta_file = step_dir / "meta" / "metadata"
+        meta = json.loads(meta_file.read_text())
+        meta.pop(checkpoint.FORMAT_KEY)
+        meta_file.write_text(json.dumps(meta))
+    before = _tree(d)
+    rc, _, err = _run([*argv_of(d), "--resume"], log=logs / "38-older.log")
+    said = _lines(err)
+    rows.append({"scenario": "an older sgjax's checkpoints, --resume", "rc": rc,
+                 "injected": "hash manifests and format marks removed (steps "
+                 f"{sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())})",
+                 "message": said, "refused_in_one_line": rc == 1 and len(said) == 1
+                 and "older sgjax" in said[0],
+                 "directory_untouched": _tree(d) == before})  # fmt: skip
+    js = work / "older.json"
+    rc, _, err = _run([*argv_of(d), "--resume", "--adopt-older-checkpoints", "--json", str(js)],
+                      log=logs / "39-older-adopted.log")  # fmt: skip
+    _, problems, state = _final_state(d)
+    rows.append({"scenario": "the same with --adopt-older-checkpoints", "rc": rc,
+                 "final_checkpoint_verifies": not problems,
+                 "bit_identical": rc == 0 and _same(state, ref_state)
+                 and _results(js) == ref_results})  # fmt: skip
+
+    # 4e. a --pipeline 2 job in two processes: rank 1 killed, then the launcher stopped
+    pipe = ["train", "--pipeline", "2", "--dataset", "digits", "--width", "32", "--steps",
+            "600", "--checkpoint-every", "100", "--no-progress"]  # fmt: skip
+    launch = ["launch", "-n", "2", "--"]
+    pref, pk = work / "pipe-ref", work / "pipe-cut"
+    for x in (pref, pk):
+        shutil.rmtree(x, ignore_errors=True)
+    rc, _, _ = _run([*launch, *pipe, "--checkpoint-dir", str(pref), "--json",
+                     str(work / "pipe-ref.json")],
+                    log=logs / "40-pipeline-reference.log")  # fmt: skip
+    assert rc == 0, "the pipeline reference failed; see logs/40-pipeline-reference.log"
+    argv = [*launch, *pipe, "--checkpoint-dir", str(pk), "--json", str(work / "pipe-cut.json")]
+    proc, cmd, t0 = _popen(argv)
+    after = _wait_checkpoint_after(proc, pk, 0)
+    killed = None
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True,
+                              check=False).stdout.split():  # fmt: skip
+        with contextlib.suppress(OSError):
+            if b"SGJAX_PROCESS_ID=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                os.kill(int(pid), signal.SIGKILL)
+                killed = int(pid)
+    rc, err = _finish(proc, cmd, t0, logs / "41-pipeline-rank-killed.log")
+    said = _lines(err)
+    rows.append({"scenario": "--pipeline 2 in 2 processes: rank 1 killed", "rc": rc,
+                 "injected": f"SIGKILL to rank 1 after checkpoint {after} appeared"
+                 if killed else "rank 1 not found", "message": said[:3],
+                 "clean_stop": killed is not None and rc == 1 and "Traceback" not in err
+                 and any("rank 1 of 2 was killed by signal 9" in ln for ln in said)
+                 and any("lost contact" in ln for ln in said),
+                 "checkpoints_after": _verified_steps(pk)})  # fmt: skip
+    newest = max(_verified_steps(pk) or [0])
+    proc, cmd, t0 = _popen([*argv, "--resume"])
+    after = _wait_checkpoint_after(proc, pk, newest)
+    landed = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    rc, err = _finish(proc, cmd, t0, logs / "42-pipeline-launcher-sigterm.log")
+    said = _lines(err)
+    rows.append({"scenario": "--pipeline 2: SIGTERM to the launcher", "rc": rc,
+                 "injected": f"SIGTERM after checkpoint {after} appeared" if landed
+                 else "the job ended before the signal", "message": said[-2:],
+                 "clean_stop": landed and rc == 143 and "Traceback" not in err
+                 and sum("(exit status 143): sgjax train: stopped by SIGTERM" in ln
+                         for ln in said) == 2,
+                 "checkpoints_after": _verified_steps(pk)})  # fmt: skip
+    rc, _, err = _run([*argv, "--resume"], log=logs / "43-pipeline-final-resume.log")
+    keys = ("steps", "final_loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    same = rc == 0 and all(
+        np.array_equal(u, v) for u, v in zip(_pipeline_leaves(pref, 600), _pipeline_leaves(pk, 600))
+    )
+    if same:
+        a, b = (json.loads((work / f).read_text()) for f in ("pipe-ref.json", "pipe-cut.json"))
+        same = all(a[k] == b[k] for k in keys)
+    rows.append({"scenario": "--pipeline 2: final --resume", "rc": rc,
+                 "resume_warning": [ln for ln in err.splitlines() if "warning" in ln],
+                 "final_checkpoint_verifies": not checkpoint.verify(pk / "600"),
+                 "bit_identical": same})  # fmt: skip
+    return rows
+
+
+def _anonymous(text: str, work: Path) -> str:
+    """The scratch directory as $WORK, the repository as $REPO (also where a lock's
+    recorded command, cut at 300 characters, cut a path short)."""
+    import re
+
+    text = text.replace(str(work), "$WORK").replace(str(ROOT), "$REPO")
+    return re.sub(re.escape(str(work.parent)) + r"/sgjax-faults-\S*", "$WORK…", text)
+
+
 def _report(s: dict) -> str:
     out = [
-        "# Fault injection: kill -9 and checkpoint corruption under `--resume`",
+        "# Fault injection: kill -9, corruption, signals, two writers, a full disk, an older "
+        "format and a killed rank under `--resume`",
         "",
         f"`python scripts/fault_injection.py --seed {s['seed']}`: `sgjax train --dataset digits "
         f"--depth 2 --width 64 --steps {s['steps']} --checkpoint-every {s['checkpoint_every']}`; "
@@ -364,10 +659,18 @@ def _report(s: dict) -> str:
         if "bit_identical" in r:
             outcome = "bit-identical to the reference" if r["bit_identical"] else "**DIFFERS**"
             outcome += ", final checkpoint verifies" if r["final_checkpoint_verifies"] else ""
-        elif "refused_in_one_line" in r:
-            outcome = ("refused in one line" if r["refused_in_one_line"] else "**not clean**") + (
-                ", directory untouched" if r["directory_untouched"] else ", **directory changed**"
+        elif "clean_stop" in r:
+            outcome = ("stopped cleanly" if r["clean_stop"] else "**not clean**") + (
+                f", checkpoints left: {r['checkpoints_after']}"
             )
+        elif "refused_in_one_line" in r:
+            outcome = "refused in one line" if r["refused_in_one_line"] else "**not clean**"
+            if "directory_untouched" in r:
+                outcome += (", directory untouched" if r["directory_untouched"]
+                            else ", **directory changed**")  # fmt: skip
+            if "kept_verify" in r:
+                kept = f", checkpoints {r['checkpoints_after']} kept and verify"
+                outcome += kept if r["kept_verify"] else ", **checkpoints lost or unverified**"
         else:
             outcome = f"checkpoints left: {r['checkpoints_after']}"
         said = r.get("resume_warning") or r.get("message") or []
