@@ -254,9 +254,9 @@ def _tolerate_closed_loops(on: bool) -> None:
                 return None
             return orig(self, *args, **kwargs)
 
-        asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign]
+        setattr(asyncio.BaseEventLoop, "call_soon_threadsafe", call_soon_threadsafe)  # noqa: B010
     elif not on and _call_soon_threadsafe:
-        asyncio.BaseEventLoop.call_soon_threadsafe = _call_soon_threadsafe.pop()  # type: ignore[method-assign]
+        setattr(asyncio.BaseEventLoop, "call_soon_threadsafe", _call_soon_threadsafe.pop())  # noqa: B010
 
 
 def _unretrieved(record: Any) -> bool:
