@@ -217,3 +217,19 @@ def test_verify_list_describes_every_claim_with_a_rough_cost(capsys):
         about = line[len(name) :].split("[")[0].strip()
         assert len(about) > 10, line  # a one-line description
         assert any(f"cost: {c}]" in line for c in ("light", "medium", "heavy")), line
+
+
+def test_an_interrupted_reproduce_names_the_cache_checkpoints_not_checkpoint_dir(
+    tmp_path, capsys, monkeypatch
+):
+    """`sgjax reproduce` has no --checkpoint-dir: the message says what it does keep."""
+    from sgjax.apps import reproduce
+
+    def stopped(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "run", stopped)
+    assert cli.main(["reproduce", "fig3", "--out", str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err
+    assert "every 2000 steps in the cache directory" in err
+    assert "--checkpoint-dir" not in err and "Traceback" not in err

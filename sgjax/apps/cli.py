@@ -141,6 +141,14 @@ def _interrupted(
             + (" (all the job's processes)" if n else "")
             + f":\n  sgjax {launch}{shlex.join(again)} --resume"
         )
+    elif name == "reproduce":
+        # the experiments keep their own state: fig3/5/8 checkpoint each network in the
+        # cache directory (docs/reproduce.md), the others restart
+        msg += (
+            "; fig3/fig5/fig8 keep each network's training checkpointed every 2000 steps in "
+            "the cache directory (run the same command to resume it); other experiments "
+            "restart"
+        )
     elif step is not None:
         msg += "; nothing was saved (no --checkpoint-dir)"
     with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
