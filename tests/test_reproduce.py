@@ -609,3 +609,11 @@ def test_readme_verdict_counts_match_the_committed_verdicts():
     said = ", ".join(f"{n} {v}" for v, n in zip(C.VERDICTS, counts))
     assert f"Over the {sum(counts)} claim × budget verdicts" in readme
     assert said in readme, said
+
+
+@pytest.mark.parametrize("seed", ["4294967296", "-1"])
+def test_reproduce_refuses_seeds_jax_cannot_tell_apart(tmp_path, capsys, seed):
+    out = tmp_path / "o"
+    assert cli.main(["reproduce", "fig2", "--seed", seed, "--out", str(out)]) == 1
+    assert "--seed must be an integer in 0..4294967295" in capsys.readouterr().err
+    assert not out.exists()

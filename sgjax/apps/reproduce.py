@@ -239,7 +239,9 @@ def _stamp(path: Path, started: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sgjax.apps.experiments.common import Context
+    from sgjax.infra.config import check_seed
 
+    check_seed(args.seed)  # JAX keys hold 32 bits: 2**32 would rerun seed 0
     overrides = dict(args.overrides)
     if args.aggregate is not None:
         if args.experiment == "all" or args.out is None:
