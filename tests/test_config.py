@@ -233,3 +233,43 @@ def test_an_interrupted_reproduce_names_the_cache_checkpoints_not_checkpoint_dir
     err = capsys.readouterr().err
     assert "every 2000 steps in the cache directory" in err
     assert "--checkpoint-dir" not in err and "Traceback" not in err
+
+
+def test_sg_update_reaches_the_step_and_is_refused_where_it_means_nothing(tmp_path, capsys):
+    """--sg-update every-step: the SG modules train while their stages are skipped."""
+    import jax
+    import numpy as np
+    import optax
+
+    from sgjax import nets, rules
+    from sgjax.infra import runner
+
+    net = nets.mlp([4, 8, 3])
+    rule = rules.synthetic_gradients("conditioned", at="all")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 3, 64)
+    opt = train.stagewise(optax.adam(1e-2))
+    start = train.init(jax.random.key(0), net, rule, opt, opt).rule_state.params
+    ends = {}
+    for policy in ("with-stage", "every-step"):  # p = 0.001: no stage updates in 3 steps
+        state, _ = runner.run_training(
+            net, rule, "xent", opt, x, y, steps=3, batch_size=16, sg_optimizer=opt,
+            p_update=0.001, sg_update=policy,
+        )  # fmt: skip
+        ends[policy] = state
+
+    def same(a, b):
+        return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    assert same(ends["with-stage"].rule_state.params, start)
+    assert not same(ends["every-step"].rule_state.params, start)
+    assert same(ends["with-stage"].params, ends["every-step"].params)  # no stage moved
+    # the CLI records it; where it would mean nothing it is refused naming both flags
+    out = tmp_path / "run.json"
+    args = ("--p-update", "0.5", "--sg-update", "every-step", "--steps", "4")
+    assert _train(*args, "--json", str(out)) == 0
+    assert json.loads(out.read_text())["config"]["sg_update"] == "every-step"
+    assert _train("--sg-update", "every-step", "--steps", "4") == 1
+    assert "--sg-update decides what --p-update < 1 does" in capsys.readouterr().err
+    assert _train("--rule", "backprop", "--p-update", "0.5", "--sg-update", "every-step") == 1
+    assert "--rule backprop" in capsys.readouterr().err

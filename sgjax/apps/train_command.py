@@ -232,6 +232,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "probability per step (DNI §3.3; default 1: every step)",
     )
     p.add_argument(
+        "--sg-update",
+        choices=("with-stage", "every-step"),
+        default=_DEFAULT,
+        help="with --p-update < 1: skip each SG module together with the stage whose output "
+        "it reads (with-stage, the default) or train the modules every step (every-step); "
+        "docs/results/p-update measures both",
+    )
+    p.add_argument(
         "--cosine",
         action="store_true",
         default=_DEFAULT,
@@ -404,6 +412,7 @@ def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
         config=config,
         log=print,
         p_update=config.p_update,
+        sg_update=config.sg_update,
         adopt_older=outputs.adopt_older,
     )
     seconds = time.perf_counter() - t0

@@ -198,6 +198,7 @@ class RunConfig:
     cosine: bool = False
     pipeline: PipelineConfig | None = None
     p_update: float = 1.0
+    sg_update: str = "with-stage"
 
     def __post_init__(self) -> None:
         if self.activation not in nets.ACTIVATIONS:
@@ -222,6 +223,21 @@ class RunConfig:
             raise ValueError(
                 f"`p_update` (--p-update) must be a number in (0, 1], got {self.p_update!r}"
                 + (never if self.p_update == 0 else "")
+            )
+        from sgjax.train import SG_UPDATE_POLICIES
+
+        if self.sg_update not in SG_UPDATE_POLICIES:
+            raise ValueError(
+                f"`sg_update` (--sg-update) must be one of {SG_UPDATE_POLICIES}, "
+                f"got {self.sg_update!r}"
+            )
+        if self.sg_update != "with-stage" and (
+            self.p_update == 1.0 or not self.rule.trains_modules
+        ):
+            raise ValueError(
+                "--sg-update decides what --p-update < 1 does to the SG modules; it applies "
+                f"with --p-update < 1 and --rule {_module_rules()} (got --p-update "
+                f"{self.p_update:g}, --rule {self.rule.name})"
             )
         at = self.rule.options_dict().get("at")
         if self.depth == 0 and at in ("all", "middle") and self.pipeline is None:
@@ -268,8 +284,8 @@ class RunConfig:
                 v = v.to_dict()
             elif isinstance(v, PipelineConfig):
                 v = dataclasses.asdict(v)
-            if f.name == "p_update" and v == 1.0:
-                continue  # the default is left out, so older checkpoints still resume
+            if (f.name, v) in (("p_update", 1.0), ("sg_update", "with-stage")):
+                continue  # the defaults are left out, so older checkpoints still resume
             out[f.name] = v
         return out
 
@@ -398,6 +414,7 @@ def from_flags(given: Mapping[str, Any]) -> RunConfig:
         cosine=bool(g.get("cosine", False)),
         pipeline=pipeline,
         p_update=float(g.get("p_update", 1.0)),
+        sg_update=g.get("sg_update") or "with-stage",
     )
 
 
@@ -432,6 +449,8 @@ def _pipeline_flags(g: dict[str, Any]) -> tuple[PipelineConfig, dict[str, Any]]:
     ]
     if g.get("p_update", 1.0) != 1.0:
         unsupported.append("--p-update")
+    if g.get("sg_update"):
+        unsupported.append("--sg-update")
     if unsupported:
         raise ValueError(
             f"{', '.join(unsupported)} not supported with --pipeline (Adam; SG modules sit at "

@@ -97,10 +97,19 @@ class StepCache:
         self._entries: dict[tuple, tuple[tuple, Callable]] = {}
 
     def get(
-        self, net, rule, loss, optimizer, sg_optimizer, cosine: bool, p_update=1.0, seed=0
+        self,
+        net,
+        rule,
+        loss,
+        optimizer,
+        sg_optimizer,
+        cosine: bool,
+        p_update=1.0,
+        seed=0,
+        sg_update="with-stage",
     ) -> Callable:
         parts = (net, rule, loss, optimizer, sg_optimizer)
-        key = (*map(id, parts), cosine, p_update, seed)
+        key = (*map(id, parts), cosine, p_update, seed, sg_update)
         hit = self._entries.get(key)
         if hit is not None and all(a is b for a, b in zip(hit[0], parts)):
             return hit[1]
@@ -108,7 +117,7 @@ class StepCache:
         update_key = jax.random.fold_in(jax.random.key(seed), 0x5D)
         step = train.make_step(
             net, rule, loss, optimizer, sg_optimizer, cosine=cosine, p_update=p_update,
-            update_key=update_key,
+            update_key=update_key, sg_update=sg_update,
         )  # fmt: skip
         fn = jax.jit(step)
         if len(self._entries) >= self.size:
@@ -148,6 +157,7 @@ def run_training(
     step_cache: StepCache | None = None,
     p_update: float = 1.0,
     adopt_older: bool = False,
+    sg_update: str = "with-stage",
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train to ``steps`` total steps, checkpointing to ``ckpt_dir``; returns (state, history).
 
@@ -220,7 +230,7 @@ def run_training(
         meta["run_config"] = config.to_dict()
     say = log or (lambda _msg: None)
     step_fn = (step_cache or StepCache(1)).get(
-        net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed
+        net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed, sg_update
     )
     ckpt = Checkpointer(ckpt_dir, keep=keep) if ckpt_dir is not None else None
     if ckpt is not None and ckpt.stale_lock:
