@@ -14,22 +14,20 @@ import jax
 import numpy as np
 import optax
 import pytest
+from helpers import small_checkpointed_run
 
 from sgjax import nets, rules
 from sgjax.apps import cli
 from sgjax.infra import checkpoint
 from sgjax.infra.checkpoint import CheckpointWriteError
-from sgjax.infra.runner import StepCache, run_training
+from sgjax.infra.runner import StepCache
 
 NET, RULE, OPT = nets.mlp([8, 16, 4]), rules.synthetic_gradients(), optax.adam(1e-2)
 CACHE = StepCache()
 
 
 def _run(d, steps, **kw):
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 4, 64).astype(np.int32)
-    return run_training(NET, RULE, "xent", OPT, x, y, steps=steps, batch_size=8, seed=1,
-                        ckpt_dir=d, ckpt_every=4, keep=2, step_cache=CACHE, **kw)[0]  # fmt: skip
+    return small_checkpointed_run(NET, RULE, OPT, CACHE, d, steps, keep=2, **kw)
 
 
 def _equal(a, b) -> bool:

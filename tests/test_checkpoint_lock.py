@@ -8,25 +8,22 @@ import json
 import os
 import socket
 
-import numpy as np
 import optax
 import pytest
+from helpers import small_checkpointed_run
 
 from sgjax import nets, rules
 from sgjax.apps import cli
 from sgjax.infra import checkpoint
 from sgjax.infra.checkpoint import CheckpointDirInUseError, Checkpointer
-from sgjax.infra.runner import StepCache, run_training
+from sgjax.infra.runner import StepCache
 
 NET, RULE, OPT = nets.mlp([8, 16, 4]), rules.backprop(), optax.adam(1e-2)
 CACHE = StepCache()
 
 
 def _run(d, steps, **kw):
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 4, 64).astype(np.int32)
-    return run_training(NET, RULE, "xent", OPT, x, y, steps=steps, batch_size=8, seed=1,
-                        ckpt_dir=d, ckpt_every=4, step_cache=CACHE, **kw)[0]  # fmt: skip
+    return small_checkpointed_run(NET, RULE, OPT, CACHE, d, steps, **kw)
 
 
 def test_a_second_writer_is_refused_naming_the_first(tmp_path):

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from helpers import small_checkpointed_run
 
 from sgjax import nets, rules
 from sgjax.infra import checkpoint
@@ -22,10 +23,7 @@ CACHE = StepCache()
 
 
 def _run(d, steps, **kw):
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 4, 64).astype(np.int32)
-    return run_training(NET, RULE, "xent", OPT, x, y, steps=steps, batch_size=8, seed=1,
-                        ckpt_dir=d, ckpt_every=4, step_cache=CACHE, **kw)[0]  # fmt: skip
+    return small_checkpointed_run(NET, RULE, OPT, CACHE, d, steps, **kw)
 
 
 def _make_older(step_dir):

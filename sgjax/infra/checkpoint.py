@@ -68,7 +68,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -501,6 +501,36 @@ class _DirLock:
         self.fd = None
 
 
+def _write_failure(
+    directory: Path, steps: Sequence[int], keep: int, what: str, step: int, err: BaseException
+) -> CheckpointWriteError:
+    """The one-line error of a failed save of ``what`` (``"step 12"``): the cause, what was
+    kept (and verifies), the room the directory needs, how to go on."""
+    reason, errno = _root_cause(err)
+    kept = [s for s in steps if not verify(directory / str(s))]
+    size = max((_size(directory / str(s)) for s in kept), default=0)
+    room = (
+        f"; each checkpoint takes about {_mb(size)}, and the directory needs room for "
+        f"{keep + 1} of them (keep={keep}, plus the new one, written and verified before the "
+        "oldest is removed)"
+        if size
+        else ""
+    )
+    todo = "free some space" if errno == 28 else "fix the cause"
+    return CheckpointWriteError(
+        f"could not write the checkpoint of {what} to {directory}: {reason}. "
+        "Nothing was deleted: "
+        + (
+            f"the checkpoints of steps {kept} are kept and verify"
+            if kept
+            else "no checkpoint had been written yet"
+        )
+        + f"{room}. To go on, {todo}, then rerun with --resume",
+        step,
+        kept,
+    )
+
+
 class Checkpointer:
     """Atomic save/restore of ``TrainState`` + JSON metadata in ``directory``, newest ``keep``.
 
@@ -655,29 +685,7 @@ class Checkpointer:
             self._mgr.reload()
 
     def _write_error(self, step: int, err: BaseException) -> CheckpointWriteError:
-        reason, errno = _root_cause(err)
-        kept = [s for s in self.steps() if not verify(self.directory / str(s))]
-        sizes = [_size(self.directory / str(s)) for s in kept]
-        room = (
-            f"; each checkpoint takes about {_mb(max(sizes))}, and the directory needs room "
-            f"for {self.keep + 1} of them (keep={self.keep}, plus the new one, written and "
-            "verified before the oldest is removed)"
-            if sizes
-            else ""
-        )
-        what = "free some space" if errno == 28 else "fix the cause"
-        return CheckpointWriteError(
-            f"could not write the checkpoint of step {step} to {self.directory}: {reason}. "
-            "Nothing was deleted: "
-            + (
-                f"the checkpoints of steps {kept} are kept and verify"
-                if kept
-                else "no checkpoint had been written yet"
-            )
-            + f"{room}. To go on, {what}, then rerun with --resume",
-            step,
-            kept,
-        )
+        return _write_failure(self.directory, self.steps(), self.keep, f"step {step}", step, err)
 
     def restore(
         self, target: Any, *, step: int | None = None, verify_hash: bool = True
@@ -996,28 +1004,8 @@ class PipelineCheckpointer:
         return step
 
     def _write_error(self, step: int, err: BaseException) -> CheckpointWriteError:
-        reason, errno = _root_cause(err)
-        kept = [s for s in self.steps() if not verify(self.directory / str(s))]
-        size = max((_size(self.directory / str(s)) for s in kept), default=0)
-        room = (
-            f"; each checkpoint takes about {_mb(size)}, and the directory needs room for "
-            f"{self.keep + 1} of them"
-            if size
-            else ""
-        )
-        what = "free some space" if errno == 28 else "fix the cause"
-        return CheckpointWriteError(
-            f"could not write the checkpoint of micro-batch {step} to {self.directory}: "
-            f"{reason}. Nothing was deleted: "
-            + (
-                f"the checkpoints of steps {kept} are kept and verify"
-                if kept
-                else "no checkpoint had been written yet"
-            )
-            + f"{room}. To go on, {what}, then rerun with --resume",
-            step,
-            kept,
-        )
+        where = f"micro-batch {step}"
+        return _write_failure(self.directory, self.steps(), self.keep, where, step, err)
 
     def restore_newest_good(
         self, target: Any, *, report: Callable[[str], None] | None = None
