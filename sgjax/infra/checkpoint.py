@@ -501,6 +501,17 @@ class _DirLock:
         self.fd = None
 
 
+def _restore_set_aside(directory: Path) -> None:
+    """A checkpoint moved aside by a re-save that was killed: put back if the new one never
+    completed, else removed."""
+    for aside in directory.glob(f"*{_ASIDE}"):
+        where = directory / aside.name[: -len(_ASIDE)]
+        if where.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, where)
+
+
 def _write_failure(
     directory: Path, steps: Sequence[int], keep: int, what: str, step: int, err: BaseException
 ) -> CheckpointWriteError:
@@ -579,14 +590,7 @@ class Checkpointer:
         if self.directory.is_dir():
             for tmp in self.directory.glob(f"*{ocp.utils.TMP_DIR_SUFFIX}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
-            # A checkpoint moved aside by a re-save that was killed: put back if the new
-            # one never completed, else removed.
-            for aside in self.directory.glob(f"*{_ASIDE}"):
-                where = self.directory / aside.name[: -len(_ASIDE)]
-                if where.exists():
-                    shutil.rmtree(aside, ignore_errors=True)
-                else:
-                    os.replace(aside, where)
+            _restore_set_aside(self.directory)
         self._mgr = ocp.CheckpointManager(
             self.directory,
             # Named handlers, so that a fresh manager can read an existing checkpoint's
@@ -937,12 +941,7 @@ class PipelineCheckpointer:
             self.stale_lock = self._lock.stale
             for tmp in self.directory.glob("*.sgjax-tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
-            for aside in self.directory.glob(f"*{_ASIDE}"):
-                where = self.directory / aside.name[: -len(_ASIDE)]
-                if where.exists():
-                    shutil.rmtree(aside, ignore_errors=True)
-                else:
-                    os.replace(aside, where)
+            _restore_set_aside(self.directory)
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints present (verified or not), oldest first."""
