@@ -51,6 +51,8 @@ _SEEDS = (
     "per run: none (a deterministic function of the trained networks); over seeds: t₀.₉₅ · sd/√n"
 )
 _TRAINED = "every network the claim names at ≥ 99 % train accuracy (the paper's are converged)"
+_PROBED = _TRAINED + "; probes not saturated for every method"
+_FITTED = "exact: 1/n of the fitted points"
 
 _SPECS = (
     # ------------------------------------------------------------------ Fig. 3 (RDM drift)
@@ -105,29 +107,17 @@ _SPECS = (
         contrast="the single SG's below/above ratio above backprop's with the same split",
     ),
     # ---------------------------------------------------------------- Fig. 8 (probes)
-    ClaimSpec(
-        "fig8/bp-sg-layer2",
-        "paper.md §6 item 25",
-        DIGEST,
-        "digest",
-        _TRAINED + "; probes not saturated for every method",
-        "exact: 1/n of the fitted points",
-    ),
-    ClaimSpec(
-        "fig8/dfa-layer1",
-        "paper.md §6 item 25",
-        DIGEST,
-        "digest",
-        _TRAINED + "; probes not saturated for every method",
-        "exact: 1/n of the fitted points",
+    *(
+        ClaimSpec(f"fig8/{k}", "paper.md §6 item 25", DIGEST, "digest", _PROBED, _FITTED)
+        for k in ("bp-sg-layer2", "dfa-layer1")
     ),
     ClaimSpec(
         "fig8/dfa-highest-train",
         "ours (paper.md §3.4 figure values)",
         "2026-11-30T00:27:56+00:00",
         "fbd8d6c",
-        _TRAINED + "; probes not saturated for every method",
-        "exact: 1/n of the fitted points",
+        _PROBED,
+        _FITTED,
         contrast="is itself a comparison with backprop, SG and SG*",
     ),
     ClaimSpec(
