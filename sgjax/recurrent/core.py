@@ -100,6 +100,16 @@ class Harness(NamedTuple):
     context_dim: int
     aux_weight: float
     decay: float = 1.0
+    sg_dims: int = 0
+    sg_squash: bool = False
+    inject_clip: float = 0.0
+    warmup: int = 0
+    target_tau: float = 0.0
+
+    @property
+    def sg_width(self) -> int:
+        """How many leading entries of the flat state the SG reads and predicts."""
+        return self.sg_dims or self.model.cell.state_dim
 
 
 class Window(NamedTuple):
@@ -132,8 +142,10 @@ class WindowOut(NamedTuple):
 
 class TrainState(NamedTuple):
     """Parameters and optimiser states of the model and the SG, the number of applied
-    window updates, and ``carry``: the recurrent state carried into the next window (any
-    pytree of ``(batch, ...)`` arrays; ``None`` until a batch size is known)."""
+    window updates, ``carry``: the recurrent state carried into the next window (any
+    pytree of ``(batch, ...)`` arrays; ``None`` until a batch size is known), and
+    ``sg_target``: the slowly updated copy of the SG that is injected (``None`` unless the
+    harness has ``target_tau > 0``)."""
 
     params: Params
     sg_params: Params
@@ -141,6 +153,7 @@ class TrainState(NamedTuple):
     sg_opt_state: Any
     step: jax.Array
     carry: Any = None
+    sg_target: Params = None
 
 
 # ------------------------------------------------------------------------- construction
@@ -155,6 +168,11 @@ def harness(
     context_dim: int = 0,
     aux_weight: float = 0.1,
     decay: float = 1.0,
+    sg_dims: int = 0,
+    sg_squash: bool = False,
+    inject_clip: float = 0.0,
+    warmup: int = 0,
+    target_tau: float = 0.0,
 ) -> Harness:
     """Validate and bundle the choices of a truncated-BPTT run.
 
@@ -172,6 +190,20 @@ def harness(
             makes it estimate the γ-discounted sum over future windows (the target is
             the window's gradient plus γ × the next SG backpropagated), which stays
             bounded on an endless stream (see the report of ``dni-rnn``).
+        sg_dims: the SG reads and predicts only the first ``sg_dims`` entries of the
+            (flat) state; the rest of the boundary state gets no synthetic gradient
+            (0, the default: the whole state). For the built-in LSTM (state ``[h, c]``)
+            ``sg_dims=hidden`` is an SG on h alone: nothing pushes the unbounded cell
+            state c directly.
+        sg_squash: the SG reads ``tanh`` of the state (a bounded input) instead of the
+            state; it still predicts the gradient with respect to the state.
+        inject_clip: > 0 clips the injected SG to this ℓ2 norm per example (0: no clip).
+        warmup: the injected SG (and with it the bootstrap) is scaled by
+            ``min(1, step / warmup)``: it ramps in over the first ``warmup`` window
+            updates while the SG learns (0: no warm-up).
+        target_tau: > 0 injects (and bootstraps from) a slowly updated copy of the SG
+            module, ``θ̄ ← θ̄ + τ (θ − θ̄)`` after every update (a target network); the
+            regression still trains θ (0: inject θ itself).
 
     Example:
         >>> from sgjax.recurrent import cells
@@ -193,16 +225,47 @@ def harness(
         raise ValueError(f"`aux_weight` must be ≥ 0, got {aux_weight!r}")
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"`decay` (γ) must be in (0, 1], got {decay!r}")
+    S = model.cell.state_dim
+    if (
+        not isinstance(sg_dims, int | np.integer)
+        or isinstance(sg_dims, bool)
+        or not (0 <= sg_dims <= S)
+    ):
+        raise ValueError(
+            f"`sg_dims` must be an int in [0, state_dim={S}] (0: the whole state), got {sg_dims!r}"
+        )
+    if not inject_clip >= 0:
+        raise ValueError(f"`inject_clip` must be ≥ 0 (0: no clip), got {inject_clip!r}")
+    if not isinstance(warmup, int | np.integer) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"`warmup` must be an int ≥ 0 (window updates), got {warmup!r}")
+    if not 0.0 <= target_tau <= 1.0:
+        raise ValueError(
+            f"`target_tau` must be in [0, 1] (0: no target network), got {target_tau!r}"
+        )
     estimator = None
     if method != "bptt":
         estimator = est_lib.get(sg or ("conditioned" if context_dim else "linear"))
     return Harness(
-        model, int(window), method, estimator, context_dim, float(aux_weight), float(decay)
+        model,
+        int(window),
+        method,
+        estimator,
+        context_dim,
+        float(aux_weight),
+        float(decay),
+        int(sg_dims),
+        bool(sg_squash),
+        float(inject_clip),
+        int(warmup),
+        float(target_tau),
     )
 
 
-def init_params(model: Model, key: jax.Array, dtype=jnp.float32, aux: bool = False) -> Params:
-    """Cell parameters, a Glorot readout, and (``aux``) a zero-initialised aux head."""
+def init_params(
+    model: Model, key: jax.Array, dtype=jnp.float32, aux: bool = False, aux_dim: int = 0
+) -> Params:
+    """Cell parameters, a Glorot readout, and (``aux``) a zero-initialised aux head from the
+    state to the SG's ``aux_dim`` outputs (default: the whole state)."""
     kc, ko = jax.random.split(key)
     H, S = model.cell.out_dim, model.cell.state_dim
     params = {
@@ -213,7 +276,8 @@ def init_params(model: Model, key: jax.Array, dtype=jnp.float32, aux: bool = Fal
         },
     }
     if aux:
-        params["aux"] = {"W": jnp.zeros((S, S), dtype), "b": jnp.zeros((S,), dtype)}
+        A = aux_dim or S
+        params["aux"] = {"W": jnp.zeros((S, A), dtype), "b": jnp.zeros((A,), dtype)}
     return params
 
 
@@ -237,10 +301,10 @@ def init(
         ['A', 'C']
     """
     km, ks = jax.random.split(key)
-    params = init_params(h.model, km, dtype, aux=h.method == "dni_aux")
+    params = init_params(h.model, km, dtype, aux=h.method == "dni_aux", aux_dim=h.sg_width)
     sg_params = None
     if h.sg is not None:
-        sg_params = h.sg.init(ks, (h.model.cell.state_dim,), max(h.context_dim, 1), dtype)
+        sg_params = h.sg.init(ks, (h.sg_width,), max(h.context_dim, 1), dtype)
     sg_opt = sg_optimizer or optimizer
     return TrainState(
         params,
@@ -249,6 +313,7 @@ def init(
         sg_opt.init(sg_params) if sg_params is not None else None,
         jnp.zeros((), jnp.int32),
         None if batch is None else initial_carry(h, batch, dtype),
+        sg_params if h.target_tau > 0 and sg_params is not None else None,
     )
 
 
@@ -346,6 +411,18 @@ def window_loss(
 # ---------------------------------------------------------------------------- the window
 
 
+def sg_input(h: Harness, flat: jax.Array) -> jax.Array:
+    """What the boundary SG reads of a flat ``(batch, state_dim)`` state: its first
+    :attr:`Harness.sg_width` entries, through ``tanh`` if ``h.sg_squash``."""
+    v = flat[:, : h.sg_width]
+    return jnp.tanh(v) if h.sg_squash else v
+
+
+def _clip_rows(d: jax.Array, limit: float) -> jax.Array:
+    norm = jnp.linalg.norm(d, axis=-1, keepdims=True)
+    return d * jnp.minimum(1.0, limit / jnp.maximum(norm, jnp.finfo(d.dtype).tiny))
+
+
 def window_grads(
     h: Harness,
     params: Params,
@@ -353,53 +430,64 @@ def window_grads(
     carry: Any,
     win: Window,
     delta_next: jax.Array | None = None,
+    sg_target: Params = None,
 ) -> WindowOut:
     """Gradients of one window (see the module docstring); pure, jit-able.
 
     ``delta_next`` replaces ``SG(s_T, c_T)`` as the injected per-example gradient (an
-    oracle, for tests); it is still multiplied by ``win.inject``.
+    oracle, for tests); it is still multiplied by ``win.inject``. ``sg_target``: the SG
+    parameters to inject (a target network; default ``sg_params``).
     The carry may be any pytree of the cell's state; the SG, ``delta_next``, ``target``
-    and ``sg_start`` live on its :func:`flat_state` ``(batch, state_dim)``.
+    and ``sg_start`` live on the first :attr:`Harness.sg_width` entries of its
+    :func:`flat_state` ``(batch, state_dim)``.
+
+    The SG's regression is :func:`sgjax.estimators.regress` (the one place an SG is
+    regressed): SG(s_k, c_k) onto the cotangent arriving at the window's first state
+    (the bootstrapped target, ×B to per-example units).
     """
     model = h.model
     flat0 = flat_state(carry)
     batch = flat0.shape[0]
+    k = h.sg_width
     sg = h.sg if h.sg is not None else est_lib.linear()  # (unused without an SG)
     uses_sg = h.sg is not None
+    theta_inject = sg_params if sg_target is None else sg_target
 
-    def surrogate(params, theta, eps):
-        s = jax.lax.stop_gradient(flat0)
-        if uses_sg:
-            # the DNI regression of this boundary: the cotangent arriving here is its target
-            s = interface.sg_interface(s, theta, win.c0, estimator=sg)
-        s = s + eps  # ∂/∂eps is the cotangent arriving at the window's first state
+    def surrogate(params, eps):
+        s = jax.lax.stop_gradient(flat0) + eps  # ∂/∂eps: the cotangent arriving at s_k
         loss, (s_T, states) = window_loss(
             model, params, unflat_state(carry, s), win.x, win.y, win.m
         )
         total, aux_loss = loss, jnp.zeros((), loss.dtype)
         if uses_sg or delta_next is not None:
-            f_T = flat_state(s_T)
-            d = delta_next if delta_next is not None else sg.apply(theta, f_T, win.c1)
+            f_T = flat_state(s_T)[:, :k]
+            if delta_next is not None:
+                d = delta_next
+            else:
+                d = sg.apply(theta_inject, sg_input(h, flat_state(s_T)), win.c1)
             d = jax.lax.stop_gradient(d) * (win.inject * h.decay)
+            if h.inject_clip > 0:
+                d = _clip_rows(d, h.inject_clip)
             total = total + jnp.sum(d * f_T) / batch
             if h.method == "dni_aux":
-                pred = jax.vmap(flat_state)(states) @ params["aux"]["W"] + params["aux"]["b"]
+                st = jax.vmap(flat_state)(states)
+                pred = st @ params["aux"]["W"] + params["aux"]["b"]
                 aux_loss = jnp.mean(jnp.sum(jnp.square(pred - d[None]), axis=-1))
                 total = total + h.aux_weight * aux_loss
         return total, (loss, s_T, aux_loss)
 
     eps = jnp.zeros_like(flat0)
-    grad_fn = jax.grad(surrogate, argnums=(0, 1, 2), has_aux=True)
-    (g_params, g_theta, g_eps), (loss, s_T, aux_loss) = grad_fn(params, sg_params, eps)
-    target = g_eps * batch
-    if uses_sg:  # the first boundary of a fresh sequence does not train the SG
-        g_theta = jax.tree.map(lambda a: (a * win.sg_weight).astype(a.dtype), g_theta)
+    grad_fn = jax.grad(surrogate, argnums=(0, 1), has_aux=True)
+    (g_params, g_eps), (loss, s_T, aux_loss) = grad_fn(params, eps)
+    target = g_eps[:, :k] * batch
     if uses_sg:
-        sg_start = sg.apply(sg_params, flat0, win.c0)
-        r = (sg_start - target).reshape(batch, -1)
-        sg_loss = jnp.mean(jnp.sum(jnp.square(r), axis=-1))
+        reg = est_lib.regress(sg, sg_params, sg_input(h, flat0), win.c0, target)
+        # the first boundary of a fresh sequence (no parameter made it) does not train the SG
+        g_theta = jax.tree.map(lambda a: (a * win.sg_weight).astype(a.dtype), reg.grad_params)
+        sg_start, sg_loss = reg.s, reg.loss
     else:
-        sg_start = jnp.zeros_like(flat0)
+        g_theta = None
+        sg_start = jnp.zeros_like(target)
         sg_loss = jnp.zeros((), loss.dtype)
     return WindowOut(g_params, g_theta, s_T, target, sg_start, loss, sg_loss, aux_loss)
 
@@ -455,7 +543,12 @@ def make_step(
         flat = flat_state(state.carry)
         check_sg_params(h, state.sg_params, flat.shape[0], flat.dtype)
         bad_labels = count_bad_labels(h, win.y, win.m)
-        out = window_grads(h, state.params, state.sg_params, state.carry, win)
+        if h.warmup > 0:  # the injected SG ramps in while the SG learns
+            ramp = jnp.minimum(1.0, state.step.astype(win.x.dtype) / h.warmup)
+            win = win._replace(inject=win.inject * ramp)
+        out = window_grads(
+            h, state.params, state.sg_params, state.carry, win, sg_target=state.sg_target
+        )
         upd, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, upd)
         sg_params, sg_opt_state = state.sg_params, state.sg_opt_state
@@ -463,7 +556,12 @@ def make_step(
             sg_upd, sg_opt_state = sg_opt.update(out.sg_grads, sg_opt_state, sg_params)
             sg_params = optax.apply_updates(sg_params, sg_upd)
         s_end = jax.lax.stop_gradient(out.s_end)
-        new = TrainState(params, sg_params, opt_state, sg_opt_state, state.step + 1, s_end)
+        sg_target = state.sg_target
+        if sg_target is not None:  # the target network follows the SG slowly
+            sg_target = optax.incremental_update(sg_params, sg_target, h.target_tau)
+        new = TrainState(
+            params, sg_params, opt_state, sg_opt_state, state.step + 1, s_end, sg_target
+        )
         finite = jnp.isfinite(out.loss) & _finite(out.grads, out.sg_grads, new)
         apply = finite & (bad_labels == 0)
         # a select per leaf, as in sgjax.train.make_step (XLA fuses it into the update)
@@ -494,11 +592,12 @@ def make_window_step(
 
 
 def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.float32) -> None:
-    """Raise ``ValueError`` unless the SG module maps a ``(batch, state_dim)`` state to an
-    array of the same shape with these parameters."""
+    """Raise ``ValueError`` unless the SG module maps what it reads of a state (``(batch,
+    sg_width)``, see :func:`sg_input`) to an array of the same shape with these parameters."""
     if h.sg is None:
         return
-    S = h.model.cell.state_dim
+    S = h.sg_width
+    what = f"state_dim {S}" if not h.sg_dims else f"sg_dims {S}"
     s = jax.ShapeDtypeStruct((batch, S), dtype)
     c = jax.ShapeDtypeStruct((batch, max(h.context_dim, 1)), dtype)
     abstract = jax.tree.map(
@@ -509,14 +608,14 @@ def check_sg_params(h: Harness, sg_params: Params, batch: int = 1, dtype=jnp.flo
     except Exception as e:  # re-raised with the shapes that matter
         raise ValueError(
             f"`sg_params`: the SG module {h.sg.name!r} cannot be applied to the cell's state "
-            f"(state_dim {S} of cell {h.model.cell.name!r}, context width "
+            f"({what} of cell {h.model.cell.name!r}, context width "
             f"{max(h.context_dim, 1)}): {type(e).__name__}: {e}. Initialise it with "
             "`core.init(h, ...)` for this harness."
         ) from None
     if tuple(out.shape) != (batch, S):
         raise ValueError(
             f"`sg_params`: the SG module {h.sg.name!r} returns shape {tuple(out.shape)} for a "
-            f"state of shape {(batch, S)} (cell {h.model.cell.name!r}, state_dim {S}); a "
+            f"state of shape {(batch, S)} (cell {h.model.cell.name!r}, {what}); a "
             "synthetic gradient must have the state's shape."
         )
 
@@ -841,7 +940,8 @@ def _sg_cosines(h: Harness, params, sg_params, x, y, m, ctx, carry) -> jax.Array
     cs = c[jnp.arange(K) * h.window]
     sg = h.sg
     assert sg is not None
-    pred = jax.vmap(lambda s, ck: sg.apply(sg_params, s, ck))(starts, cs)
+    pred = jax.vmap(lambda s, ck: sg.apply(sg_params, sg_input(h, s), ck))(starts, cs)
+    g = g[..., : h.sg_width]
     num = jnp.sum(pred * g, axis=-1)
     den = jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(g, axis=-1)
     cos = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)

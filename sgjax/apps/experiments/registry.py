@@ -232,6 +232,56 @@ _SPECS = (
     ),
 )
 
+#: When the claims of issue 24 (recurrent DNI judged at a deciding budget) were registered:
+#: before every run of ``docs/results/dni-rnn-lm`` (the stability study and the LM table).
+RNN = "2026-12-06T14:05:00+00:00"
+_LM_REGIME = (
+    "≥ 10M training characters per run and truncated BPTT-8 at ≤ 2.35 validation BPC (mean "
+    "over seeds): below that budget even BPTT sits near the bigram level and nothing is decided"
+)
+_LM_RES = "over seeds: t₀.₉₅ · √(sd_a²/n_a + sd_b²/n_b) of the two methods' final BPC"
+_SPECS = (
+    *_SPECS,
+    ClaimSpec(
+        "dni-rnn/lm-horizon",
+        "paper.md §5.1 abstract (verified): for RNNs 'predicting future gradients extends "
+        "the effective time horizon'",
+        DIGEST,
+        "digest",
+        _LM_REGIME,
+        _LM_RES,
+        contrast="is itself a comparison with truncated BPTT: DNI-T's BPC at or below "
+        "BPTT-T′'s for the next T′ > T of the grid (the T′ where BPTT is weakest)",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm-dni-vs-bptt",
+        "paper.md §5.1 (RNN case, unverified detail): the boundary SG stands in for the "
+        "gradients from beyond the window",
+        DIGEST,
+        "digest",
+        _LM_REGIME,
+        _LM_RES,
+        contrast="is itself a comparison with BPTT-T at the same T",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm-aux-vs-dni",
+        "paper.md §5.1 (RNN case, unverified detail): DNI + Aux",
+        DIGEST,
+        "digest",
+        _LM_REGIME,
+        _LM_RES,
+    ),
+    ClaimSpec(
+        "dni-rnn/lm-default-stable",
+        "ours (issue 24: the harness default chosen by the stability study must not collapse)",
+        RNN,
+        "issue 24",
+        _LM_REGIME,
+        "a collapse is a final validation BPC above the bigram model's on the same split "
+        "(a count: exact)",
+    ),
+)
+
 #: id -> :class:`ClaimSpec`
 CLAIMS: dict[str, ClaimSpec] = {s.id: s for s in _SPECS}
 

@@ -160,6 +160,9 @@ def _optimizer(lr: float, clip: float) -> optax.GradientTransformation:
 
 
 _CACHE: dict = {}
+#: The stabilising options of :func:`sgjax.recurrent.core.harness` a setting may carry
+#: (``sg_dims`` = hidden: the LSTM's h half of its ``[h, c]`` state).
+VARIANT_OPTIONS = ("sg_dims", "sg_squash", "inject_clip", "warmup", "target_tau")
 
 
 def _machinery(
@@ -189,6 +192,7 @@ def _machinery(
         part["lr"],
         part["sg_lr"],
         part["decay"],
+        tuple(sorted((k, part[k]) for k in VARIANT_OPTIONS if k in part)),
     )
     if key not in _CACHE:
         mkey = ("model", loss, in_dim, out_dim, hidden, part.get("cell", "lstm"))
@@ -203,6 +207,7 @@ def _machinery(
             context_dim=context_dim,
             aux_weight=cfg["aux_weight"],
             decay=part["decay"],
+            **{k: part[k] for k in VARIANT_OPTIONS if k in part},
         )
         opt = _optimizer(part["lr"], cfg["clip"])
         sg_opt = _optimizer(part["sg_lr"], cfg["clip"])

@@ -1,0 +1,200 @@
+"""Recurrent DNI on Tiny Shakespeare at budgets that decide (issue 24).
+
+Two parts, each a list of independent runs appended to ``<out>/runs.jsonl`` as they
+finish (so a killed study resumes where it stopped, and parts run in separate
+processes, each pinned to one core):
+
+* ``stability`` — DNI-8 (LSTM 128, 32 streams) for 3M characters on 5 seeds, once per
+  stabilising variant of :func:`sgjax.recurrent.core.harness` (and BPTT-8 as the
+  reference). A run *collapses* when its final validation BPC is above the bigram
+  model's on the same split (:func:`bigram_bpc`). The variant with no collapse and the
+  lowest mean BPC becomes the harness setting of the ``lm`` part (:data:`LM_DNI`).
+* ``lm`` — BPTT-T for T ∈ {2, 3, 4, 5, 8, 16}, DNI-T for T ∈ {2, 3, 4, 5, 8}, DNI+Aux-T
+  and cDNI-T (the SG also reads the next input character) for T ∈ {2, 8}, 3 seeds, 10M
+  characters each, validation BPC every 1M characters.
+
+The report judges the registered claims (``dni-rnn/*`` in
+:mod:`sgjax.apps.experiments.registry`, registered before these runs): the DNI paper's
+"predicting future gradients extends the effective time horizon" as DNI-T at or below
+BPTT-T′ for the next T′ > T.
+
+Usage::
+
+    taskset -c 1 python -m sgjax.apps.experiments.rnn_lm run stability --out DIR
+    taskset -c 0 python -m sgjax.apps.experiments.rnn_lm run lm --out DIR --methods bptt
+    python -m sgjax.apps.experiments.rnn_lm report --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgjax.apps.experiments import common as C
+from sgjax.apps.experiments import rnn
+from sgjax.recurrent import tasks
+
+HIDDEN = 128
+#: The settings every run shares (LSTM 128, Adam 1e-3 for model and SG, global-norm clip 1).
+BASE = dict(
+    hidden=HIDDEN,
+    batch=32,
+    chunk=240,
+    eval_chars=None,
+    lr=1e-3,
+    sg_lr=1e-3,
+    decay=0.5,
+)
+STABILITY = dict(BASE, chunk=120, chars=3_000_000, evals=6)
+STABILITY_T = 8
+STABILITY_SEEDS = (0, 1, 2, 3, 4)
+#: variant name -> (method, harness options). γ (``decay``) 0.5 is the setting of the
+#: earlier LM runs; the others change one thing each.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "BPTT-8 (reference)": ("bptt", {}),
+    "γ = 0.5 (earlier LM setting)": ("dni", {}),
+    "γ = 1 (exact bootstrapping)": ("dni", {"decay": 1.0}),
+    "SG on h only": ("dni", {"sg_dims": HIDDEN}),
+    "SG reads tanh(state)": ("dni", {"sg_squash": True}),
+    "injected SG clipped to norm 1": ("dni", {"inject_clip": 1.0}),
+    "SG warm-up over 2,000 updates": ("dni", {"warmup": 2000}),
+    "target network τ = 0.01": ("dni", {"target_tau": 0.01}),
+}
+LM = dict(BASE, chars=10_000_000, evals=10)
+LM_SEEDS = (0, 1, 2)
+LM_TS = {"bptt": (2, 3, 4, 5, 8, 16), "dni": (2, 3, 4, 5, 8), "dni_aux": (2, 8), "cdni": (2, 8)}
+#: The DNI harness options of the ``lm`` part: chosen by the stability study.
+LM_DNI: dict[str, Any] = {}
+CLIP, AUX_WEIGHT = 1.0, 0.1
+
+
+def _cfg(lm: dict) -> dict:
+    return {"lm": lm, "clip": CLIP, "aux_weight": AUX_WEIGHT}
+
+
+def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
+    """``(key, method, T, seed, cfg)`` of every run of ``part``."""
+    out = []
+    if part == "stability":
+        for name, (method, opts) in VARIANTS.items():
+            for seed in STABILITY_SEEDS:
+                cfg = _cfg({**STABILITY, **opts})
+                out.append((f"stability/{name}/s{seed}", method, STABILITY_T, seed, cfg))
+    elif part == "lm":
+        for method, Ts in LM_TS.items():
+            opts = {} if method == "bptt" else LM_DNI
+            for T in Ts:
+                for seed in LM_SEEDS:
+                    cfg = _cfg({**LM, **opts})
+                    out.append((f"lm/{method}/T{T}/s{seed}", method, T, seed, cfg))
+    else:
+        raise ValueError(f"`part` must be 'stability' or 'lm', got {part!r}")
+    return out
+
+
+def load(out: Path) -> dict[str, dict]:
+    """The finished runs of ``out/runs.jsonl`` by key (the last record of a key wins)."""
+    done: dict[str, dict] = {}
+    path = Path(out) / "runs.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec
+    return done
+
+
+def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seeds=None) -> None:
+    """Run (resuming) every unfinished run of ``part``, appending each to runs.jsonl."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [
+        j
+        for j in jobs(part)
+        if (methods is None or j[1] in methods) and (seeds is None or j[3] in seeds)
+    ]
+    data = tasks.load_tinyshakespeare(data_dir)  # validated before any long work
+    done = load(out)
+    for key, method, T, seed, cfg in todo:
+        if key in done and done[key]["settings"] == cfg["lm"]:
+            continue
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = rnn.train_lm(data, method, T, seed, cfg)
+        rec = {
+            "key": key,
+            "method": method,
+            "T": T,
+            "seed": seed,
+            "settings": cfg["lm"],
+            "cpu_seconds": time.process_time() - c0,
+            "wall_seconds": time.perf_counter() - t0,
+            "run_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **{k: v for k, v in res.items() if k != "seconds"},
+        }
+        with (out / "runs.jsonl").open("a") as f:
+            f.write(C.json_line(rec) + "\n")
+        print(f"{key}: {res['bpc']:.3f} BPC ({rec['cpu_seconds']:.0f} s CPU)", flush=True)
+
+
+def bigram_bpc(data: tasks.CharData, alpha: float = 1.0) -> tuple[float, float]:
+    """Validation BPC of the unigram and the add-``alpha`` bigram model fitted on the
+    training split: the levels a model that learns nothing beyond them reaches.
+
+    Example:
+        >>> d = tasks.CharData(np.array([0, 1] * 50), np.array([0, 1] * 5), "ab", Path("."))
+        >>> [round(v, 3) for v in bigram_bpc(d, alpha=0.01)]
+        [1.0, 0.0]
+    """
+    V = len(data.vocab)
+    uni = np.bincount(data.train, minlength=V) + alpha
+    uni = uni / uni.sum()
+    pairs = np.zeros((V, V))
+    np.add.at(pairs, (data.train[:-1], data.train[1:]), 1.0)
+    pairs += alpha
+    pairs /= pairs.sum(axis=1, keepdims=True)
+    v = data.valid
+    return (
+        float(-np.mean(np.log2(uni[v[1:]]))),
+        float(-np.mean(np.log2(pairs[v[:-1], v[1:]]))),
+    )
+
+
+def report(out: Path, *, data_dir: str | None = None) -> dict:
+    """Write ``report.md`` and ``results.json`` from the runs finished so far."""
+    from sgjax.apps.experiments import rnn_lm_report
+
+    return rnn_lm_report.write(Path(out), tasks.load_tinyshakespeare(data_dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sgjax.apps.experiments.rnn_lm")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (resume) a part")
+    r.add_argument("part", choices=("stability", "lm"))
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--methods", default=None, help="comma-separated: bptt,dni,dni_aux,cdni")
+    r.add_argument("--seeds", default=None, help="comma-separated seeds")
+    rep = sub.add_parser("report", help="write report.md and results.json from runs.jsonl")
+    rep.add_argument("--out", required=True, type=Path)
+    rep.add_argument("--data-dir", default=None)
+    a = p.parse_args(argv)
+    if a.cmd == "run":
+        methods = None if a.methods is None else tuple(a.methods.split(","))
+        for m in methods or ():
+            if m not in LM_TS:
+                p.error(f"--methods: {m!r} is not one of {sorted(LM_TS)}")
+        seeds = None if a.seeds is None else tuple(int(s) for s in a.seeds.split(","))
+        run(a.part, a.out, data_dir=a.data_dir, methods=methods, seeds=seeds)
+    else:
+        report(a.out, data_dir=a.data_dir)
+
+
+if __name__ == "__main__":
+    main()
