@@ -234,7 +234,7 @@ _SPECS = (
 
 #: When the claims of issue 24 (recurrent DNI judged at a deciding budget) were registered:
 #: before every run of ``docs/results/dni-rnn-lm`` (the stability study and the LM table).
-RNN = "2026-12-06T14:05:00+00:00"
+RNN = "2026-12-06T13:47:50+00:00"
 _LM_REGIME = (
     "≥ 10M training characters per run and truncated BPTT-8 at ≤ 2.35 validation BPC (mean "
     "over seeds): below that budget even BPTT sits near the bigram level and nothing is decided"
