@@ -1,8 +1,8 @@
 """Recurrent DNI on Tiny Shakespeare at budgets that decide (issue 24).
 
 Two parts, each a list of independent runs appended to ``<out>/runs.jsonl`` as they
-finish (so a killed study resumes where it stopped, and parts run in separate
-processes, each pinned to one core):
+finish (so a killed study resumes where it stopped, and several workers — processes each pinned
+to one core — share a part: each run is claimed once, in ``<out>/claimed/``):
 
 * ``stability`` — DNI-8 (LSTM 128, 32 streams) for 3M characters on 5 seeds, once per
   stabilising variant of :func:`sgjax.recurrent.core.harness` (and BPTT-8 as the
@@ -10,8 +10,8 @@ processes, each pinned to one core):
   model's on the same split (:func:`bigram_bpc`). The variant with no collapse and the
   lowest mean BPC becomes the harness setting of the ``lm`` part (:data:`LM_DNI`).
 * ``lm`` — BPTT-T for T ∈ {2, 3, 4, 5, 8, 16}, DNI-T for T ∈ {2, 3, 4, 5, 8}, DNI+Aux-T
-  and cDNI-T (the SG also reads the next input character) for T ∈ {2, 8}, 3 seeds, 10M
-  characters each, validation BPC every 1M characters.
+  for T ∈ {2, 8}, 3 seeds, 10M characters each, validation BPC every 1M characters
+  (cDNI is left to ``sgjax reproduce dni-rnn``: the grid is what 2 cores run in a session).
 
 The report judges the registered claims (``dni-rnn/*`` in
 :mod:`sgjax.apps.experiments.registry`, registered before these runs): the DNI paper's
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,7 +69,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 LM = dict(BASE, chars=10_000_000, evals=10)
 LM_SEEDS = (0, 1, 2)
-LM_TS = {"bptt": (2, 3, 4, 5, 8, 16), "dni": (2, 3, 4, 5, 8), "dni_aux": (2, 8), "cdni": (2, 8)}
+LM_TS = {"bptt": (2, 3, 4, 5, 8, 16), "dni": (2, 3, 4, 5, 8), "dni_aux": (2, 8)}
 #: The DNI harness options of the ``lm`` part: chosen by the stability study.
 LM_DNI: dict[str, Any] = {}
 CLIP, AUX_WEIGHT = 1.0, 0.1
@@ -87,12 +88,14 @@ def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
                 cfg = _cfg({**STABILITY, **opts})
                 out.append((f"stability/{name}/s{seed}", method, STABILITY_T, seed, cfg))
     elif part == "lm":
-        for method, Ts in LM_TS.items():
+        # in the order the verdicts need them: BPTT-T and DNI-T side by side, T rising
+        order = [(m, T) for T in LM_TS["bptt"] for m in ("bptt", "dni") if T in LM_TS[m]]
+        order += [(m, T) for m, Ts in LM_TS.items() if m not in ("bptt", "dni") for T in Ts]
+        for method, T in order:
             opts = {} if method == "bptt" else LM_DNI
-            for T in Ts:
-                for seed in LM_SEEDS:
-                    cfg = _cfg({**LM, **opts})
-                    out.append((f"lm/{method}/T{T}/s{seed}", method, T, seed, cfg))
+            for seed in LM_SEEDS:
+                cfg = _cfg({**LM, **opts})
+                out.append((f"lm/{method}/T{T}/s{seed}", method, T, seed, cfg))
     else:
         raise ValueError(f"`part` must be 'stability' or 'lm', got {part!r}")
     return out
@@ -120,9 +123,17 @@ def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seed
         if (methods is None or j[1] in methods) and (seeds is None or j[3] in seeds)
     ]
     data = tasks.load_tinyshakespeare(data_dir)  # validated before any long work
-    done = load(out)
+    (out / "claimed").mkdir(exist_ok=True)
     for key, method, T, seed, cfg in todo:
+        done = load(out)  # (another worker may have finished it meanwhile)
         if key in done and done[key]["settings"] == cfg["lm"]:
+            continue
+        # workers on other cores share the list: each run is claimed once (a killed
+        # worker's claims are released by `release` before resuming)
+        mark = out / "claimed" / (key.replace("/", "_").replace(" ", "_") + ".claim")
+        try:
+            os.close(os.open(mark, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
             continue
         c0, t0 = time.process_time(), time.perf_counter()
         res = rnn.train_lm(data, method, T, seed, cfg)
@@ -140,6 +151,18 @@ def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seed
         with (out / "runs.jsonl").open("a") as f:
             f.write(C.json_line(rec) + "\n")
         print(f"{key}: {res['bpc']:.3f} BPC ({rec['cpu_seconds']:.0f} s CPU)", flush=True)
+
+
+def release(out: Path) -> list[str]:
+    """Remove the claims of runs that did not finish (after a killed worker); returns them."""
+    out = Path(out)
+    done = {k.replace("/", "_").replace(" ", "_") + ".claim" for k in load(out)}
+    freed = []
+    for mark in sorted((out / "claimed").glob("*.claim")):
+        if mark.name not in done:
+            mark.unlink()
+            freed.append(mark.stem)
+    return freed
 
 
 def bigram_bpc(data: tasks.CharData, alpha: float = 1.0) -> tuple[float, float]:
@@ -175,6 +198,8 @@ def report(out: Path, *, data_dir: str | None = None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m sgjax.apps.experiments.rnn_lm")
     sub = p.add_subparsers(dest="cmd", required=True)
+    rel = sub.add_parser("release", help="free the claims of unfinished runs (no worker may run)")
+    rel.add_argument("--out", required=True, type=Path)
     r = sub.add_parser("run", help="run (resume) a part")
     r.add_argument("part", choices=("stability", "lm"))
     r.add_argument("--out", required=True, type=Path)
@@ -185,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--out", required=True, type=Path)
     rep.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
-    if a.cmd == "run":
+    if a.cmd == "release":
+        print("\n".join(release(a.out)) or "nothing to release")
+    elif a.cmd == "run":
         methods = None if a.methods is None else tuple(a.methods.split(","))
         for m in methods or ():
             if m not in LM_TS:

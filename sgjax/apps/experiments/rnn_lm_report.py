@@ -1,0 +1,296 @@
+"""The report of :mod:`sgjax.apps.experiments.rnn_lm`: the stability table, the LM table,
+learning curves, and the verdicts on the registered ``dni-rnn/*`` claims.
+
+Everything is computed from ``runs.jsonl``; a run that has not finished is shown as
+missing (and a claim that needs it is *untested*), never filled in.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgjax.apps.experiments import common as C
+from sgjax.apps.experiments import rnn_lm
+from sgjax.apps.experiments import verdicts as V
+from sgjax.recurrent import tasks
+
+LABELS = {"bptt": "BPTT-T", "dni": "DNI-T", "dni_aux": "DNI+Aux-T", "cdni": "cDNI-T"}
+
+
+def _t95(df: int) -> float:
+    return V._T95.get(df) or next((v for k, v in sorted(V._T95.items()) if k >= df), 1.645)
+
+
+def difference_resolution(a: list[float], b: list[float]) -> float:
+    """t₀.₉₅ · √(sd_a²/n_a + sd_b²/n_b): the difference of two seed means that their
+    spreads can tell from zero (0 when either has one seed).
+
+    Example:
+        >>> round(difference_resolution([2.0, 2.1, 2.2], [2.5, 2.5, 2.5]), 4)
+        0.1686
+    """
+    if len(a) < 2 or len(b) < 2:
+        return 0.0
+    se = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+    return _t95(min(len(a), len(b)) - 1) * se
+
+
+def _stats(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    per = ", ".join(f"{v:.3f}" for v in vals)
+    if len(vals) == 1:
+        return per
+    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f} ({per})"
+
+
+def stability(runs: dict[str, dict], bigram: float) -> tuple[list[list[Any]], dict]:
+    """Rows of the stability table and, per variant, its summary."""
+    rows, summary = [], {}
+    for name, (method, opts) in rnn_lm.VARIANTS.items():
+        recs = [runs.get(f"stability/{name}/s{s}") for s in rnn_lm.STABILITY_SEEDS]
+        done = [r for r in recs if r is not None]
+        bpc = [r["bpc"] for r in done]
+        collapsed = [b > bigram for b in bpc]
+        ok = [b for b, c in zip(bpc, collapsed) if not c]
+        cpu = [r["cpu_seconds"] for r in done]
+        summary[name] = {
+            "method": method,
+            "options": opts,
+            "bpc": bpc,
+            "collapses": int(sum(collapsed)),
+            "runs": len(done),
+            "mean": float(np.mean(bpc)) if bpc else None,
+            "mean_not_collapsed": float(np.mean(ok)) if ok else None,
+            "worst": float(max(bpc)) if bpc else None,
+        }
+        rows.append(
+            [
+                name,
+                f"{sum(collapsed)} / {len(done)}",
+                ", ".join(f"{b:.3f}" for b in bpc) or "—",
+                f"{np.mean(bpc):.3f}" if bpc else "—",
+                f"{max(bpc):.3f}" if bpc else "—",
+                f"{np.mean(cpu):.0f}" if cpu else "—",
+            ]
+        )
+    return rows, summary
+
+
+def _lm_values(runs: dict, method: str, T: int) -> list[float]:
+    out = []
+    for s in rnn_lm.LM_SEEDS:
+        r = runs.get(f"lm/{method}/T{T}/s{s}")
+        if r is not None:
+            out.append(r["bpc"])
+    return out
+
+
+def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
+    """The verdicts on the ``dni-rnn/*`` claims from the LM part's runs."""
+    bptt8 = _lm_values(runs, "bptt", 8)
+    chars = min((r["settings"]["chars"] for k, r in runs.items() if k.startswith("lm/")), default=0)
+    regime = chars >= 10_000_000 and len(bptt8) > 0 and float(np.mean(bptt8)) <= 2.35
+    note = (
+        ""
+        if regime
+        else f"outside the regime: BPTT-8 {np.mean(bptt8) if bptt8 else float('nan'):.3f} "
+        f"BPC at {chars:,} characters"
+    )
+    full = len(rnn_lm.LM_SEEDS)
+    claims: dict[str, dict] = {}
+
+    def add(name, cid, a_vals, b_vals, value, target):
+        tested = len(a_vals) == full and len(b_vals) == full
+        margin = float(np.mean(b_vals) - np.mean(a_vals)) if tested else float("nan")
+        res = difference_resolution(a_vals, b_vals) if tested else 0.0
+        claims[name] = V.claim(
+            value,
+            target,
+            margin,
+            res,
+            cid=cid,
+            regime=regime,
+            regime_note=note,
+            tested=tested,
+            untested_note="" if tested else "runs missing",
+        )
+
+    bptt_Ts = rnn_lm.LM_TS["bptt"]
+    for T in rnn_lm.LM_TS["dni"]:
+        dni = _lm_values(runs, "dni", T)
+        later = [t for t in bptt_Ts if t > T]
+        if later:
+            Tp = later[0]
+            b = _lm_values(runs, "bptt", Tp)
+            add(
+                f"DNI-{T} at or below BPTT-{Tp} (horizon beyond T)",
+                "dni-rnn/lm-horizon",
+                dni,
+                b,
+                f"DNI-{T} {_stats(dni)} vs BPTT-{Tp} {_stats(b)}",
+                f"DNI-{T}'s BPC ≤ BPTT-{Tp}'s",
+            )
+        b = _lm_values(runs, "bptt", T)
+        add(
+            f"DNI-{T} below BPTT-{T}",
+            "dni-rnn/lm-dni-vs-bptt",
+            dni,
+            b,
+            f"DNI-{T} {_stats(dni)} vs BPTT-{T} {_stats(b)}",
+            f"DNI-{T}'s BPC < BPTT-{T}'s",
+        )
+    for T in rnn_lm.LM_TS["dni_aux"]:
+        aux, dni = _lm_values(runs, "dni_aux", T), _lm_values(runs, "dni", T)
+        add(
+            f"DNI+Aux-{T} below DNI-{T}",
+            "dni-rnn/lm-aux-vs-dni",
+            aux,
+            dni,
+            f"DNI+Aux-{T} {_stats(aux)} vs DNI-{T} {_stats(dni)}",
+            f"DNI+Aux-{T}'s BPC < DNI-{T}'s",
+        )
+    sg_runs = [r for k, r in runs.items() if k.startswith("lm/") and r["method"] != "bptt"]
+    n_sg = sum(len(Ts) for m, Ts in rnn_lm.LM_TS.items() if m != "bptt") * full
+    collapses = sum(r["bpc"] > bigram for r in sg_runs)
+    claims["no DNI run of the LM table collapses"] = V.claim(
+        f"{collapses} of {len(sg_runs)} runs above the bigram level ({bigram:.3f} BPC)",
+        "0 collapses",
+        1.0 if collapses == 0 else -float(collapses),
+        0.0,
+        cid="dni-rnn/lm-default-stable",
+        regime=regime,
+        regime_note=note,
+        tested=len(sg_runs) == n_sg,
+        untested_note="" if len(sg_runs) == n_sg else f"{len(sg_runs)} of {n_sg} runs finished",
+    )
+    # the data existed from each run's start (run_date is written when it finishes)
+    starts = [
+        (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
+        for k, r in runs.items()
+        if k.startswith("lm/")
+    ]
+    return V.preregistered(claims, min(starts, default=None))
+
+
+def _curves(out: Path, runs: dict) -> list[str]:
+    plt = C.pyplot()
+    Ts = rnn_lm.LM_TS["bptt"]
+    fig, axes = plt.subplots(1, len(Ts), figsize=(3 * len(Ts), 3.2), sharey=True, squeeze=False)
+    for ax, T in zip(axes[0], Ts):
+        for j, method in enumerate(rnn_lm.LM_TS):
+            for i, s in enumerate(rnn_lm.LM_SEEDS):
+                r = runs.get(f"lm/{method}/T{T}/s{s}")
+                if r is None:
+                    continue
+                c = np.asarray(r["curve"], float)
+                label = LABELS[method] if i == 0 else None
+                ax.plot(c[1:, 0] / 1e6, c[1:, 1], color=f"C{j}", alpha=0.8, label=label)
+        ax.set_title(f"T = {T}")
+        ax.set_xlabel("training characters (M)")
+    axes[0][0].set_ylabel("validation BPC")
+    if axes[0][0].get_legend_handles_labels()[1]:
+        axes[0][0].legend(fontsize=7)
+    figs = [C.save_figure(fig, out / "bpc_curves.png")]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for j, (name, _) in enumerate(rnn_lm.VARIANTS.items()):
+        for i, s in enumerate(rnn_lm.STABILITY_SEEDS):
+            r = runs.get(f"stability/{name}/s{s}")
+            if r is None:
+                continue
+            c = np.asarray(r["curve"], float)
+            ax.plot(
+                c[1:, 0] / 1e6, c[1:, 1], color=f"C{j}", alpha=0.7, label=name if i == 0 else None
+            )
+    ax.set_xlabel("training characters (M)")
+    ax.set_ylabel("validation BPC")
+    ax.set_title("DNI-8 variants, 5 seeds each")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=5)
+    figs.append(C.save_figure(fig, out / "stability_curves.png"))
+    return figs
+
+
+def write(out: Path, data: tasks.CharData) -> dict:
+    """Write ``report.md`` and ``results.json`` into ``out`` from its ``runs.jsonl``."""
+    runs = rnn_lm.load(out)
+    unigram, bigram = rnn_lm.bigram_bpc(data)
+    st_rows, st_summary = stability(runs, bigram)
+    lm_rows = []
+    for method, Ts in rnn_lm.LM_TS.items():
+        cells = []
+        for T in rnn_lm.LM_TS["bptt"]:
+            cells.append(_stats(_lm_values(runs, method, T)) if T in Ts else "")
+        lm_rows.append([LABELS[method], *cells])
+    cpu_rows = []
+    for method in rnn_lm.LM_TS:
+        row = [LABELS[method]]
+        for T in rnn_lm.LM_TS["bptt"]:
+            cpu = [
+                runs[f"lm/{method}/T{T}/s{s}"]["cpu_seconds"]
+                for s in rnn_lm.LM_SEEDS
+                if f"lm/{method}/T{T}/s{s}" in runs
+            ]
+            row.append(f"{np.mean(cpu):.0f}" if cpu else "")
+        cpu_rows.append(row)
+    claims = lm_claims(runs, bigram)
+    figs = _curves(out, runs)
+    Ts = rnn_lm.LM_TS["bptt"]
+    lm = rnn_lm.LM
+    sections = [
+        "## Levels on the same split",
+        "",
+        f"Unigram {unigram:.3f} BPC, add-one bigram {bigram:.3f} BPC (fitted on the training "
+        "90 %, scored on the validation 10 %). A run **collapses** when its final validation "
+        "BPC is above the bigram level.",
+        "",
+        f"## Stability: DNI-8 for {rnn_lm.STABILITY['chars']:,} characters, "
+        f"{len(rnn_lm.STABILITY_SEEDS)} seeds per variant",
+        "",
+        V.table(
+            ["variant", "collapses", "final BPC per seed", "mean", "worst", "CPU s / run"],
+            st_rows,
+        ),
+        "",
+        f"## Character LM: validation BPC after {lm['chars']:,} characters "
+        f"(mean ± sd over seeds (per seed))",
+        "",
+        V.table(["method"] + [f"T={T}" for T in Ts], lm_rows),
+        "",
+        "CPU seconds per run (one core, `time.process_time`):",
+        "",
+        V.table(["method"] + [f"T={T}" for T in Ts], cpu_rows),
+        "",
+        "## Verdicts (claims registered before these runs)",
+        "",
+        V.claims_table(claims),
+        "",
+        "## Figures",
+        "",
+        *[f"![{f}]({f})" for f in figs],
+    ]
+    results = {
+        "levels": {"unigram": unigram, "bigram": bigram},
+        "stability": st_summary,
+        "lm": {f"{m}/T{T}": _lm_values(runs, m, T) for m, Ts_ in rnn_lm.LM_TS.items() for T in Ts_},
+        "claims": claims,
+        "lm_dni_options": rnn_lm.LM_DNI,
+        "runs": {k: {kk: vv for kk, vv in r.items() if kk != "curve"} for k, r in runs.items()},
+    }
+    C.write_json(out / "results.json", results)
+    header = [
+        "# Recurrent DNI on Tiny Shakespeare at a deciding budget",
+        "",
+        "`python -m sgjax.apps.experiments.rnn_lm run stability|lm --out DIR`, then "
+        "`... report --out DIR`. LSTM 128, 32 streams, Adam 1e-3 (model and SG), global-norm "
+        f"clip {rnn_lm.CLIP}, linear SG zero-initialised, γ = {lm['decay']} unless a variant "
+        f"says otherwise; the LM part's DNI harness options: {rnn_lm.LM_DNI or 'none'}.",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(header + sections) + "\n")
+    return results
