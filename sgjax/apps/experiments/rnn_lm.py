@@ -190,9 +190,13 @@ def bigram_bpc(data: tasks.CharData, alpha: float = 1.0) -> tuple[float, float]:
 
 def report(out: Path, *, data_dir: str | None = None) -> dict:
     """Write ``report.md`` and ``results.json`` from the runs finished so far."""
+    import sys
+
     from sgjax.apps.experiments import rnn_lm_report
 
-    return rnn_lm_report.write(Path(out), tasks.load_tinyshakespeare(data_dir))
+    return rnn_lm_report.write(
+        Path(out), tasks.load_tinyshakespeare(data_dir), sys.modules[__name__]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,7 @@
 """The report of :mod:`sgjax.apps.experiments.rnn_lm`: the stability table, the LM table,
-learning curves, and the verdicts on the registered ``dni-rnn/*`` claims.
+learning curves, and the verdicts on the registered ``dni-rnn/*`` claims. ``study`` is
+the module :mod:`~sgjax.apps.experiments.rnn_lm` (its settings and runs), passed in so
+that the runner imports the report and not the other way round.
 
 Everything is computed from ``runs.jsonl``; a run that has not finished is shown as
 missing (and a claim that needs it is *untested*), never filled in.
@@ -15,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from sgjax.apps.experiments import common as C
-from sgjax.apps.experiments import rnn_lm
 from sgjax.apps.experiments import verdicts as V
 from sgjax.recurrent import tasks
 
@@ -49,11 +50,11 @@ def _stats(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f} ({per})"
 
 
-def stability(runs: dict[str, dict], bigram: float) -> tuple[list[list[Any]], dict]:
+def stability(runs: dict[str, dict], bigram: float, study: Any) -> tuple[list[list[Any]], dict]:
     """Rows of the stability table and, per variant, its summary."""
     rows, summary = [], {}
-    for name, (method, opts) in rnn_lm.VARIANTS.items():
-        recs = [runs.get(f"stability/{name}/s{s}") for s in rnn_lm.STABILITY_SEEDS]
+    for name, (method, opts) in study.VARIANTS.items():
+        recs = [runs.get(f"stability/{name}/s{s}") for s in study.STABILITY_SEEDS]
         done = [r for r in recs if r is not None]
         bpc = [r["bpc"] for r in done]
         collapsed = [b > bigram for b in bpc]
@@ -82,18 +83,18 @@ def stability(runs: dict[str, dict], bigram: float) -> tuple[list[list[Any]], di
     return rows, summary
 
 
-def _lm_values(runs: dict, method: str, T: int) -> list[float]:
+def _lm_values(runs: dict, method: str, T: int, study: Any) -> list[float]:
     out = []
-    for s in rnn_lm.LM_SEEDS:
+    for s in study.LM_SEEDS:
         r = runs.get(f"lm/{method}/T{T}/s{s}")
         if r is not None:
             out.append(r["bpc"])
     return out
 
 
-def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
+def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
     """The verdicts on the ``dni-rnn/*`` claims from the LM part's runs."""
-    bptt8 = _lm_values(runs, "bptt", 8)
+    bptt8 = _lm_values(runs, "bptt", 8, study)
     chars = min((r["settings"]["chars"] for k, r in runs.items() if k.startswith("lm/")), default=0)
     regime = chars >= 10_000_000 and len(bptt8) > 0 and float(np.mean(bptt8)) <= 2.35
     note = (
@@ -102,7 +103,7 @@ def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
         else f"outside the regime: BPTT-8 {np.mean(bptt8) if bptt8 else float('nan'):.3f} "
         f"BPC at {chars:,} characters"
     )
-    full = len(rnn_lm.LM_SEEDS)
+    full = len(study.LM_SEEDS)
     claims: dict[str, dict] = {}
 
     def add(name, cid, a_vals, b_vals, value, target):
@@ -121,13 +122,13 @@ def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
             untested_note="" if tested else "runs missing",
         )
 
-    bptt_Ts = rnn_lm.LM_TS["bptt"]
-    for T in rnn_lm.LM_TS["dni"]:
-        dni = _lm_values(runs, "dni", T)
+    bptt_Ts = study.LM_TS["bptt"]
+    for T in study.LM_TS["dni"]:
+        dni = _lm_values(runs, "dni", T, study)
         later = [t for t in bptt_Ts if t > T]
         if later:
             Tp = later[0]
-            b = _lm_values(runs, "bptt", Tp)
+            b = _lm_values(runs, "bptt", Tp, study)
             add(
                 f"DNI-{T} at or below BPTT-{Tp} (horizon beyond T)",
                 "dni-rnn/lm-horizon",
@@ -136,7 +137,7 @@ def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
                 f"DNI-{T} {_stats(dni)} vs BPTT-{Tp} {_stats(b)}",
                 f"DNI-{T}'s BPC ≤ BPTT-{Tp}'s",
             )
-        b = _lm_values(runs, "bptt", T)
+        b = _lm_values(runs, "bptt", T, study)
         add(
             f"DNI-{T} below BPTT-{T}",
             "dni-rnn/lm-dni-vs-bptt",
@@ -145,8 +146,8 @@ def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
             f"DNI-{T} {_stats(dni)} vs BPTT-{T} {_stats(b)}",
             f"DNI-{T}'s BPC < BPTT-{T}'s",
         )
-    for T in rnn_lm.LM_TS["dni_aux"]:
-        aux, dni = _lm_values(runs, "dni_aux", T), _lm_values(runs, "dni", T)
+    for T in study.LM_TS["dni_aux"]:
+        aux, dni = _lm_values(runs, "dni_aux", T, study), _lm_values(runs, "dni", T, study)
         add(
             f"DNI+Aux-{T} below DNI-{T}",
             "dni-rnn/lm-aux-vs-dni",
@@ -156,7 +157,7 @@ def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
             f"DNI+Aux-{T}'s BPC < DNI-{T}'s",
         )
     sg_runs = [r for k, r in runs.items() if k.startswith("lm/") and r["method"] != "bptt"]
-    n_sg = sum(len(Ts) for m, Ts in rnn_lm.LM_TS.items() if m != "bptt") * full
+    n_sg = sum(len(Ts) for m, Ts in study.LM_TS.items() if m != "bptt") * full
     collapses = sum(r["bpc"] > bigram for r in sg_runs)
     claims["no DNI run of the LM table collapses"] = V.claim(
         f"{collapses} of {len(sg_runs)} runs above the bigram level ({bigram:.3f} BPC)",
@@ -178,13 +179,13 @@ def lm_claims(runs: dict, bigram: float) -> dict[str, dict]:
     return V.preregistered(claims, min(starts, default=None))
 
 
-def _curves(out: Path, runs: dict) -> list[str]:
+def _curves(out: Path, runs: dict, study: Any) -> list[str]:
     plt = C.pyplot()
-    Ts = rnn_lm.LM_TS["bptt"]
+    Ts = study.LM_TS["bptt"]
     fig, axes = plt.subplots(1, len(Ts), figsize=(3 * len(Ts), 3.2), sharey=True, squeeze=False)
     for ax, T in zip(axes[0], Ts):
-        for j, method in enumerate(rnn_lm.LM_TS):
-            for i, s in enumerate(rnn_lm.LM_SEEDS):
+        for j, method in enumerate(study.LM_TS):
+            for i, s in enumerate(study.LM_SEEDS):
                 r = runs.get(f"lm/{method}/T{T}/s{s}")
                 if r is None:
                     continue
@@ -198,8 +199,8 @@ def _curves(out: Path, runs: dict) -> list[str]:
         axes[0][0].legend(fontsize=7)
     figs = [C.save_figure(fig, out / "bpc_curves.png")]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for j, (name, _) in enumerate(rnn_lm.VARIANTS.items()):
-        for i, s in enumerate(rnn_lm.STABILITY_SEEDS):
+    for j, (name, _) in enumerate(study.VARIANTS.items()):
+        for i, s in enumerate(study.STABILITY_SEEDS):
             r = runs.get(f"stability/{name}/s{s}")
             if r is None:
                 continue
@@ -216,32 +217,32 @@ def _curves(out: Path, runs: dict) -> list[str]:
     return figs
 
 
-def write(out: Path, data: tasks.CharData) -> dict:
+def write(out: Path, data: tasks.CharData, study: Any) -> dict:
     """Write ``report.md`` and ``results.json`` into ``out`` from its ``runs.jsonl``."""
-    runs = rnn_lm.load(out)
-    unigram, bigram = rnn_lm.bigram_bpc(data)
-    st_rows, st_summary = stability(runs, bigram)
+    runs = study.load(out)
+    unigram, bigram = study.bigram_bpc(data)
+    st_rows, st_summary = stability(runs, bigram, study)
     lm_rows = []
-    for method, Ts in rnn_lm.LM_TS.items():
+    for method, Ts in study.LM_TS.items():
         cells = []
-        for T in rnn_lm.LM_TS["bptt"]:
-            cells.append(_stats(_lm_values(runs, method, T)) if T in Ts else "")
+        for T in study.LM_TS["bptt"]:
+            cells.append(_stats(_lm_values(runs, method, T, study)) if T in Ts else "")
         lm_rows.append([LABELS[method], *cells])
     cpu_rows = []
-    for method in rnn_lm.LM_TS:
+    for method in study.LM_TS:
         row = [LABELS[method]]
-        for T in rnn_lm.LM_TS["bptt"]:
+        for T in study.LM_TS["bptt"]:
             cpu = [
                 runs[f"lm/{method}/T{T}/s{s}"]["cpu_seconds"]
-                for s in rnn_lm.LM_SEEDS
+                for s in study.LM_SEEDS
                 if f"lm/{method}/T{T}/s{s}" in runs
             ]
             row.append(f"{np.mean(cpu):.0f}" if cpu else "")
         cpu_rows.append(row)
-    claims = lm_claims(runs, bigram)
-    figs = _curves(out, runs)
-    Ts = rnn_lm.LM_TS["bptt"]
-    lm = rnn_lm.LM
+    claims = lm_claims(runs, bigram, study)
+    figs = _curves(out, runs, study)
+    Ts = study.LM_TS["bptt"]
+    lm = study.LM
     sections = [
         "## Levels on the same split",
         "",
@@ -249,8 +250,8 @@ def write(out: Path, data: tasks.CharData) -> dict:
         "90 %, scored on the validation 10 %). A run **collapses** when its final validation "
         "BPC is above the bigram level.",
         "",
-        f"## Stability: DNI-8 for {rnn_lm.STABILITY['chars']:,} characters, "
-        f"{len(rnn_lm.STABILITY_SEEDS)} seeds per variant",
+        f"## Stability: DNI-8 for {study.STABILITY['chars']:,} characters, "
+        f"{len(study.STABILITY_SEEDS)} seeds per variant",
         "",
         V.table(
             ["variant", "collapses", "final BPC per seed", "mean", "worst", "CPU s / run"],
@@ -277,9 +278,13 @@ def write(out: Path, data: tasks.CharData) -> dict:
     results = {
         "levels": {"unigram": unigram, "bigram": bigram},
         "stability": st_summary,
-        "lm": {f"{m}/T{T}": _lm_values(runs, m, T) for m, Ts_ in rnn_lm.LM_TS.items() for T in Ts_},
+        "lm": {
+            f"{m}/T{T}": _lm_values(runs, m, T, study)
+            for m, Ts_ in study.LM_TS.items()
+            for T in Ts_
+        },
         "claims": claims,
-        "lm_dni_options": rnn_lm.LM_DNI,
+        "lm_dni_options": study.LM_DNI,
         "runs": {k: {kk: vv for kk, vv in r.items() if kk != "curve"} for k, r in runs.items()},
     }
     C.write_json(out / "results.json", results)
@@ -288,8 +293,8 @@ def write(out: Path, data: tasks.CharData) -> dict:
         "",
         "`python -m sgjax.apps.experiments.rnn_lm run stability|lm --out DIR`, then "
         "`... report --out DIR`. LSTM 128, 32 streams, Adam 1e-3 (model and SG), global-norm "
-        f"clip {rnn_lm.CLIP}, linear SG zero-initialised, γ = {lm['decay']} unless a variant "
-        f"says otherwise; the LM part's DNI harness options: {rnn_lm.LM_DNI or 'none'}.",
+        f"clip {study.CLIP}, linear SG zero-initialised, γ = {lm['decay']} unless a variant "
+        f"says otherwise; the LM part's DNI harness options: {study.LM_DNI or 'none'}.",
         "",
     ]
     (out / "report.md").write_text("\n".join(header + sections) + "\n")
