@@ -147,7 +147,9 @@ def test_an_h_c_tuple_state_gives_the_flat_lstms_gradients():
     with jax.enable_x64(True):
         H = 3
         hs = {
-            name: core.harness(core.Model(cell, I, O), window=T, method="dni_aux", decay=0.5)
+            name: core.harness(
+                core.Model(cell, I, O), window=T, method="dni_aux", decay=0.5, inject_clip=1.0
+            )
             for name, cell in (("flat", cells.lstm(H)), ("tuple", _tuple_lstm(H)))
         }
         p = core.init_params(hs["flat"].model, jax.random.key(4), jnp.float64, aux=True)
@@ -261,7 +263,7 @@ def test_gamma_one_on_a_stream_that_goes_on_warns():
         core.windows(core.harness(model, window=T, method="dni"), x, y, last=False)
     quiet = [
         (core.harness(model, window=T, method="dni"), True),  # a finite sequence (copy)
-        (core.harness(model, window=T, method="dni", decay=0.5), False),
+        (core.harness(model, window=T, method="dni", decay=0.5, inject_clip=1.0), False),
         (core.harness(model, window=T, method="bptt"), False),  # no SG
     ]
     for h, last in quiet:
@@ -269,3 +271,6 @@ def test_gamma_one_on_a_stream_that_goes_on_warns():
             warnings.simplefilter("always")
             core.windows(h, x, y, last=last)
         assert not caught, (h.method, h.decay, last)
+    # γ < 1 without a clip on the injected SG collapsed a seed of the LM: warned too
+    with pytest.warns(UserWarning, match=r"unclipped injected SG .* does not end .* inject_clip"):
+        core.windows(core.harness(model, window=T, method="dni", decay=0.5), x, y, last=False)

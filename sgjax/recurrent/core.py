@@ -726,11 +726,16 @@ def check_sequence(
 GAMMA_ADVICE = (
     "recurrent DNI with decay γ = 1 (the harness default) on a stream that does not end "
     "(`last=False`): with γ = 1 the SG regresses onto the sum of all future gradients, which "
-    "an endless stream does not bound, and the linear SG on the LSTM state can feed back on "
-    "itself (runs collapsed on Tiny Shakespeare: see docs/results/dni-rnn). Pass "
-    "`core.harness(..., decay=0.5)` (what `sgjax reproduce dni-rnn` uses on the LM: it bounds "
-    "the target, though it has not made every seed stable); finite sequences (Copy, "
-    "`last=True`) may keep γ = 1."
+    "an endless stream does not bound, and the linear SG on the LSTM state feeds back on "
+    "itself (DNI-8 on Tiny Shakespeare, 3M characters: 3 of 5 seeds collapsed above the "
+    "bigram level, docs/results/dni-rnn-lm). Pass `core.harness(..., decay=0.5, "
+    "inject_clip=1.0)` (0 of 5 collapsed); finite sequences (Copy, `last=True`) may keep γ = 1."
+)
+CLIP_ADVICE = (
+    "recurrent DNI with an unclipped injected SG (`inject_clip=0`) on a stream that does not "
+    "end (`last=False`): with γ = 0.5 alone 1 of 5 seeds of DNI-8 on Tiny Shakespeare "
+    "collapsed (3M characters, docs/results/dni-rnn-lm); clipping the injected SG to norm 1 "
+    "per example (`core.harness(..., inject_clip=1.0)`) collapsed none and kept BPTT's BPC."
 )
 
 
@@ -751,13 +756,16 @@ def windows(
     train the SG). ``last``: nothing follows it (its last window injects no SG).
     ``next_ctx`` ``(B, context_dim)``: context of the boundary after the sequence.
 
-    Warns (``UserWarning``) when a DNI harness with γ = 1 (``decay=1.0``, the default)
-    meets a sequence that goes on (``last=False``, an endless stream such as a character
-    LM): see :data:`GAMMA_ADVICE`.
+    Warns (``UserWarning``) when a DNI harness meets a sequence that goes on
+    (``last=False``, an endless stream such as a character LM) with γ = 1 (``decay=1.0``,
+    the default; :data:`GAMMA_ADVICE`) or without a clip on the injected SG
+    (:data:`CLIP_ADVICE`): both collapsed on some seeds of the LM.
     """
     L, B = check_sequence(h, x, y, m, ctx)
     if not last and h.sg is not None and h.decay >= 1.0:
         warnings.warn(GAMMA_ADVICE, UserWarning, stacklevel=2)
+    elif not last and h.sg is not None and h.inject_clip == 0:
+        warnings.warn(CLIP_ADVICE, UserWarning, stacklevel=2)
     T = h.window
     K = -(-L // T)
     P = K * T - L
