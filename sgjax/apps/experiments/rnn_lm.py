@@ -91,9 +91,14 @@ def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
                 cfg = _cfg({**STABILITY, **opts})
                 out.append((f"stability/{name}/s{seed}", method, STABILITY_T, seed, cfg))
     elif part == "lm":
-        # in the order the verdicts need them: BPTT-T and DNI-T side by side, T rising
-        order = [(m, T) for T in LM_TS["bptt"] for m in ("bptt", "dni") if T in LM_TS[m]]
+        # in the order the verdicts need them: BPTT-8 first (it decides the regime), then
+        # each DNI-T with the BPTT-T′ it is judged against, T rising, DNI+Aux last
+        order = [("bptt", 8)]
+        for T in LM_TS["dni"]:
+            later = [t for t in LM_TS["bptt"] if t > T]
+            order += [("bptt", T), ("dni", T)] + ([("bptt", later[0])] if later else [])
         order += [(m, T) for m, Ts in LM_TS.items() if m not in ("bptt", "dni") for T in Ts]
+        order = list(dict.fromkeys(order))  # (each once, first place kept)
         for method, T in order:
             opts = {} if method == "bptt" else LM_DNI
             for seed in LM_SEEDS:
