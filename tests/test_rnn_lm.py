@@ -138,3 +138,23 @@ def test_unknown_part_and_method_are_refused():
         rnn_lm.jobs("x")
     with pytest.raises(SystemExit):
         rnn_lm.main(["run", "lm", "--out", "/nonexistent", "--methods", "dnii"])
+
+
+def test_the_advice_quotes_the_committed_stability_study():
+    """README's and the harness warnings' collapse counts are those of the study's results."""
+    from sgjax.recurrent import core
+
+    root = Path(__file__).resolve().parents[1]
+    st = json.loads((root / "docs/results/dni-rnn-lm/results.json").read_text())["stability"]
+
+    def n(name: str) -> int:
+        (key,) = [k for k in st if k.startswith(name)]
+        assert st[key]["runs"] == 5, key
+        return st[key]["collapses"]
+
+    g1, g05, clip = n("γ = 1"), n("γ = 0.5"), n("injected SG clipped")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert f"on {g1} of 5 seeds with γ = 1, {g05} of 5\nwith γ = 0.5 alone, {clip} of 5" in readme
+    assert f"3M characters: {g1} of 5 seeds collapsed" in core.GAMMA_ADVICE
+    assert f"({clip} of 5 collapsed)" in core.GAMMA_ADVICE
+    assert f"γ = 0.5 alone {g05} of 5 seeds" in core.CLIP_ADVICE

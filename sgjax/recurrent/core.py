@@ -727,7 +727,7 @@ GAMMA_ADVICE = (
     "recurrent DNI with decay γ = 1 (the harness default) on a stream that does not end "
     "(`last=False`): with γ = 1 the SG regresses onto the sum of all future gradients, which "
     "an endless stream does not bound, and the linear SG on the LSTM state feeds back on "
-    "itself (DNI-8 on Tiny Shakespeare, 3M characters: 3 of 5 seeds collapsed above the "
+    "itself (DNI-8 on Tiny Shakespeare, 3M characters: 4 of 5 seeds collapsed above the "
     "bigram level, docs/results/dni-rnn-lm). Pass `core.harness(..., decay=0.5, "
     "inject_clip=1.0)` (0 of 5 collapsed); finite sequences (Copy, `last=True`) may keep γ = 1."
 )
