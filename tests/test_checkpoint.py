@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_equal as _assert_trees_equal
 
 from sgjax import nets, rules, train
 from sgjax.infra import data
@@ -48,16 +49,6 @@ CACHE = StepCache()  # this file's compiled steps (the runner holds no global ca
 
 def _opt():
     return OPT
-
-
-def _assert_trees_equal(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    assert len(la) == len(lb) > 0
-    for u, v in zip(la, lb):
-        u, v = np.asarray(u), np.asarray(v)
-        assert u.dtype == v.dtype and u.shape == v.shape
-        assert np.array_equal(u, v), "leaf differs"
 
 
 def _run(rule, ds, steps, **kw):

@@ -10,11 +10,10 @@ import shutil
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import optax
 import pytest
 from helpers import small_checkpointed_run
+from helpers import trees_equal as _equal
 
 from sgjax import nets, rules
 from sgjax.apps import cli
@@ -28,10 +27,6 @@ CACHE = StepCache()
 
 def _run(d, steps, **kw):
     return small_checkpointed_run(NET, RULE, OPT, CACHE, d, steps, keep=2, **kw)
-
-
-def _equal(a, b) -> bool:
-    return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_a_failed_save_deletes_nothing_and_says_so_in_one_line(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_equal as _leaves_equal
 
 from sgjax import nets, rules, train
 from sgjax.infra import checkpoint
@@ -77,11 +78,6 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ck")
     _run(12, ckpt_dir=root / "base")  # checkpoints at 4, 8, 12
     return root, _run(16)  # the uninterrupted reference
-
-
-def _leaves_equal(a, b):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert np.array_equal(np.asarray(u), np.asarray(v))
 
 
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))

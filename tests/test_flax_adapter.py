@@ -10,12 +10,15 @@ and 1e-6 relative on single-step gradients.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import assert_trees_close
 
 from sgjax import estimators, flax_adapter, losses, nets, rules, train
 from sgjax.infra.data import digits
@@ -78,9 +81,7 @@ def _train(net, params, rule, x, y, *, key=1):
     return state, np.array(history)
 
 
-def _assert_trees_close(a, b):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=RTOL, atol=ATOL)
+_assert_trees_close = functools.partial(assert_trees_close, rtol=RTOL, atol=ATOL)
 
 
 def _moved(before, after):

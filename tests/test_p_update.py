@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import trees_equal as _same
 
 from sgjax import nets, rules, train
 from sgjax.infra.config import RunConfig
@@ -28,11 +29,6 @@ def _batches(n, seed=0):
         )
         for _ in range(n)
     ]
-
-
-def _same(a, b) -> bool:
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
 
 RULES = {

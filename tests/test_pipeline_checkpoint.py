@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
 
 from sgjax.apps import cli
 from sgjax.infra import checkpoint, runner
@@ -31,10 +32,6 @@ ARGV = ["train", "--dataset", "digits", "--width", "16", "--no-progress",
 def _leaves(d: Path, step: int) -> list[np.ndarray]:
     with np.load(d / str(step) / "state.npz") as z:
         return [z[k] for k in sorted(z.files)]
-
-
-def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) > 0 and all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
 def test_one_stage_pipeline_stopped_by_sigterm_resumes_bit_identical(tmp_path, monkeypatch, capsys):
@@ -58,7 +55,7 @@ def test_one_stage_pipeline_stopped_by_sigterm_resumes_bit_identical(tmp_path, m
     monkeypatch.setattr(runner.PipelineRun, "on_call", orig)
     assert cli.main([*argv, "--checkpoint-dir", str(cut), "--resume"]) == 0
     assert "resumed from micro-batch 150" in capsys.readouterr().out
-    assert _same(_leaves(ref, 300), _leaves(cut, 300))
+    assert_trees_equal(_leaves(ref, 300), _leaves(cut, 300))
     # finished: a resume with the same --steps says so; without --resume it is refused
     assert cli.main([*argv, "--checkpoint-dir", str(cut), "--resume"]) == 1
     assert "is complete (300 micro-batches); raise --steps" in capsys.readouterr().err
@@ -172,7 +169,7 @@ def test_two_processes_stopped_by_sigterm_resume_bit_identical(tmp_path):
     proc = _launch([*argv, "--checkpoint-dir", str(cut), "--resume"])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert _same(_leaves(ref, 400), _leaves(cut, 400))
+    assert_trees_equal(_leaves(ref, 400), _leaves(cut, 400))
 
 
 @pytest.mark.slow  # a launched job of two processes: ~20 s

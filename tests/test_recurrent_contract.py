@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import trees_equal as _same
 
 from sgjax import interface, train
 from sgjax.recurrent import cells, core, tasks
@@ -39,13 +40,6 @@ def _seq(seed: int, length: int = 2 * T):
     x = r.normal(size=(length, B, I)).astype(np.float32)
     y = r.integers(0, O, size=(length, B))
     return x, y
-
-
-def _same(a, b) -> bool:
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(
-        np.array_equal(np.asarray(u), np.asarray(v), equal_nan=True) for u, v in zip(la, lb)
-    )
 
 
 # ------------------------------------------------------------------------- refusals

@@ -5,10 +5,13 @@ Every comparison is float32 at a tolerance of a few ulps of the quantities compa
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_close
 
 from sgjax import estimators, losses, nets, rules
 
@@ -25,10 +28,7 @@ def _batch(key, net, n=16, regression=False):
     return x, y
 
 
-def _assert_trees_close(a, b, rtol=RTOL, atol=ATOL):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+_assert_trees_close = functools.partial(assert_trees_close, rtol=RTOL, atol=ATOL)
 
 
 def _grad_of_whole_loss(net, params, x, y, loss):

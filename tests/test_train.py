@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_same_shapes_and_dtypes as _same_structure
 
 from sgjax import estimators, losses, nets, rules, train
 from sgjax.infra import data
@@ -35,12 +36,6 @@ def _setup(key, rule_name, *, norm=None, activation="relu"):
 def _batch(key, n=12, d=6, k=4):
     kx, ky = jax.random.split(key)
     return jax.random.normal(kx, (n, d)), jax.random.randint(ky, (n,), 0, k)
-
-
-def _same_structure(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert u.shape == v.shape and u.dtype == v.dtype, (u.shape, v.shape, u.dtype, v.dtype)
 
 
 # ---------------------------------------------------------------------------------------
