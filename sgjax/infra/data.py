@@ -63,7 +63,14 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}")
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"the digits dataset needs scikit-learn ({e}); install the apps extra: "
+            "pip install 'sgjax[apps]'",
+            name=e.name,
+        ) from e
 
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32)
