@@ -1,6 +1,6 @@
 """Compare the SG pipeline on N processes with its rivals on the same cores (not a test).
 
-Runs :func:`sgjax.pipeline.compare.compare`: one process on one core (backprop; SG), one
+Runs :func:`sgjax.apps.bench.pipeline_compare.compare`: one process on one core (backprop; SG), one
 process on all cores, and N processes, one per core, of data-parallel backprop, GPipe
 and the SG pipeline, on MNIST until a target test accuracy or a time budget; then a
 sweep of the SG pipeline against SG on one core over (width, micro-batch) sizes, with
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    from sgjax.pipeline.compare import compare, format_tables, sweep_point
+    from sgjax.apps.bench.pipeline_compare import compare, format_tables, sweep_point
 
     try:
         sweep = tuple(

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sgjax.pipeline.compare import run_job
+from sgjax.apps.bench.pipeline_compare import run_job
 from sgjax.pipeline.distributed import initialize_from_env, launch
 
 HERE = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from sgjax.apps.bench import recurrent_speed as bench
 from sgjax.infra import jsonio
-from sgjax.recurrent import bench
 
 
 def main() -> None:

@@ -331,7 +331,7 @@ def test_launch_warns_of_more_processes_than_cores(monkeypatch, capsys):
 
 
 def test_sweep_points_default_to_three_hidden_layers_and_refuse_bad_ones():
-    from sgjax.pipeline import compare
+    from sgjax.apps.bench import pipeline_compare as compare
 
     assert compare.sweep_point([1024, 128]) == (1024, 128, 3)
     assert compare.sweep_point((1024, 128, 7)) == (1024, 128, 7)
@@ -344,7 +344,7 @@ def test_comparison_time_to_target_and_tables():
     """The comparison's arithmetic on made-up rows: the time to the target is the first
     evaluation at or above it plus the charge for the compiling call; tables render
     rows that reached nothing or timed nothing."""
-    from sgjax.pipeline import compare
+    from sgjax.apps.bench import pipeline_compare as compare
 
     curve = [
         {"micro_batches": 100, "seconds": 1.0, "test_accuracy": 0.90, "test_loss": 0.3},

@@ -63,3 +63,30 @@ def test_theory_importing_an_app_and_an_unplaced_module_are_caught(tmp_path):
     found = _checker().problems(root)
     assert any("theory.table1 (theory) imports sgjax.apps.cli (apps)" in p for p in found)
     assert any("sgjax.newthing: no layer claims this module" in p for p in found)
+
+
+def test_benchmarks_live_in_apps_and_the_old_names_still_resolve():
+    # The pipeline's and the recurrent package's benchmarks moved to sgjax.apps.bench (a
+    # library layer holds no harness); the old pipeline names resolve for one release
+    # with a DeprecationWarning naming the new place.
+    import warnings
+
+    import pytest
+
+    from sgjax import pipeline
+    from sgjax.apps.bench import pipeline_compare, pipeline_throughput
+
+    for pkg in ("sgjax/pipeline", "sgjax/recurrent"):
+        assert not {"benchmark.py", "compare.py", "bench.py"} & {
+            p.name for p in (ROOT / pkg).iterdir()
+        }
+    for old, new in (
+        ("benchmark_pipeline", pipeline_throughput.benchmark_pipeline),
+        ("benchmark", pipeline_throughput),
+        ("compare", pipeline_compare),
+    ):
+        with pytest.warns(DeprecationWarning, match=f"sgjax.pipeline.{old} moved to sgjax.apps"):
+            assert getattr(pipeline, old) is new
+    with warnings.catch_warnings(), pytest.raises(AttributeError, match="no attribute 'nope'"):
+        warnings.simplefilter("error")
+        pipeline.nope  # noqa: B018

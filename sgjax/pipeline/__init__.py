@@ -80,11 +80,14 @@ The package, along its seams (each module imports only those above it):
 * :mod:`~sgjax.pipeline.gpipe` — the GPipe baseline;
 * :mod:`~sgjax.pipeline.dataparallel` — the data-parallel baseline;
 * :mod:`~sgjax.pipeline.loop` — :func:`train_pipelined`;
-* :mod:`~sgjax.pipeline.benchmark` — :func:`benchmark_pipeline`;
 * :mod:`~sgjax.pipeline.distributed` — N local processes as one ``jax.distributed`` job
   (:func:`launch`, :func:`initialize_from_env`); imports nothing of the above;
-* :mod:`~sgjax.pipeline.compare` — the comparison on real processes (not imported here:
-  ``scripts/bench_pipeline.py`` runs it).
+
+The benchmarks of the pipeline are apps (:mod:`sgjax.apps.bench.pipeline_throughput`, run
+by ``sgjax bench --only pipeline``; :mod:`sgjax.apps.bench.pipeline_compare`, run by
+``scripts/bench_pipeline.py``). ``sgjax.pipeline.benchmark_pipeline``,
+``sgjax.pipeline.benchmark`` and ``sgjax.pipeline.compare`` still resolve there for one
+release, with a DeprecationWarning that names the new place.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -98,7 +101,10 @@ Example:
     [False, True, True]
 """
 
-from sgjax.pipeline.benchmark import benchmark_pipeline
+import importlib
+import warnings
+from typing import Any
+
 from sgjax.pipeline.dataparallel import DPRunner, dp_on_mesh
 from sgjax.pipeline.distributed import LaunchError, LaunchResult, initialize_from_env, launch
 from sgjax.pipeline.gpipe import BPState, GPipeRunner, PackedBP, gpipe_on_mesh, init_bp
@@ -125,7 +131,6 @@ __all__ = [
     "PipelineNonFiniteError",
     "SGPipeline",
     "SGState",
-    "benchmark_pipeline",
     "dp_on_mesh",
     "flush",
     "gpipe_on_mesh",
@@ -140,3 +145,26 @@ __all__ = [
     "sg_reference",
     "train_pipelined",
 ]
+
+
+#: moved to the apps layer in 0.2 (old name -> (module, attribute or None for the module));
+#: resolved by name at run time (the pipeline does not import the apps above it).
+_MOVED = {
+    "benchmark_pipeline": ("sgjax.apps.bench.pipeline_throughput", "benchmark_pipeline"),
+    "benchmark": ("sgjax.apps.bench.pipeline_throughput", None),
+    "compare": ("sgjax.apps.bench.pipeline_compare", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        new = module if attr is None else f"{module}.{attr}"
+        warnings.warn(
+            f"sgjax.pipeline.{name} moved to {new}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'sgjax.pipeline' has no attribute {name!r}")

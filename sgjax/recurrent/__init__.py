@@ -7,6 +7,7 @@
   and bad labels inside ``jit``), the boundary interface, full-BPTT references and the SG
   cosine diagnostic;
 * :mod:`sgjax.recurrent.tasks` — Copy, Repeat Copy (with curricula) and Tiny Shakespeare;
-* :mod:`sgjax.recurrent.bench` — speed per character and XLA activation memory;
-* the experiment, ``sgjax reproduce dni-rnn``, is :mod:`sgjax.apps.experiments.rnn` (an app).
+* the experiment, ``sgjax reproduce dni-rnn``, is :mod:`sgjax.apps.experiments.rnn` (an app), its
+  speed and memory benchmark :mod:`sgjax.apps.bench.recurrent_speed` (``sgjax bench
+  --only recurrent``).
 """

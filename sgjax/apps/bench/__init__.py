@@ -21,7 +21,7 @@ run while ratios of interleaved measurements hold. The sections:
     step of a deep network (50 stages of 512, batch 1024) under backprop and under SG at
     every boundary, and their ratio.
 ``pipeline``
-    The throughput rows of :func:`sgjax.pipeline.benchmark_pipeline` on fake CPU
+    The throughput rows of :mod:`sgjax.apps.bench.pipeline_throughput` on fake CPU
     devices, run in a subprocess (the device count must be set before JAX starts); a
     failure there makes the command exit with status 1.
 ``recurrent``
@@ -37,8 +37,13 @@ end is printed so that a reader can judge the conditions.
 report (:mod:`sgjax.apps.bench.compare`): a regression shows as a row in review.
 
 The package: ``sizes`` (full and quick), ``_measure`` (timing helpers), one module per
-section (``steps``, ``claims``, ``memory``, ``pipeline_rows``), ``compare``, and this
-file's command.
+section (``steps``, ``claims``, ``memory``, ``pipeline_rows``, ``recurrent_rows``),
+``compare``, and this file's command. Harnesses run outside ``sgjax bench``:
+``pipeline_throughput`` (what the ``pipeline`` section runs in its subprocess),
+``recurrent_speed`` (the ``recurrent`` section's measurements),
+``pipeline_compare`` (the pipeline against its rivals on real processes;
+``scripts/bench_pipeline.py``) and ``interface_step`` (interfaces against the rule-based
+step; ``python -m sgjax.apps.bench.interface_step``).
 
 Example:
     >>> import argparse

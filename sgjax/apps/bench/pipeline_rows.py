@@ -1,4 +1,5 @@
-"""``sgjax bench`` section ``pipeline``: :func:`sgjax.pipeline.benchmark_pipeline` rows."""
+"""``sgjax bench`` section ``pipeline``: the rows of
+:func:`sgjax.apps.bench.pipeline_throughput.benchmark_pipeline`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from sgjax.apps.bench.sizes import FULL
 
 
 def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run :func:`sgjax.pipeline.benchmark_pipeline` on fake CPU devices in a subprocess
-    (the device count must be set before JAX starts).
+    """Run :func:`~sgjax.apps.bench.pipeline_throughput.benchmark_pipeline` on fake CPU
+    devices in a subprocess (the device count must be set before JAX starts).
 
     Returns the rows with ``"ok": True``; a failed run gives ``"ok": False`` and the
     ``error`` (the end of its output), and makes ``sgjax bench`` exit with status 1.
@@ -33,7 +34,7 @@ def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> d
     )
     code = (
         "import json, sys\n"
-        "from sgjax.pipeline import benchmark_pipeline\n"
+        "from sgjax.apps.bench.pipeline_throughput import benchmark_pipeline\n"
         f"r = benchmark_pipeline({n}, **{kwargs!r})\n"
         "print('RESULT' + json.dumps(r, default=float))\n"
     )
@@ -52,7 +53,7 @@ def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> d
 def format_pipeline(r: dict[str, Any]) -> str:
     if not r.get("ok"):
         return f"Pipeline: FAILED ({r.get('error')})"
-    rows = [f"Pipeline on {r['devices']} fake CPU devices (sgjax.pipeline.benchmark_pipeline):"]
+    rows = [f"Pipeline on {r['devices']} fake CPU devices (sgjax.apps.bench.pipeline_throughput):"]
     rows += [
         f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}"
         for k, v in r.items()

@@ -1,8 +1,8 @@
 """The ``recurrent`` section of ``sgjax bench``: recurrent DNI against truncated and full BPTT.
 
-Wraps :func:`sgjax.recurrent.bench.bench_row` (LSTM character model): seconds per character
-of a DNI-T window step, a BPTT-T window step and full BPTT over the sequence, timed in
-interleaved rounds, and XLA's activation (temp) bytes of one DNI-T window against full BPTT
+Wraps :func:`sgjax.apps.bench.recurrent_speed.bench_row` (LSTM character model): seconds
+per character of a DNI-T window step, a BPTT-T window step and full BPTT over the sequence,
+timed in interleaved rounds, and XLA's activation (temp) bytes of one DNI-T window against full BPTT
 over the whole sequence.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 
 def bench_recurrent(cfg: dict[str, Any]) -> dict[str, Any]:
-    from sgjax.recurrent import bench as rnn_bench
+    from sgjax.apps.bench import recurrent_speed
 
-    return rnn_bench.bench_row(**cfg["recurrent"])
+    return recurrent_speed.bench_row(**cfg["recurrent"])
 
 
 def format_recurrent(r: dict[str, Any]) -> str:

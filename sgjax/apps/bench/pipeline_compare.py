@@ -287,7 +287,7 @@ def run_job(
     spec, out = stem.with_suffix(".json"), stem.with_suffix(".out.json")
     spec.write_text(json.dumps({"runs": runs, "out": str(out), "data_dir": data_dir}))
     launch(
-        [sys.executable, "-m", "sgjax.pipeline.compare", "--worker", str(spec)], n,
+        [sys.executable, "-m", "sgjax.apps.bench.pipeline_compare", "--worker", str(spec)], n,
         timeout=timeout, pin=pin, cores=cores, echo=False, env=env,
     )  # fmt: skip
     return json.loads(out.read_text())["results"]
@@ -432,7 +432,9 @@ def format_tables(r: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="worker of sgjax.pipeline.compare (internal)")
+    p = argparse.ArgumentParser(
+        description="worker of sgjax.apps.bench.pipeline_compare (internal)"
+    )
     p.add_argument("--worker", required=True, help="the run spec (JSON)")
     _worker(p.parse_args(argv).worker)
     return 0

@@ -1,5 +1,6 @@
 """Throughput of the pipelines against their single-device baselines, from one process
-that already has the devices: :func:`benchmark_pipeline` (used by ``sgjax bench``)."""
+that already has the devices: :func:`benchmark_pipeline` (the ``pipeline`` section of
+``sgjax bench``, run by :mod:`sgjax.apps.bench.pipeline_rows`)."""
 
 from __future__ import annotations
 
