@@ -1,0 +1,62 @@
+"""The documents: ``docs/design.md``'s generated tables match the code, and every link and
+repository path named in README.md and docs/ resolves."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+#: a repository path in backticks: starts at a top-level folder, no placeholders
+REPO_PATH = re.compile(
+    r"`((?:docs|scripts|tests|sgjax|theory|examples|notebooks)/[A-Za-z0-9_./-]*)`"
+)
+MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _gen():
+    spec = importlib.util.spec_from_file_location("gen_design", ROOT / "scripts/gen_design.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_design_md_is_generated_from_the_layers_and_the_registries():
+    gen = _gen()
+    text = gen.DOC.read_text(encoding="utf-8")
+    assert gen.updated(text) == text, "docs/design.md is stale: run python scripts/gen_design.py"
+    # what it is generated from is in it
+    assert "| core | `sgjax`, `sgjax.estimators`" in text and "| `sg-prop` |" in text
+
+
+def test_a_stale_design_md_is_caught():
+    gen = _gen()
+    text = gen.DOC.read_text(encoding="utf-8")
+    stale = text.replace("`sgjax.rules`, ", "", 1)  # a module that left the layer table
+    assert stale != text and gen.updated(stale) != stale
+
+
+def _targets(doc: Path) -> list[tuple[str, Path]]:
+    text = doc.read_text(encoding="utf-8")
+    out = []
+    for m in MD_LINK.finditer(text):
+        link = m.group(1).split("#", 1)[0]
+        if link and not re.match(r"[a-z]+:", link):  # not http:, mailto: …
+            out.append((link, (doc.parent / link).resolve()))
+    for m in REPO_PATH.finditer(text):
+        out.append((m.group(1), ROOT / m.group(1).rstrip("/")))
+    return out
+
+
+def test_every_link_and_repository_path_in_the_docs_resolves():
+    assert len(DOCS) > 3
+    broken = [
+        f"{doc.relative_to(ROOT)}: {name}"
+        for doc in DOCS
+        for name, path in _targets(doc)
+        if not path.exists()
+    ]
+    assert not broken, "\n".join(broken)
