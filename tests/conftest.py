@@ -9,6 +9,20 @@ the profile, not the test, decides how many examples run.
 
 Random draws outside hypothesis come from :func:`getkey`, seeded from the test's own
 node id (deterministic); ``SGJAX_TEST_SEED=N`` mixes ``N`` in, for sweeps over seeds.
+
+Tiers: the end-to-end runs listed in :data:`INTEGRATION` (and every test marked ``slow``)
+are marked ``integration`` here, in one place; ``pytest -m "not integration"`` is the
+unit and contract tier a developer runs every few minutes, ``pytest -m integration`` the
+rest.
+
+Dtype promotion: the unit tier runs under JAX's strict dtype promotion
+(``jax.numpy_dtype_promotion("strict")``: an implicit mixed-dtype promotion such as
+float32 + int32 or bfloat16 + float32 is an error), except the tests listed in
+:data:`STANDARD_PROMOTION` — most step an ``optax.adam``: optax 0.2.8 computes Adam's bias
+correction as ``decay ** count`` (a Python float to the power of an int32 count), which
+strict promotion refuses; the others meet a mix in sgjax.interface or theory.corollary1
+(named there). The integration tier and the doctests (outside ``tests/``) run under the
+standard promotion: not yet run under the strict one.
 """
 
 from __future__ import annotations
@@ -97,3 +111,168 @@ def getkey(request):
         return sub
 
     return _next
+
+
+#: The integration tier: end-to-end runs (training through the CLI or the runner,
+#: checkpoints and resumes, launched processes, subprocesses with fake devices, the
+#: notebooks, the experiments' smoke runs, the bench). A file name marks the whole file,
+#: ``file::test`` one test (all its parameters). Measured with ``--durations``: these
+#: hold most of the suite's time; what is left runs in under two minutes on two cores.
+INTEGRATION: tuple[str, ...] = (
+    # whole files: every test is a training run, a checkpointed run or a subprocess
+    "tests/test_checkpoint.py",
+    "tests/test_checkpoint_disk.py",
+    "tests/test_checkpoint_integrity.py",
+    "tests/test_checkpoint_lock.py",
+    "tests/test_checkpoint_upgrade.py",
+    "tests/test_examples_dni.py",
+    "tests/test_interface_examples.py",
+    "tests/test_interface_sharding.py",
+    "tests/test_notebooks.py",
+    "tests/test_pipeline_checkpoint.py",
+    "tests/test_quick_example.py",
+    "tests/test_readme_nnx.py",
+    "tests/test_readme_recurrent.py",
+    "tests/test_signals.py",
+    # single tests in files that are otherwise unit and contract tests
+    "tests/test_bench.py::test_quick_bench_reports_every_section",
+    "tests/test_bench.py::test_step_rows_cover_the_six_rules_with_consistent_ratios",
+    "tests/test_bench.py::test_theory_sweep_agrees_with_the_loop",
+    "tests/test_bench.py::test_memory_rows_and_ratios",
+    "tests/test_bench.py::test_pipeline_rows_are_reported",
+    "tests/test_bench.py::test_only_runs_the_sections_asked_for",
+    "tests/test_bench.py::test_recurrent_row_compares_dni_with_truncated_and_full_bptt",
+    "tests/test_bench.py::test_large_batch_rows_and_the_gradients_alone_column",
+    "tests/test_bench.py::test_compare_gives_the_change_of_each_figure",
+    "tests/test_cli.py::test_train_each_rule_writes_json",
+    "tests/test_cli.py::test_train_backprop_learns_the_digits",
+    "tests/test_cli.py::test_cosine_flag_reports_one_value_per_hidden_boundary",
+    "tests/test_cli_outputs.py::test_a_failed_final_write_keeps_the_results_and_says_where",
+    "tests/test_cli_outputs.py::test_resume_from_corrupt_checkpoints_is_one_line_naming_the_file",
+    "tests/test_cli_outputs.py::test_a_diverging_run_is_worded_for_the_command_line",
+    "tests/test_config.py::test_resume_refuses_changed_options_naming_each_field",
+    "tests/test_config.py::test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume",
+    "tests/test_config.py::test_library_resume_compares_the_stored_configuration",
+    "tests/test_config.py::test_an_interrupted_reproduce_names_the_cache_checkpoints_not_checkpoint_dir",
+    "tests/test_config.py::test_sg_update_reaches_the_step_and_is_refused_where_it_means_nothing",
+    "tests/test_design.py::test_the_new_rule_sends_errors_through_the_signs_of_the_weights",
+    "tests/test_design.py::test_the_cli_and_the_bench_offer_the_new_rule",
+    "tests/test_interface.py::test_an_upper_stage_trained_only_on_synthetic_inputs_learns_mnist",
+    "tests/test_launch.py::test_two_processes_hold_one_stage_each",
+    "tests/test_launch.py::test_a_launched_process_keeps_freed_memory",
+    "tests/test_launch.py::test_two_process_sg_pipeline_equals_single_device_reference",
+    "tests/test_launch.py::test_train_pipelined_picks_the_per_process_runner_with_one_stage_per_process",
+    "tests/test_launch.py::test_a_clock_based_stop_is_taken_by_every_process_alike",
+    "tests/test_launch.py::test_two_process_gpipe_and_data_parallel_equal_backprop",
+    "tests/test_launch.py::test_a_dead_rank_is_named_and_the_others_are_stopped",
+    "tests/test_launch.py::test_a_hung_run_times_out_naming_the_ranks",
+    "tests/test_launch.py::test_a_killed_launcher_leaves_no_orphans",
+    "tests/test_library_sg.py::test_sg_rule_targets_prop_and_placements_match_the_reference",
+    "tests/test_nnx_interface.py::test_gradients_equal_the_dict_api",
+    "tests/test_pipeline.py::test_sg_pipeline_on_mesh_equals_single_device_reference",
+    "tests/test_pipeline.py::test_gpipe_equals_ordinary_backprop",
+    "tests/test_pipeline.py::test_train_pipelined_reports_the_drained_micro_batches",
+    "tests/test_pipeline.py::test_non_finite_updates_stop_the_pipelines_on_four_devices",
+    "tests/test_pipeline.py::test_stage_device_mismatch_is_a_clear_error",
+    "tests/test_pipeline.py::test_train_cli_pipeline_non_finite_and_strict_json",
+    "tests/test_pipeline.py::test_train_cli_pipeline_in_a_fresh_process",
+    "tests/test_recurrent.py::test_exact_oracle_sg_makes_dni_equal_full_bptt",
+    "tests/test_recurrent.py::test_bootstrapped_targets_two_windows_by_hand",
+    "tests/test_recurrent.py::test_reproduce_dni_rnn_smoke",
+    "tests/test_reproduce.py::test_fig2_smoke",
+    "tests/test_reproduce.py::test_deep_networks_resume_after_an_interruption",
+    "tests/test_reproduce.py::test_train_with_snapshots_resumes_mid_run_bit_for_bit",
+    "tests/test_reproduce.py::test_fig3_fig5_fig8_smoke_share_networks",
+    "tests/test_reproduce.py::test_fig4_smoke",
+    "tests/test_reproduce.py::test_dni_mnist_smoke",
+    "tests/test_reproduce.py::test_cli_reproduce_uses_shared_cache",
+    "tests/test_theory_claims.py::test_table2_k2_gaps_sigmoid_and_control",
+    "tests/test_theory_claims.py::test_verify_cli_json_kinds_and_exit_code",
+)
+
+
+def _check_entries() -> None:
+    """A stale entry (a renamed file or test) would silently move a run into the unit tier
+    or out of the standard promotion: refuse it."""
+    for name, entries in (("INTEGRATION", INTEGRATION), ("STANDARD_PROMOTION", STANDARD_PROMOTION)):
+        for entry in entries:
+            file, _, test = entry.partition("::")
+            path = ROOT / file
+            if not path.is_file() or (test and f"def {test}(" not in path.read_text()):
+                raise pytest.UsageError(
+                    f"tests/conftest.py {name} names {entry!r}, which does not exist"
+                )
+
+
+def pytest_collection_modifyitems(config, items):
+    _check_entries()
+    for item in items:
+        nodeid = item.nodeid.split("[", 1)[0]
+        if item.get_closest_marker("slow") or any(
+            nodeid == k or nodeid.startswith(k + "::") for k in INTEGRATION
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
+#: Tests that run under JAX's standard dtype promotion, the rest strict (see the module
+#: docstring): each steps an ``optax.adam``, whose bias correction strict promotion refuses.
+STANDARD_PROMOTION: tuple[str, ...] = (
+    # optax 0.2.8's Adam: `decay ** count` (float ** int32) in its bias correction
+    "tests/test_cnn.py::test_dni_cnn_smoke",
+    "tests/test_cnn.py::test_zero_sg_leaves_the_conv_stages_unchanged_after_one_step",
+    "tests/test_config.py::test_resume_on_an_empty_directory_says_so",
+    "tests/test_design.py::test_the_contract_checks_apply_to_the_new_rule",
+    "tests/test_diagnostics.py::test_classifier_probe_cannot_solve_xor",
+    "tests/test_diagnostics.py::test_classifier_probe_separable_reaches_100_percent",
+    "tests/test_errors.py::test_float16_failure_names_the_updated_parameters_and_what_to_do",
+    "tests/test_errors.py::test_out_of_range_labels_are_refused_inside_jit",
+    "tests/test_flax_adapter.py::test_feedback_alignment_on_nnx_linear_equals_pure",
+    "tests/test_flax_adapter.py::test_nnx_cnn_trains_like_pure_cnn",
+    "tests/test_flax_adapter.py::test_nnx_estimator_equals_builtin_conditioned",
+    "tests/test_flax_adapter.py::test_nnx_mlp_trains_like_pure_mlp",
+    "tests/test_flax_adapter.py::test_update_nnx_writes_trained_params_back",
+    "tests/test_interface.py::test_annealed_lam_trains_as_the_static_schedule",
+    "tests/test_interface.py::test_training_trajectory_equals_make_step",
+    "tests/test_nnx_interface.py::test_the_standard_nnx_loop_takes_the_dict_api_steps",
+    "tests/test_p_update.py::test_p_update_one_equals_the_ordinary_step_bit_for_bit",
+    "tests/test_p_update.py::test_p_update_zero_changes_nothing",
+    "tests/test_p_update.py::test_sg_modules_trained_every_step_whichever_stages_update",
+    "tests/test_p_update.py::test_skipped_stages_keep_params_and_optimiser_state_updated_ones_match_the_full_step",
+    "tests/test_p_update.py::test_stochastic_step_is_pure_and_vmaps_over_seeds",
+    "tests/test_pipeline.py::test_frozen_sg_pipeline_equals_sequential_dni",
+    "tests/test_pipeline.py::test_non_finite_stage_update_is_not_applied",
+    "tests/test_pipeline.py::test_train_pipelined_trains_exactly_the_steps_asked",
+    "tests/test_recurrent.py::test_window_step_compiles_once_across_windows_and_lengths",
+    "tests/test_recurrent.py::test_zero_initialised_sg_first_step_is_truncated_bptt_exactly",
+    "tests/test_recurrent_contract.py::test_a_nonfinite_window_is_refused_inside_jit",
+    "tests/test_recurrent_contract.py::test_out_of_range_labels_are_refused_unless_masked",
+    "tests/test_recurrent_contract.py::test_the_step_vmaps_over_seeds_and_refuses_per_seed",
+    "tests/test_reproduce.py::test_no_bprop_trains_only_the_last_layer",
+    "tests/test_train.py::test_a_non_finite_step_is_not_applied_and_fit_reports_it",
+    "tests/test_train.py::test_cosine_metric_is_one_for_backprop_and_bounded_for_sg",
+    "tests/test_train.py::test_step_keeps_the_state_structure_and_compiles_once",
+    "tests/test_train.py::test_training_lowers_the_loss",
+    "tests/test_train.py::test_vmap_over_seeds_equals_a_python_loop",
+    "tests/test_train.py::test_zero_initialised_sg_leaves_the_lower_network_bit_identical",
+    # sgjax/interface.py:246 `jnp.result_type(jnp.float32, *dtypes)` refuses bfloat16 with
+    # float32 under strict promotion (and test_bfloat16_activations[f32-sg] mixes them in
+    # its own module on purpose)
+    "tests/test_interface.py::test_bfloat16_activations",
+    "tests/test_library_sg.py::test_interface_matches_the_reference",
+    "tests/test_recurrent.py::test_sg_held_at_zero_equals_truncated_bptt",
+    "tests/test_recurrent_contract.py::test_an_h_c_tuple_state_gives_the_flat_lstms_gradients",
+    # theory/corollary1.py:108 `jnp.array([1.0 - open_, 1.0])` mixes dtypes
+    "tests/test_theory_claims.py::test_corollary1_backtracking_breaks_a_period_2_cycle",
+    "tests/test_theory_claims.py::test_corollary1_bottleneck_needs_the_label",
+    "tests/test_theory_claims.py::test_corollary1_gated_and_printed_control",
+)
+
+
+@pytest.fixture(autouse=True)
+def _dtype_promotion(request):
+    nodeid = request.node.nodeid.split("[", 1)[0]
+    standard = request.node.get_closest_marker("integration") is not None or any(
+        nodeid == k or nodeid.startswith(k + "::") for k in STANDARD_PROMOTION
+    )
+    with jax.numpy_dtype_promotion("standard" if standard else "strict"):
+        yield

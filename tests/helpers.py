@@ -22,9 +22,13 @@ def _nonempty(*trees: Any) -> None:
         assert jax.tree.leaves(t), f"tree {i} has no leaves: the comparison would be vacuous"
 
 
-def assert_trees_close(a: Any, b: Any, rtol: float = 1e-6, atol: float = 0.0) -> None:
-    """Same structure, every leaf close (``|a − b| ≤ atol + rtol·|b|`` elementwise)."""
-    _nonempty(a, b)
+def assert_trees_close(
+    a: Any, b: Any, rtol: float = 1e-6, atol: float = 0.0, *, allow_empty: bool = False
+) -> None:
+    """Same structure, every leaf close (``|a − b| ≤ atol + rtol·|b|`` elementwise).
+    ``allow_empty``: two empty trees pass (a rule state that holds no parameters)."""
+    if not allow_empty:
+        _nonempty(a, b)
     chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 

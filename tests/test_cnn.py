@@ -152,7 +152,9 @@ def test_conditioned_conv_sg_uses_the_label_after_one_update(use_y):
     h = jnp.asarray(rng.normal(size=(6, 4, 4, 2)), jnp.float32)
     labels = jnp.array([0, 1, 2, 0, 1, 2])
     y = jax.nn.one_hot(labels, 3)
-    target = jnp.asarray(rng.normal(size=(6, 4, 4, 2)), jnp.float32) + labels[:, None, None, None]
+    target = jnp.asarray(rng.normal(size=(6, 4, 4, 2)), jnp.float32) + labels[
+        :, None, None, None
+    ].astype(jnp.float32)
 
     def sg_loss(th):
         return jnp.mean(jnp.sum(jnp.square(sg.apply(th, h, y) - target), axis=(1, 2, 3)))
