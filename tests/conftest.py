@@ -155,6 +155,7 @@ INTEGRATION: tuple[str, ...] = (
     "tests/test_config.py::test_library_resume_compares_the_stored_configuration",
     "tests/test_config.py::test_an_interrupted_reproduce_names_the_cache_checkpoints_not_checkpoint_dir",
     "tests/test_config.py::test_sg_update_reaches_the_step_and_is_refused_where_it_means_nothing",
+    "tests/test_cnn.py::test_dni_cnn_smoke",
     "tests/test_design.py::test_the_new_rule_sends_errors_through_the_signs_of_the_weights",
     "tests/test_design.py::test_the_cli_and_the_bench_offer_the_new_rule",
     "tests/test_interface.py::test_an_upper_stage_trained_only_on_synthetic_inputs_learns_mnist",
