@@ -57,10 +57,10 @@ kx, kw = jax.random.split(jax.random.key(0))
 X = jax.random.normal(kx, (50, 5))
 y = X @ jax.random.normal(kw, (5, 1)) + 1.0 + 0.3 * jax.random.normal(kw, (50, 1))
 net = nets.mlp([5, 1])  # one linear stage: p = x W + b
-rule = rules.synthetic_gradients(at="output")  # SG(p, y) = pA + yB + C
 mu, nu = optax.sgd(0.01), optax.sgd(0.02)
-step = train.make_step(net, rule, losses.mse, mu, nu)
-state = train.init(jax.random.key(1), net, rule, mu, nu)
+rule = rules.synthetic_gradients(at="output", sg_optimizer=nu)  # SG(p, y) = pA + yB + C
+step = train.make_step(net, rule, losses.mse, mu)
+state = train.init(jax.random.key(1), net, rule, mu)
 STEPS_T = 1500 if SMOKE else 6000
 # Full-batch steps in one jitted scan, keeping (W, SG parameters) at every step.
 _, (P, SG) = jax.jit(

@@ -5,8 +5,9 @@ Every ``import`` and ``from … import`` statement is read with :mod:`ast` — a
 module *and* inside functions (a lazy import is still a dependency) — and resolved to the
 module it names. The layers, bottom to top (``docs/design.md`` has the map):
 
-0. ``core``: ``sgjax.nets``, ``losses``, ``estimators``, ``sweep``, ``rules``, ``train``
-   (and the package ``sgjax`` itself);
+0. ``core``: ``sgjax.nets``, ``losses``, ``sgmodule``, ``estimators``, ``sweep``,
+   ``rules``, ``train`` (a package: step, loop, checks, errors, diagnose) and the package
+   ``sgjax`` itself;
 1. ``adapters``: ``sgjax.diagnostics``, ``sgjax.flax_adapter``, ``sgjax.interface``,
    ``sgjax.recurrent``;
 2. ``infra``: ``sgjax.infra`` (data, checkpoint, config, runner) and the subsystem
@@ -45,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sgjax$",
             "sgjax.nets",
             "sgjax.losses",
+            "sgjax.sgmodule",
             "sgjax.estimators",
             "sgjax.sweep",
             "sgjax.rules",

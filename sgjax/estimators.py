@@ -32,6 +32,10 @@ Example:
     >>> theta = sg.init(jax.random.key(0), (4,), 3)
     >>> sg.apply(theta, jnp.ones((2, 4)), jnp.ones((2, 3))).tolist()
     [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+
+The regression of a module onto its target, :func:`regress` (and :class:`Regression`),
+is :func:`sgjax.sgmodule.regress`, re-exported here; :class:`sgjax.sgmodule.SGModule`
+bundles an estimator with its optimiser.
 """
 
 from __future__ import annotations
@@ -41,6 +45,22 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from sgjax.sgmodule import Regression, regress
+
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "Regression",
+    "conditioned",
+    "conv",
+    "get",
+    "label_only",
+    "linear",
+    "mlp",
+    "regress",
+    "sigmoid_linear",
+]
 
 Params = Any
 
@@ -295,50 +315,6 @@ def conv(
         return out
 
     return Estimator(init, apply, "conv" if use_y else "conv_unconditioned", True, use_y)
-
-
-class Regression(NamedTuple):
-    """One SG module regressed onto its target: what :func:`regress` returns.
-
-    Attributes:
-        s: the module's output SG(h, y), per example.
-        loss: ``mean_b ‖t_b − s_b‖²``, the module's regression loss L_SG.
-        grad_params: ∂L_SG/∂θ, for the module's optimiser.
-        grad_h: ∂L_SG/∂h of the batch-mean loss (times the batch size it is the
-            per-example ∂ℓ_SG,b/∂h_b that SG + prop adds to the signal).
-    """
-
-    s: jax.Array
-    loss: jax.Array
-    grad_params: Params
-    grad_h: jax.Array
-
-
-def regress(
-    estimator: Estimator, theta: Params, h: jax.Array, y: jax.Array, target: jax.Array
-) -> Regression:
-    """The SG regression, the one place it is written: SG(h, y) against a held target.
-
-    ``target`` is stop-gradiented; one VJP gives the gradients w.r.t. the module's
-    parameters and w.r.t. ``h``. :func:`sgjax.rules.synthetic_gradients` uses it at every
-    module (the pipeline and ``theory`` may adopt it too).
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> sg = linear()
-        >>> theta = sg.init(jax.random.key(0), (2,), 3)
-        >>> r = regress(sg, theta, jnp.ones((4, 2)), jnp.zeros((4, 3)), jnp.ones((4, 2)))
-        >>> float(r.loss)  # zero-initialised module, target 1 in 2 units: ‖1 − 0‖² = 2
-        2.0
-    """
-    t = jax.lax.stop_gradient(target)
-    s, module_vjp = jax.vjp(lambda th, hh: estimator.apply(th, hh, y), theta, h)
-    r = s - t
-    batch = h.shape[0]
-    loss = jnp.mean(jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1))
-    # d/dθ and d/dh of mean_b ‖s_b − t_b‖² in one VJP.
-    g_theta, g_h = module_vjp(2.0 * r / batch)
-    return Regression(s, loss, g_theta, g_h)
 
 
 #: The registry of SG modules: name -> factory. Registering one is one entry here (the

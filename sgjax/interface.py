@@ -107,6 +107,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgjax import estimators as est_lib
+from sgjax import sgmodule
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array, Any], jax.Array]
@@ -280,16 +281,17 @@ def _interface_bwd(cfg: _Config, res, g):
     if cfg.mode == "no-backprop":
         return jnp.zeros_like(h), zeros_theta, None, zero_lam
 
-    s, module_vjp = jax.vjp(lambda th, hh: cfg.apply(th, hh, context), theta, h)
-    wide = _float_dtype(s.dtype, g.dtype)
     # Per-example target t = scale·g, stop-gradiented (g is a cotangent: no tape to cut,
-    # but a stop_gradient keeps it so under higher-order differentiation too).
+    # but a stop_gradient keeps it so under higher-order differentiation too), in float32
+    # or wider.
+    wide = _float_dtype(jax.eval_shape(cfg.apply, theta, h, context).dtype, g.dtype)
     t = jax.lax.stop_gradient(g).astype(wide) * cfg.scale
-    r = s.astype(wide) - t
-    # d/dθ and d/dh of L_SG = Σ_b ‖s_b − t_b‖² / scale, in one VJP: each example weighs
-    # what it weighs in the loss (for "mean" the batch mean, as rules.synthetic_gradients),
-    # so the module's gradient sums over shards exactly as the model's does.
-    g_theta, g_h = module_vjp((2.0 * r / cfg.scale).astype(s.dtype))
+    # The core's regression (sgjax.sgmodule.regress): d/dθ and d/dh of
+    # L_SG = Σ_b ‖s_b − t_b‖² / scale in one VJP: each example weighs what it weighs in the
+    # loss (for "mean" the batch mean, as rules.synthetic_gradients), so the module's
+    # gradient sums over shards exactly as the model's does.
+    reg = sgmodule.regress(cfg.apply, theta, h, context, t, scale=cfg.scale)
+    s, g_theta, g_h = reg.s, reg.grad_params, reg.grad_h
     if cfg.mode == "warm-up":
         return g, g_theta, None, zero_lam
     delta = s.astype(wide)

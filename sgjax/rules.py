@@ -38,12 +38,14 @@ experiments.
 
 A rule is an :class:`UpdateRule`, a NamedTuple of pure functions in the manner of optax:
 
-* ``init(key, net) -> RuleState`` — trainable module parameters (``RuleState.params``,
-  optimised by the training step with its own optimiser) and fixed state
-  (``RuleState.fixed``: the random feedback matrices of FA/DFA);
+* ``init(key, net) -> RuleState`` — trainable module parameters (``RuleState.params``)
+  with the state of the rule's own optimiser for them (``RuleState.opt_state``), and fixed
+  state (``RuleState.fixed``: the random feedback matrices of FA/DFA);
 * ``gradients(state, net, params, x, y, loss) -> RuleOutput`` — the parameter gradients
   of every stage, the gradients of the modules' regression losses, the signals and the
-  per-module SG losses.
+  per-module SG losses;
+* ``update(state, rule_grads) -> RuleState`` — one step of the rule's own optimiser on its
+  modules (SG rules only: the rule owns its SG optimiser, ``sg_optimizer``).
 
 State lives outside the functions so that ``jax.jit``, ``jax.vmap`` (over seeds) and
 ``jax.shard_map`` compose with a rule without special cases.
@@ -79,15 +81,19 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
+from sgjax import sgmodule
 from sgjax.nets import Network
 from sgjax.sweep import (
     RuleOutput,
     RuleState,
     SignalFn,
     UpdateRule,
+    apply_rule_update,
+    bind,
     exact_signals,
     pass_through,
     sweep,
@@ -102,7 +108,9 @@ __all__ = [
     "Table1Context",
     "Table1Row",
     "UpdateRule",
+    "apply_rule_update",
     "backprop",
+    "bind",
     "direct_feedback_alignment",
     "exact_signals",
     "feedback_alignment",
@@ -317,6 +325,7 @@ def synthetic_gradients(
     at: int | str | Sequence[int] | None = None,
     targets: str = "bootstrap",
     prop: float = 0.0,
+    sg_optimizer: optax.GradientTransformation | None = None,
 ) -> UpdateRule:
     """Synthetic gradients / DNI: stage i follows δ̂_i = SG_i(h_i, y).
 
@@ -331,9 +340,19 @@ def synthetic_gradients(
             module above (DNI); ``"true"`` — onto the true ∂ℓ/∂h_i (direct SG; needs a full
             backward pass, so it is update-locked: a reference, not a decoupled method).
         prop: α ≥ 0 of SG + prop: the lower network follows SG(h, y) + α ∂ℓ_SG/∂h.
+        sg_optimizer: the optax transformation that trains the SG modules; the rule owns
+            it and its state (``RuleState.opt_state``, one state per module, so a module
+            skipped by ``p_update`` keeps its own). Default ``None``: **the network's
+            optimiser** — the very transformation passed to :func:`sgjax.train.init` /
+            :func:`~sgjax.train.make_step` / :func:`~sgjax.train.fit` / the runner (same
+            kind, same learning rate or schedule), bound by :func:`sgjax.sweep.bind`; the
+            modules still get their own state. (The command line's default is its own:
+            ``--sg-optimizer adam --sg-lr 1e-3``.)
 
-    Each module's loss is ``mean_b ‖t_b − SG(h_b, y_b)‖²``; its gradients come back in
-    ``RuleOutput.rule_grads`` for the training step's SG optimiser.
+    Each module is an :class:`sgjax.sgmodule.SGModule`; its loss is
+    ``mean_b ‖t_b − SG(h_b, y_b)‖²`` (:func:`sgjax.sgmodule.regress`), its gradients come
+    back in ``RuleOutput.rule_grads`` and ``rule.update(state, rule_grads)`` applies one
+    step of ``sg_optimizer`` (the training step calls it).
 
     Example:
         >>> import jax
@@ -351,7 +370,16 @@ def synthetic_gradients(
         )
     if not isinstance(prop, int | float) or not prop >= 0.0:
         raise ValueError(f"synthetic_gradients: `prop` (α) must be a float ≥ 0, got {prop!r}")
+    if sg_optimizer is not None and not (
+        callable(getattr(sg_optimizer, "init", None))
+        and callable(getattr(sg_optimizer, "update", None))
+    ):
+        raise TypeError(
+            "synthetic_gradients: `sg_optimizer` must be an optax GradientTransformation "
+            f"(e.g. optax.adam(1e-3)) or None, got {type(sg_optimizer).__name__}"
+        )
     alpha = float(prop)
+    module = sgmodule.SGModule(estimator, sg_optimizer) if sg_optimizer is not None else None
 
     def init(key: jax.Array, net: Network) -> RuleState:
         boundaries = resolve_at(at, net.depth)
@@ -361,7 +389,33 @@ def synthetic_gradients(
             estimator.init(k, net.stages[b - 1].out_shape, net.out_dim, dtype)
             for k, b in zip(keys, boundaries)
         )
-        return RuleState(params=modules)
+        if sg_optimizer is None:  # unbound: train.init binds the network's optimiser
+            return RuleState(params=modules)
+        return RuleState(params=modules, opt_state=tuple(sg_optimizer.init(m) for m in modules))
+
+    def update(state: RuleState, rule_grads: Any) -> RuleState:
+        if module is None:
+            raise ValueError(
+                "synthetic_gradients: this rule has no `sg_optimizer` to train its SG modules "
+                "with; train it through sgjax.train (init, make_step, fit: they default it to "
+                "the network's optimiser), or build it with "
+                "`synthetic_gradients(..., sg_optimizer=optax.adam(1e-3))` or bind one with "
+                "`sgjax.sweep.bind(rule, optimizer)`"
+            )
+        if not isinstance(state.opt_state, tuple) or len(state.opt_state) != len(state.params):
+            n = len(state.opt_state) if isinstance(state.opt_state, tuple) else "no tuple of"
+            raise ValueError(
+                f"synthetic_gradients: the rule state holds {len(state.params)} SG modules but "
+                f"{n} optimiser states; was it made by this rule's `init` (one bound to its "
+                "SG optimiser)?"
+            )
+        new = [
+            module.update(sgmodule.SGState(p, o), g)
+            for p, o, g in zip(state.params, state.opt_state, rule_grads)
+        ]
+        return state._replace(
+            params=tuple(m.params for m in new), opt_state=tuple(m.opt_state for m in new)
+        )
 
     def gradients(state, net, params, x, y, loss) -> RuleOutput:
         loss = loss_lib.get(loss)
@@ -383,7 +437,7 @@ def synthetic_gradients(
             # Only for modules that read h: there a non-finite h_b makes the output
             # non-finite anyway, so the tie changes no value (see _after).
             y_b = _after(y_vec, h) if estimator.uses_h and estimator.uses_y else y_vec
-            reg = est_lib.regress(estimator, theta, h, y_b, t)
+            reg = sgmodule.regress(estimator, theta, h, y_b, t)
             delta = jax.lax.stop_gradient(reg.s)
             if alpha:
                 # reg.grad_h times the batch size is the per-example ∂ℓ_SG,b/∂h_b.
@@ -397,9 +451,19 @@ def synthetic_gradients(
         sg_loss = jnp.stack([aux[b][1] for b in boundaries])
         return RuleOutput(value, p, grads, rule_grads, signals, sg_loss)
 
+    def bind(optimizer: optax.GradientTransformation) -> UpdateRule:
+        return synthetic_gradients(
+            estimator, at=at, targets=targets, prop=prop, sg_optimizer=optimizer
+        )
+
     name = "sg-prop" if alpha else "sg"
     return UpdateRule(
-        init, _checked(name, init, gradients), name, lambda net: resolve_at(at, net.depth)
+        init,
+        _checked(name, init, gradients),
+        name,
+        lambda net: resolve_at(at, net.depth),
+        update,
+        bind if sg_optimizer is None else None,
     )
 
 
@@ -684,7 +748,13 @@ class RuleSpec:
         return {**self.options, **options}
 
 
-_SG_OPTIONS = {"estimator": "conditioned", "at": "all", "targets": "bootstrap", "prop": 0.0}
+_SG_OPTIONS = {
+    "estimator": "conditioned",
+    "at": "all",
+    "targets": "bootstrap",
+    "prop": 0.0,
+    "sg_optimizer": None,
+}
 
 
 def _sg_prop(**options: Any) -> UpdateRule:

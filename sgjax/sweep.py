@@ -31,10 +31,12 @@ Params = Any
 
 
 class RuleState(NamedTuple):
-    """State of a rule: ``params`` are trained (SG modules), ``fixed`` are not (FA/DFA)."""
+    """State of a rule: ``params`` are trained (SG modules), ``fixed`` are not (FA/DFA);
+    ``opt_state`` is the rule's own optimiser state for ``params`` (one per SG module)."""
 
     params: Any = ()
     fixed: Any = ()
+    opt_state: Any = ()
 
 
 class RuleOutput(NamedTuple):
@@ -61,14 +63,36 @@ class UpdateRule(NamedTuple):
     """An update rule: ``init(key, net) -> RuleState`` and
     ``gradients(state, net, params, x, y, loss) -> RuleOutput``.
 
-    ``boundaries(net)``, for rules with trainable modules, gives the boundary (1..N) of
-    each entry of ``RuleState.params``; :func:`sgjax.train.make_step` uses it to update a
-    module together with its stage (``p_update``)."""
+    A rule with trainable modules owns their optimiser, as optax's ``lookahead`` owns its
+    inner state: ``update(state, rule_grads) -> RuleState`` applies one step of it to
+    ``RuleState.params`` (``None``: nothing to train). ``boundaries(net)`` gives the
+    boundary (1..N) of each entry of ``RuleState.params``; :func:`sgjax.train.make_step`
+    uses it to update a module together with its stage (``p_update``). ``bind(optimizer)``
+    is the rule with its module optimiser defaulting to ``optimizer`` (the network's),
+    for a rule built without one (``None``: the rule needs no default); see
+    :func:`bind`."""
 
     init: Callable[[jax.Array, Network], RuleState]
     gradients: Callable[..., RuleOutput]
     name: str
     boundaries: Callable[[Network], tuple[int, ...]] | None = None
+    update: Callable[[RuleState, Any], RuleState] | None = None
+    bind: Callable[[Any], UpdateRule] | None = None
+
+
+def bind(rule: UpdateRule, optimizer: Any) -> UpdateRule:
+    """``rule`` with its module optimiser defaulting to ``optimizer`` (the network's).
+
+    :func:`sgjax.train.init` and :func:`sgjax.train.make_step` call it, so that an SG rule
+    built without an ``sg_optimizer`` trains its modules with the network's optimiser; a
+    rule that was given one, or has no modules, is returned as it is.
+    """
+    return rule.bind(optimizer) if rule.bind is not None else rule
+
+
+def apply_rule_update(rule: UpdateRule, state: RuleState, rule_grads: Any) -> RuleState:
+    """One step of the rule's own optimiser on its modules (the state as is, if none)."""
+    return rule.update(state, rule_grads) if rule.update is not None else state
 
 
 # signal(boundary, h, g, y_vec, e, g_true) -> (delta, aux); aux is collected per boundary.

@@ -142,13 +142,13 @@ def test_rule_state_of_another_network_or_rule_is_named_at_the_rule_entry():
         step(state._replace(rule_state=narrow), (x, y))
 
 
-def _fit(net, rule, opt, sg_opt=None, steps=30):
+def _fit(net, rule, opt, steps=30):
     rng = np.random.default_rng(1)
     dt = jax.tree.leaves(net.init(jax.random.key(0)))[0].dtype
     xs = rng.normal(size=(64, 6)).astype(dt)
     ys = rng.integers(0, 4, 64).astype(np.int32)
     return train.fit(net, rule, "xent", opt, xs, ys, steps=steps, batch_size=16,
-                     key=jax.random.key(0), sg_optimizer=sg_opt)  # fmt: skip
+                     key=jax.random.key(0))  # fmt: skip
 
 
 def test_float16_failure_names_the_updated_parameters_and_what_to_do():
@@ -166,7 +166,7 @@ def test_float16_failure_names_the_updated_parameters_and_what_to_do():
 
 def test_a_diverging_sg_optimiser_is_named_not_called_a_non_finite_loss():
     with pytest.raises(train.NonFiniteLossError) as err:
-        _fit(NET, rules.synthetic_gradients(), optax.sgd(1e-3), optax.sgd(1e38))
+        _fit(NET, rules.synthetic_gradients(sg_optimizer=optax.sgd(1e38)), optax.sgd(1e-3))
     parts = err.value.parts
     assert "the parameters of SG module 1 after the update" in parts, parts
     assert "the loss" not in parts  # the loss was finite: it was the SG optimiser

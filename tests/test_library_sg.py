@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sgjax import estimators
+from sgjax import estimators, sgmodule
 from theory import library_sg
 from theory.record import Claim
 
@@ -83,17 +83,19 @@ def test_every_estimator_and_option_has_a_row() -> None:
 
 
 def test_a_planted_regression_bug_turns_the_rows_red(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Planted in-process: sgjax.estimators.regress with the module's gradient halved
-    # (the ½‖t − s‖² convention). The rows must go red.
-    good = estimators.regress
+    # Planted in-process: the one SG regression (sgjax.sgmodule.regress, which the rules
+    # and the interface both call) with the module's gradient halved (the ½‖t − s‖²
+    # convention). The rows of both paths must go red.
+    good = sgmodule.regress
 
-    def halved(estimator, theta, h, y, target):  # type: ignore[no-untyped-def]
-        r = good(estimator, theta, h, y, target)
+    def halved(estimator, theta, h, y, target, **kw):  # type: ignore[no-untyped-def]
+        r = good(estimator, theta, h, y, target, **kw)
         return r._replace(grad_params=jax.tree.map(lambda g: 0.5 * g, r.grad_params))
 
-    monkeypatch.setattr(estimators, "regress", halved)
-    recs = _run(["conditioned/bootstrap", "conditioned/at=output"])
+    monkeypatch.setattr(sgmodule, "regress", halved)
+    recs = _run(["conditioned/bootstrap", "conditioned/at=output", "interface/conditioned"])
     claims = {r.name: r for r in recs if r.kind == "claim"}
+    assert any("interface" in name for name in claims), claims  # both paths are judged
     assert claims and all(not r.passed for r in claims.values()), claims
     assert all(r.measured > 0.3 for r in claims.values()), claims  # ∂L_SG/∂θ off by ½
 

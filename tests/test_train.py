@@ -27,9 +27,9 @@ RULES = {
 def _setup(key, rule_name, *, norm=None, activation="relu"):
     net = nets.mlp([6, 10, 9, 8, 4], activation, norm=norm)
     rule = RULES[rule_name]()
-    opt, sg_opt = optax.adam(1e-2), optax.adam(1e-2)
-    state = train.init(key, net, rule, opt, sg_opt)
-    step = train.make_step(net, rule, losses.softmax_cross_entropy, opt, sg_opt)
+    opt = optax.adam(1e-2)  # the SG rules' optimiser too (built without sg_optimizer)
+    state = train.init(key, net, rule, opt)
+    step = train.make_step(net, rule, losses.softmax_cross_entropy, opt)
     return net, rule, state, step
 
 

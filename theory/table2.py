@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sgjax import sgmodule
 from theory._common import np_orthonormal, rng, x64
 from theory.record import Claim, at_least, at_most, control, finding
 
@@ -149,13 +150,11 @@ def _train(
             (g_low,) = vjp_lower(G)
             g_sg = jax.tree.map(jnp.zeros_like, sgp)
         else:
-            target = jax.lax.stop_gradient(n * G)  # per-point ∂L_i/∂h_i
-
-            def sg_loss(q: dict[str, jax.Array]) -> jax.Array:
-                return jnp.mean(jnp.sum((_sg_apply(q, h, Y) - target) ** 2, axis=1))
-
-            g_sg = jax.grad(sg_loss)(sgp)
-            (g_low,) = vjp_lower(_sg_apply(sgp, h, Y) / n)
+            # The SG regresses onto the per-point ∂L_i/∂h_i with the core's regression
+            # (sgjax.sgmodule.regress: mean_i ‖SG(h_i, y_i) − t_i‖², target held).
+            reg = sgmodule.regress(_sg_apply, sgp, h, Y, n * G)
+            g_sg = reg.grad_params
+            (g_low,) = vjp_lower(reg.s / n)
         updates, state = opt.update((g_low, g_up, g_sg), state, params)
         return (optax.apply_updates(params, updates), state), None
 

@@ -389,20 +389,18 @@ def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
 
     ds, x_train, x_test = _flat_data(config)
     net = config.net(x_train.shape[1], ds.num_classes)
-    rule = config.build_rule()
-    opt, sg_opt = config.optimizers()
+    rule = config.build_rule()  # with its SG optimiser
     t0 = time.perf_counter()
     state, history = runner.run_training(
         net,
         rule,
         config.loss,
-        opt,
+        config.build_optimizer(),
         x_train,
         ds.y_train,
         steps=config.steps,
         batch_size=config.batch_size,
         seed=config.seed,
-        sg_optimizer=sg_opt,
         cosine=config.cosine,
         progress=outputs.progress,
         log_every=max(1, config.steps // 20),
@@ -525,14 +523,16 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
     mesh = pipeline.make_mesh(pipe.devices)  # too few devices: a clear error, before work
     ds, x_train, x_test = _flat_data(config)
     net = config.net(x_train.shape[1], ds.num_classes)
-    lr, sg = config.optimizer.learning_rate, config.sg_optimizer
-    sg_lr = sg.learning_rate if sg is not None else 1e-3
-    if lr is None or sg_lr is None:
-        raise ValueError(
-            "--pipeline trains with Adam at the learning rates --lr and --sg-lr; a custom "
-            "optax optimiser does not apply to it"
-        )
     from sgjax.infra.runner import PipelineRun
+
+    sg_module = {  # the SG pipeline's modules: the rule's estimator and SG optimiser
+        k: v
+        for k, v in (
+            ("estimator", config.rule.options_dict().get("estimator")),
+            ("sg_optimizer", config.sg_optimizer.build() if config.sg_optimizer else None),
+        )
+        if v is not None
+    }
 
     per_call = pipe.micro_batches if pipe.method == "gpipe" else _PIPELINE_CHUNK
     run = PipelineRun(
@@ -564,14 +564,13 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
                 batch_size=config.batch_size,
                 micro_batches=pipe.micro_batches or 1,
                 loss=config.loss,
-                lr=lr,
-                sg_lr=sg_lr,
-                estimator=config.rule.options_dict().get("estimator", "conditioned"),
+                optimizer=config.build_optimizer(),
                 seed=config.seed,
                 chunk=_PIPELINE_CHUNK,
                 mesh=mesh,
                 start=run.start,
                 on_call=run.on_call,
+                **sg_module,
             )
     except Exception as e:
         raise _lost_process(e) or e from None

@@ -2,8 +2,8 @@
 
 A checkpoint directory holds one sub-directory per saved step (``<dir>/<step>/``) with
 two items: ``state`` (every leaf of the ``TrainState``: step, network parameters,
-optimiser state, rule state — SG modules or FA/DFA matrices — and the SG optimiser
-state) and ``meta`` (a JSON dict: the data seed, batch size, dataset size, the rule's
+optimiser state, rule state — SG modules with their optimiser's state, or FA/DFA
+matrices) and ``meta`` (a JSON dict: the data seed, batch size, dataset size, the rule's
 name, the last metrics, and whatever the caller adds). The data position is the step:
 :func:`sgjax.train.batches` with ``start=step`` replays the exact batch sequence, so
 state + step + seed are all a resumed run needs to continue bit for bit.
@@ -149,6 +149,16 @@ def unhashed_kind(where: Path) -> str | None:
 class OlderFormatError(CorruptCheckpointError):
     """The directory's checkpoints were written by an older sgjax, without hashes; they
     are left untouched (``--adopt-older-checkpoints`` checks and hashes them)."""
+
+
+class OlderLayoutError(ValueError):
+    """The checkpoint holds a ``TrainState`` of the layout before the SG rule owned its
+    optimiser (a top-level ``sg_opt_state``): this sgjax cannot continue it."""
+
+
+#: the top-level field of the older ``TrainState`` layout (the SG optimiser's state
+#: beside the rule); it now lives in ``rule_state.opt_state``, one state per SG module.
+_OLDER_SG_FIELD = "sg_opt_state"
 
 
 class FirstSaveInterruptedError(CorruptCheckpointError):
@@ -369,7 +379,7 @@ def abstract_state(state_fn, *args, **kwargs) -> Any:
     """The shapes and dtypes of ``state_fn(*args, **kwargs)`` without computing it.
 
     Use it to build the restore target cheaply, e.g.
-    ``abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)``.
+    ``abstract_state(train.init, key, net, rule, optimizer)``.
 
     Example:
         >>> import jax, optax
@@ -862,6 +872,15 @@ class Checkpointer:
             _orbax_name(path): (tuple(np.shape(x)), np.dtype(x.dtype))
             for path, x in jax.tree_util.tree_flatten_with_path(target)[0]
         }
+        older = [k for k in saved if k.split(".")[0] == _OLDER_SG_FIELD]
+        if older and not any(k.split(".")[0] == _OLDER_SG_FIELD for k in wanted):
+            raise OlderLayoutError(
+                f"checkpoint {where} was written by an older sgjax, which kept the SG "
+                f"optimiser's state beside the rule (`{_OLDER_SG_FIELD}`, e.g. {older[0]}); "
+                "this sgjax keeps it inside the rule state (`rule_state.opt_state`, one state "
+                "per SG module), so it cannot continue that run. Finish it with the sgjax "
+                "version that wrote it, or start again in another directory"
+            )
         problems = [f"{k}: missing from the checkpoint" for k in wanted if k not in saved]
         problems += [f"{k}: in the checkpoint, not in the target" for k in saved if k not in wanted]
         problems += [

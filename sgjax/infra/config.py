@@ -2,10 +2,11 @@
 
 :class:`RunConfig` (frozen dataclasses all the way down) is the one place that decides
 which options apply to which rule: an option that would be ignored is an error naming the
-flag and the rules it applies to. It builds the rule and the optimisers, it is what a
-checkpoint stores, and :meth:`RunConfig.resume_problems` is what ``--resume`` compares:
-every field that changes the computation must be equal; only :data:`MAY_CHANGE` may
-differ (``steps`` upward, and where outputs go).
+flag and the rules it applies to. It builds the rule (with its SG optimiser: the rule
+owns it) and the network's optimiser, it is what a checkpoint stores, and
+:meth:`RunConfig.resume_problems` is what ``--resume`` compares: every field that
+changes the computation must be equal; only :data:`MAY_CHANGE` may differ (``steps``
+upward, and where outputs go).
 
 The optimiser is part of it: from code any optax transformation
 (:meth:`OptimizerConfig.custom`), from the command line one of :data:`OPTIMIZERS`.
@@ -144,14 +145,23 @@ class RuleConfig:
 
     @classmethod
     def of(cls, name: str, **options: Any) -> RuleConfig:
+        if options.get("sg_optimizer") is not None:
+            raise ValueError(
+                "RuleConfig: give the SG optimiser as `RunConfig(sg_optimizer=OptimizerConfig"
+                "(...))` (--sg-optimizer, --sg-lr; stored and compared on resume), not as a "
+                "rule option"
+            )
         resolved = rules.spec(name).resolve(**options)
+        resolved.pop("sg_optimizer", None)  # RunConfig.sg_optimizer builds it
         return cls(name, tuple(sorted(resolved.items())))
 
     def options_dict(self) -> dict[str, Any]:
         return dict(self.options)
 
-    def build(self) -> rules.UpdateRule:
-        return rules.get(self.name, **self.options_dict())
+    def build(self, sg_optimizer: optax.GradientTransformation | None = None) -> rules.UpdateRule:
+        """The rule; ``sg_optimizer`` (rules with modules only) is the one it trains them with."""
+        extra = {"sg_optimizer": sg_optimizer} if sg_optimizer is not None else {}
+        return rules.get(self.name, **self.options_dict(), **extra)
 
     @property
     def trains_modules(self) -> bool:
@@ -178,7 +188,9 @@ class RunConfig:
     """Everything that decides what a training run computes.
 
     Attributes hold the defaults of ``sgjax train``; ``sg_optimizer`` is ``None`` for a
-    rule without modules of its own (and then refused if given).
+    rule without modules of its own (and then refused if given), and for a rule with
+    modules it defaults to Adam at 1e-3 (``--sg-optimizer adam --sg-lr 1e-3``, whatever
+    ``optimizer`` is); :meth:`build_rule` hands it to the rule, which owns it.
     """
 
     dataset: str = "digits"
@@ -261,17 +273,18 @@ class RunConfig:
         return nets.mlp(sizes, self.activation, norm=None if self.norm == "none" else self.norm)
 
     def build_rule(self) -> rules.UpdateRule:
-        return self.rule.build()
+        """The rule, with its SG optimiser (rules with modules) built from ``sg_optimizer``
+        (each module keeps its own optimiser state, so ``p_update`` needs nothing more)."""
+        return self.rule.build(self.sg_optimizer.build() if self.sg_optimizer else None)
 
-    def optimizers(self) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-        """``(optimizer, sg_optimizer)``; the second is the first for rules without modules."""
+    def build_optimizer(self) -> optax.GradientTransformation:
+        """The network's optimiser; :func:`sgjax.train.stagewise` when ``p_update`` < 1."""
         opt = self.optimizer.build()
-        sg_opt = self.sg_optimizer.build() if self.sg_optimizer is not None else opt
         if self.p_update < 1:  # a skipped stage keeps its own optimiser state
             from sgjax import train
 
-            return train.stagewise(opt), train.stagewise(sg_opt)
-        return opt, sg_opt
+            return train.stagewise(opt)
+        return opt
 
     # ------------------------------------------------------------------ storing
 
@@ -381,12 +394,15 @@ def from_flags(given: Mapping[str, Any]) -> RunConfig:
             if option not in spec.options:
                 raise _refuse(RULE_FLAGS[option], _rules_taking(option), rule)
             options[option] = g[dest]
+    d_opt = OptimizerConfig()  # the one place the default optimiser is written
     sg_opt = None
     if "sg_lr" in g or "sg_optimizer" in g:
         if not spec.trains_modules:
             flag = "--sg-lr" if "sg_lr" in g else "--sg-optimizer"
             raise _refuse(flag, _module_rules(), rule)
-        sg_opt = OptimizerConfig(g.get("sg_optimizer", "adam"), g.get("sg_lr", 1e-3))
+        sg_opt = OptimizerConfig(
+            g.get("sg_optimizer", d_opt.name), g.get("sg_lr", d_opt.learning_rate)
+        )
     dataset = g.get("dataset", "digits")
     key = dataset.replace("-", "_").lower()
     for dest in ("data_dir", "train_size"):
@@ -406,15 +422,15 @@ def from_flags(given: Mapping[str, Any]) -> RunConfig:
         norm=g.get("norm", d.norm),
         rule=RuleConfig.of(rule, **options),
         loss=g.get("loss", d.loss),
-        optimizer=OptimizerConfig(g.get("optimizer", "adam"), g.get("lr", 1e-3)),
+        optimizer=OptimizerConfig(g.get("optimizer", d_opt.name), g.get("lr", d_opt.learning_rate)),
         sg_optimizer=sg_opt,
         steps=g.get("steps", d.steps),
         batch_size=g.get("batch_size", d.batch_size),
         seed=g.get("seed", d.seed),
-        cosine=bool(g.get("cosine", False)),
+        cosine=bool(g.get("cosine", d.cosine)),
         pipeline=pipeline,
-        p_update=float(g.get("p_update", 1.0)),
-        sg_update=g.get("sg_update") or "with-stage",
+        p_update=float(g.get("p_update", d.p_update)),
+        sg_update=g.get("sg_update") or d.sg_update,
     )
 
 
@@ -442,8 +458,6 @@ def _pipeline_flags(g: dict[str, Any]) -> tuple[PipelineConfig, dict[str, Any]]:
             ("targets", "--targets"),
             ("prop", "--prop"),
             ("cosine", "--cosine"),
-            ("optimizer", "--optimizer"),
-            ("sg_optimizer", "--sg-optimizer"),
         )
         if g.get(dest)
     ]
@@ -453,8 +467,8 @@ def _pipeline_flags(g: dict[str, Any]) -> tuple[PipelineConfig, dict[str, Any]]:
         unsupported.append("--sg-update")
     if unsupported:
         raise ValueError(
-            f"{', '.join(unsupported)} not supported with --pipeline (Adam; SG modules sit at "
-            "every stage boundary with bootstrapped targets)"
+            f"{', '.join(unsupported)} not supported with --pipeline (SG modules sit at every "
+            "stage boundary with bootstrapped targets)"
         )
     if g.get("micro_batches") is not None and method != "gpipe":
         raise ValueError("--micro-batches applies only with --pipeline-method gpipe")

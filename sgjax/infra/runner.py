@@ -80,15 +80,14 @@ class StepCache:
     """Jitted steps of recent runs, keyed by the identity of their ingredients.
 
     Pass one to :func:`run_training` (``step_cache=``) to reuse the compiled step when the
-    same (net, rule, loss, optimisers) run is resumed or repeated in one process. Entries
+    same (net, rule, loss, optimiser) run is resumed or repeated in one process. Entries
     keep their ingredients alive, so an ``id`` cannot be reused while cached.
 
     Example:
         >>> import optax
         >>> from sgjax import nets, rules
         >>> cache, net, rule, opt = StepCache(), nets.mlp([2, 2]), rules.backprop(), optax.sgd(1.0)
-        >>> cache.get(net, rule, "xent", opt, None, False) is cache.get(
-        ...     net, rule, "xent", opt, None, False)
+        >>> cache.get(net, rule, "xent", opt, False) is cache.get(net, rule, "xent", opt, False)
         True
     """
 
@@ -102,13 +101,12 @@ class StepCache:
         rule,
         loss,
         optimizer,
-        sg_optimizer,
         cosine: bool,
         p_update=1.0,
         seed=0,
         sg_update="with-stage",
     ) -> Callable:
-        parts = (net, rule, loss, optimizer, sg_optimizer)
+        parts = (net, rule, loss, optimizer)
         key = (*map(id, parts), cosine, p_update, seed, sg_update)
         hit = self._entries.get(key)
         if hit is not None and all(a is b for a, b in zip(hit[0], parts)):
@@ -116,7 +114,7 @@ class StepCache:
         # p_update's draws: their own stream of the run's seed, folded with the step count.
         update_key = jax.random.fold_in(jax.random.key(seed), 0x5D)
         step = train.make_step(
-            net, rule, loss, optimizer, sg_optimizer, cosine=cosine, p_update=p_update,
+            net, rule, loss, optimizer, cosine=cosine, p_update=p_update,
             update_key=update_key, sg_update=sg_update,
         )  # fmt: skip
         fn = jax.jit(step)
@@ -142,7 +140,6 @@ def run_training(
     batch_size: int,
     seed: int = 0,
     key: jax.Array | None = None,
-    sg_optimizer: optax.GradientTransformation | None = None,
     cosine: bool = False,
     ckpt_dir: str | os.PathLike | None = None,
     ckpt_every: int = 1000,
@@ -162,7 +159,8 @@ def run_training(
     """Train to ``steps`` total steps, checkpointing to ``ckpt_dir``; returns (state, history).
 
     Args:
-        net, rule, loss, optimizer, sg_optimizer, cosine: as for :func:`sgjax.train.fit`.
+        net, rule, loss, optimizer, cosine: as for :func:`sgjax.train.fit` (an SG rule
+            carries its own SG optimiser, see :func:`sgjax.rules.synthetic_gradients`).
         x, y: the training data (validated once: input width, label range).
         steps: the total number of steps of the run (not the number still to do).
         batch_size: mini-batch size.
@@ -230,7 +228,7 @@ def run_training(
         meta["run_config"] = config.to_dict()
     say = log or (lambda _msg: None)
     step_fn = (step_cache or StepCache(1)).get(
-        net, rule, loss, optimizer, sg_optimizer, cosine, p_update, seed, sg_update
+        net, rule, loss, optimizer, cosine, p_update, seed, sg_update
     )
     ckpt = Checkpointer(ckpt_dir, keep=keep) if ckpt_dir is not None else None
     if ckpt is not None and ckpt.stale_lock:
@@ -238,7 +236,7 @@ def run_training(
     try:
         state: TrainState | None = None
         if ckpt is not None:
-            target = abstract_state(train.init, key, net, rule, optimizer, sg_optimizer)
+            target = abstract_state(train.init, key, net, rule, optimizer)
             if adopt_older:
                 adopted = ckpt.adopt_older(target)
                 say(
@@ -256,7 +254,7 @@ def run_training(
                     ]
                     return state, hist if last else []
         if state is None:
-            state = train.init(key, net, rule, optimizer, sg_optimizer)
+            state = train.init(key, net, rule, optimizer)
         run = _Run(ckpt, meta, ckpt_every, log_every, steps, callback, int(state.step))
         data = train.batches(x, y, batch_size, seed=seed, start=int(state.step))
         try:
@@ -268,7 +266,7 @@ def run_training(
                 on_step=run.on_step,
                 progress=progress,
                 desc=rule.name,
-                diagnose=train.diagnoser(net, rule, loss, optimizer, sg_optimizer),
+                diagnose=train.diagnoser(net, rule, loss, optimizer),
             )
         except NonFiniteLossError as err:
             raise run.stopped(err) from None

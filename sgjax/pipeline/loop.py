@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
 from sgjax import rules, train
+from sgjax.infra.config import OptimizerConfig
 from sgjax.nets import Network
 from sgjax.pipeline.dataparallel import dp_on_mesh
 from sgjax.pipeline.gpipe import gpipe_on_mesh, init_bp
@@ -60,13 +61,12 @@ def _single_device_chunk(
     rule: rules.UpdateRule,
     loss: loss_lib.Loss,
     optimizer: optax.GradientTransformation,
-    sg_optimizer: optax.GradientTransformation,
 ) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
     """``chunk(state, xs, ys, valid)``: :func:`sgjax.train.make_step` over a stack of
     batches in one jitted scan (one dispatch per chunk, as for the mesh runners); a
     batch with ``valid`` False is skipped (a partial last chunk reuses the compiled call).
     """
-    step = train.make_step(net, rule, loss, optimizer, sg_optimizer)
+    step = train.make_step(net, rule, loss, optimizer)
 
     def masked(state: train.TrainState, batch: tuple[jax.Array, jax.Array, jax.Array]):
         x, y, v = batch
@@ -93,8 +93,8 @@ def train_pipelined(
     batch_size: int = 64,
     micro_batches: int = 4,
     loss: str | loss_lib.Loss = "xent",
-    lr: float = 1e-3,
-    sg_lr: float = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    sg_optimizer: optax.GradientTransformation | None = None,
     estimator: str | est_lib.Estimator = "conditioned",
     seed: int = 0,
     chunk: int = 50,
@@ -125,8 +125,12 @@ def train_pipelined(
             excluded; training stops after the first call that ends past it.
         batch_size: micro-batch size B.
         micro_batches: M of GPipe.
-        loss, lr, sg_lr, estimator, seed: loss, Adam learning rates of the stages and SG
-            modules, the SG module, seed of the initialisation and of the batch order.
+        loss, estimator, seed: the loss, the SG module, the seed of the initialisation and
+            of the batch order.
+        optimizer: any optax transformation, for every stage (one state per stage);
+            default :class:`~sgjax.infra.config.OptimizerConfig`'s (Adam, 1e-3).
+        sg_optimizer: the SG modules' optax transformation (SG methods; default
+            ``optimizer``), one state per module.
         chunk: micro-batches per jitted call (the pipelines never drain between calls).
         mesh: the mesh for the mesh methods.
         x_test, y_test: evaluated at the end if given.
@@ -201,7 +205,14 @@ def train_pipelined(
         x_test = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
         y_test = np.asarray(y_test)
     loss = loss_lib.get(loss)
-    opt, sg_opt = optax.adam(lr), optax.adam(sg_lr)
+    opt = OptimizerConfig().build() if optimizer is None else optimizer
+    sg_opt = opt if sg_optimizer is None else sg_optimizer
+    for name, o in (("optimizer", opt), ("sg_optimizer", sg_opt)):
+        if not (callable(getattr(o, "init", None)) and callable(getattr(o, "update", None))):
+            raise TypeError(
+                f"train_pipelined: `{name}` must be an optax GradientTransformation, got "
+                f"{type(o).__name__}"
+            )
     key = jax.random.key(seed)
     per_call = micro_batches if method == "gpipe" else chunk
     if method == "gpipe" and steps is not None:
@@ -257,10 +268,14 @@ def train_pipelined(
         call, whole = dp.run, dp.unpack
         params_of = lambda st: dp.unpack(st).params  # noqa: E731
     else:
-        rule = rules.backprop() if method == "backprop" else rules.synthetic_gradients(estimator)
-        state = jax.jit(train.init, static_argnums=(1, 2, 3, 4))(key, net, rule, opt, sg_opt)
+        rule = (
+            rules.backprop()
+            if method == "backprop"
+            else rules.synthetic_gradients(estimator, sg_optimizer=sg_opt)
+        )
+        state = jax.jit(train.init, static_argnums=(1, 2, 3))(key, net, rule, opt)
         state = jax.tree.map(jnp.asarray, resolve(state))
-        call = _single_device_chunk(net, rule, loss, opt, sg_opt)
+        call = _single_device_chunk(net, rule, loss, opt)
         params_of = lambda st: st.params  # noqa: E731
         whole = lambda st: st  # noqa: E731
 

@@ -18,9 +18,12 @@ from jax import lax
 
 from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
+from sgjax.infra.config import OptimizerConfig
 from sgjax.nets import Network
 from sgjax.pipeline.mesh import _check_count
 from sgjax.pipeline.packing import _where
+from sgjax.sgmodule import SGModule
+from sgjax.sgmodule import SGState as ModuleState
 
 Params = Any
 
@@ -60,13 +63,21 @@ def _stage_vjp(
 
 
 class SGPipeline(NamedTuple):
-    """What the SG pipeline trains and how: built by :func:`sg_pipeline`."""
+    """What the SG pipeline trains and how: built by :func:`sg_pipeline`.
+
+    ``sg`` is the core's :class:`~sgjax.sgmodule.SGModule` (estimator and optimiser) of
+    every stage's SG module: the pipeline regresses and updates its modules with the
+    same code as :func:`sgjax.rules.synthetic_gradients`."""
 
     net: Network
     loss: loss_lib.Loss
     optimizer: optax.GradientTransformation
-    sg_optimizer: optax.GradientTransformation
-    estimator: est_lib.Estimator
+    sg: SGModule
+
+    @property
+    def estimator(self) -> est_lib.Estimator:
+        """The SG modules' estimator (``sg.estimator``)."""
+        return self.sg.estimator
 
 
 def sg_pipeline(
@@ -82,7 +93,8 @@ def sg_pipeline(
     Args:
         net: the network; stage s runs on device s.
         loss: a :class:`~sgjax.losses.Loss` or its name.
-        optimizer: optax transformation of every stage (default ``optax.adam(1e-3)``).
+        optimizer: optax transformation of every stage (default
+            :class:`~sgjax.infra.config.OptimizerConfig`'s: Adam at 1e-3).
         sg_optimizer: optax transformation of the SG modules (default: ``optimizer``).
         estimator: the SG module (default: label-conditioned linear, zero-initialised).
 
@@ -93,9 +105,9 @@ def sg_pipeline(
     """
     if not isinstance(net, Network):
         raise TypeError(f"sg_pipeline: `net` must be a sgjax.nets.Network, got {type(net)}")
-    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
-    sg_optimizer = optimizer if sg_optimizer is None else sg_optimizer
-    return SGPipeline(net, loss_lib.get(loss), optimizer, sg_optimizer, est_lib.get(estimator))
+    optimizer = OptimizerConfig().build() if optimizer is None else optimizer
+    module = SGModule(est_lib.get(estimator), optimizer if sg_optimizer is None else sg_optimizer)
+    return SGPipeline(net, loss_lib.get(loss), optimizer, module)
 
 
 class Message(NamedTuple):
@@ -150,8 +162,8 @@ def _init_sg(pipe: SGPipeline, key: jax.Array, batch_size: int) -> SGState:
     dtype = jnp.result_type(*jax.tree.leaves(params))
     hidden = range(net.depth - 1)  # the stages with an SG module at their output
     keys = jax.random.split(k_sg, max(net.depth - 1, 1))
-    sg_params = tuple(
-        pipe.estimator.init(keys[s], net.stages[s].out_shape, net.out_dim, dtype) for s in hidden
+    modules = tuple(
+        pipe.sg.init(keys[s], net.stages[s].out_shape, net.out_dim, dtype) for s in hidden
     )
     outbox = tuple(
         Message(
@@ -164,8 +176,8 @@ def _init_sg(pipe: SGPipeline, key: jax.Array, batch_size: int) -> SGState:
     return SGState(
         params=params,
         opt_state=tuple(pipe.optimizer.init(th) for th in params),
-        sg_params=sg_params,
-        sg_opt_state=tuple(pipe.sg_optimizer.init(ph) for ph in sg_params),
+        sg_params=tuple(m.params for m in modules),
+        sg_opt_state=tuple(m.opt_state for m in modules),
         outbox=outbox,
         tick=jnp.zeros((), jnp.int32),
     )
@@ -189,7 +201,7 @@ def _stage_update(
     is not applied, and the last output, ``ok``, is False (it is True on an empty slot).
     """
     h_out, g_theta, g_in, loss, acc = _stage_vjp(
-        pipe.net, pipe.loss, s, theta, msg.h, msg.y, lambda h: pipe.estimator.apply(phi, h, msg.y)
+        pipe.net, pipe.loss, s, theta, msg.h, msg.y, lambda h: pipe.sg.signal(phi, h, msg.y)
     )
     g_theta = jax.tree.map(lambda g: g / msg.h.shape[0], g_theta)  # batch-mean loss
     updates, new_opt = pipe.optimizer.update(g_theta, opt, theta)
@@ -202,17 +214,11 @@ def _stage_update(
 def _sg_update(
     pipe: SGPipeline, phi: Params, sg_opt: Any, prev: Message, target: jax.Array
 ) -> tuple[Params, Any, jax.Array, jax.Array]:
-    """Step 6: regress SG_s at last tick's (h, y) onto the target stage s+1 returned
-    (not applied when non-finite; the last output says whether it was finite)."""
-    t = lax.stop_gradient(target)
-
-    def sg_loss(ph: Params) -> jax.Array:
-        r = pipe.estimator.apply(ph, prev.h, prev.y) - t
-        return jnp.mean(jnp.sum(jnp.square(r).reshape(r.shape[0], -1), axis=-1))
-
-    value, g = jax.value_and_grad(sg_loss)(phi)
-    updates, new_opt = pipe.sg_optimizer.update(g, sg_opt, phi)
-    new_phi = optax.apply_updates(phi, updates)
+    """Step 6: regress SG_s at last tick's (h, y) onto the target stage s+1 returned and
+    update it (:meth:`sgjax.sgmodule.SGModule.step`; not applied when non-finite; the
+    last output says whether it was finite)."""
+    new, reg = pipe.sg.step(ModuleState(phi, sg_opt), prev.h, prev.y, target)
+    value, g, new_phi, new_opt = reg.loss, reg.grad_params, new.params, new.opt_state
     finite = jnp.isfinite(value) & _all_finite((g, new_phi))  # the guard, as for θ_s
     phi, sg_opt = _where(prev.valid & finite, (new_phi, new_opt), (phi, sg_opt))
     return phi, sg_opt, jnp.where(prev.valid, value, 0.0), finite | ~prev.valid

@@ -70,7 +70,7 @@ def _rule(method: str) -> rules.UpdateRule:
     if method == "dni":
         return rules.synthetic_gradients(estimators.conv(3, use_y=False), at="all")
     # No Bprop: an SG that only reads labels, held at zero by `optax.set_to_zero()`.
-    return rules.synthetic_gradients("label_only", at="all")
+    return rules.synthetic_gradients("label_only", at="all", sg_optimizer=optax.set_to_zero())
 
 
 def _load(ctx: C.Context, name: str, cfg: dict):
@@ -103,7 +103,6 @@ def run(ctx: C.Context) -> dict:
     forward = jax.jit(net.apply)  # one compile for every evaluation of the run
     for name, ds in loaded:
         for method in METHODS:
-            sg_opt = optax.set_to_zero() if method == "no_bprop" else None
             state, _ = C.train_with_snapshots(
                 net,
                 _rule(method),
@@ -115,7 +114,6 @@ def run(ctx: C.Context) -> dict:
                 batch_size=cfg["batch"],
                 key=jax.random.key(ctx.seed),
                 seed=ctx.seed,
-                sg_optimizer=sg_opt,
                 progress=ctx.progress,
                 desc=f"cnn {name} {method}",
             )

@@ -153,7 +153,6 @@ def train_with_snapshots(
     batch_size: int,
     key: jax.Array,
     seed: int = 0,
-    sg_optimizer: optax.GradientTransformation | None = None,
     snapshot_at: Sequence[int] = (),
     on_snapshot: Callable[[int, train.TrainState], dict] | None = None,
     progress: bool = False,
@@ -179,8 +178,8 @@ def train_with_snapshots(
     train.check_labels(y, net.out_dim)
     if checkpoint is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"`checkpoint_every` must be an int >= 1, got {checkpoint_every!r}")
-    state = train.init(key, net, rule, optimizer, sg_optimizer)
-    step_fn = jax.jit(train.make_step(net, rule, loss, optimizer, sg_optimizer))
+    state = train.init(key, net, rule, optimizer)
+    step_fn = jax.jit(train.make_step(net, rule, loss, optimizer))
     wanted = set(int(s) for s in snapshot_at)
     records: list[dict] = []
     leaves, treedef = jax.tree.flatten(state)
