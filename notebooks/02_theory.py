@@ -148,18 +148,18 @@ STEPS_A = 500 if SMOKE else 5000
 
 
 def run(rule):
-    opt, sg_opt = optax.sgd(0.01), optax.sgd(0.1)
+    opt = optax.sgd(0.01)  # the SG rule brings its own SGD 0.1
     s0 = jax.vmap(
-        lambda ab: train.init(jax.random.key(0), net_a, rule, opt, sg_opt)._replace(
+        lambda ab: train.init(jax.random.key(0), net_a, rule, opt)._replace(
             params=({"W": ab[:1, None], "b": ab[1:]},)
         )
     )(starts)
-    step = jax.vmap(train.make_step(net_a, rule, l1, opt, sg_opt), in_axes=(0, None))
+    step = jax.vmap(train.make_step(net_a, rule, l1, opt), in_axes=(0, None))
     s, _ = jax.jit(lambda s: jax.lax.scan(lambda s, _: step(s, (xs, zero)), s, length=STEPS_A))(s0)
     return jnp.concatenate([s.params[0]["W"][:, 0], s.params[0]["b"]], 1)
 
 
-end_sg = run(rules.synthetic_gradients("label_only", at="output"))
+end_sg = run(rules.synthetic_gradients("label_only", at="output", sg_optimizer=optax.sgd(0.1)))
 end_bp = run(rules.backprop())
 aa, bb = np.meshgrid(np.linspace(-1.6, 1.6, 100), np.linspace(-1.6, 1.6, 100))
 L = sum(np.abs(aa * x + bb) for x in (-2, -1, 1, 2))

@@ -171,7 +171,7 @@ def test_cli_refuses_p_update_zero(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--rule", "sg", "--p-update", "0", "--no-progress"])
     assert exit_info.value.code == 2
-    assert "--p-update must be in (0, 1], got 0 (0 would skip every update" in (
+    assert "--p-update must be a number in (0, 1], got 0.0 (0 would skip every update" in (
         capsys.readouterr().err
     )
     with pytest.raises(ValueError, match=r"`p_update` \(--p-update\) must be a number in \(0, 1\]"):

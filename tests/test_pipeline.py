@@ -153,7 +153,7 @@ def _child() -> dict:
         try:
             pipeline.train_pipelined(
                 method, net4, x_tr[0], y_tr[0], steps=8, batch_size=4, chunk=4,
-                micro_batches=2, lr=1e30,
+                micro_batches=2, optimizer=optax.adam(1e30),
             )  # fmt: skip
             out[f"guard_{method}"] = {"error": None}
         except pipeline.PipelineNonFiniteError as e:
@@ -271,14 +271,12 @@ def test_frozen_sg_pipeline_equals_sequential_dni():
     state, m_flush = pipeline.flush(run, state, n, xs[0], ys[0])
     ms.append(m_flush)
 
-    rule = rules.synthetic_gradients()
+    rule = rules.synthetic_gradients(sg_optimizer=frozen)
     # The same θ as init_sg (jitted: one compilation instead of dozens of eager ops).
-    seq = jax.jit(train.init, static_argnums=(1, 2, 3, 4))(
-        jax.random.key(0), net, rule, opt, frozen
-    )
+    seq = jax.jit(train.init, static_argnums=(1, 2, 3))(jax.random.key(0), net, rule, opt)
     initial = seq.params
     seq = seq._replace(rule_state=seq.rule_state._replace(params=phi))
-    step = jax.jit(train.make_step(net, rule, "xent", opt, frozen))
+    step = jax.jit(train.make_step(net, rule, "xent", opt))
     seq_losses = []
     for t in range(ticks):
         seq, metrics = step(seq, (xs[t], ys[t]))

@@ -69,12 +69,12 @@ def _probability(name: str):
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not 0.0 < v <= 1.0:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be in (0, 1], got {text}"
-                + (" (0 would skip every update: the network would never train)" if v == 0 else "")
-            )
-        return v
+        from sgjax.train import check_p_update  # the one check of the value
+
+        try:
+            return check_p_update(v, name=name, allow_zero=False)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 

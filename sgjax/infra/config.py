@@ -226,17 +226,9 @@ class RunConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"`{name}` must be an int ≥ {low}, got {v!r}")
         check_seed(self.seed, "`seed` (--seed)")
-        if (
-            isinstance(self.p_update, bool)
-            or not isinstance(self.p_update, int | float)
-            or not 0.0 < self.p_update <= 1.0
-        ):
-            never = " (0 would skip every update: the network would never train)"
-            raise ValueError(
-                f"`p_update` (--p-update) must be a number in (0, 1], got {self.p_update!r}"
-                + (never if self.p_update == 0 else "")
-            )
-        from sgjax.train import SG_UPDATE_POLICIES
+        from sgjax.train import SG_UPDATE_POLICIES, check_p_update
+
+        check_p_update(self.p_update, name="`p_update` (--p-update)", allow_zero=False)
 
         if self.sg_update not in SG_UPDATE_POLICIES:
             raise ValueError(

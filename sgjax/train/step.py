@@ -179,13 +179,29 @@ def _bind(rule: UpdateRule, optimizer: optax.GradientTransformation) -> UpdateRu
 SG_UPDATE_POLICIES = ("with-stage", "every-step")
 
 
-def _check_p_update(p_update: Any) -> float:
-    if (
-        isinstance(p_update, bool)
-        or not isinstance(p_update, int | float)
-        or not 0.0 <= p_update <= 1.0
-    ):
-        raise ValueError(f"make_step: `p_update` must be a number in [0, 1], got {p_update!r}")
+def check_p_update(
+    p_update: Any, *, name: str = "make_step: `p_update`", allow_zero: bool = True
+) -> float:
+    """``p_update`` as a float if it is a number in [0, 1] (``(0, 1]`` without
+    ``allow_zero``: the command line's, where 0 would train nothing), else a ``ValueError``
+    naming ``name``. The one check of the value (make_step and RunConfig call it).
+
+    Example:
+        >>> check_p_update(0, name="`p_update` (--p-update)", allow_zero=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: `p_update` (--p-update) must be a number in (0, 1], got 0 (0 would skip \
+every update: the network would never train)
+    """
+    number = isinstance(p_update, int | float) and not isinstance(p_update, bool)
+    if not number or not (0.0 <= p_update <= 1.0) or (not allow_zero and p_update == 0):
+        never = (
+            " (0 would skip every update: the network would never train)"
+            if number and p_update == 0
+            else ""
+        )
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be a number in {interval}, got {p_update!r}{never}")
     return float(p_update)
 
 
@@ -246,7 +262,7 @@ def make_step(
     """
     loss = loss_lib.get(loss)
     rule = _bind(rule, optimizer)
-    p_update = _check_p_update(p_update)
+    p_update = check_p_update(p_update)
     if sg_update not in SG_UPDATE_POLICIES:
         raise ValueError(
             f"make_step: `sg_update` must be one of {SG_UPDATE_POLICIES}, got {sg_update!r}"
