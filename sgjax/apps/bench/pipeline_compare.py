@@ -213,6 +213,7 @@ def _worker(spec_path: str) -> None:
     """One launched job: run ``spec["runs"]`` in order; process 0 writes the results."""
     initialize_from_env()
     import jax
+    import optax
 
     from sgjax.infra import allocator, data, jsonio
     from sgjax.pipeline.loop import MESH_METHODS, train_pipelined
@@ -228,8 +229,8 @@ def _worker(spec_path: str) -> None:
         r = train_pipelined(
             run["method"], net, ds.x_train, ds.y_train, steps=run.get("steps"),
             seconds=run["seconds"], batch_size=run["batch_size"], chunk=run["chunk"],
-            micro_batches=run["micro_batches"], lr=run["lr"], sg_lr=run.get("sg_lr", run["lr"]),
-            mesh=mesh,
+            micro_batches=run["micro_batches"], optimizer=optax.adam(run["lr"]),
+            sg_optimizer=optax.adam(run.get("sg_lr", run["lr"])), mesh=mesh,
             x_test=ds.x_test if run["eval_every"] else None, y_test=ds.y_test,
             eval_every=run["eval_every"], target_accuracy=run.get("target"),
             sg_runner=run.get("sg_runner", "auto"), seed=run.get("seed", 0),

@@ -83,8 +83,8 @@ def benchmark_pipeline(
         return min(times)
 
     def single(rule: rules.UpdateRule, xs: np.ndarray, ys: np.ndarray) -> float:
-        chunk_fn = _single_device_chunk(net, rule, loss, opt, opt)
-        state = train.init(key, net, rule, opt, opt)
+        chunk_fn = _single_device_chunk(net, rule, loss, opt)  # an SG rule's default: opt
+        state = train.init(key, net, rule, opt)
         return xs.shape[0] * xs.shape[1] / best(chunk_fn, state, xs, ys, np.ones(len(xs), bool))
 
     out: dict[str, Any] = {
