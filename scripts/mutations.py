@@ -89,9 +89,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "sg-residual-sign",
-        "estimators.py",
-        "    r = s - t\n",
-        "    r = t - s\n",
+        "sgmodule.py",
+        "    r = s.astype(wide) - t.astype(wide)\n",
+        "    r = t.astype(wide) - s.astype(wide)\n",
         "wrong sign: SG regression residual t − s (module ascends its loss)",
     ),
     Mutant(
@@ -103,9 +103,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "sg-grad-half",
-        "estimators.py",
-        "g_theta, g_h = module_vjp(2.0 * r / batch)",
-        "g_theta, g_h = module_vjp(r / batch)",
+        "sgmodule.py",
+        "g_theta, g_h = module_vjp(cot.astype(s.dtype))",
+        "g_theta, g_h = module_vjp((0.5 * cot).astype(s.dtype))",
         "wrong scale: ∂‖t − s‖² taken as (s − t), factor 2 dropped",
     ),
     Mutant(
@@ -172,9 +172,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "sg-loss-sum-not-mean",
-        "estimators.py",
-        "loss = jnp.mean(jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1))",
-        "loss = jnp.sum(jnp.square(r))",
+        "sgmodule.py",
+        "        loss = jnp.mean(per_example)\n",
+        "        loss = jnp.sum(per_example)\n",
         "mean/sum mix-up: the reported SG loss summed over the batch",
     ),
     Mutant(

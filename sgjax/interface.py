@@ -244,7 +244,8 @@ def _check_label_context(context: Any, h: Any, where: str) -> None:
 
 
 def _float_dtype(*dtypes: Any) -> Any:
-    return jnp.result_type(jnp.float32, *dtypes)
+    floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return sgmodule.wider_float(jnp.float32, *floats)
 
 
 # --------------------------------------------------------------------------------------

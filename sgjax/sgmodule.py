@@ -28,8 +28,11 @@ Example:
     >>> state = sg.init(jax.random.key(0), (2,), 3)
     >>> h, c = jnp.ones((4, 2)), jnp.zeros((4, 3))
     >>> state, reg = sg.step(state, h, c, jnp.ones((4, 2)))  # regress onto t = 1
-    >>> float(reg.loss), sg.signal(state.params, h, c)[0].tolist()  # ‖1 − 0‖² = 2
-    (2.0, [2.0, 2.0])
+    >>> float(reg.loss)  # the zero module against t = 1 in 2 units: ‖1 − 0‖² = 2
+    2.0
+    >>> # one SGD step of 0.5 on mean_b ‖hA + C − 1‖²: A and C each move by 0.5 · 2 = 1
+    >>> sg.signal(state.params, h, c)[0].tolist()  # h A + C = (1 + 1) + 1
+    [3.0, 3.0]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Params = Any
@@ -59,6 +63,25 @@ class Regression(NamedTuple):
     loss: jax.Array
     grad_params: Params
     grad_h: jax.Array
+
+
+def wider_float(*dtypes: Any) -> Any:
+    """The widest of floating ``dtypes`` (the first of equal width): what the regression
+    computes its residual in. Unlike ``jnp.result_type`` it does not depend on the
+    dtype-promotion mode (under ``jax_numpy_dtype_promotion="strict"`` float32 and float64
+    have no implicit promotion), and it never widens bfloat16 + float16 to float32.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> wider_float(jnp.float32, jnp.bfloat16), wider_float(jnp.bfloat16, jnp.float32)
+        (dtype('float32'), dtype('float32'))
+    """
+    out = np.dtype(dtypes[0])
+    for d in dtypes[1:]:
+        d = np.dtype(d)
+        if jnp.finfo(d).bits > jnp.finfo(out).bits:
+            out = d
+    return out
 
 
 def regress(
@@ -95,7 +118,7 @@ def regress(
     apply: Callable = getattr(estimator, "apply", estimator)
     t = jax.lax.stop_gradient(target)
     s, module_vjp = jax.vjp(lambda th, hh: apply(th, hh, c), theta, h)
-    wide = jnp.result_type(s.dtype, t.dtype)
+    wide = wider_float(s.dtype, t.dtype)
     r = s.astype(wide) - t.astype(wide)
     batch = h.shape[0]
     per_example = jnp.sum(jnp.square(r).reshape(batch, -1), axis=-1)

@@ -47,6 +47,7 @@ def nonfinite_parts(
     Example:
         >>> import jax, jax.numpy as jnp, optax
         >>> from sgjax import nets, rules
+        >>> from sgjax.train import init
         >>> net = nets.mlp([2, 4, 2])
         >>> rule = rules.synthetic_gradients(sg_optimizer=optax.sgd(float("inf")))
         >>> s = init(jax.random.key(0), net, rule, optax.sgd(1.0))
@@ -118,6 +119,7 @@ def diagnoser(
     Example:
         >>> import jax, jax.numpy as jnp, optax
         >>> from sgjax import nets, rules
+        >>> from sgjax.train import init
         >>> net = nets.mlp([2, 4, 2])
         >>> rule = rules.synthetic_gradients(sg_optimizer=optax.sgd(float("inf")))
         >>> d = diagnoser(net, rule, "mse", optax.sgd(1.0))

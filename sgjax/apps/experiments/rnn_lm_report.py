@@ -106,7 +106,7 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
     full = len(study.LM_SEEDS)
     claims: dict[str, dict] = {}
 
-    def add(name, cid, a_vals, b_vals, value, target):
+    def add(name, a_vals, b_vals, value, target, *, cid):
         tested = len(a_vals) == full and len(b_vals) == full
         margin = float(np.mean(b_vals) - np.mean(a_vals)) if tested else float("nan")
         res = difference_resolution(a_vals, b_vals) if tested else 0.0
@@ -131,30 +131,30 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
             b = _lm_values(runs, "bptt", Tp, study)
             add(
                 f"DNI-{T} at or below BPTT-{Tp} (horizon beyond T)",
-                "dni-rnn/lm-horizon",
                 dni,
                 b,
                 f"DNI-{T} {_stats(dni)} vs BPTT-{Tp} {_stats(b)}",
                 f"DNI-{T}'s BPC ≤ BPTT-{Tp}'s",
+                cid="dni-rnn/lm-horizon",
             )
         b = _lm_values(runs, "bptt", T, study)
         add(
             f"DNI-{T} below BPTT-{T}",
-            "dni-rnn/lm-dni-vs-bptt",
             dni,
             b,
             f"DNI-{T} {_stats(dni)} vs BPTT-{T} {_stats(b)}",
             f"DNI-{T}'s BPC < BPTT-{T}'s",
+            cid="dni-rnn/lm-dni-vs-bptt",
         )
     for T in study.LM_TS["dni_aux"]:
         aux, dni = _lm_values(runs, "dni_aux", T, study), _lm_values(runs, "dni", T, study)
         add(
             f"DNI+Aux-{T} below DNI-{T}",
-            "dni-rnn/lm-aux-vs-dni",
             aux,
             dni,
             f"DNI+Aux-{T} {_stats(aux)} vs DNI-{T} {_stats(dni)}",
             f"DNI+Aux-{T}'s BPC < DNI-{T}'s",
+            cid="dni-rnn/lm-aux-vs-dni",
         )
     sg_runs = [r for k, r in runs.items() if k.startswith("lm/") and r["method"] != "bptt"]
     n_sg = sum(len(Ts) for m, Ts in study.LM_TS.items() if m != "bptt") * full
