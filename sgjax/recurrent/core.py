@@ -58,6 +58,13 @@ Example:
     ...     state, metrics = step(state, win)
     >>> int(state.step), bool(metrics["finite"]), int(metrics["bad_labels"])
     (3, True, 0)
+
+Size: over 600 lines (the harness and its stabilising options, the window, the pure step,
+the shape checks, the sequence driver and the full-BPTT references). The references
+(:func:`boundary_states_and_gradients`, :func:`sg_cosines`, :func:`make_evaluator`) depend
+on the window and the checks and nothing depends on them, so they are the piece to move
+into a module of their own; the checks use :func:`initial_carry` and the harness, which
+keeps them here until the harness has its own module.
 """
 
 from __future__ import annotations
