@@ -109,8 +109,10 @@ def test_a_real_full_disk(tmp_path, capfd):
         assert kept and "errno 28" in str(err.value)
         printed = capfd.readouterr().err
         assert "Traceback" not in printed and "Event loop is closed" not in printed, printed
+        # tensorstore's threads recreated the temporary directory after it was removed
+        # (1 run in 6): the failed save waits until it stays gone.
+        assert not [p.name for p in d.iterdir() if "tmp" in p.name]
         assert sorted(int(p.name) for p in d.iterdir() if p.name[0].isdigit()) == kept
-        assert not [p for p in d.iterdir() if "tmp" in p.name]
         filler.unlink()  # room again: the run resumes and ends as if never stopped
         assert _equal(_run(d, 40, resume=True), _run(None, 40))
     finally:

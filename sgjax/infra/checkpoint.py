@@ -68,6 +68,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -522,6 +523,26 @@ def _restore_set_aside(directory: Path) -> None:
             os.replace(aside, where)
 
 
+def _remove_settled(
+    paths: Callable[[], Sequence[Path]], *, quiet: float = 0.5, limit: float = 20.0
+) -> None:
+    """Remove every path ``paths()`` names until none has existed for ``quiet`` seconds
+    (at most ``limit`` seconds: what is still there then is removed by the next open)."""
+    end = time.monotonic() + limit
+    gone_since = None
+    while time.monotonic() < end:
+        present = [p for p in paths() if p.exists()]
+        for p in present:
+            shutil.rmtree(p, ignore_errors=True)
+        if present:
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= quiet:
+            return
+        time.sleep(0.02)
+
+
 def _write_failure(
     directory: Path, steps: Sequence[int], keep: int, what: str, step: int, err: BaseException
 ) -> CheckpointWriteError:
@@ -690,9 +711,16 @@ class Checkpointer:
         with _quiet_orbax():
             with contextlib.suppress(Exception):
                 self._mgr.wait_until_finished()
-        for tmp in self.directory.glob(f"{step}{ocp.utils.TMP_DIR_SUFFIX}*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(self.directory / str(step), ignore_errors=True)  # never verified
+        # The temporary directory, and the step's own (never verified). tensorstore's
+        # threads may still be writing into them when orbax has given up, and recreate a
+        # directory just removed (seen: 1 run in 6 on a full tmpfs): removed until none
+        # has come back for a while.
+        _remove_settled(
+            lambda: [
+                *self.directory.glob(f"{step}{ocp.utils.TMP_DIR_SUFFIX}*"),
+                self.directory / str(step),
+            ]
+        )
         if aside.exists():
             os.replace(aside, self.directory / str(step))
         with contextlib.suppress(Exception):
