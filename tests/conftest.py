@@ -29,11 +29,58 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import jax
-import pytest
-from hypothesis import HealthCheck, settings
+_MADE_CACHE: list[str] = []
+
+
+def _fast_compiles() -> None:
+    """Test-speed settings, made before JAX starts (the worker processes and every
+    subprocess a test launches inherit them; a variable already set is left alone).
+
+    * XLA's CPU backend at optimisation level 0, without its expensive LLVM passes: the
+      suite's many small programs compile about 30 % faster. Every numeric test compares
+      with an independent reference within a tolerance or two runs of the same build, so
+      the level changes no verdict — except the claims that two different programs give
+      the same bits, which hold under XLA's default level only: those tests run in a
+      child at the default level (:func:`helpers.at_default_xla_level`; at level 0 the
+      p_update = 1 step differs from the ordinary one in the last bit). Benchmarks never
+      run under it (their timings are taken by ``sgjax bench``, which does not read this
+      file). ``SGJAX_TEST_XLA_DEFAULT=1`` keeps XLA's default level for the whole run.
+    * One persistent compilation cache for the run's processes (made by the process that
+      starts pytest; pytest-xdist's workers inherit it), removed when that process ends:
+      the same program traced again by another test, another worker or a subprocess is
+      read back instead of compiled. A cache file read while another process writes it is
+      a miss (JAX warns; pyproject.toml ignores that warning).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags and not os.environ.get(
+        "SGJAX_TEST_XLA_DEFAULT"
+    ):
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        ).strip()
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="sgjax-test-jax-cache-")
+        _MADE_CACHE.append(cache)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+_fast_compiles()
+
+
+def pytest_unconfigure(config):
+    for cache in _MADE_CACHE:  # only in the process that made it
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+import jax  # noqa: E402  (after the settings above)
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("default", max_examples=10, derandomize=True, **_COMMON)

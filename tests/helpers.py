@@ -8,6 +8,11 @@ trees would pass whatever the code under test did.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import chex
@@ -15,6 +20,47 @@ import jax
 import numpy as np
 
 from sgjax.infra.runner import StepCache, run_training
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """``XLA_FLAGS`` for a subprocess: this process's flags (the test-speed ones that
+    conftest.py sets) without any device count, plus ``devices`` CPU devices if given."""
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if "xla_force_host_platform_device_count" not in f
+    ]
+    if devices is not None:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return " ".join(flags)
+
+
+def at_default_xla_level(request: Any) -> bool:
+    """For a test whose claim holds at XLA's default optimisation level only (two different
+    programs giving the same bits): if this process compiles at the tests' reduced level
+    (conftest.py), run the test again in a child pytest at the default level, fail with
+    its output unless it passed, and return True (the caller then returns); else False.
+
+    Usage: ``if at_default_xla_level(request): return`` first in the test."""
+    if os.environ.get("SGJAX_TEST_XLA_DEFAULT") or "xla_backend_optimization_level=0" not in (
+        os.environ.get("XLA_FLAGS", "")
+    ):
+        return False  # (the child itself, or a run at the default level)
+    flags = [
+        f
+        for f in os.environ["XLA_FLAGS"].split()
+        if "optimization_level" not in f and "expensive_passes" not in f
+    ]
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "SGJAX_TEST_XLA_DEFAULT": "1"}
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         request.node.nodeid],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, f"at XLA's default level:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
+    assert re.search(r"^1 passed", res.stdout, re.M), res.stdout[-2000:]  # not skipped
+    return True
 
 
 def _nonempty(*trees: Any) -> None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,7 @@ else:
 @pytest.mark.parametrize("devices", [2, 4])
 def test_sg_gradients_equal_the_full_batch_under_every_pattern(devices):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
+           "XLA_FLAGS": xla_flags(devices)}  # fmt: skip
     res = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True)
     print(res.stdout)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import xla_flags
 
 from sgjax.pipeline.distributed import LaunchError, cpu_sets, launch
 
@@ -29,7 +30,7 @@ RTOL, ATOL = 1e-5, 1e-6  # the tolerance of test_pipeline.py's fake-device compa
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return env
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import xla_flags
 
 from sgjax import losses, nets, pipeline, rules, train
 from sgjax.apps import cli
@@ -191,7 +192,7 @@ def _child() -> dict:
 def multi() -> dict:
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags(4),
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
@@ -401,7 +402,7 @@ def test_train_cli_pipeline_in_a_fresh_process(tmp_path):
     derives the depth from N, trains exactly ``--steps`` micro-batches (not a multiple of
     the jitted chunk) and writes the usual JSON keys plus the pipeline's."""
     out = tmp_path / "pipe.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     argv = ["--pipeline", "2", "--dataset", "digits", "--steps", "130", "--width", "64"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_trees_equal
+from helpers import assert_trees_equal, xla_flags
 
 from sgjax.apps import cli
 from sgjax.infra import checkpoint, runner
@@ -132,7 +132,7 @@ def test_three_stage_pipelines_resume_bit_identical():
     """sg-pipeline and gpipe on 3 fake devices: a state gathered after 60 micro-batches of
     an 80-micro-batch run, resumed to 120, equals an uninterrupted 120 (every leaf)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}  # fmt: skip
+           "XLA_FLAGS": xla_flags(3)}  # fmt: skip
     res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                          text=True, timeout=300, check=False)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
