@@ -18,7 +18,7 @@ import pytest
 from sgjax import estimators
 from sgjax.apps import cli
 from sgjax.apps.experiments import rnn as experiment
-from sgjax.recurrent import cells, core, tasks
+from sgjax.recurrent import cells, core, reference, tasks
 
 B, T, K, I, O = 3, 3, 3, 4, 5  # batch, window, windows, input and output widths
 L = T * K
@@ -127,7 +127,7 @@ def test_exact_oracle_sg_makes_dni_equal_full_bptt():
         )
         assert gap > 1e-4
         # the full-BPTT reference of the library (diagnostics) gives the same oracle
-        _, _, g = jax.jit(core.boundary_states_and_gradients, static_argnums=0)(h, p, x, y, m)
+        _, _, g = jax.jit(reference.boundary_states_and_gradients, static_argnums=0)(h, p, x, y, m)
         for k in range(K):
             np.testing.assert_allclose(g[k], oracle[k], rtol=1e-10, atol=1e-12)
         # ... and the cosine diagnostic equals the hand-computed one, for a random SG
@@ -135,7 +135,7 @@ def test_exact_oracle_sg_makes_dni_equal_full_bptt():
             "A": jax.random.normal(jax.random.key(4), (12, 12), jnp.float64),
             "C": jax.random.normal(jax.random.key(5), (12,), jnp.float64),
         }
-        cos = core.sg_cosines(h, p, theta, x, y, m)
+        cos = reference.sg_cosines(h, p, theta, x, y, m)
         ref_starts = jax.jit(_ref_states, static_argnums=0)(model, p, x, y, m)
         for k in range(1, K):
             sg = ref_starts[k] @ theta["A"] + theta["C"]

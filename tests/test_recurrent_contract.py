@@ -22,7 +22,7 @@ import pytest
 from helpers import trees_equal as _same
 
 from sgjax import interface, train
-from sgjax.recurrent import cells, core, tasks
+from sgjax.recurrent import cells, core, reference, tasks
 
 B, T, I, O = 2, 2, 3, 3
 
@@ -173,7 +173,7 @@ def test_an_h_c_tuple_state_gives_the_flat_lstms_gradients():
                 np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-13)
         # the full-BPTT reference (SG diagnostics) reads a tuple state the same way
         refs = [
-            jax.jit(core.boundary_states_and_gradients, static_argnums=0)(h, p, x, y)
+            jax.jit(reference.boundary_states_and_gradients, static_argnums=0)(h, p, x, y)
             for h in hs.values()
         ]
         for u, v in zip(*refs):

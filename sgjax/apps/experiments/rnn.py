@@ -39,7 +39,7 @@ import optax
 from sgjax.apps.experiments import common as C
 from sgjax.apps.experiments import rnn_report
 from sgjax.apps.experiments.rnn_report import COPY_METHODS, LABELS, PARTS, _key
-from sgjax.recurrent import cells, core, tasks
+from sgjax.recurrent import cells, core, reference, tasks
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(  # seconds: every code path, vanilla cells of 8 units
@@ -213,7 +213,7 @@ def _machinery(
 def _evaluator(model: core.Model):
     key = ("eval", model)
     if key not in _CACHE:
-        _CACHE[key] = core.make_evaluator(model)
+        _CACHE[key] = reference.make_evaluator(model)
     return _CACHE[key]
 
 
@@ -269,7 +269,7 @@ def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
         if full:
             hh, step, _, _ = _machinery(*args, "bptt", x.shape[0], cfg, cc)
         if h.sg is not None and (i == 1 or i % cc["cos_every"] == 0):
-            cos = core.sg_cosines(hh, state.params, state.sg_params, x, y, m)
+            cos = reference.sg_cosines(hh, state.params, state.sg_params, x, y, m)
             cos_curve.append({"batch": i, "level": cur.length, "cos": np.asarray(cos).tolist()})
         state, _, met = core.train_sequence(hh, step, state, x, y, m)
         err = float(met["loss"]) * B / float(met["count"]) * tasks.BITS_PER_NAT
@@ -343,7 +343,7 @@ def train_lm(data: tasks.CharData, method: str, T: int, seed: int, cfg: dict) ->
         nxt = tasks.one_hot(S[p + chunk], V) if cdni else None
         first = carry is None
         if h.sg is not None and i in eval_at:
-            cos = core.sg_cosines(
+            cos = reference.sg_cosines(
                 h, state.params, state.sg_params, x, y, None, ctx, None if first else carry
             )
             cos_curve.append({"chars": i * chunk * B, "cos": np.asarray(cos).tolist()})
