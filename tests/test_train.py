@@ -293,6 +293,15 @@ def test_cosine_metric_is_one_for_backprop_and_bounded_for_sg(getkey):
             np.testing.assert_allclose(c, 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("bad", [0, 11, 4.0, True])
+def test_batches_refuses_a_batch_size_outside_the_dataset(bad):
+    """The generator validates before its first batch, with the message check_data gives
+    (without the check each of these fails later, inside numpy, naming no argument)."""
+    x, y = np.zeros((10, 2)), np.zeros(10, int)
+    with pytest.raises(ValueError, match=r"`batch_size` must be an int in 1\.\.10 \(the dataset"):
+        next(train.batches(x, y, bad))
+
+
 def test_batches_resume_where_they_left_off():
     x, y = np.arange(20, dtype=np.float32)[:, None], np.arange(20, dtype=np.int32)
     full = train.batches(x, y, 3, seed=7)

@@ -156,6 +156,11 @@ def check_data(net: Network, x: Any, y: Any, batch_size: Any) -> None:
             f"`x` holds {n} examples but `y` holds {len(y)}; they must match one to one"
         )
     check_labels(y, net.out_dim)
+    check_batch_size(batch_size, n)
+
+
+def check_batch_size(batch_size: Any, n: int) -> None:
+    """Raise ``ValueError`` unless ``batch_size`` is an int in ``1..n`` (the dataset size)."""
     if not _is_int(batch_size) or not 1 <= batch_size <= n:
         raise ValueError(
             f"`batch_size` must be an int in 1..{n} (the dataset size), got {batch_size!r}"

@@ -14,7 +14,13 @@ import optax
 from sgjax import losses as loss_lib
 from sgjax.nets import Network, check_input
 from sgjax.rules import UpdateRule
-from sgjax.train.checks import _is_int, check_labels, check_params, check_run
+from sgjax.train.checks import (
+    _is_int,
+    check_batch_size,
+    check_labels,
+    check_params,
+    check_run,
+)
 from sgjax.train.diagnose import diagnoser
 from sgjax.train.errors import NonFiniteLossError, TrainingInterrupted
 from sgjax.train.step import Batch, TrainState, init, make_step
@@ -83,10 +89,7 @@ def batches(
         ((4, 1), (4,))
     """
     n = len(x)
-    if not _is_int(batch_size) or not 1 <= batch_size <= n:
-        raise ValueError(
-            f"`batch_size` must be an int in 1..{n} (the dataset size), got {batch_size!r}"
-        )
+    check_batch_size(batch_size, n)
     per_epoch = n // batch_size
     epoch, offset = divmod(start, per_epoch)
     while True:
