@@ -50,7 +50,8 @@ def _fast_compiles() -> None:
       run under it (their timings are taken by ``sgjax bench``, which does not read this
       file). ``SGJAX_TEST_XLA_DEFAULT=1`` keeps XLA's default level for the whole run.
     * One persistent compilation cache for the run's processes (made by the process that
-      starts pytest; pytest-xdist's workers inherit it), removed when that process ends:
+      starts pytest unless ``JAX_COMPILATION_CACHE_DIR`` names one, as CI's does;
+      pytest-xdist's workers inherit it), removed when that process ends if made here:
       the same program traced again by another test, another worker or a subprocess is
       read back instead of compiled. A cache file read while another process writes it is
       a miss (JAX warns; pyproject.toml ignores that warning).
@@ -66,8 +67,10 @@ def _fast_compiles() -> None:
         cache = tempfile.mkdtemp(prefix="sgjax-test-jax-cache-")
         _MADE_CACHE.append(cache)
         os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    # every program, however quick to compile (JAX's default caches only those > 1 s; also
+    # into a directory given from outside, as CI's)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 _fast_compiles()
