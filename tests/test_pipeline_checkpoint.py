@@ -22,7 +22,8 @@ from helpers import assert_trees_equal, xla_flags
 
 from sgjax.apps import cli
 from sgjax.infra import checkpoint, runner
-from sgjax.infra.checkpoint import CheckpointWriteError, PipelineCheckpointer
+from sgjax.infra.checkpoint import CheckpointWriteError
+from sgjax.infra.pipeline_checkpoint import PipelineCheckpointer
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGV = ["train", "--dataset", "digits", "--width", "16", "--no-progress",

@@ -463,7 +463,7 @@ class PipelineRun:
         config: RunConfig | None = None,
         say: Callable[[str], None] = lambda _m: None,
     ):
-        from sgjax.infra.checkpoint import PipelineCheckpointer
+        from sgjax.infra.pipeline_checkpoint import PipelineCheckpointer
 
         if resume and ckpt_dir is None:
             raise ValueError("--resume needs --checkpoint-dir (the run to continue)")
