@@ -282,6 +282,45 @@ _SPECS = (
     ),
 )
 
+#: When the Copy claims of issue 24 were registered: before every run of
+#: ``docs/results/dni-rnn-copy`` (:mod:`sgjax.apps.experiments.rnn_copy`).
+COPY = "2026-12-06T17:04:38+00:00"
+_COPY_REGIME = (
+    "full BPTT (one update per whole sequence) solves Copy N ≥ 16 (mean over 3 seeds) within "
+    "the runs' batch budget (LSTM 256, 4-bit vectors, batches of 32, Adam 3e-3, no clip, "
+    "15,000 batches): N ≫ T, so every window boundary matters; where full BPTT itself stops "
+    "short of that, nothing is decided (untested at this budget)"
+)
+_COPY_RES = (
+    "solved N per run: exact (an integer); over seeds: t₀.₉₅ · √(sd_a²/n_a + sd_b²/n_b) of the "
+    "two methods' solved N"
+)
+_SPECS = (
+    *_SPECS,
+    ClaimSpec(
+        "dni-rnn/copy-horizon",
+        "paper.md §5.1 abstract (verified): for RNNs 'predicting future gradients extends "
+        "the effective time horizon'; the DNI paper's Copy comparison",
+        COPY,
+        "issue 24",
+        _COPY_REGIME,
+        _COPY_RES,
+        contrast="is itself a comparison with truncated BPTT: DNI-T's mean solved N above "
+        "BPTT-T′'s, beyond the seed resolution, for some T′ > T of the grid (each T′ > T is "
+        "judged; the best margin is the verdict)",
+    ),
+    ClaimSpec(
+        "dni-rnn/copy-dni-vs-bptt",
+        "paper.md §5.1 (RNN case, unverified detail): the boundary SG stands in for the "
+        "gradients from beyond the window",
+        COPY,
+        "issue 24",
+        _COPY_REGIME,
+        _COPY_RES,
+        contrast="is itself a comparison with BPTT-T at the same T",
+    ),
+)
+
 #: id -> :class:`ClaimSpec`
 CLAIMS: dict[str, ClaimSpec] = {s.id: s for s in _SPECS}
 

@@ -151,7 +151,10 @@ def settings(ctx: C.Context) -> dict:
 
 
 def _optimizer(lr: float, clip: float) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr))
+    """Adam after a global-norm clip at ``clip`` (0: no clip)."""
+    if clip < 0:
+        raise ValueError(f"`clip` must be ≥ 0 (0: no clip), got {clip!r}")
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr)) if clip else optax.adam(lr)
 
 
 _CACHE: dict = {}
@@ -249,7 +252,8 @@ def _append(ctx: C.Context, rec: dict) -> None:
 
 
 def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
-    """One curriculum run; returns the longest length solved and the curves."""
+    """One curriculum run; returns the longest length solved, the batch at which each
+    length was solved (``levels``: ``[length, batch, seconds]``) and the curves."""
     cc = cfg["copy"]
     in_dim, out_dim = tasks.task_dims(task, cc["bits"])
     full = method == "full"
@@ -258,7 +262,7 @@ def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
     state = core.init(h, jax.random.key(seed), opt, sg_opt)
     cur = tasks.Curriculum(task, threshold=cfg["threshold"], patience=cc["patience"])
     rng = np.random.default_rng(seed)
-    curve, cos_curve = [], []
+    curve, cos_curve, levels = [], [], []
     B = cc["batch"]
     t0 = time.perf_counter()
     for i in range(1, cc["batches"] + 1):
@@ -275,11 +279,13 @@ def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
         err = float(met["loss"]) * B / float(met["count"]) * tasks.BITS_PER_NAT
         if not math.isfinite(err):
             raise FloatingPointError(f"{task} {method} T={T} seed {seed}: loss not finite at {i}")
-        cur.update(err)
+        if cur.update(err):
+            levels.append((cur.solved, i, time.perf_counter() - t0))
         curve.append((i, err, cur.length))
     return {
         "solved": cur.solved,
         "final_level": cur.length,
+        "levels": levels,
         "curve": curve[:: max(1, len(curve) // 300)],
         "cos": cos_curve,
         "seconds": time.perf_counter() - t0,

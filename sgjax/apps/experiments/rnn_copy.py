@@ -1,0 +1,332 @@
+"""Recurrent DNI on Copy at a length where the window boundary matters (issue 24).
+
+The DNI paper's Copy comparison, sized so that full BPTT reaches N ≫ T: with N ≤ T the
+whole sequence fits in one window and DNI-T and BPTT-T run the identical computation,
+so only lengths well past T can tell them apart. Settings (:data:`SETTINGS`): LSTM 256,
+4-bit vectors, batches of 32, Adam 3e-3 (the model) and 1e-3 (the SG), no gradient clip,
+γ = 1 (a finite sequence: its last window injects nothing), the curriculum of
+:class:`sgjax.recurrent.tasks.Curriculum` (0.15 bits per output step over the last 10
+batches), 15,000 batches per run. Full BPTT makes one update per sequence; BPTT-T and
+DNI-T one per window of T steps.
+
+The grid (:func:`jobs`): full BPTT, DNI-T for T ∈ {2, 4}, BPTT-T for T ∈ {2, 4, 8}, seeds
+0–2, seed by seed (a partial grid holds whole comparisons). Each finished run is appended
+to ``<out>/runs.jsonl`` with its settings, the longest N solved, the batch (and seconds)
+at which each N was solved, and its CPU seconds; a restarted study skips finished runs.
+
+The report (:func:`report`) judges the registered claims ``dni-rnn/copy-*``
+(:mod:`sgjax.apps.experiments.registry`, registered before these runs; their regime is
+full BPTT's mean solved N ≥ 16): DNI-T above BPTT-T′ for some T′ > T (the paper's
+"extends the time horizon"), and DNI-T above BPTT-T.
+
+Usage::
+
+    taskset -c 1 python -m sgjax.apps.experiments.rnn_copy run --out DIR
+    python -m sgjax.apps.experiments.rnn_copy report --out DIR --to docs/results/dni-rnn-copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgjax.apps.experiments import common as C
+from sgjax.apps.experiments import rnn
+from sgjax.apps.experiments import verdicts as V
+from sgjax.apps.experiments.rnn_lm_report import difference_resolution
+
+#: The settings every run shares (``cfg["copy"]`` of :func:`sgjax.apps.experiments.rnn.train_copy`).
+SETTINGS: dict[str, Any] = dict(
+    hidden=256,
+    batch=32,
+    bits=4,
+    batches=15_000,
+    patience=10,
+    cos_every=5_000,
+    lr=3e-3,
+    sg_lr=1e-3,
+    decay=1.0,
+)
+CLIP, AUX_WEIGHT, THRESHOLD = 0.0, 0.1, 0.15  # clip 0: none
+SEEDS = (0, 1, 2)
+#: method -> the truncation lengths T of the grid (full BPTT: one entry, T = 0)
+GRID: dict[str, tuple[int, ...]] = {"full": (0,), "dni": (2, 4), "bptt": (2, 4, 8)}
+#: full BPTT's mean solved N (over the seeds) from which the comparison decides anything
+REGIME_N = 16
+LABELS = {"full": "full BPTT", "bptt": "BPTT-T", "dni": "DNI-T"}
+
+
+def cfg(settings: dict | None = None) -> dict:
+    """The ``cfg`` :func:`~sgjax.apps.experiments.rnn.train_copy` takes."""
+    s = dict(SETTINGS if settings is None else settings)
+    return {"copy": s, "clip": CLIP, "aux_weight": AUX_WEIGHT, "threshold": THRESHOLD}
+
+
+def key(method: str, T: int, seed: int) -> str:
+    return f"copy/{method}/T{T}/s{seed}"
+
+
+def jobs(grid: dict[str, tuple[int, ...]] | None = None, seeds=SEEDS) -> list[tuple]:
+    """``(key, method, T, seed)`` of every run, seed by seed; within a seed full BPTT (the
+    regime), then DNI-T next to the BPTT-T′ it is judged against, BPTT at the DNI's own T last."""
+    grid = GRID if grid is None else grid
+    order = [(m, T) for m in ("full",) for T in grid.get(m, ())]
+    dni_Ts = set(grid.get("dni", ()))
+    for T in sorted(dni_Ts):
+        order.append(("dni", T))
+        order += [("bptt", t) for t in grid.get("bptt", ()) if t > T]
+    order += [("bptt", t) for t in grid.get("bptt", ())]
+    order += [(m, T) for m, Ts in grid.items() for T in Ts]
+    order = list(dict.fromkeys(order))
+    return [(key(m, T, s), m, T, s) for s in seeds for m, T in order]
+
+
+def load(out: Path) -> dict[str, dict]:
+    """The finished runs of ``out/runs.jsonl`` by key (the last record of a key wins)."""
+    done: dict[str, dict] = {}
+    path = Path(out) / "runs.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec
+    return done
+
+
+def run(out: Path, *, settings: dict | None = None, grid=None, seeds=SEEDS) -> list[str]:
+    """Run every unfinished run of the grid (resuming), appending each to runs.jsonl;
+    returns the keys it ran. A run recorded under other settings is run again."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    c = cfg(settings)
+    ran = []
+    for k, method, T, seed in jobs(grid, seeds):
+        done = load(out)
+        if k in done and done[k]["settings"] == c:
+            continue
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = rnn.train_copy("copy", method, T, seed, c)
+        rec = {
+            "key": k,
+            "method": method,
+            "T": T,
+            "seed": seed,
+            "settings": c,
+            "cpu_seconds": time.process_time() - c0,
+            "wall_seconds": time.perf_counter() - t0,
+            "run_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **{kk: v for kk, v in res.items() if kk != "seconds"},
+        }
+        with (out / "runs.jsonl").open("a") as f:
+            f.write(C.json_line(rec) + "\n")
+        ran.append(k)
+        print(f"{k}: solved N={res['solved']} ({rec['cpu_seconds']:.0f} s CPU)", flush=True)
+    return ran
+
+
+def _values(runs: dict, method: str, T: int, seeds=SEEDS) -> list[float]:
+    return [float(runs[key(method, T, s)]["solved"]) for s in seeds if key(method, T, s) in runs]
+
+
+def _stats(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    per = ", ".join(f"{v:g}" for v in vals)
+    if len(vals) == 1:
+        return per
+    return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} ({per})"
+
+
+def claims(
+    solved: dict[str, dict[int, list[float]]],
+    *,
+    n_seeds: int = len(SEEDS),
+    regime_n: float = REGIME_N,
+    data_date: str | None = None,
+) -> dict[str, dict]:
+    """The verdicts on ``dni-rnn/copy-*`` from the solved N per method and T (per seed).
+
+    ``solved["full"][0]`` decides the regime (mean ≥ ``regime_n`` over ``n_seeds`` seeds);
+    a comparison with fewer than ``n_seeds`` values on either side is untested. The
+    horizon claim is judged, for each DNI-T, against every BPTT-T′ with T′ > T; the
+    T′ with the best margin beyond its resolution is the verdict ("some T′ > T").
+
+    Example:
+        >>> s = {"full": {0: [16, 17, 18]}, "dni": {2: [6, 7, 7]}}
+        >>> s["bptt"] = {2: [2, 2, 2], 4: [4, 5, 4]}
+        >>> c = claims(s, data_date="2027-01-01T00:00:00+00:00")
+        >>> [(r["id"], r["verdict"]) for r in c.values()]
+        [('dni-rnn/copy-horizon', 'held'), ('dni-rnn/copy-dni-vs-bptt', 'held')]
+    """
+    full = solved.get("full", {}).get(0, [])
+    regime = len(full) == n_seeds and float(np.mean(full)) >= regime_n
+    note = (
+        ""
+        if regime
+        else "untested at this budget: full BPTT solved N "
+        f"{_stats(full)}, not ≥ {regime_n} on {n_seeds} seeds"
+    )
+    out: dict[str, dict] = {}
+
+    def record(a, b, la, lb, *, cid):
+        tested = len(a) == n_seeds and len(b) == n_seeds
+        margin = float(np.mean(a) - np.mean(b)) if tested else float("nan")
+        return V.claim(
+            f"{la} {_stats(a)} vs {lb} {_stats(b)}",
+            f"{la}'s solved N > {lb}'s",
+            margin,
+            difference_resolution(a, b) if tested else 0.0,
+            cid=cid,
+            regime=regime,
+            regime_note=note,
+            tested=tested,
+            untested_note="" if tested else "runs missing",
+        )
+
+    bptt = solved.get("bptt", {})
+    for T, dni in sorted(solved.get("dni", {}).items()):
+        later = [t for t in sorted(bptt) if t > T]
+        if later:
+            recs = [
+                record(dni, bptt[t], f"DNI-{T}", f"BPTT-{t}", cid="dni-rnn/copy-horizon")
+                for t in later
+            ]
+            # "some T' > T": the record whose margin clears its resolution by the most
+            best = max(
+                recs, key=lambda r: r["margin"] - r["resolution"] if r["tested"] else -np.inf
+            )
+            best = dict(best, others=[r["value"] for r in recs if r is not best])
+            out[f"DNI-{T} above BPTT-T′ for some T′ > {T} (horizon)"] = best
+        if T in bptt:
+            out[f"DNI-{T} above BPTT-{T}"] = record(
+                dni, bptt[T], f"DNI-{T}", f"BPTT-{T}", cid="dni-rnn/copy-dni-vs-bptt"
+            )
+    return V.preregistered(out, data_date)
+
+
+def summary(runs: dict, grid=None, seeds=SEEDS) -> dict[str, dict[int, list[float]]]:
+    grid = GRID if grid is None else grid
+    return {m: {T: _values(runs, m, T, seeds) for T in Ts} for m, Ts in grid.items()}
+
+
+def _first_batch(rec: dict, n: int) -> int | None:
+    return next((b for N, b, _ in rec.get("levels", []) if N >= n), None)
+
+
+def report(out: Path, to: Path | None = None, grid=None, seeds=SEEDS) -> dict:
+    """Write README.md, results.json (and a copy of runs.jsonl) into ``to`` (default ``out``)
+    from the runs finished so far; a missing run is listed, never filled in."""
+    out = Path(out)
+    to = out if to is None else Path(to)
+    to.mkdir(parents=True, exist_ok=True)
+    grid = GRID if grid is None else grid
+    runs = load(out)
+    solved = summary(runs, grid, seeds)
+    starts = [
+        (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
+        for r in runs.values()
+    ]
+    verdicts = claims(solved, n_seeds=len(seeds), data_date=min(starts, default=None))
+    rows, missing = [], []
+    for m, Ts in grid.items():
+        for T in Ts:
+            recs = [runs.get(key(m, T, s)) for s in seeds]
+            done = [r for r in recs if r is not None]
+            missing += [key(m, T, s) for s, r in zip(seeds, recs) if r is None]
+            to16 = [_first_batch(r, REGIME_N) for r in done]
+            rows.append(
+                [
+                    LABELS[m].replace("-T", f"-{T}") if m != "full" else LABELS[m],
+                    _stats(solved[m][T]),
+                    ", ".join(str(r["final_level"]) for r in done) or "—",
+                    ", ".join("—" if b is None else f"{b:,}" for b in to16) or "—",
+                    ", ".join(f"{r['cpu_seconds']:.0f}" for r in done) or "—",
+                    f"{len(done)} / {len(seeds)}",
+                ]
+            )
+    curves = {
+        k: [list(map(float, lv[:2])) for lv in r.get("levels", [])] for k, r in sorted(runs.items())
+    }
+    s = SETTINGS if not runs else next(iter(runs.values()))["settings"]["copy"]
+    text = [
+        "# Recurrent DNI on Copy: does DNI-T extend BPTT-T's horizon?",
+        "",
+        "`taskset -c 1 python -m sgjax.apps.experiments.rnn_copy run --out DIR`, then "
+        "`python -m sgjax.apps.experiments.rnn_copy report --out DIR --to "
+        "docs/results/dni-rnn-copy` (one core; a killed run resumes at the next unfinished run).",
+        "",
+        f"Copy with {s['bits']}-bit vectors, LSTM {s['hidden']}, batches of {s['batch']}, "
+        f"Adam {s['lr']:g} (model) / {s['sg_lr']:g} (linear SG, zero-initialised), "
+        f"{'no clip' if not CLIP else f'clip {CLIP}'}, γ = {s['decay']:g}, "
+        f"{s['batches']:,} batches per run; the curriculum raises N when the mean error of "
+        f"the last {s['patience']} batches is below {THRESHOLD} bits per output step. Full BPTT "
+        "makes one update per sequence, BPTT-T and DNI-T one per window of T steps. Score: "
+        "the longest N solved within the budget.",
+        "",
+        "## Solved N (mean ± sd over seeds (per seed))",
+        "",
+        V.table(
+            [
+                "method",
+                "solved N",
+                "level at the end",
+                f"batch at which N = {REGIME_N} was solved",
+                "CPU s per run",
+                "runs",
+            ],
+            rows,
+        ),
+        "",
+        "CPU seconds: `time.process_time()` of each run on one core.",
+        "",
+        "## Verdicts (claims registered before these runs)",
+        "",
+        f"Regime: full BPTT's mean solved N ≥ {REGIME_N} over {len(seeds)} seeds; outside "
+        "it a failure is untested and a pass only consistent. "
+        "A margin within t₀.₉₅ · √(sd_a²/n_a + sd_b²/n_b) is inconclusive.",
+        "",
+        V.claims_table(verdicts),
+        "",
+        "Missing runs: " + (", ".join(missing) if missing else "none") + ".",
+        "",
+        "Learning curves (the batch at which each N was solved) are in `results.json` (`levels`).",
+    ]
+    (to / "README.md").write_text("\n".join(text) + "\n")
+    results = {
+        "settings": cfg(s),
+        "solved": {f"{m}/T{T}": v for m, d in solved.items() for T, v in d.items()},
+        "claims": verdicts,
+        "levels": curves,
+        "missing": missing,
+        "runs": {k: {kk: vv for kk, vv in r.items() if kk != "curve"} for k, r in runs.items()},
+    }
+    C.write_json(to / "results.json", results)
+    if to != out and (out / "runs.jsonl").exists():
+        shutil.copyfile(out / "runs.jsonl", to / "runs.jsonl")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sgjax.apps.experiments.rnn_copy")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (resume) the grid")
+    r.add_argument("--out", required=True, type=Path)
+    rep = sub.add_parser("report", help="write README.md and results.json from runs.jsonl")
+    rep.add_argument("--out", required=True, type=Path)
+    rep.add_argument("--to", default=None, type=Path, help="write the report here (default OUT)")
+    a = p.parse_args(argv)
+    if a.cmd == "run":
+        run(a.out)
+    else:
+        report(a.out, a.to)
+
+
+if __name__ == "__main__":
+    main()
