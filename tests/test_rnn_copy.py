@@ -30,9 +30,9 @@ def test_a_finished_run_is_not_rerun(tmp_path, monkeypatch):
     calls = []
     real = rnn_copy.rnn.train_copy
 
-    def counting(task, method, T, seed, cfg):
+    def counting(task, method, T, seed, cfg, **kw):
         calls.append((method, T, seed))
-        return real(task, method, T, seed, cfg)
+        return real(task, method, T, seed, cfg, **kw)
 
     monkeypatch.setattr(rnn_copy.rnn, "train_copy", counting)
     # optax 0.2.8's Adam (`decay ** count`, float ** int32) needs the standard promotion
@@ -134,3 +134,24 @@ def test_report_of_a_partial_grid_lists_the_missing_runs(tmp_path, cmd):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["solved"]["full/T0"] == [17.0] and len(res["missing"]) == 17
     assert {c["verdict"] for c in res["claims"].values()} == {"untested"}
+
+
+def test_a_diverged_run_stops_with_what_it_solved(monkeypatch):
+    from sgjax.apps.experiments import rnn
+
+    real, n = rnn.core.train_sequence, [0]
+
+    def failing(*a, **kw):
+        n[0] += 1
+        if n[0] == 5:
+            raise FloatingPointError("planted")  # (check_step's NonFiniteLossError is one)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(rnn.core, "train_sequence", failing)
+    c = rnn_copy.cfg({**TINY, "batches": 8})
+    with jax.numpy_dtype_promotion("standard"):
+        res = rnn.train_copy("copy", "bptt", 2, 0, c, stop_on_nonfinite=True)
+        assert res["diverged"].startswith("batch 5: planted") and len(res["curve"]) == 4
+        n[0] = 0
+        with pytest.raises(FloatingPointError, match="planted"):
+            rnn.train_copy("copy", "bptt", 2, 0, c)

@@ -251,9 +251,15 @@ def _append(ctx: C.Context, rec: dict) -> None:
 # ------------------------------------------------------------------------ copy tasks
 
 
-def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
+def train_copy(
+    task: str, method: str, T: int, seed: int, cfg: dict, *, stop_on_nonfinite: bool = False
+) -> dict:
     """One curriculum run; returns the longest length solved, the batch at which each
-    length was solved (``levels``: ``[length, batch, seconds]``) and the curves."""
+    length was solved (``levels``: ``[length, batch, seconds]``) and the curves.
+
+    A non-finite loss or a refused update raises ``FloatingPointError``; with
+    ``stop_on_nonfinite`` the run stops there instead and returns what it solved, with
+    ``diverged`` saying where (``None`` for a run that finished its budget)."""
     cc = cfg["copy"]
     in_dim, out_dim = tasks.task_dims(task, cc["bits"])
     full = method == "full"
@@ -263,6 +269,7 @@ def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
     cur = tasks.Curriculum(task, threshold=cfg["threshold"], patience=cc["patience"])
     rng = np.random.default_rng(seed)
     curve, cos_curve, levels = [], [], []
+    diverged = None
     B = cc["batch"]
     t0 = time.perf_counter()
     for i in range(1, cc["batches"] + 1):
@@ -275,10 +282,18 @@ def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
         if h.sg is not None and (i == 1 or i % cc["cos_every"] == 0):
             cos = reference.sg_cosines(hh, state.params, state.sg_params, x, y, m)
             cos_curve.append({"batch": i, "level": cur.length, "cos": np.asarray(cos).tolist()})
-        state, _, met = core.train_sequence(hh, step, state, x, y, m)
-        err = float(met["loss"]) * B / float(met["count"]) * tasks.BITS_PER_NAT
-        if not math.isfinite(err):
-            raise FloatingPointError(f"{task} {method} T={T} seed {seed}: loss not finite at {i}")
+        try:
+            state, _, met = core.train_sequence(hh, step, state, x, y, m)
+            err = float(met["loss"]) * B / float(met["count"]) * tasks.BITS_PER_NAT
+            if not math.isfinite(err):
+                raise FloatingPointError(
+                    f"{task} {method} T={T} seed {seed}: loss not finite at {i}"
+                )
+        except FloatingPointError as e:
+            if not stop_on_nonfinite:
+                raise
+            diverged = f"batch {i}: {e}"
+            break
         if cur.update(err):
             levels.append((cur.solved, i, time.perf_counter() - t0))
         curve.append((i, err, cur.length))
@@ -286,6 +301,7 @@ def train_copy(task: str, method: str, T: int, seed: int, cfg: dict) -> dict:
         "solved": cur.solved,
         "final_level": cur.length,
         "levels": levels,
+        "diverged": diverged,
         "curve": curve[:: max(1, len(curve) // 300)],
         "cos": cos_curve,
         "seconds": time.perf_counter() - t0,

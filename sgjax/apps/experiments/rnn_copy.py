@@ -112,7 +112,9 @@ def run(out: Path, *, settings: dict | None = None, grid=None, seeds=SEEDS) -> l
         if k in done and done[k]["settings"] == c:
             continue
         c0, t0 = time.process_time(), time.perf_counter()
-        res = rnn.train_copy("copy", method, T, seed, c)
+        # a run whose loss turns non-finite stops there with what it solved (no clip on
+        # the model's gradient: a divergence is a result, not a crash of the grid)
+        res = rnn.train_copy("copy", method, T, seed, c, stop_on_nonfinite=True)
         rec = {
             "key": k,
             "method": method,
