@@ -130,7 +130,7 @@ def test_report_of_a_partial_grid_lists_the_missing_runs(tmp_path, cmd):
     (tmp_path / "runs.jsonl").write_text(json.dumps(rec) + "\n")
     rnn_copy.main([*cmd, str(tmp_path)])
     text = (tmp_path / "README.md").read_text()
-    assert "copy/dni/T2/s0" in text and "1,600" in text  # N = 16 solved at batch 1,600
+    assert "copy/dni/T2/s0" in text and "1,700" in text  # its N = 17 solved at batch 1,700
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["solved"]["full/T0"] == [17.0] and len(res["missing"]) == 17
     assert {c["verdict"] for c in res["claims"].values()} == {"untested"}

@@ -222,6 +222,27 @@ def _first_batch(rec: dict, n: int) -> int | None:
     return next((b for N, b, _ in rec.get("levels", []) if N >= n), None)
 
 
+def _figure(to: Path, runs: dict, grid: dict, seeds) -> str:
+    """Solved N against batches, one line per run (the learning curves)."""
+    plt = C.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for j, (m, T) in enumerate((m, T) for m, Ts in grid.items() for T in Ts):
+        for i, s in enumerate(seeds):
+            r = runs.get(key(m, T, s))
+            if r is None:
+                continue
+            lv = [(0, 0)] + [(b, n) for n, b, _ in r.get("levels", [])]
+            lv.append((r["settings"]["copy"]["batches"], lv[-1][1]))
+            b, n = zip(*lv)
+            name = LABELS[m].replace("-T", f"-{T}") if m != "full" else LABELS[m]
+            ax.step(b, n, where="post", color=f"C{j}", alpha=0.8, label=name if i == 0 else None)
+    ax.set_xlabel("batches")
+    ax.set_ylabel("longest N solved")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
+    return C.save_figure(fig, to / "solved_n.png")
+
+
 def report(out: Path, to: Path | None = None, grid=None, seeds=SEEDS) -> dict:
     """Write README.md, results.json (and a copy of runs.jsonl) into ``to`` (default ``out``)
     from the runs finished so far; a missing run is listed, never filled in."""
@@ -242,13 +263,13 @@ def report(out: Path, to: Path | None = None, grid=None, seeds=SEEDS) -> dict:
             recs = [runs.get(key(m, T, s)) for s in seeds]
             done = [r for r in recs if r is not None]
             missing += [key(m, T, s) for s, r in zip(seeds, recs) if r is None]
-            to16 = [_first_batch(r, REGIME_N) for r in done]
+            last = [_first_batch(r, r["solved"]) if r["solved"] else None for r in done]
             rows.append(
                 [
                     LABELS[m].replace("-T", f"-{T}") if m != "full" else LABELS[m],
                     _stats(solved[m][T]),
                     ", ".join(str(r["final_level"]) for r in done) or "—",
-                    ", ".join("—" if b is None else f"{b:,}" for b in to16) or "—",
+                    ", ".join("—" if b is None else f"{b:,}" for b in last) or "—",
                     ", ".join(f"{r['cpu_seconds']:.0f}" for r in done) or "—",
                     f"{len(done)} / {len(seeds)}",
                 ]
@@ -279,7 +300,7 @@ def report(out: Path, to: Path | None = None, grid=None, seeds=SEEDS) -> dict:
                 "method",
                 "solved N",
                 "level at the end",
-                f"batch at which N = {REGIME_N} was solved",
+                "batch at which that N was solved",
                 "CPU s per run",
                 "runs",
             ],
@@ -298,7 +319,16 @@ def report(out: Path, to: Path | None = None, grid=None, seeds=SEEDS) -> dict:
         "",
         "Missing runs: " + (", ".join(missing) if missing else "none") + ".",
         "",
-        "Learning curves (the batch at which each N was solved) are in `results.json` (`levels`).",
+        "Runs stopped by a non-finite loss: "
+        + (
+            ", ".join(f"{k} ({r['diverged']})" for k, r in runs.items() if r.get("diverged"))
+            or "none"
+        )
+        + ".",
+        "",
+        "Learning curves (the batch at which each N was solved; `levels` in `results.json`):",
+        "",
+        f"![solved N]({_figure(to, runs, grid, seeds)})",
     ]
     (to / "README.md").write_text("\n".join(text) + "\n")
     results = {
