@@ -13,6 +13,7 @@ only adds what :func:`sgjax.train.fit` does not do: calling back at chosen steps
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
@@ -238,6 +239,19 @@ def train_with_snapshots(
 def to_numpy(tree: Any) -> Any:
     """JAX arrays in ``tree`` to numpy (Python numbers and strings stay as they are)."""
     return jax.tree.map(lambda v: np.asarray(v) if isinstance(v, jax.Array) else v, tree)
+
+
+def jsonl_records(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, in order (blank lines skipped; none if missing)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_runs(out: Path) -> dict[str, dict]:
+    """The finished runs of ``out/runs.jsonl`` by key (the last record of a key wins)."""
+    return {rec["key"]: rec for rec in jsonl_records(Path(out) / "runs.jsonl")}
 
 
 def json_line(obj: Any) -> str:

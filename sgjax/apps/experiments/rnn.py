@@ -227,10 +227,7 @@ def _store(ctx: C.Context, part: str, seed: int) -> Path:
 def _load_runs(ctx: C.Context, cfg: dict) -> dict[str, dict]:
     done: dict[str, dict] = {}
     for path in sorted((ctx.out / "runs").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
+        for rec in C.jsonl_records(path):
             if rec.get("settings") == _run_settings(cfg, rec["part"]):
                 done[rec["key"]] = rec
     return done

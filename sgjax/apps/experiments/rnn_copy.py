@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
@@ -40,7 +39,7 @@ import numpy as np
 from sgjax.apps.experiments import common as C
 from sgjax.apps.experiments import rnn
 from sgjax.apps.experiments import verdicts as V
-from sgjax.apps.experiments.rnn_lm_report import difference_resolution
+from sgjax.apps.experiments.rnn_lm_report import difference_resolution, stats
 
 #: The settings every run shares (``cfg["copy"]`` of :func:`sgjax.apps.experiments.rnn.train_copy`).
 SETTINGS: dict[str, Any] = dict(
@@ -88,16 +87,7 @@ def jobs(grid: dict[str, tuple[int, ...]] | None = None, seeds=SEEDS) -> list[tu
     return [(key(m, T, s), m, T, s) for s in seeds for m, T in order]
 
 
-def load(out: Path) -> dict[str, dict]:
-    """The finished runs of ``out/runs.jsonl`` by key (the last record of a key wins)."""
-    done: dict[str, dict] = {}
-    path = Path(out) / "runs.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["key"]] = rec
-    return done
+load = C.load_runs  #: the finished runs of ``out/runs.jsonl`` by key
 
 
 def run(out: Path, *, settings: dict | None = None, grid=None, seeds=SEEDS) -> list[str]:
@@ -138,12 +128,7 @@ def _values(runs: dict, method: str, T: int, seeds=SEEDS) -> list[float]:
 
 
 def _stats(vals: list[float]) -> str:
-    if not vals:
-        return "—"
-    per = ", ".join(f"{v:g}" for v in vals)
-    if len(vals) == 1:
-        return per
-    return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} ({per})"
+    return stats(vals, "g", ".2f")
 
 
 def claims(

@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from datetime import datetime, timezone
@@ -109,16 +108,7 @@ def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
     return out
 
 
-def load(out: Path) -> dict[str, dict]:
-    """The finished runs of ``out/runs.jsonl`` by key (the last record of a key wins)."""
-    done: dict[str, dict] = {}
-    path = Path(out) / "runs.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["key"]] = rec
-    return done
+load = C.load_runs  #: the finished runs of ``out/runs.jsonl`` by key
 
 
 def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seeds=None) -> None:

@@ -41,13 +41,14 @@ def difference_resolution(a: list[float], b: list[float]) -> float:
     return _t95(min(len(a), len(b)) - 1) * se
 
 
-def _stats(vals: list[float]) -> str:
+def stats(vals: list[float], fmt: str = ".3f", spread: str = ".3f") -> str:
+    """``mean ± sd (v1, v2, …)`` over seeds (one value alone; "—" for none)."""
     if not vals:
         return "—"
-    per = ", ".join(f"{v:.3f}" for v in vals)
+    per = ", ".join(format(v, fmt) for v in vals)
     if len(vals) == 1:
         return per
-    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f} ({per})"
+    return f"{format(np.mean(vals), spread)} ± {format(np.std(vals, ddof=1), spread)} ({per})"
 
 
 def stability(runs: dict[str, dict], bigram: float, study: Any) -> tuple[list[list[Any]], dict]:
@@ -133,7 +134,7 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
                 f"DNI-{T} at or below BPTT-{Tp} (horizon beyond T)",
                 dni,
                 b,
-                f"DNI-{T} {_stats(dni)} vs BPTT-{Tp} {_stats(b)}",
+                f"DNI-{T} {stats(dni)} vs BPTT-{Tp} {stats(b)}",
                 f"DNI-{T}'s BPC ≤ BPTT-{Tp}'s",
                 cid="dni-rnn/lm-horizon",
             )
@@ -142,7 +143,7 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
             f"DNI-{T} below BPTT-{T}",
             dni,
             b,
-            f"DNI-{T} {_stats(dni)} vs BPTT-{T} {_stats(b)}",
+            f"DNI-{T} {stats(dni)} vs BPTT-{T} {stats(b)}",
             f"DNI-{T}'s BPC < BPTT-{T}'s",
             cid="dni-rnn/lm-dni-vs-bptt",
         )
@@ -152,7 +153,7 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
             f"DNI+Aux-{T} below DNI-{T}",
             aux,
             dni,
-            f"DNI+Aux-{T} {_stats(aux)} vs DNI-{T} {_stats(dni)}",
+            f"DNI+Aux-{T} {stats(aux)} vs DNI-{T} {stats(dni)}",
             f"DNI+Aux-{T}'s BPC < DNI-{T}'s",
             cid="dni-rnn/lm-aux-vs-dni",
         )
@@ -226,7 +227,7 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
     for method, Ts in study.LM_TS.items():
         cells = []
         for T in study.LM_TS["bptt"]:
-            cells.append(_stats(_lm_values(runs, method, T, study)) if T in Ts else "")
+            cells.append(stats(_lm_values(runs, method, T, study)) if T in Ts else "")
         lm_rows.append([LABELS[method], *cells])
     cpu_rows = []
     for method in study.LM_TS:
