@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -43,11 +42,10 @@ OWNS = {
 
 
 def _layers_module():
-    spec = importlib.util.spec_from_file_location("check_layers", ROOT / "scripts/check_layers.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import check_layers
+
+    return check_layers
 
 
 def _layer_table() -> list[str]:

@@ -22,6 +22,20 @@ import numpy as np
 from sgjax.infra.runner import StepCache, run_training
 
 
+def load_script(name: str) -> Any:
+    """The module ``scripts/<name>.py`` (scripts are not a package), registered in
+    ``sys.modules`` under ``name`` (dataclasses look their module up there)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def xla_flags(devices: int | None = None) -> str:
     """``XLA_FLAGS`` for a subprocess: this process's flags (the test-speed ones that
     conftest.py sets) without any device count, plus ``devices`` CPU devices if given."""

@@ -3,9 +3,10 @@ repository path named in README.md and docs/ resolves."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -17,11 +18,7 @@ MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def _gen():
-    spec = importlib.util.spec_from_file_location("gen_design", ROOT / "scripts/gen_design.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("gen_design")
 
 
 def test_design_md_is_generated_from_the_layers_and_the_registries():

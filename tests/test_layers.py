@@ -3,18 +3,15 @@ upward import (also one hidden inside a function), a cycle and an unplaced modul
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checker():
-    spec = importlib.util.spec_from_file_location("check_layers", ROOT / "scripts/check_layers.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("check_layers")
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -8,20 +8,15 @@ so an edit of ``sgjax/`` that moves a pattern fails here, not unnoticed.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mutations.py"
 
 
 def _harness():
-    spec = importlib.util.spec_from_file_location("mutations", SCRIPT)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up while building Mutant
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("mutations")
 
 
 def test_every_mutant_pattern_applies_to_the_current_sources() -> None:
