@@ -71,6 +71,12 @@ Example:
     ...                      losses.softmax_cross_entropy)
     >>> float(jnp.abs(out.grads[0]["W"]).max())  # the zero-initialised SG sends nothing
     0.0
+
+Size: over 600 lines — the six rules, their Table 1 rows and the registry. The Table 1
+section (:class:`Table1Row`, :class:`Table1Context`, :func:`table1_signal`,
+:func:`table1_errors`, about 150 lines) is the piece to move out; each rule's row is
+registered with it at import, so it moves once :class:`Table1Row` has a lower module of
+its own (the registry would otherwise import it back).
 """
 
 from __future__ import annotations

@@ -59,6 +59,12 @@ Example:
     ...     W, W0 = restored.params[0]["W"], state.params[0]["W"]
     ...     ckpt.steps(), meta["seed"], bool((W == W0).all())
     ([0], 0, True)
+
+Size: over 600 lines — :class:`Checkpointer` (save, restore, the adoption of older
+formats; about 370 lines) and the pieces it shares with
+:mod:`sgjax.infra.pipeline_checkpoint`: the directory lock, the manifest and its
+verification, signal deferral, quieting orbax's threads, the one-line failure message.
+Those shared pieces are the next to move into a module of their own.
 """
 
 from __future__ import annotations
