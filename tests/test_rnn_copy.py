@@ -155,3 +155,19 @@ def test_a_diverged_run_stops_with_what_it_solved(monkeypatch):
         n[0] = 0
         with pytest.raises(FloatingPointError, match="planted"):
             rnn.train_copy("copy", "bptt", 2, 0, c)
+
+
+def test_each_budget_is_judged_under_its_own_registered_claims(tmp_path, capsys):
+    s = _solved([16, 17, 18], [6, 6, 7], [2, 2, 2], [4, 4, 4], [9, 9, 9])
+    ids = {r["id"] for r in rnn_copy.claims(s, data_date=DATE, batches=20_000).values()}
+    assert ids == {"dni-rnn/copy20k-horizon", "dni-rnn/copy20k-dni-vs-bptt"}
+    # the 20,000-batch claims were registered after the 15,000-batch runs: a 20k verdict on
+    # data from before that registration is exploratory, never evidence
+    early = rnn_copy.claims(s, data_date="2026-12-06T18:00:00+00:00", batches=20_000)
+    assert {r["verdict"] for r in early.values()} == {"exploratory"}
+    # a budget with no registered claims is refused before any run (the CLI names it)
+    with pytest.raises(ValueError, match=r"`batches`: no Copy claims are registered for 12,345"):
+        rnn_copy.claim_ids(12_345)
+    with pytest.raises(SystemExit):
+        rnn_copy.main(["run", "--out", str(tmp_path), "--batches", "12345"])
+    assert "12,345 batches" in capsys.readouterr().err and not (tmp_path / "runs.jsonl").exists()

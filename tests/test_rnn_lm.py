@@ -134,7 +134,7 @@ def test_each_run_is_claimed_once_and_released_after_a_kill(tmp_path, monkeypatc
 
 
 def test_unknown_part_and_method_are_refused():
-    with pytest.raises(ValueError, match=r"`part` must be 'stability' or 'lm', got 'x'"):
+    with pytest.raises(ValueError, match=r"`part` must be 'stability', 'lm' or 'lm20', got 'x'"):
         rnn_lm.jobs("x")
     with pytest.raises(SystemExit):
         rnn_lm.main(["run", "lm", "--out", "/nonexistent", "--methods", "dnii"])
@@ -158,3 +158,26 @@ def test_the_advice_quotes_the_committed_stability_study():
     assert f"3M characters: {g1} of 5 seeds collapsed" in core.GAMMA_ADVICE
     assert f"({clip} of 5 collapsed)" in core.GAMMA_ADVICE
     assert f"γ = 0.5 alone {g05} of 5 seeds" in core.CLIP_ADVICE
+
+
+def test_the_20m_part_is_judged_on_its_own_runs_and_regime():
+    keys = [k for k, *_ in rnn_lm.jobs("lm20")]
+    assert keys[:3] == ["lm20/bptt/T8/s0", "lm20/dni/T8/s0", "lm20/bptt/T16/s0"]
+    assert all(c["lm"]["chars"] == 20_000_000 for *_, c in rnn_lm.jobs("lm20"))
+    assert keys[-1] == "lm20/dni_aux/T8/s2" and len(keys) == len(set(keys)) == 12
+    # the 10M part outside the regime (BPTT-8 at 2.40) and the 20M part inside it
+    ten = _runs({("bptt", 8): [2.40, 2.40, 2.40], ("dni", 8): [2.30, 2.31, 2.32]})
+    vals = {("bptt", 8): [2.30, 2.31, 2.29], ("dni", 8): [2.20, 2.21, 2.19]}
+    vals[("bptt", 16)] = [2.35, 2.36, 2.34]
+    twenty = {
+        k.replace("lm/", "lm20/", 1): {**r, "key": k.replace("lm/", "lm20/", 1)}
+        for k, r in _runs(vals, chars=20_000_000).items()
+    }
+    runs = {**ten, **twenty}
+    c10 = rnn_lm_report.lm_claims(runs, 3.58, STUDY)
+    c20 = rnn_lm_report.lm_claims(runs, 3.58, STUDY, "lm20")
+    assert c10["DNI-8 below BPTT-8"]["verdict"] != "held"  # outside its regime
+    assert c20["DNI-8 below BPTT-8"]["verdict"] == "held"
+    assert c20["DNI-8 at or below BPTT-16 (horizon beyond T)"]["verdict"] == "held"
+    # DNI+Aux-8 has not run at 20M: untested, not filled in from the 10M part
+    assert c20["DNI+Aux-8 below DNI-8"]["verdict"] == "untested"

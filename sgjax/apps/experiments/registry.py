@@ -321,6 +321,37 @@ _SPECS = (
     ),
 )
 
+#: When the Copy claims at 20,000 batches were registered: after the 15,000-batch runs left
+#: full BPTT at a mean solved N of 15.33 (below the regime of 16) and before any run at
+#: 20,000 batches (the same settings and grid, the budget alone raised).
+COPY20K = "2026-12-06T19:04:34+00:00"
+_COPY20K_REGIME = _COPY_REGIME.replace("15,000 batches", "20,000 batches")
+_SPECS = (
+    *_SPECS,
+    ClaimSpec(
+        "dni-rnn/copy20k-horizon",
+        "paper.md §5.1 abstract (verified): for RNNs 'predicting future gradients extends "
+        "the effective time horizon'; the DNI paper's Copy comparison",
+        COPY20K,
+        "issue 24",
+        _COPY20K_REGIME,
+        _COPY_RES,
+        contrast="is itself a comparison with truncated BPTT: DNI-T's mean solved N above "
+        "BPTT-T′'s, beyond the seed resolution, for some T′ > T of the grid (each T′ > T is "
+        "judged; the best margin is the verdict)",
+    ),
+    ClaimSpec(
+        "dni-rnn/copy20k-dni-vs-bptt",
+        "paper.md §5.1 (RNN case, unverified detail): the boundary SG stands in for the "
+        "gradients from beyond the window",
+        COPY20K,
+        "issue 24",
+        _COPY20K_REGIME,
+        _COPY_RES,
+        contrast="is itself a comparison with BPTT-T at the same T",
+    ),
+)
+
 #: id -> :class:`ClaimSpec`
 CLAIMS: dict[str, ClaimSpec] = {s.id: s for s in _SPECS}
 

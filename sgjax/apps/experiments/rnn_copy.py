@@ -60,6 +60,28 @@ GRID: dict[str, tuple[int, ...]] = {"full": (0,), "dni": (2, 4), "bptt": (2, 4, 
 #: full BPTT's mean solved N (over the seeds) from which the comparison decides anything
 REGIME_N = 16
 LABELS = {"full": "full BPTT", "bptt": "BPTT-T", "dni": "DNI-T"}
+#: batch budget -> the registered ids of its (horizon, DNI-vs-BPTT) claims. A budget is
+#: judged only under claims registered for it before its runs: the CLI refuses any other.
+CLAIM_IDS: dict[int, tuple[str, str]] = {
+    15_000: ("dni-rnn/copy-horizon", "dni-rnn/copy-dni-vs-bptt"),
+    20_000: ("dni-rnn/copy20k-horizon", "dni-rnn/copy20k-dni-vs-bptt"),
+}
+
+
+def claim_ids(batches: int) -> tuple[str, str]:
+    """The registered claim ids of the ``batches`` budget (a clear error for any other).
+
+    Example:
+        >>> claim_ids(20_000)[0]
+        'dni-rnn/copy20k-horizon'
+    """
+    if batches not in CLAIM_IDS:
+        raise ValueError(
+            f"`batches`: no Copy claims are registered for {batches:,} batches (registered: "
+            f"{', '.join(f'{b:,}' for b in CLAIM_IDS)}); register them in "
+            "sgjax.apps.experiments.registry (and CLAIM_IDS) before the runs that judge them"
+        )
+    return CLAIM_IDS[batches]
 
 
 def cfg(settings: dict | None = None) -> dict:
@@ -137,9 +159,11 @@ def claims(
     n_seeds: int = len(SEEDS),
     regime_n: float = REGIME_N,
     data_date: str | None = None,
+    batches: int = SETTINGS["batches"],
 ) -> dict[str, dict]:
     """The verdicts on ``dni-rnn/copy-*`` from the solved N per method and T (per seed).
 
+    ``batches`` (the runs' budget) picks the registered claim ids (:func:`claim_ids`).
     ``solved["full"][0]`` decides the regime (mean ≥ ``regime_n`` over ``n_seeds`` seeds);
     a comparison with fewer than ``n_seeds`` values on either side is untested. The
     horizon claim is judged, for each DNI-T, against every BPTT-T′ with T′ > T; the
@@ -152,6 +176,7 @@ def claims(
         >>> [(r["id"], r["verdict"]) for r in c.values()]
         [('dni-rnn/copy-horizon', 'held'), ('dni-rnn/copy-dni-vs-bptt', 'held')]
     """
+    horizon_id, vs_id = claim_ids(batches)
     full = solved.get("full", {}).get(0, [])
     regime = len(full) == n_seeds and float(np.mean(full)) >= regime_n
     note = (
@@ -181,10 +206,7 @@ def claims(
     for T, dni in sorted(solved.get("dni", {}).items()):
         later = [t for t in sorted(bptt) if t > T]
         if later:
-            recs = [
-                record(dni, bptt[t], f"DNI-{T}", f"BPTT-{t}", cid="dni-rnn/copy-horizon")
-                for t in later
-            ]
+            recs = [record(dni, bptt[t], f"DNI-{T}", f"BPTT-{t}", cid=horizon_id) for t in later]
             # "some T' > T": the record whose margin clears its resolution by the most
             best = max(
                 recs, key=lambda r: r["margin"] - r["resolution"] if r["tested"] else -np.inf
@@ -193,7 +215,7 @@ def claims(
             out[f"DNI-{T} above BPTT-T′ for some T′ > {T} (horizon)"] = best
         if T in bptt:
             out[f"DNI-{T} above BPTT-{T}"] = record(
-                dni, bptt[T], f"DNI-{T}", f"BPTT-{T}", cid="dni-rnn/copy-dni-vs-bptt"
+                dni, bptt[T], f"DNI-{T}", f"BPTT-{T}", cid=vs_id
             )
     return V.preregistered(out, data_date)
 
@@ -241,7 +263,10 @@ def report(out: Path, to: Path | None = None, grid=None, seeds=SEEDS) -> dict:
         (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
         for r in runs.values()
     ]
-    verdicts = claims(solved, n_seeds=len(seeds), data_date=min(starts, default=None))
+    s = SETTINGS if not runs else next(iter(runs.values()))["settings"]["copy"]
+    verdicts = claims(
+        solved, n_seeds=len(seeds), data_date=min(starts, default=None), batches=s["batches"]
+    )
     rows, missing = [], []
     for m, Ts in grid.items():
         for T in Ts:
@@ -262,13 +287,13 @@ def report(out: Path, to: Path | None = None, grid=None, seeds=SEEDS) -> dict:
     curves = {
         k: [list(map(float, lv[:2])) for lv in r.get("levels", [])] for k, r in sorted(runs.items())
     }
-    s = SETTINGS if not runs else next(iter(runs.values()))["settings"]["copy"]
     text = [
         "# Recurrent DNI on Copy: does DNI-T extend BPTT-T's horizon?",
         "",
-        "`taskset -c 1 python -m sgjax.apps.experiments.rnn_copy run --out DIR`, then "
-        "`python -m sgjax.apps.experiments.rnn_copy report --out DIR --to "
-        "docs/results/dni-rnn-copy` (one core; a killed run resumes at the next unfinished run).",
+        "`taskset -c 1 python -m sgjax.apps.experiments.rnn_copy run --out DIR --batches "
+        f"{s['batches']}` (`--seeds 0,1` and `--seeds 2` on two cores share a study), then "
+        "`python -m sgjax.apps.experiments.rnn_copy report --out DIR --to DEST` (one core per "
+        "worker; a killed run resumes at the next unfinished run).",
         "",
         f"Copy with {s['bits']}-bit vectors, LSTM {s['hidden']}, batches of {s['batch']}, "
         f"Adam {s['lr']:g} (model) / {s['sg_lr']:g} (linear SG, zero-initialised), "
@@ -335,12 +360,24 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (resume) the grid")
     r.add_argument("--out", required=True, type=Path)
+    r.add_argument(
+        "--batches",
+        type=int,
+        default=SETTINGS["batches"],
+        help=f"batches per run (one with registered claims: {sorted(CLAIM_IDS)})",
+    )
+    r.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2)")
     rep = sub.add_parser("report", help="write README.md and results.json from runs.jsonl")
     rep.add_argument("--out", required=True, type=Path)
     rep.add_argument("--to", default=None, type=Path, help="write the report here (default OUT)")
     a = p.parse_args(argv)
     if a.cmd == "run":
-        run(a.out)
+        try:
+            claim_ids(a.batches)  # refused before any long work
+            seeds = SEEDS if a.seeds is None else tuple(int(x) for x in a.seeds.split(","))
+        except ValueError as e:
+            p.error(str(e))
+        run(a.out, settings={**SETTINGS, "batches": a.batches}, seeds=seeds)
     else:
         report(a.out, a.to)
 

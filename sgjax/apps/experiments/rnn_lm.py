@@ -12,6 +12,9 @@ to one core — share a part: each run is claimed once, in ``<out>/claimed/``):
 * ``lm`` — BPTT-T for T ∈ {2, 3, 4, 5, 8, 16}, DNI-T for T ∈ {2, 3, 4, 5, 8}, DNI+Aux-T
   for T ∈ {2, 8}, 3 seeds, 10M characters each, validation BPC every 1M characters
   (cDNI is left to ``sgjax reproduce dni-rnn``: the grid is what 2 cores run in a session).
+* ``lm20`` — the T = 8 column of ``lm`` (BPTT-8, DNI-8, BPTT-16, DNI+Aux-8) at 20M
+  characters, where BPTT-8 can reach the claims' regime (the whole grid at 20M is ~4.3
+  core-hours; this part ~1 core-hour).
 
 The report judges the registered claims (``dni-rnn/*`` in
 :mod:`sgjax.apps.experiments.registry`, registered before these runs): the DNI paper's
@@ -69,6 +72,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 LM = dict(BASE, chars=10_000_000, evals=10)
 LM_SEEDS = (0, 1, 2)
 LM_TS = {"bptt": (2, 3, 4, 5, 8, 16), "dni": (2, 3, 4, 5, 8), "dni_aux": (2, 8)}
+#: The ``lm20`` part: the T = 8 comparisons of the LM table at twice the budget (20M
+#: characters), where BPTT-8 can reach the claims' regime (≤ 2.35 BPC; it ended at 2.390
+#: after 10M). Judged under the same registered claims as ``lm``.
+LM20 = dict(LM, chars=20_000_000)
+LM20_TS = {"bptt": (8, 16), "dni": (8,), "dni_aux": (8,)}
+#: part -> (its settings, its grid)
+LM_PARTS = {"lm": (LM, LM_TS), "lm20": (LM20, LM20_TS)}
 #: The DNI harness options of the ``lm`` part, chosen by the stability study's rule (no
 #: collapse, then the lowest mean BPC): the injected SG clipped to norm 1 per example —
 #: 0 of 5 seeds collapsed, mean 2.583 BPC (BPTT-8: 2.577; γ = 0.5 alone: 1 of 5 collapsed;
@@ -103,8 +113,17 @@ def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
             for seed in LM_SEEDS:
                 cfg = _cfg({**LM, **opts})
                 out.append((f"lm/{method}/T{T}/s{seed}", method, T, seed, cfg))
+    elif part == "lm20":
+        # seed by seed (a partial part holds whole comparisons), DNI+Aux last
+        for seed in LM_SEEDS:
+            for method, T in (("bptt", 8), ("dni", 8), ("bptt", 16)):
+                cfg = _cfg({**LM20, **({} if method == "bptt" else LM_DNI)})
+                out.append((f"lm20/{method}/T{T}/s{seed}", method, T, seed, cfg))
+        for seed in LM_SEEDS:
+            cfg = _cfg({**LM20, **LM_DNI})
+            out.append((f"lm20/dni_aux/T8/s{seed}", "dni_aux", 8, seed, cfg))
     else:
-        raise ValueError(f"`part` must be 'stability' or 'lm', got {part!r}")
+        raise ValueError(f"`part` must be 'stability', 'lm' or 'lm20', got {part!r}")
     return out
 
 
@@ -203,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     rel = sub.add_parser("release", help="free the claims of unfinished runs (no worker may run)")
     rel.add_argument("--out", required=True, type=Path)
     r = sub.add_parser("run", help="run (resume) a part")
-    r.add_argument("part", choices=("stability", "lm"))
+    r.add_argument("part", choices=("stability", "lm", "lm20"))
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--data-dir", default=None)
     r.add_argument("--methods", default=None, help="comma-separated: bptt,dni,dni_aux,cdni")

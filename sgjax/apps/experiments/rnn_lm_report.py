@@ -84,19 +84,28 @@ def stability(runs: dict[str, dict], bigram: float, study: Any) -> tuple[list[li
     return rows, summary
 
 
-def _lm_values(runs: dict, method: str, T: int, study: Any) -> list[float]:
+def _lm_values(runs: dict, method: str, T: int, study: Any, part: str = "lm") -> list[float]:
     out = []
     for s in study.LM_SEEDS:
-        r = runs.get(f"lm/{method}/T{T}/s{s}")
+        r = runs.get(f"{part}/{method}/T{T}/s{s}")
         if r is not None:
             out.append(r["bpc"])
     return out
 
 
-def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
-    """The verdicts on the ``dni-rnn/*`` claims from the LM part's runs."""
-    bptt8 = _lm_values(runs, "bptt", 8, study)
-    chars = min((r["settings"]["chars"] for k, r in runs.items() if k.startswith("lm/")), default=0)
+def lm_claims(runs: dict, bigram: float, study: Any, part: str = "lm") -> dict[str, dict]:
+    """The verdicts on the ``dni-rnn/*`` claims from the runs of an LM part (``lm`` or
+    ``lm20``: the grid is ``study.LM_PARTS[part]``; the regime is judged on its own runs)."""
+    grid = study.LM_PARTS[part][1]
+    prefix = f"{part}/"
+
+    def values(method, T):
+        return _lm_values(runs, method, T, study, part)
+
+    bptt8 = values("bptt", 8)
+    chars = min(
+        (r["settings"]["chars"] for k, r in runs.items() if k.startswith(prefix)), default=0
+    )
     regime = chars >= 10_000_000 and len(bptt8) > 0 and float(np.mean(bptt8)) <= 2.35
     note = (
         ""
@@ -123,13 +132,13 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
             untested_note="" if tested else "runs missing",
         )
 
-    bptt_Ts = study.LM_TS["bptt"]
-    for T in study.LM_TS["dni"]:
-        dni = _lm_values(runs, "dni", T, study)
+    bptt_Ts = grid["bptt"]
+    for T in grid["dni"]:
+        dni = values("dni", T)
         later = [t for t in bptt_Ts if t > T]
         if later:
             Tp = later[0]
-            b = _lm_values(runs, "bptt", Tp, study)
+            b = values("bptt", Tp)
             add(
                 f"DNI-{T} at or below BPTT-{Tp} (horizon beyond T)",
                 dni,
@@ -138,7 +147,7 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
                 f"DNI-{T}'s BPC ≤ BPTT-{Tp}'s",
                 cid="dni-rnn/lm-horizon",
             )
-        b = _lm_values(runs, "bptt", T, study)
+        b = values("bptt", T)
         add(
             f"DNI-{T} below BPTT-{T}",
             dni,
@@ -147,8 +156,8 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
             f"DNI-{T}'s BPC < BPTT-{T}'s",
             cid="dni-rnn/lm-dni-vs-bptt",
         )
-    for T in study.LM_TS["dni_aux"]:
-        aux, dni = _lm_values(runs, "dni_aux", T, study), _lm_values(runs, "dni", T, study)
+    for T in grid["dni_aux"]:
+        aux, dni = values("dni_aux", T), values("dni", T)
         add(
             f"DNI+Aux-{T} below DNI-{T}",
             aux,
@@ -157,8 +166,8 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
             f"DNI+Aux-{T}'s BPC < DNI-{T}'s",
             cid="dni-rnn/lm-aux-vs-dni",
         )
-    sg_runs = [r for k, r in runs.items() if k.startswith("lm/") and r["method"] != "bptt"]
-    n_sg = sum(len(Ts) for m, Ts in study.LM_TS.items() if m != "bptt") * full
+    sg_runs = [r for k, r in runs.items() if k.startswith(prefix) and r["method"] != "bptt"]
+    n_sg = sum(len(Ts) for m, Ts in grid.items() if m != "bptt") * full
     collapses = sum(r["bpc"] > bigram for r in sg_runs)
     claims["no DNI run of the LM table collapses"] = V.claim(
         f"{collapses} of {len(sg_runs)} runs above the bigram level ({bigram:.3f} BPC)",
@@ -175,19 +184,21 @@ def lm_claims(runs: dict, bigram: float, study: Any) -> dict[str, dict]:
     starts = [
         (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
         for k, r in runs.items()
-        if k.startswith("lm/")
+        if k.startswith(prefix)
     ]
     return V.preregistered(claims, min(starts, default=None))
 
 
-def _curves(out: Path, runs: dict, study: Any) -> list[str]:
+def _lm_figure(out: Path, runs: dict, study: Any, part: str, name: str) -> str:
+    """Validation BPC by characters, one panel per T of ``part``'s BPTT column."""
     plt = C.pyplot()
-    Ts = study.LM_TS["bptt"]
+    grid = study.LM_PARTS[part][1]
+    Ts = grid["bptt"]
     fig, axes = plt.subplots(1, len(Ts), figsize=(3 * len(Ts), 3.2), sharey=True, squeeze=False)
     for ax, T in zip(axes[0], Ts):
         for j, method in enumerate(study.LM_TS):
             for i, s in enumerate(study.LM_SEEDS):
-                r = runs.get(f"lm/{method}/T{T}/s{s}")
+                r = runs.get(f"{part}/{method}/T{T}/s{s}")
                 if r is None:
                     continue
                 c = np.asarray(r["curve"], float)
@@ -198,7 +209,14 @@ def _curves(out: Path, runs: dict, study: Any) -> list[str]:
     axes[0][0].set_ylabel("validation BPC")
     if axes[0][0].get_legend_handles_labels()[1]:
         axes[0][0].legend(fontsize=7)
-    figs = [C.save_figure(fig, out / "bpc_curves.png")]
+    return C.save_figure(fig, out / name)
+
+
+def _curves(out: Path, runs: dict, study: Any) -> list[str]:
+    plt = C.pyplot()
+    figs = [_lm_figure(out, runs, study, "lm", "bpc_curves.png")]
+    if any(k.startswith("lm20/") for k in runs):
+        figs.append(_lm_figure(out, runs, study, "lm20", "bpc_curves_20m.png"))
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for j, (name, _) in enumerate(study.VARIANTS.items()):
         for i, s in enumerate(study.STABILITY_SEEDS):
@@ -218,31 +236,57 @@ def _curves(out: Path, runs: dict, study: Any) -> list[str]:
     return figs
 
 
+def _lm_section(runs: dict, study: Any, part: str) -> list[str]:
+    """The BPC table and the CPU table of an LM part (a missing run leaves its cell out)."""
+    lm, grid = study.LM_PARTS[part]
+    Ts = grid["bptt"]
+    lm_rows, cpu_rows = [], []
+    for method, Ts_m in grid.items():
+        cells, cpu_cells = [], []
+        for T in Ts:
+            cells.append(stats(_lm_values(runs, method, T, study, part)) if T in Ts_m else "")
+            cpu = [
+                runs[k]["cpu_seconds"]
+                for k in (f"{part}/{method}/T{T}/s{s}" for s in study.LM_SEEDS)
+                if k in runs
+            ]
+            cpu_cells.append(f"{np.mean(cpu):.0f}" if cpu else "")
+        lm_rows.append([LABELS[method], *cells])
+        cpu_rows.append([LABELS[method], *cpu_cells])
+    head = ["method"] + [f"T={T}" for T in Ts]
+    return [
+        f"## Character LM: validation BPC after {lm['chars']:,} characters "
+        f"(mean ± sd over seeds (per seed))",
+        "",
+        V.table(head, lm_rows),
+        "",
+        "CPU seconds per run (one core, `time.process_time`):",
+        "",
+        V.table(head, cpu_rows),
+        "",
+    ]
+
+
 def write(out: Path, data: tasks.CharData, study: Any) -> dict:
     """Write ``report.md`` and ``results.json`` into ``out`` from its ``runs.jsonl``."""
     runs = study.load(out)
     unigram, bigram = study.bigram_bpc(data)
     st_rows, st_summary = stability(runs, bigram, study)
-    lm_rows = []
-    for method, Ts in study.LM_TS.items():
-        cells = []
-        for T in study.LM_TS["bptt"]:
-            cells.append(stats(_lm_values(runs, method, T, study)) if T in Ts else "")
-        lm_rows.append([LABELS[method], *cells])
-    cpu_rows = []
-    for method in study.LM_TS:
-        row = [LABELS[method]]
-        for T in study.LM_TS["bptt"]:
-            cpu = [
-                runs[f"lm/{method}/T{T}/s{s}"]["cpu_seconds"]
-                for s in study.LM_SEEDS
-                if f"lm/{method}/T{T}/s{s}" in runs
-            ]
-            row.append(f"{np.mean(cpu):.0f}" if cpu else "")
-        cpu_rows.append(row)
     claims = lm_claims(runs, bigram, study)
+    lm20_sections: list[str] = []
+    if any(k.startswith("lm20/") for k in runs):
+        claims20 = lm_claims(runs, bigram, study, "lm20")
+        lm20_sections = [
+            *_lm_section(runs, study, "lm20"),
+            f"Verdicts from the {study.LM20['chars']:,}-character runs (the same registered "
+            "claims):",
+            "",
+            V.claims_table(claims20),
+            "",
+        ]
+    else:
+        claims20 = {}
     figs = _curves(out, runs, study)
-    Ts = study.LM_TS["bptt"]
     lm = study.LM
     sections = [
         "## Levels on the same split",
@@ -259,19 +303,12 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
             st_rows,
         ),
         "",
-        f"## Character LM: validation BPC after {lm['chars']:,} characters "
-        f"(mean ± sd over seeds (per seed))",
-        "",
-        V.table(["method"] + [f"T={T}" for T in Ts], lm_rows),
-        "",
-        "CPU seconds per run (one core, `time.process_time`):",
-        "",
-        V.table(["method"] + [f"T={T}" for T in Ts], cpu_rows),
-        "",
+        *_lm_section(runs, study, "lm"),
         "## Verdicts (claims registered before these runs)",
         "",
         V.claims_table(claims),
         "",
+        *lm20_sections,
         "## Figures",
         "",
         *[f"![{f}]({f})" for f in figs],
@@ -285,6 +322,12 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
             for T in Ts_
         },
         "claims": claims,
+        "lm20": {
+            f"{m}/T{T}": _lm_values(runs, m, T, study, "lm20")
+            for m, Ts_ in study.LM20_TS.items()
+            for T in Ts_
+        },
+        "claims_lm20": claims20,
         "lm_dni_options": study.LM_DNI,
         "runs": {k: {kk: vv for kk, vv in r.items() if kk != "curve"} for k, r in runs.items()},
     }
@@ -292,7 +335,7 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
     header = [
         "# Recurrent DNI on Tiny Shakespeare at a deciding budget",
         "",
-        "`python -m sgjax.apps.experiments.rnn_lm run stability|lm --out DIR`, then "
+        "`python -m sgjax.apps.experiments.rnn_lm run stability|lm|lm20 --out DIR`, then "
         "`... report --out DIR`. LSTM 128, 32 streams, Adam 1e-3 (model and SG), global-norm "
         f"clip {study.CLIP}, linear SG zero-initialised, γ = {lm['decay']} unless a variant "
         f"says otherwise; the LM part's DNI harness options: {study.LM_DNI or 'none'}.",
