@@ -1,8 +1,5 @@
 """Update rules: every method of the paper's Table 1 as a choice of error signal δ̂.
 
-(Over 400 lines on purpose: the six rules, their Table 1 rows and the registry that
-names them are read together; the machinery they share is in :mod:`sgjax.sweep`.)
-
 Czarnecki et al. (2017, §6, Table 1) observe that backprop, synthetic gradients (SG),
 SG + prop, feedback alignment (FA), direct feedback alignment (DFA) and Kickback all
 train each stage with the chain rule *inside* the stage and differ only in the signal δ̂_i
@@ -50,15 +47,8 @@ A rule is an :class:`UpdateRule`, a NamedTuple of pure functions in the manner o
 State lives outside the functions so that ``jax.jit``, ``jax.vmap`` (over seeds) and
 ``jax.shard_map`` compose with a rule without special cases.
 
-Feedback-matrix conventions (to compare with other implementations on identical
-matrices): ``B`` is a sequence indexed by hidden boundary, ``B[k]`` producing the signal at
-boundary ``k + 1``.
-
-* FA: ``B[k]`` has the shape of ``W_{k+2}ᵀ``, i.e. ``(width of h_{k+2}, width of h_{k+1})``
-  and sends the error at stage k+2's pre-activation down to h_{k+1}; ``B[k] = W_{k+2}ᵀ``
-  recovers backprop.
-* DFA: ``B[k]`` has shape ``(width of p, width of h_{k+1})`` and maps ∂ℓ/∂p straight to
-  h_{k+1}; Kickback is DFA with every ``B[k]`` a matrix of ones.
+The feedback-matrix conventions of FA and DFA (``B[k]`` produces the signal at boundary
+k + 1) are in :mod:`sgjax.rule_checks`.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -72,18 +62,16 @@ Example:
     >>> float(jnp.abs(out.grads[0]["W"]).max())  # the zero-initialised SG sends nothing
     0.0
 
-Size: over 600 lines — the six rules, their Table 1 rows and the registry. The Table 1
-section (:class:`Table1Row`, :class:`Table1Context`, :func:`table1_signal`,
-:func:`table1_errors`, about 150 lines) is the piece to move out; each rule's row is
-registered with it at import, so it moves once :class:`Table1Row` has a lower module of
-its own (the registry would otherwise import it back).
+The Table 1 rows live in :mod:`sgjax.table1` and the checks at a rule's entry (the state
+against the network, ``at``, the feedback matrices) in :mod:`sgjax.rule_checks`; both are
+re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +81,15 @@ from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
 from sgjax import sgmodule
 from sgjax.nets import Network
+from sgjax.rule_checks import (
+    _after,
+    _check_matrices,
+    _checked,
+    _draw,
+    _param_dtype,
+    _width,
+    resolve_at,
+)
 from sgjax.sweep import (
     RuleOutput,
     RuleState,
@@ -103,6 +100,17 @@ from sgjax.sweep import (
     exact_signals,
     pass_through,
     sweep,
+)
+from sgjax.table1 import (
+    Table1Context,
+    Table1Row,
+    _row_backprop,
+    _row_dfa,
+    _row_fa,
+    _row_kickback,
+    _row_sg,
+    row_errors,
+    table1_signal,
 )
 
 __all__ = [
@@ -132,120 +140,6 @@ __all__ = [
 ]
 
 Params = Any
-# --------------------------------------------------------------------------------------
-# The rule state is checked at the rule's entry: a state made for another network or by
-# another rule otherwise fails deep inside JAX (``dot_general``, broadcasting, an index).
-
-_PART_NAMES = {
-    "params": ("SG module", "SG modules"),
-    "fixed": ("feedback matrix", "feedback matrices"),
-}
-
-
-def _count(n: int, part: str) -> str:
-    one, many = _PART_NAMES[part]
-    return f"{n} {one if n == 1 else many}"
-
-
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {
-        jax.tree_util.keystr(path): tuple(jnp.shape(leaf))
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
-def check_state(
-    name: str, init: Callable[[jax.Array, Network], RuleState], state: Any, net: Network
-) -> None:
-    """Raise a clear error if ``state`` is not what ``init(key, net)`` makes (shapes only).
-
-    Compares the number of SG modules (``state.params``) and feedback matrices
-    (``state.fixed``) and every array's shape with those ``init`` gives for ``net``, and
-    names what differs. Every rule's ``gradients`` calls it first (at trace time under
-    ``jax.jit``: no cost per step). ``()`` stands for the empty ``RuleState()``.
-
-    Example:
-        >>> import jax
-        >>> from sgjax import nets
-        >>> rule = synthetic_gradients()
-        >>> state = rule.init(jax.random.key(0), nets.mlp([4, 16, 3]))
-        >>> check_state("sg", rule.init, state, nets.mlp([4, 8, 3]))  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: sg: the rule state does not fit this network: `state.params[0]['A']` has \
-shape (16, 16), this network needs (8, 8); ...
-    """
-    if isinstance(state, tuple) and not isinstance(state, RuleState) and len(state) == 0:
-        state = RuleState()
-    if not isinstance(state, RuleState):
-        raise TypeError(
-            f"{name}: the rule state must be the RuleState that `rule.init(key, net)` "
-            f"returns, got {type(state).__name__}"
-        )
-    try:
-        want = jax.eval_shape(lambda k: init(k, net), jax.random.key(0))
-    except jax.errors.ConcretizationTypeError:
-        # an init that checks values (e.g. an NNX SG module's zero output): run it for real
-        with jax.ensure_compile_time_eval():
-            want = init(jax.random.key(0), net)
-    counts = {part: (_len(getattr(state, part)), _len(getattr(want, part))) for part in _PART_NAMES}
-    if any(got != need for got, need in counts.values()):
-        have = " and ".join(_count(g, p) for p, (g, _) in counts.items())
-        need = " and ".join(_count(n, p) for p, (_, n) in counts.items())
-        raise ValueError(
-            f"{name}: the rule state holds {have}, but {name} on this {net.depth}-stage "
-            f"network needs {need}; was the state made by another rule's `init`, or for "
-            "another network?"
-        )
-    problems = []
-    for part in ("params", "fixed"):
-        got_s, need_s = _shapes(getattr(state, part)), _shapes(getattr(want, part))
-        for k in need_s.keys() | got_s.keys():
-            if k not in got_s:
-                problems.append(f"`state.{part}{k}` is missing")
-            elif k not in need_s:
-                problems.append(f"`state.{part}{k}` is not part of this rule's state")
-            elif got_s[k] != need_s[k]:
-                problems.append(
-                    f"`state.{part}{k}` has shape {got_s[k]}, this network needs {need_s[k]}"
-                )
-    if problems:
-        problems.sort()
-        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise ValueError(
-            f"{name}: the rule state does not fit this network: {'; '.join(problems[:3])}"
-            f"{more}; was the state made by `rule.init(key, net)` for another network?"
-        )
-
-
-def _len(x: Any) -> int:
-    # SG modules and feedback matrices come as a sequence, one entry each
-    return len(x) if isinstance(x, tuple | list) else len(jax.tree.leaves(x))
-
-
-def _checked(name: str, init: Callable, gradients: Callable) -> Callable[..., RuleOutput]:
-    """``gradients`` behind :func:`check_state` (cached per network, shapes only)."""
-    seen: dict[Any, Any] = {}
-
-    def checked(state, net, params, x, y, loss) -> RuleOutput:
-        key: Any = (net, repr(_shapes(getattr(state, "params", ()))),
-                    repr(_shapes(getattr(state, "fixed", ()))))  # fmt: skip
-        try:
-            hit = key in seen
-        except TypeError:  # a network holding something unhashable: check every time
-            hit = False
-            key = None
-        if not hit:
-            check_state(name, init, state, net)
-            if key is not None:
-                if len(seen) > 16:
-                    seen.clear()
-                seen[key] = True
-        return gradients(state, net, params, x, y, loss)
-
-    return checked
-
-
 # --------------------------------------------------------------------------------------
 # The rules.
 
@@ -277,52 +171,6 @@ def backprop() -> UpdateRule:
         return RuleOutput(value, p, grads, (), signals, jnp.zeros((0,), p.dtype))
 
     return UpdateRule(init, _checked("backprop", init, gradients), "backprop")
-
-
-def _after(y_vec: jax.Array, h: jax.Array) -> jax.Array:
-    """``y_vec``, made to depend on ``h``: ``y_vec + 0 · h[:, :1]``.
-
-    An SG module's label term ``y B`` needs only the labels, so XLA's CPU scheduler
-    computes it for every module at the start of the step and keeps N activation-sized
-    results alive to the end (``jax.lax.optimization_barrier`` did not stop it on CPU).
-    Tied to h_b, it is computed when stage b has run and dies with it, which
-    is what lets SG free activations early. ``0 · x`` is not folded for floats (it is
-    NaN for non-finite x), so the values are unchanged wherever h is finite; where it is
-    not, a module that reads h (``hA + yB + C``) had a non-finite output already.
-    """
-    tie = jax.lax.stop_gradient(h.reshape(h.shape[0], -1)[:, :1]) * 0
-    return y_vec + tie.astype(y_vec.dtype).reshape((h.shape[0],) + (1,) * (y_vec.ndim - 1))
-
-
-def resolve_at(at: int | str | Sequence[int] | None, depth: int) -> tuple[int, ...]:
-    """Boundaries (1..N) that carry an SG module."""
-    if at is None or (isinstance(at, str) and at == "all"):
-        boundaries: tuple[int, ...] = tuple(range(1, depth))
-    elif isinstance(at, str):
-        if at == "middle":
-            boundaries = ((depth + 1) // 2,)
-        elif at == "output":
-            boundaries = (depth,)
-        else:
-            raise ValueError(
-                f"synthetic_gradients: `at` must be 'all', 'middle', 'output', an int or a "
-                f"sequence of ints in 1..{depth}, got {at!r}"
-            )
-    else:
-        raw = (at,) if isinstance(at, int) else tuple(at)
-        for b in raw:
-            if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= depth:
-                raise ValueError(
-                    f"synthetic_gradients: `at` entries must be ints in 1..{depth} (boundary "
-                    f"i is the output of stage i; {depth} is the network output), got {b!r}"
-                )
-        boundaries = tuple(sorted(set(raw)))
-    if not boundaries:
-        raise ValueError(
-            f"synthetic_gradients: the network has {depth} stage(s), so there is no hidden "
-            "boundary to put an SG module at; pass at='output' to put one between p and L"
-        )
-    return boundaries
 
 
 def synthetic_gradients(
@@ -473,48 +321,12 @@ def synthetic_gradients(
     )
 
 
-def _check_matrices(rule: str, B: Sequence[jax.Array], shapes: Sequence[tuple[int, int]]):
-    if len(B) != len(shapes):
-        raise ValueError(
-            f"{rule}: `B` must hold one matrix per hidden boundary ({len(shapes)}), got {len(B)}"
-        )
-    for k, (m, shape) in enumerate(zip(B, shapes)):
-        if tuple(jnp.shape(m)) != tuple(shape):
-            raise ValueError(
-                f"{rule}: `B[{k}]` (signal at boundary {k + 1}) must have shape {shape}, "
-                f"got {tuple(jnp.shape(m))}"
-            )
-    return tuple(jnp.asarray(m) for m in B)
-
-
-def _width(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
-def _draw(key: jax.Array, shapes: Sequence[tuple[int, int]], dtype) -> tuple[jax.Array, ...]:
-    # N(0, 1/fan_in) where fan_in is the width of the error being sent back: the backward
-    # signal keeps the scale that LeCun-initialised forward weights would give it.
-    keys = jax.random.split(key, max(len(shapes), 1))
-    return tuple(
-        jax.random.normal(k, s, dtype) / jnp.sqrt(jnp.asarray(s[0], dtype))
-        for k, s in zip(keys, shapes)
-    )
-
-
-def _param_dtype(net: Network):
-    leaves = jax.tree.leaves(jax.eval_shape(net.stages[0].init, jax.random.key(0)))
-    return jnp.result_type(*leaves) if leaves else jnp.float32
-
-
 def feedback_alignment(B: Sequence[jax.Array] | None = None) -> UpdateRule:
     """Feedback alignment (Lillicrap et al.): errors go down through fixed random matrices.
 
     δ̂_i = (δ̂_{i+1} through stage i+1's activation) · B_i, with B_i of the shape of
-    W_{i+1}ᵀ. Drawn with ``init``'s key unless supplied (see the module docstring for the
-    shape convention). Needs stages with ``feedback_apply`` (dense stages have it).
+    W_{i+1}ᵀ. Drawn with ``init``'s key unless supplied (see :mod:`sgjax.rule_checks` for
+    the shape convention). Needs stages with ``feedback_apply`` (dense stages have it).
 
     Example:
         >>> import jax
@@ -615,104 +427,6 @@ def kickback() -> UpdateRule:
         True
     """
     return _direct("kickback", None, ones=True)
-
-
-# --------------------------------------------------------------------------------------
-# Table 1 as data: each rule's (SG, target, L_SG) triple at a hidden boundary.
-
-
-def _neg_inner(t: jax.Array, s: jax.Array) -> jax.Array:
-    return -jnp.sum(t * s)
-
-
-def _sq_dist(t: jax.Array, s: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.square(t - s))
-
-
-class Table1Row(NamedTuple):
-    """One cell of the paper's Table 1: the rule's signal at one boundary as an SG loss.
-
-    The signal is ``∂/∂h L_SG(t, SG(h))`` with the target ``t`` held constant — or, for the
-    SG rules (``follows_sg``), ``SG(h) + prop · ∂/∂h L_SG(t, SG(h))``. ``l_sg`` is summed
-    over the batch, so its gradient is per example. :func:`table1_signal` evaluates it.
-    """
-
-    sg: Callable[[jax.Array], jax.Array]
-    target: jax.Array
-    l_sg: Callable[[jax.Array, jax.Array], jax.Array]
-    follows_sg: bool = False
-    prop: float = 1.0
-
-
-class Table1Context(NamedTuple):
-    """What a rule's Table 1 row may refer to (one batch, one rule state)."""
-
-    net: Network
-    params: Sequence[Params]
-    state: RuleState
-    hs: list  # [x, h_1, ..., h_N = p]
-    signals: tuple  # the rule's own δ̂_1..δ̂_N
-    exact: tuple  # true ∂ℓ/∂h_1..∂ℓ/∂h_N
-    y_vec: jax.Array
-
-
-def table1_signal(row: Table1Row, h: jax.Array) -> jax.Array:
-    """The signal a :class:`Table1Row` prescribes at activation ``h``.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> row = Table1Row(sg=lambda h: h, target=-jnp.ones((1, 2)), l_sg=_neg_inner)
-        >>> table1_signal(row, jnp.zeros((1, 2))).tolist()  # Bprop: δ̂ = −t = ∂L/∂h
-        [[1.0, 1.0]]
-    """
-    grad = jax.grad(lambda hh: row.l_sg(jax.lax.stop_gradient(row.target), row.sg(hh)))(h)
-    return row.sg(h) + row.prop * grad if row.follows_sg else grad
-
-
-def _flat(a: jax.Array) -> jax.Array:
-    return a.reshape(a.shape[0], -1)
-
-
-def _row_backprop(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
-    return Table1Row(lambda h: h, -c.exact[b - 1], _neg_inner)  # SG(h) = h, t = −∂L/∂h
-
-
-def _row_fa(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
-    # SG(h) = the stage above with B_b in place of Wᵀ in its backward pass (hA through the
-    # activation), t = −(the FA signal above).
-    stage, theta, B = c.net.stages[b], c.params[b], c.state.fixed[b - 1]
-    fb = stage.feedback_apply
-    assert fb is not None  # feedback_alignment.init refuses stages without it
-    return Table1Row(lambda h: fb(theta, B, h), -c.signals[b], _neg_inner)
-
-
-def _row_dfa(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
-    B = c.state.fixed[b - 1]  # SG(h) = hA with A = Bᵀ, t = −∂L/∂p
-    return Table1Row(lambda h: _flat(h) @ B.T, -_flat(c.exact[-1]), _neg_inner)
-
-
-def _row_kickback(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
-    e = _flat(c.exact[-1])  # SG(h) = h1, t = −∂L/∂p
-    return Table1Row(lambda h: _flat(h) @ jnp.ones((_flat(h).shape[1], e.shape[1])), -e, _neg_inner)
-
-
-def _row_sg(c: Table1Context, b: int, options: Mapping[str, Any]) -> Table1Row:
-    boundaries = resolve_at(options.get("at"), c.net.depth)
-    # The gradient arriving at b: the signal above sent through the stage above.
-    _, vjp = jax.vjp(lambda h: c.net.stages[b].apply(c.params[b], h), c.hs[b])
-    arriving = vjp(c.signals[b])[0]
-    if b not in boundaries:  # exact backprop from the module above: SG(h) = h, t = −g
-        return Table1Row(lambda h: h, -arriving, _neg_inner)
-    estimator = est_lib.get(options.get("estimator", "conditioned"))
-    theta = c.state.params[boundaries.index(b)]
-    t = c.exact[b - 1] if options.get("targets") == "true" else arriving
-    return Table1Row(
-        lambda h: estimator.apply(theta, h, c.y_vec),
-        t,
-        _sq_dist,
-        follows_sg=True,
-        prop=float(options.get("prop", 0.0)),
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -878,20 +592,5 @@ def table1_errors(
     if s.table1 is None:
         raise ValueError(f"rule {name!r} has no Table 1 row (RuleSpec.table1)")
     resolved = s.resolve(**options)
-    loss = loss_lib.get(loss)
-    out = s.build(**resolved).gradients(state, net, params, x, y, loss)
-    hs = net.hidden(params, x)
-    ctx = Table1Context(
-        net,
-        params,
-        state,
-        hs,
-        out.signals,
-        exact_signals(net, params, x, y, loss),
-        loss_lib.as_target(y, net.out_dim, out.p.dtype),
-    )
-    errs = [
-        jnp.max(jnp.abs(table1_signal(s.table1(ctx, b, resolved), hs[b]) - out.signals[b - 1]))
-        for b in range(1, net.depth)
-    ]
-    return jnp.stack(errs) if errs else jnp.zeros((0,))
+    rule = s.build(**resolved)
+    return row_errors(s.table1, resolved, rule, state, net, params, x, y, loss_lib.get(loss))
