@@ -1,10 +1,8 @@
 """``sgjax train``: train an MLP with one of the registered rules and report accuracy.
 
-(Over 600 lines: a third of it is the flags' help text, each with its default; the
-decisions about which flag applies where are in :mod:`sgjax.infra.config`. The
-``--pipeline`` path — :func:`run_pipeline` with its fake-device and lost-process
-handling, about 110 lines — is the piece to move into a module of its own; it waits for
-the pipeline to take the rules through the core (issue 26, item 4), which changes it.)
+The flags and their help text are here; which flag applies where is decided in
+:mod:`sgjax.infra.config`; the ``--pipeline`` run is :mod:`sgjax.apps.pipeline_command`,
+the outputs and the dataset :mod:`sgjax.apps.train_outputs`.
 
 Example (shell)::
 
@@ -15,13 +13,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 
+from sgjax.apps.train_outputs import (
+    _OUTPUT_FLAGS,
+    Outputs,
+    _check_outputs,
+    _flat_data,
+    _write_json,
+)
 from sgjax.infra.config import RunConfig, from_flags
 
 _DEFAULT = argparse.SUPPRESS  # flags the user did not give stay out of the namespace
@@ -311,27 +314,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-class Outputs(NamedTuple):
-    """Where a run writes (not part of its configuration: may change on resume)."""
-
-    json: Path | None = None
-    checkpoint_dir: Path | None = None
-    checkpoint_every: int = 1000
-    resume: bool = False
-    progress: bool = True
-    adopt_older: bool = False
-
-
-_OUTPUT_FLAGS = (
-    "json",
-    "checkpoint_dir",
-    "checkpoint_every",
-    "resume",
-    "no_progress",
-    "adopt_older_checkpoints",
-)
-
-
 def parse(args: argparse.Namespace) -> tuple[RunConfig, Outputs]:
     """The one step from the command line to a :class:`RunConfig` (and the outputs)."""
     given = {k: v for k, v in vars(args).items() if k not in _OUTPUT_FLAGS}
@@ -359,33 +341,13 @@ def run(args: argparse.Namespace) -> int:
     return train_config(config, outputs)
 
 
-def load_dataset(config: RunConfig):
-    """The configured dataset (``--data-dir`` / ``--train-size`` only reach file datasets)."""
-    from sgjax.infra import data
-
-    key = config.dataset.replace("-", "_").lower()
-    if key in data.FILE_DATASETS:
-        return data.load(config.dataset, data_dir=config.data_dir, n_train=config.train_size)
-    return data.load(config.dataset, seed=config.seed)  # the split / draw of generated sets
-
-
-def _flat_data(config: RunConfig):
-    ds = load_dataset(config)
-    x_train = ds.x_train.reshape(len(ds.x_train), -1)
-    x_test = ds.x_test.reshape(len(ds.x_test), -1)
-    if config.batch_size > len(x_train):
-        raise ValueError(
-            f"--batch-size {config.batch_size} is larger than the {len(x_train)} training "
-            f"examples of {ds.name}; use at most {len(x_train)}"
-        )
-    return ds, x_train, x_test
-
-
 def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
     """Train ``config`` on one device (or a pipeline), print and write the results."""
     outputs = outputs or Outputs()
     _check_outputs(outputs)  # before the data is loaded and the run trained
     if config.pipeline is not None:
+        from sgjax.apps.pipeline_command import run_pipeline
+
         return run_pipeline(config, outputs)
     from sgjax import train
     from sgjax.infra import runner
@@ -447,179 +409,4 @@ def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
             " ".join(f"{c:.3f}" for c in result["cosine"]),
         )
     _write_json(outputs.json, result)
-    return 0
-
-
-def _check_outputs(outputs: Outputs) -> None:
-    """Refuse unwritable output paths before any work (not after training)."""
-    from sgjax.infra.jsonio import check_writable
-
-    if outputs.json is not None:
-        check_writable(outputs.json, name="--json")
-    if outputs.checkpoint_dir is not None:
-        check_writable(outputs.checkpoint_dir, name="--checkpoint-dir", directory=True)
-
-
-def _write_json(path: Path | None, result: dict[str, Any]) -> None:
-    """Strict JSON (sgjax.infra.jsonio); if writing fails, the results are kept elsewhere."""
-    if path is not None:
-        from sgjax.infra.jsonio import write_or_keep
-
-        write_or_keep(path, result, name="--json")
-
-
-def _fake_cpu_devices(n: int) -> None:
-    """Ask for ``n`` fake CPU devices, which only works before JAX starts its backends.
-
-    Done only when the platform is CPU and no device count was asked for already;
-    otherwise the device count is what it is, and :func:`sgjax.pipeline.make_mesh` says
-    how to get more.
-    """
-    flag = "--xla_force_host_platform_device_count"
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    if platforms not in ("", "cpu") or flag in os.environ.get("XLA_FLAGS", ""):
-        return
-    import jax
-
-    try:
-        jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError:  # the backends have started: too late to ask
-        pass
-
-
-#: micro-batches per jitted call of the SG pipeline (``train_pipelined``'s ``chunk``):
-#: checkpoints are taken at whole calls, so a resumed run needs the same value
-_PIPELINE_CHUNK = 50
-
-
-def _lost_process(err: Exception) -> Exception | None:
-    """A collective's failure in a multi-process job, as one line (another process died:
-    the launcher names it), or None for any other error."""
-    import jax
-
-    if jax.process_count() == 1 or "RuntimeError" not in type(err).__name__:
-        return None
-    import re
-
-    from sgjax.infra.runner import LostProcessError
-
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    first = re.sub(r"^(INTERNAL: )?(Error dispatching computation: )+", "", text)[:200]
-    return LostProcessError(
-        f"process {jax.process_index()} of {jax.process_count()} lost contact with another "
-        f"process of the job, which probably died (sgjax launch names it): {first}"
-    )
-
-
-def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
-    """``sgjax train --pipeline N``: train on N devices with :mod:`sgjax.pipeline`."""
-    assert config.pipeline is not None
-    pipe = config.pipeline
-    _fake_cpu_devices(pipe.devices)
-
-    import jax
-
-    from sgjax import pipeline, train
-
-    # A process of `sgjax launch` (or of a multi-host job): join it before JAX computes.
-    pipeline.initialize_from_env()
-    mesh = pipeline.make_mesh(pipe.devices)  # too few devices: a clear error, before work
-    ds, x_train, x_test = _flat_data(config)
-    net = config.net(x_train.shape[1], ds.num_classes)
-    from sgjax.infra.runner import PipelineRun
-
-    sg_module = {  # the SG pipeline's modules: the rule's estimator and SG optimiser
-        k: v
-        for k, v in (
-            ("estimator", config.rule.options_dict().get("estimator")),
-            ("sg_optimizer", config.sg_optimizer.build() if config.sg_optimizer else None),
-        )
-        if v is not None
-    }
-
-    per_call = pipe.micro_batches if pipe.method == "gpipe" else _PIPELINE_CHUNK
-    run = PipelineRun(
-        outputs.checkpoint_dir,
-        steps=config.steps,
-        per_call=per_call or 1,
-        every=outputs.checkpoint_every,
-        resume=outputs.resume,
-        meta={
-            "seed": config.seed,
-            "batch_size": config.batch_size,
-            "num_examples": len(x_train),
-            "rule": config.rule.name,
-            "steps": config.steps,
-            "run_config": config.to_dict(),
-        },
-        config=config,
-        say=print if jax.process_index() == 0 else (lambda _m: None),
-    )
-    t0 = time.perf_counter()
-    try:
-        with run.signals():
-            r = pipeline.train_pipelined(
-                "gpipe" if pipe.method == "gpipe" else "sg-pipeline",
-                net,
-                x_train,
-                ds.y_train,
-                steps=config.steps,
-                batch_size=config.batch_size,
-                micro_batches=pipe.micro_batches or 1,
-                loss=config.loss,
-                optimizer=config.build_optimizer(),
-                seed=config.seed,
-                chunk=_PIPELINE_CHUNK,
-                mesh=mesh,
-                start=run.start,
-                on_call=run.on_call,
-                **sg_module,
-            )
-    except Exception as e:
-        raise _lost_process(e) or e from None
-    finally:
-        run.close()
-    seconds = time.perf_counter() - t0
-    tr = train.evaluate(net, r["params"], config.loss, x_train, ds.y_train)
-    te = train.evaluate(net, r["params"], config.loss, x_test, ds.y_test)
-    result = {
-        "rule": config.rule.name,
-        "dataset": ds.name,
-        "steps": r["micro_batches_seen"],
-        "final_loss": r["final_loss"],
-        "train_loss": tr["loss"],
-        "train_accuracy": tr["accuracy"],
-        "test_loss": te["loss"],
-        "test_accuracy": te["accuracy"],
-        "seconds": seconds,
-        "config": config.to_dict(),
-        "sizes": [x_train.shape[1], *([config.width] * config.depth), ds.num_classes],
-        "pipeline": {
-            "method": pipe.method,
-            "stages": net.depth,
-            "devices": [str(d) for d in mesh.devices.flat],
-            "platform": jax.devices()[0].platform,
-            "micro_batches": pipe.micro_batches,
-            "updates_per_stage": r["updates"],
-            "train_seconds": r["seconds"],
-            "compile_seconds": r["compile_seconds"],
-            "examples_per_s": r["examples_per_s"],
-            "processes": jax.process_count(),
-            "final_loss_micro_batches": r["final_loss_micro_batches"],
-        },
-    }
-    if jax.process_index() != 0:  # one report per job, from process 0
-        return 0
-    final = (
-        f"final loss {r['final_loss']:.4f} (mean of {r['final_loss_micro_batches']} micro-batches)"
-        if r["final_loss"] is not None
-        else "no micro-batch finished, so there is no final loss"
-    )
-    print(
-        f"{pipe.method} pipeline, {net.depth} stages on {net.depth} "
-        f"{result['pipeline']['platform']} devices in {jax.process_count()} process(es), "
-        f"on {ds.name}: {config.steps} micro-batches ({r['updates']} updates per stage) in "
-        f"{seconds:.1f}s  {final}  train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"
-    )
-    _write_json(outputs.json, result)  # strict: non-finite values as null, flagged
     return 0
