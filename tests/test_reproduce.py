@@ -12,7 +12,7 @@ import pytest
 
 from sgjax.apps import cli
 from sgjax.apps.experiments import common as C
-from sgjax.apps.experiments import deep, depth, dni, grid
+from sgjax.apps.experiments import deep, depth, dni, fig8, grid
 
 
 def _check_outputs(out: Path, pngs: list[str], keys: set[str]) -> dict:
@@ -139,7 +139,7 @@ def test_fig3_fig5_fig8_smoke_share_networks(tmp_path, mnist_dir, deep_cache):
     assert len(cached) == 1 + len(deep.METHODS)  # trained once (each net, and the set) ...
     stamps = {p: p.stat().st_mtime_ns for p in cached}
     r5 = deep.run_fig5(ctx("fig5"))
-    r8 = deep.run_fig8(ctx("fig8"))
+    r8 = fig8.run_fig8(ctx("fig8"))
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # ... reused by fig5 and fig8
     L = deep.SETTINGS["smoke"]["hidden"]
     _check_outputs(

@@ -51,9 +51,9 @@ def _fig5(ctx: Any) -> dict:
 
 
 def _fig8(ctx: Any) -> dict:
-    from sgjax.apps.experiments import deep
+    from sgjax.apps.experiments import fig8
 
-    return deep.run_fig8(ctx)
+    return fig8.run_fig8(ctx)
 
 
 def _claims_fig2(results: dict) -> dict:
