@@ -105,7 +105,7 @@ def test_train_with_snapshots_resumes_mid_run_bit_for_bit(tmp_path):
 
     stop = False
     ref, ref_rec = run()
-    ck = tmp_path / "net.partial.pkl"
+    ck = tmp_path / "net.partial"
     stop = True
     with pytest.raises(KeyboardInterrupt):
         run(ck)

@@ -14,15 +14,14 @@ only adds what :func:`sgjax.train.fit` does not do: calling back at chosen steps
 from __future__ import annotations
 
 import json
-import os
 import pickle
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -167,14 +166,16 @@ def train_with_snapshots(
     the callback runs; its dicts are returned with ``"step"`` added. A non-finite step
     raises :class:`sgjax.train.NonFiniteLossError` as :func:`sgjax.train.fit` does.
 
-    ``checkpoint`` (a file) makes a long run resumable mid-way: every
-    ``checkpoint_every`` steps the state, the snapshot records so far and the run's
-    identity (steps, batch size, seed, rule, the state's shapes) are written to it
-    atomically (a temporary file renamed into place); a call that finds the file resumes
-    from its step — the batches continue where they stopped (:func:`sgjax.train.batches`
-    with ``start``), so the result is the uninterrupted run's, bit for bit. A file from a
-    different run is refused (naming what differs), never silently mixed in. The caller
-    removes the file once the result is stored elsewhere.
+    ``checkpoint`` (a directory) makes a long run resumable mid-way, with the library's
+    one checkpoint system (:class:`sgjax.infra.checkpoint.Checkpointer`: atomic, hashed,
+    locked, the newest two kept): every ``checkpoint_every`` steps the state is saved,
+    with the snapshot records so far and the run's identity (steps, batch size, seed,
+    rule, the state's shapes) as its metadata; a call that finds a checkpoint resumes from
+    the newest one that verifies — the batches continue where they stopped
+    (:func:`sgjax.train.batches` with ``start``), so the result is the uninterrupted
+    run's, bit for bit. A checkpoint of a different run is refused (naming what
+    differs), never silently mixed in. The caller removes the directory once the result
+    is stored elsewhere (:func:`cache_drop`).
     """
     train.check_labels(y, net.out_dim)
     if checkpoint is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
@@ -183,54 +184,88 @@ def train_with_snapshots(
     step_fn = jax.jit(train.make_step(net, rule, loss, optimizer))
     wanted = set(int(s) for s in snapshot_at)
     records: list[dict] = []
-    leaves, treedef = jax.tree.flatten(state)
+    leaves = jax.tree.leaves(state)
     ident = {
         "steps": int(steps), "batch_size": int(batch_size), "seed": int(seed),
         "rule": rule.name, "n_train": len(x),
         "leaves": [(tuple(a.shape), str(a.dtype)) for a in leaves],
     }  # fmt: skip
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        with Path(checkpoint).open("rb") as f:
-            saved = pickle.load(f)
-        old = saved["ident"]
-        differ = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+    ckpt = None
+    if checkpoint is not None:
+        from sgjax.infra.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(checkpoint, keep=2)  # (refuses a directory another run holds)
+    if ckpt is not None and ckpt.steps():
+        state, meta = ckpt.restore_newest_good(state, report=print)
+        old, now = meta["ident"], json.loads(json.dumps(ident))  # (as JSON: tuples are lists)
+        differ = {k: (old.get(k), v) for k, v in now.items() if old.get(k) != v}
         if differ:
+            ckpt.close()
             raise ValueError(
                 f"checkpoint {checkpoint} belongs to another run: "
                 + "; ".join(f"{k}: file has {a!r}, this run {b!r}" for k, (a, b) in differ.items())
-                + " — remove the file to start this run from step 0"
+                + " — remove the directory to start this run from step 0"
             )
-        state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved["leaves"]])
-        records, start = list(saved["records"]), int(saved["step"])
+        records, start = _decode(meta["records"]), int(state.step)
 
-    def save(path: Path, i: int, state: train.TrainState) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        blob = {"ident": ident, "step": i, "records": to_numpy(records),
-                "leaves": [np.asarray(a) for a in jax.tree.leaves(state)]}  # fmt: skip
-        with tmp.open("wb") as f:
-            pickle.dump(blob, f)
-        os.replace(tmp, path)
+    def save(i: int, state: train.TrainState) -> None:
+        assert ckpt is not None
+        ckpt.save(state, {"ident": ident, "records": _encode(records)})
 
     def snap(i: int, _metrics: Any, state: train.TrainState) -> None:
         if on_snapshot is not None and i in wanted:
             records.append({"step": i, **on_snapshot(i, state)})
-        if checkpoint is not None and 0 < i < steps and i % checkpoint_every == 0:
-            save(Path(checkpoint), i, state)
+        if ckpt is not None and 0 < i < steps and i % checkpoint_every == 0:
+            save(i, state)
 
-    if start == 0:
-        snap(0, None, state)
-    state = train.loop(
-        step_fn,
-        state,
-        train.batches(x, y, batch_size, seed=seed, start=start),
-        steps=steps,
-        on_step=snap,
-        progress=progress,
-        desc=desc or rule.name,
-    )
+    try:
+        if start == 0:
+            snap(0, None, state)
+        state = train.loop(
+            step_fn,
+            state,
+            train.batches(x, y, batch_size, seed=seed, start=start),
+            steps=steps,
+            on_step=snap,
+            progress=progress,
+            desc=desc or rule.name,
+        )
+    finally:
+        if ckpt is not None:
+            ckpt.close()
     return state, records
+
+
+def _encode(tree: Any) -> Any:
+    """Snapshot records as JSON (a checkpoint's metadata): arrays keep dtype and shape."""
+    if isinstance(tree, Mapping):
+        return {k: _encode(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_encode(v) for v in tree]
+    if isinstance(tree, np.ndarray | jax.Array | np.generic):
+        a = np.asarray(tree)
+        return {"__array__": a.ravel().tolist(), "dtype": str(a.dtype), "shape": list(a.shape)}
+    return tree
+
+
+def _decode(tree: Any) -> Any:
+    """The inverse of :func:`_encode` (bit for bit: JSON floats round-trip exactly).
+
+    Example:
+        >>> a = np.float32([0.1, 1 / 3])
+        >>> b = _decode(_encode({"w": a, "n": [1, 2.5]}))
+        >>> b["w"].dtype, bool((b["w"] == a).all()), b["n"]
+        (dtype('float32'), True, [1, 2.5])
+    """
+    if isinstance(tree, Mapping):
+        if "__array__" in tree:
+            a = np.asarray(tree["__array__"], tree["dtype"]).reshape(tree["shape"])
+            return a[()] if a.ndim == 0 else a  # a scalar comes back as a numpy scalar
+        return {k: _decode(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_decode(v) for v in tree]
+    return tree
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -319,11 +354,18 @@ def cache_file(ctx: Context, name: str) -> Path | None:
     return None if ctx.cache_dir is None else Path(ctx.cache_dir) / f"{name}.pkl"
 
 
+def cache_dir(ctx: Context, name: str) -> Path | None:
+    """The cache's directory for ``name`` (a run's checkpoints; None without a cache)."""
+    return None if ctx.cache_dir is None else Path(ctx.cache_dir) / name
+
+
 def cache_drop(ctx: Context, name: str) -> None:
     """Remove ``name`` from the cache if it is there (e.g. a finished run's checkpoint)."""
     path = cache_file(ctx, name)
     if path is not None:
         path.unlink(missing_ok=True)
+    if ctx.cache_dir is not None and (Path(ctx.cache_dir) / name).is_dir():
+        shutil.rmtree(Path(ctx.cache_dir) / name)  # a run's checkpoint directory
 
 
 def cache_save(ctx: Context, name: str, obj: Any) -> None:

@@ -192,7 +192,7 @@ def trained_networks(ctx: C.Context) -> dict:
             progress=ctx.progress,
             desc=f"deep {method}",
             # mid-network too: a 100k-step network takes most of an hour on one core
-            checkpoint=C.cache_file(ctx, f"{name}-{method}.partial"),
+            checkpoint=C.cache_dir(ctx, f"{name}-{method}.partial"),
             checkpoint_every=2000,
         )
         out["methods"][method] = {"params": C.to_numpy(state.params), "log": recs}
