@@ -430,7 +430,10 @@ def initialize_from_env(*, timeout: int = 120) -> bool:
     # No page faults per call (see its docstring); one malloc arena on one core, where
     # XLA's threads cannot contend for its lock and blocks above a thread arena's 64 MiB
     # heaps (a wide stage's scratch) would otherwise be mapped on every call.
-    keep_freed_memory(arenas=1 if len(cores) == 1 else None)
+    # (pinned by sgjax, or already: a launcher started under `taskset -c 0` pins nothing
+    # itself, and its processes inherit the one core)
+    pinned = cores or set(os.sched_getaffinity(0))
+    keep_freed_memory(arenas=1 if len(pinned) == 1 else None)
     import jax
 
     if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):
