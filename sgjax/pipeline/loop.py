@@ -1,5 +1,14 @@
 """The training loop of the pipelines and their single-device baselines:
-:func:`train_pipelined`."""
+:func:`train_pipelined`.
+
+Why not :func:`sgjax.train.loop` (the library's one loop, a Python loop of one jitted
+step per batch): a pipeline call runs ``chunk`` micro-batches in one compiled scan that
+spans every device of a mesh (and every process of a launched job), so each decision
+between calls — stop on a time budget or a target accuracy, stop on a signal, the
+finiteness check, evaluation — must be agreed by all processes (:func:`_agree`) before
+the next collective, and the ticks still in flight are drained (:func:`flush`) before
+anything is read. ``train.loop`` has no notion of either; the single-device baselines
+here run through the same per-call loop so that all contenders are timed alike."""
 
 from __future__ import annotations
 

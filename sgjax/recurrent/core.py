@@ -46,6 +46,14 @@ false) and a window whose unmasked labels lie outside the classes (``metrics
 ["bad_labels"]`` > 0); :func:`sgjax.train.check_step` raises on both. Shapes are checked
 when it is traced. The carried state may be any pytree (see :mod:`sgjax.recurrent.cells`).
 
+:func:`train_sequence` loops over the windows of one batch of sequences rather than going
+through :func:`sgjax.train.loop`: a window step's input is a slice of a sequence whose
+carried state comes from the previous window (not a fresh batch from an iterator), a
+refused update does not end the run (it is reported at the end of the sequence through
+``check_step``, while ``train.loop`` stops at the first non-finite step), and the first
+and last windows of a sequence carry their own flags (no SG target at the zero state,
+no injection past the end).
+
 Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> from sgjax.recurrent import cells, core

@@ -22,6 +22,13 @@ half of them or more; *not held* if the mean is better at half of the T or fewer
 Every finished run is appended to ``<out>/runs/<part>-s<seed>.jsonl`` (with the settings
 it ran under), so an interrupted run resumes, and parts can run in parallel processes
 (``run_part(ctx, "copy")`` etc.) before ``run(ctx)`` assembles the report.
+
+The training loops here (:func:`train_copy`, :func:`train_lm`) go over batches of
+sequences, each trained window by window by :func:`sgjax.recurrent.core.train_sequence`
+(whose docstring says why that is not :func:`sgjax.train.loop`); around it they carry
+what a step function cannot: the curriculum, which changes the sequence length (and so
+the compiled shapes) as the model improves, the streams' state across chunks of the
+text, and evaluation at character counts rather than steps.
 """
 
 from __future__ import annotations
