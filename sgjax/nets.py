@@ -131,6 +131,93 @@ def network(stages: Sequence[Stage]) -> Network:
     return Network(stages)
 
 
+def _cuts(fn: str, boundaries: Sequence[int], depth: int) -> list[int]:
+    """``[0, *boundaries, depth]`` after checking ``boundaries`` (ints in 1..depth − 1)."""
+    raw = tuple(boundaries)
+    for b in raw:
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= depth - 1:
+            raise ValueError(
+                f"{fn}: `boundaries` must be ints in 1..{depth - 1} (boundary i is the output "
+                f"of stage i of this {depth}-stage network, between two stages), got {b!r}"
+            )
+    if list(raw) != sorted(set(raw)):
+        raise ValueError(f"{fn}: `boundaries` must be increasing and distinct, got {raw!r}")
+    return [0, *raw, depth]
+
+
+def group(net: Network, boundaries: Sequence[int]) -> Network:
+    """The same function with its stages merged between ``boundaries``: one stage per run of
+    consecutive stages, cut at each boundary (boundary i is the output of stage i).
+
+    A group of one stage is that stage; a group of several is a stage whose parameters are
+    the tuple of its members' (:func:`group_params` maps a network's parameters onto the
+    grouped one, :func:`ungroup_params` back). Used to put an SG module at some boundaries
+    only on a device pipeline: each group runs on one device, trained by exact backprop
+    inside it (as ``rules.synthetic_gradients(at=...)`` trains the stages between modules).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = mlp([4, 8, 8, 8, 3])
+        >>> g = group(net, [2])
+        >>> g.depth, [s.out_shape for s in g.stages]
+        (2, [(8,), (3,)])
+        >>> p = net.init(jax.random.key(0)); x = jnp.ones((2, 4))
+        >>> bool((g.apply(group_params(p, [2]), x) == net.apply(p, x)).all())
+        True
+    """
+    cuts = _cuts("group", boundaries, net.depth)
+    return Network(tuple(_composite(net.stages[a:b]) for a, b in zip(cuts[:-1], cuts[1:])))
+
+
+def _composite(stages: Sequence[Stage]) -> Stage:
+    if len(stages) == 1:
+        return stages[0]
+    stages = tuple(stages)
+
+    def init(key: jax.Array) -> Params:
+        keys = jax.random.split(key, len(stages))
+        return tuple(s.init(k) for s, k in zip(stages, keys))
+
+    def apply(theta: Params, h: jax.Array) -> jax.Array:
+        for s, th in zip(stages, theta):
+            h = s.apply(th, h)
+        return h
+
+    return Stage(
+        init, apply, stages[0].in_shape, stages[-1].out_shape,
+        name="+".join(s.name for s in stages),
+    )  # fmt: skip
+
+
+def group_params(params: Sequence[Params], boundaries: Sequence[int]) -> tuple[Params, ...]:
+    """A network's per-stage parameters in the layout of :func:`group` ``(net, boundaries)``."""
+    cuts = _cuts("group_params", boundaries, len(params))
+    return tuple(
+        params[a] if b - a == 1 else tuple(params[a:b]) for a, b in zip(cuts[:-1], cuts[1:])
+    )
+
+
+def ungroup_params(
+    grouped: Sequence[Params], boundaries: Sequence[int], depth: int
+) -> tuple[Params, ...]:
+    """The inverse of :func:`group_params`: one entry per stage of the ``depth``-stage network.
+
+    Example:
+        >>> ungroup_params(group_params(("a", "b", "c"), [1]), [1], 3)
+        ('a', 'b', 'c')
+    """
+    cuts = _cuts("ungroup_params", boundaries, depth)
+    if len(grouped) != len(cuts) - 1:
+        raise ValueError(
+            f"ungroup_params: {len(grouped)} groups, but boundaries {tuple(boundaries)} of a "
+            f"{depth}-stage network make {len(cuts) - 1}"
+        )
+    out: list[Params] = []
+    for g, a, b in zip(grouped, cuts[:-1], cuts[1:]):
+        out.extend([g] if b - a == 1 else list(g))
+    return tuple(out)
+
+
 def check_input(net: Network, x: Any) -> None:
     """Raise a clear ``ValueError`` if ``x`` is not a batch of the network's inputs.
 

@@ -164,6 +164,30 @@ def _child() -> dict:
                 "params_finite": all(bool(np.isfinite(a).all()) for a in jax.tree.leaves(e.params)),
             }
 
+    # SG modules at some boundaries: 5 stages cut at boundary 2 into 2 devices' groups.
+    net5 = _net([6, 8, 7, 5, 4, 3], ["tanh", "relu", "tanh", "relu", "identity"])
+    gpipe_ = pipeline.sg_pipeline(nets.group(net5, [2]), "xent", optax.adam(1e-2), optax.sgd(0.1))
+    gstate = pipeline.init_sg(gpipe_, jax.random.key(4), batch_size=4)
+    grun = pipeline.sg_on_mesh(gpipe_, pipeline.make_mesh(2), batch_size=4)
+    xs, ys = _stream(11, 5, 4, 6, 3)
+    gref, _ = jax.jit(lambda s, x, y: pipeline.sg_reference(gpipe_, s, x, y))(gstate, xs, ys)
+    gpacked, _ = grun.run(grun.pack(gstate), xs, ys)
+    x5, y5 = _stream(12, 1, 24, 6, 3)
+    r = pipeline.train_pipelined(
+        "sg-pipeline", net5, x5[0], y5[0], steps=6, batch_size=4, chunk=3, at=(2,),
+        mesh=pipeline.make_mesh(2),
+    )  # fmt: skip
+    out["grouped"] = {
+        "state_err": _max_err(grun.unpack(gpacked), gref),
+        "sg_moved": max(float(np.abs(x).max()) for x in jax.tree.leaves(gref.sg_params)),
+        "stages": r["stages"],
+        "sg_at": r["sg_at"],
+        "param_shapes": [[list(np.shape(a)) for a in jax.tree.leaves(p)] for p in r["params"]],
+        "net_shapes": [
+            [list(np.shape(a)) for a in jax.tree.leaves(p)] for p in net5.init(jax.random.key(0))
+        ],
+    }
+
     # Mismatch between stages and devices.
     try:
         pipeline.sg_on_mesh(
@@ -238,6 +262,15 @@ def test_non_finite_updates_stop_the_pipelines_on_four_devices(multi, method):
     assert r["params_finite"], "a non-finite update was applied"
 
 
+def test_sg_modules_at_some_boundaries_group_the_stages_between_them(multi):
+    """``at=(2,)`` on 5 stages: two devices, each running its group of stages; the mesh
+    equals the single-device schedule, and the driver's parameters are per stage."""
+    r = multi["grouped"]
+    assert r["state_err"] <= 0 and r["sg_moved"] > 0, r
+    assert r["stages"] == 2 and r["sg_at"] == [2], r
+    assert r["param_shapes"] == r["net_shapes"]  # ungrouped: one entry per stage of net
+
+
 def test_stage_device_mismatch_is_a_clear_error(multi):
     assert "3 stages but the mesh has 4 devices" in multi["mismatch"]
     assert "process 0 holds 2 of the mesh's 2 devices" in multi["per_process_in_one_process"]
@@ -289,6 +322,59 @@ def test_frozen_sg_pipeline_equals_sequential_dni():
     # Not vacuous: every stage, the first included, moved away from its initial value.
     for now, before in zip(state.params, initial):
         assert float(np.abs(np.asarray(now["W"]) - np.asarray(before["W"])).max()) > 1e-4
+
+
+def test_frozen_grouped_sg_pipeline_equals_the_rule_with_the_same_at():
+    """SG modules at boundary 2 of 5 stages: the 2-group pipeline (stages 1–2 and 3–5,
+    exact backprop inside each group) makes exactly the updates of
+    ``synthetic_gradients(at=(2,))`` on one device, with the SG frozen (its lag is the only
+    difference). Planted: a composite stage that skips or reorders a member, or
+    ``group_params`` cutting at the wrong boundary → red."""
+    net = _net([6, 8, 7, 5, 4, 3], ["tanh", "relu", "tanh", "relu", "identity"])
+    at, ticks, batch = (2,), 5, 4
+    frozen, opt = optax.sgd(0.0), optax.adam(1e-2)
+    rule = rules.synthetic_gradients(at=at, sg_optimizer=frozen)
+    seq = jax.jit(train.init, static_argnums=(1, 2, 3))(jax.random.key(0), net, rule, opt)
+    rng = np.random.default_rng(3)
+    phi = tuple(  # a non-zero SG module, so that stages 1–2 train
+        jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape).astype(np.float32), p)
+        for p in seq.rule_state.params
+    )
+    seq = seq._replace(rule_state=seq.rule_state._replace(params=phi))
+    initial = seq.params
+    pipe = pipeline.sg_pipeline(nets.group(net, at), "xent", opt, frozen)
+    state = pipeline.init_sg(pipe, jax.random.key(1), batch_size=batch)
+    grouped = nets.group_params(initial, at)
+    state = state._replace(
+        params=grouped, opt_state=tuple(opt.init(p) for p in grouped), sg_params=phi
+    )
+    xs, ys = _stream(7, ticks, batch, 6, 3)
+    run = jax.jit(lambda s, x, y, v: pipeline.sg_reference(pipe, s, x, y, v))
+    state, m = run(state, xs, ys, np.ones(ticks, bool))
+    state, m_flush = pipeline.flush(run, state, 2, xs[0], ys[0], ticks=ticks)
+    step = jax.jit(train.make_step(net, rule, "xent", opt))
+    seq_losses = []
+    for t in range(ticks):
+        seq, metrics = step(seq, (xs[t], ys[t]))
+        seq_losses.append(metrics["loss"])
+    pipe_losses = np.concatenate([m["loss"][m["done"]], m_flush["loss"][m_flush["done"]]])
+    assert _max_err(pipe_losses, np.asarray(seq_losses)) <= 0
+    assert _max_err(nets.ungroup_params(state.params, at, net.depth), seq.params) <= 0
+    for now, before in zip(seq.params, initial):  # every stage moved: not vacuous
+        assert float(np.abs(np.asarray(now["W"]) - np.asarray(before["W"])).max()) > 1e-4
+
+
+def test_group_refuses_boundaries_that_do_not_cut_between_stages():
+    net = nets.mlp([4, 5, 5, 3])
+    for bad, message in (([3], r"ints in 1\.\.2"), ([2, 1], "increasing"), ([0], "ints in")):
+        with pytest.raises(ValueError, match=message):
+            nets.group(net, bad)
+    with pytest.raises(ValueError, match="applies to 'sg-pipeline' and 'sg' only"):
+        pipeline.train_pipelined("backprop", net, np.ones((8, 4)), np.zeros(8, int), steps=1,
+                                 batch_size=4, at=(1,))  # fmt: skip
+    with pytest.raises(ValueError, match="SG module at the network's output"):
+        pipeline.train_pipelined("sg", net, np.ones((8, 4)), np.zeros(8, int), steps=1,
+                                 batch_size=4, at="output")  # fmt: skip
 
 
 def test_non_finite_stage_update_is_not_applied():
@@ -426,6 +512,14 @@ def test_train_cli_pipeline_in_a_fresh_process(tmp_path):
     assert info["updates_per_stage"] == 130
     # The SG pipeline learns: test accuracy after 130 micro-batches was 0.91 when written.
     assert r["test_accuracy"] > 0.8, r  # chance is 0.1
+    # --sg-at cuts a deeper network into one group of stages per device
+    argv = ["--pipeline", "2", "--depth", "2", "--sg-at", "1", "--dataset", "digits"]
+    argv += ["--steps", "20", "--width", "16", "--no-progress", "--json", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "sgjax", "train", *argv], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(out.read_text())["pipeline"]
+    assert (info["stages"], info["layers"], info["sg_at"]) == (2, 3, [1]), info
 
 
 def test_train_cli_pipeline_errors(capsys):
@@ -439,11 +533,20 @@ def test_train_cli_pipeline_errors(capsys):
         (["--rule", "fa"], "got --rule fa"),
         (["--micro-batches", "2"], "only with --pipeline-method gpipe"),
         (["--cosine"], "--cosine not supported with --pipeline"),
+        (["--depth", "4", "--sg-at", "1,3"], "makes 3 groups, not 2"),
+        (["--depth", "4", "--sg-at", "output"], "an SG module at the output"),
+        (["--depth", "4", "--sg-at", "7"], "--sg-at: `at` entries must be ints in 1..5"),
+        (["--pipeline-method", "gpipe", "--sg-at", "1"], "--sg-at not supported"),
     ]:
         assert cli.main(["train", "--pipeline", "2", *argv]) == 1
         assert message in capsys.readouterr().err, argv
     assert cli.main(["train", "--micro-batches", "2"]) == 1
     assert "only with --pipeline N" in capsys.readouterr().err
+    # SG modules at some boundaries cut a deeper network into one group per device
+    from sgjax.infra.config import from_flags
+
+    c = from_flags({"pipeline": 2, "depth": 4, "sg_at": (2,)})
+    assert (c.depth, c.pipeline.devices, c.rule.options_dict()["at"]) == (4, 2, (2,))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
         k: v
         for k, v in (
             ("estimator", config.rule.options_dict().get("estimator")),
+            ("at", config.rule.options_dict().get("at")),  # groups the stages between modules
             ("sg_optimizer", config.sg_optimizer.build() if config.sg_optimizer else None),
         )
         if v is not None
@@ -139,7 +140,9 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
         "sizes": [x_train.shape[1], *([config.width] * config.depth), ds.num_classes],
         "pipeline": {
             "method": pipe.method,
-            "stages": net.depth,
+            "stages": r["stages"],  # pipeline stages (one per device)
+            "layers": net.depth,
+            "sg_at": r.get("sg_at"),
             "devices": [str(d) for d in mesh.devices.flat],
             "platform": jax.devices()[0].platform,
             "micro_batches": pipe.micro_batches,
@@ -159,7 +162,7 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
         else "no micro-batch finished, so there is no final loss"
     )
     print(
-        f"{pipe.method} pipeline, {net.depth} stages on {net.depth} "
+        f"{pipe.method} pipeline, {net.depth} layers in {r['stages']} stages on {r['stages']} "
         f"{result['pipeline']['platform']} devices in {jax.process_count()} process(es), "
         f"on {ds.name}: {config.steps} micro-batches ({r['updates']} updates per stage) in "
         f"{seconds:.1f}s  {final}  train acc {tr['accuracy']:.4f}  test acc {te['accuracy']:.4f}"

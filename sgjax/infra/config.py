@@ -437,30 +437,46 @@ def _pipeline_flags(g: dict[str, Any]) -> tuple[PipelineConfig, dict[str, Any]]:
             f"(--pipeline-method gpipe); got --rule {g['rule']} with --pipeline-method {method}"
         )
     depth = g.get("depth")
-    if depth is not None and depth + 1 != n:
+    at = g.get("sg_at")
+    if at is not None and method == "sg":
+        # SG modules at some boundaries: the stages between two of them are one pipeline
+        # stage (one device), trained by exact backprop inside it
+        depth = RunConfig.depth if depth is None else depth
+        try:
+            bounds = rules.resolve_at(at, depth + 1)
+        except ValueError as e:
+            raise ValueError(f"--sg-at: {str(e).split(': ', 1)[-1]}") from None
+        if depth + 1 in bounds or len(bounds) + 1 != n:
+            raise ValueError(
+                f"--pipeline {n} runs one group of stages per device, cut at the SG modules: "
+                f"--sg-at {at} on {depth + 1} stages (--depth {depth}) puts modules at "
+                f"boundaries {list(bounds)}, which makes "
+                + (
+                    "an SG module at the output (a pipeline's modules sit between stages)"
+                    if depth + 1 in bounds
+                    else f"{len(bounds) + 1} groups, not {n}"
+                )
+            )
+    elif depth is not None and depth + 1 != n:
         raise ValueError(
             f"--pipeline {n} puts one stage on each of {n} devices, so the network needs "
             f"{n} stages (--depth {n - 1}), but --depth {depth} gives {depth + 1}; "
-            "drop --depth (it follows from --pipeline)"
+            "drop --depth (it follows from --pipeline), or cut a deeper network into "
+            f"{n} groups with --sg-at"
         )
-    unsupported = [
-        flag
-        for dest, flag in (
-            ("sg_at", "--sg-at"),
-            ("targets", "--targets"),
-            ("prop", "--prop"),
-            ("cosine", "--cosine"),
-        )
-        if g.get(dest)
-    ]
+    else:
+        depth = n - 1
+    placed = [("sg_at", "--sg-at")] if method != "sg" else []  # (sg: groups, above)
+    checked = [*placed, ("targets", "--targets"), ("prop", "--prop"), ("cosine", "--cosine")]
+    unsupported = [flag for dest, flag in checked if g.get(dest)]
     if g.get("p_update", 1.0) != 1.0:
         unsupported.append("--p-update")
     if g.get("sg_update"):
         unsupported.append("--sg-update")
     if unsupported:
         raise ValueError(
-            f"{', '.join(unsupported)} not supported with --pipeline (SG modules sit at every "
-            "stage boundary with bootstrapped targets)"
+            f"{', '.join(unsupported)} not supported with --pipeline (its SG modules regress "
+            "onto bootstrapped targets, one tick late)"
         )
     if g.get("micro_batches") is not None and method != "gpipe":
         raise ValueError("--micro-batches applies only with --pipeline-method gpipe")
@@ -471,7 +487,7 @@ def _pipeline_flags(g: dict[str, Any]) -> tuple[PipelineConfig, dict[str, Any]]:
             f"--steps counts micro-batches; with gpipe it must be a multiple of "
             f"--micro-batches {m}, got {steps}"
         )
-    out = {**g, "rule": rule, "depth": n - 1}
+    out = {**g, "rule": rule, "depth": depth}
     out.pop("pipeline_method", None)
     out.pop("micro_batches", None)
     return PipelineConfig(n, method, m if method == "gpipe" else None), out

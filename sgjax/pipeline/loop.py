@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
-from sgjax import rules, train
+from sgjax import nets, rules, train
 from sgjax.infra.config import OptimizerConfig
 from sgjax.nets import Network
 from sgjax.pipeline.dataparallel import dp_on_mesh
@@ -105,6 +105,7 @@ def train_pipelined(
     optimizer: optax.GradientTransformation | None = None,
     sg_optimizer: optax.GradientTransformation | None = None,
     estimator: str | est_lib.Estimator = "conditioned",
+    at: int | str | tuple[int, ...] | None = None,
     seed: int = 0,
     chunk: int = 50,
     mesh: Mesh | None = None,
@@ -136,6 +137,12 @@ def train_pipelined(
         micro_batches: M of GPipe.
         loss, estimator, seed: the loss, the SG module, the seed of the initialisation and
             of the batch order.
+        at: the SG methods' boundaries, as :func:`sgjax.rules.synthetic_gradients`'s
+            ``at`` (default: every boundary between stages). The SG pipeline runs the
+            stages between two SG modules as one pipeline stage, on one device, trained
+            by exact backprop inside it (:func:`sgjax.nets.group`): ``at=(2,)`` on a
+            5-stage network is a 2-device pipeline; ``"sg"`` runs the same rule on one
+            device. ``params`` in the result are per stage of ``net`` either way.
         optimizer: any optax transformation, for every stage (one state per stage);
             default :class:`~sgjax.infra.config.OptimizerConfig`'s (Adam, 1e-3).
         sg_optimizer: the SG modules' optax transformation (SG methods; default
@@ -222,6 +229,20 @@ def train_pipelined(
                 f"train_pipelined: `{name}` must be an optax GradientTransformation, got "
                 f"{type(o).__name__}"
             )
+    boundaries: tuple[int, ...] | None = None
+    if at is not None and not (isinstance(at, str) and at == "all"):  # "all": the default
+        if method not in ("sg-pipeline", "sg"):
+            raise ValueError(
+                f"train_pipelined: `at` places SG modules, so it applies to 'sg-pipeline' "
+                f"and 'sg' only, got method {method!r}"
+            )
+        boundaries = rules.resolve_at(at, net.depth)
+        if net.depth in boundaries:
+            raise ValueError(
+                f"train_pipelined: `at` {at!r} puts an SG module at the network's output "
+                f"(boundary {net.depth}); a pipeline's SG modules sit between stages, at "
+                f"boundaries 1..{net.depth - 1}"
+            )
     key = jax.random.key(seed)
     per_call = micro_batches if method == "gpipe" else chunk
     if method == "gpipe" and steps is not None:
@@ -251,15 +272,24 @@ def train_pipelined(
     call: Callable[..., tuple[Any, dict[str, jax.Array]]]
     params_of: Callable[[Any], Any]  # a state -> its parameters
     whole: Callable[[Any], Any]  # a state -> the whole state, unpacked (the runners' unpack)
+    # the pipeline's stages: one per device (stages between SG modules grouped)
+    every = tuple(range(1, net.depth))
+    grouped = method == "sg-pipeline" and boundaries is not None and boundaries != every
+    pnet = nets.group(net, boundaries) if grouped else net
     if method == "sg-pipeline":
-        pipe = sg_pipeline(net, loss, opt, sg_opt, estimator=estimator)
-        sg_mesh = mesh or make_mesh(net.depth)
+        pipe = sg_pipeline(pnet, loss, opt, sg_opt, estimator=estimator)
+        sg_mesh = mesh or make_mesh(pnet.depth)
         if sg_runner == "auto":
             sg_runner = "per-process" if _one_device_per_process(sg_mesh) else "mesh"
         bind = sg_per_process if sg_runner == "per-process" else sg_on_mesh
         runner = bind(pipe, sg_mesh, batch_size=batch_size)
         state, call = runner.pack(resolve(init_sg(pipe, key, batch_size=batch_size))), runner.run
-        params_of = lambda st: runner.unpack(st).params  # noqa: E731
+        if pnet is net:
+            params_of = lambda st: runner.unpack(st).params  # noqa: E731
+        else:
+            params_of = lambda st: nets.ungroup_params(  # noqa: E731
+                runner.unpack(st).params, boundaries, net.depth
+            )
         whole = runner.unpack
     elif method == "gpipe":
         gp_mesh = mesh or make_mesh(net.depth)
@@ -280,7 +310,7 @@ def train_pipelined(
         rule = (
             rules.backprop()
             if method == "backprop"
-            else rules.synthetic_gradients(estimator, sg_optimizer=sg_opt)
+            else rules.synthetic_gradients(estimator, at=at, sg_optimizer=sg_opt)
         )
         state = jax.jit(train.init, static_argnums=(1, 2, 3))(key, net, rule, opt)
         state = jax.tree.map(jnp.asarray, resolve(state))
@@ -329,9 +359,9 @@ def train_pipelined(
     if method == "sg-pipeline":
         finished = np.asarray(metrics["done"])
         losses = np.asarray(metrics["loss"])[finished]
-        if net.depth > 1:  # drain the micro-batches in flight (the compiled call is reused)
+        if pnet.depth > 1:  # drain the micro-batches in flight (the compiled call is reused)
             example = (xs[0], ys[0])
-            state, drained = flush(call, state, net.depth, *example, ticks=per_call)
+            state, drained = flush(call, state, pnet.depth, *example, ticks=per_call)
             _check_finite(
                 method, drained, None, seen, done_before + calls, per_call, state, params_of
             )
@@ -343,7 +373,8 @@ def train_pipelined(
         losses = np.asarray(metrics["loss"])[np.asarray(valid)]
     out: dict[str, Any] = {
         "method": method,
-        "stages": net.depth,
+        "stages": pnet.depth,
+        "sg_at": list(boundaries) if boundaries is not None else None,
         "batch_size": batch_size,
         "micro_batches_seen": seen,
         "updates": done_before + calls if method == "gpipe" else seen,
