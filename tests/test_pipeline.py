@@ -575,3 +575,34 @@ def test_train_pipelined_takes_any_optax_optimiser():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="`optimizer` must be an optax GradientTransformation"):
         pipeline.train_pipelined("backprop", net, x, y, steps=1, batch_size=8, optimizer=1e-3)
+
+
+def test_balanced_boundaries_equal_brute_force_over_every_cut():
+    """The dynamic programme against the independent reference: every combination of cuts
+    (itertools), the first optimum in lexicographic order — on random costs with ties
+    (small integers) and with SG costs. Planted: a DP that drops the SG cost of a group,
+    or takes the last optimal cut instead of the first → red."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        N = int(rng.integers(1, 9))
+        n = int(rng.integers(1, N + 1))
+        costs = rng.integers(0, 5, N).tolist()
+        sg = rng.integers(0, 4, N - 1).tolist()
+
+        def worst(cuts, costs=costs, sg=sg, N=N):
+            b = [0, *cuts, N]
+            return max(sum(costs[lo:hi]) + (sg[hi - 1] if hi < N else 0)
+                       for lo, hi in zip(b[:-1], b[1:]))  # fmt: skip
+
+        want = min(itertools.combinations(range(1, N), n - 1), key=worst)
+        assert pipeline.balanced_boundaries(costs, n, sg) == want, (costs, sg, n)
+    for bad, message in (((4,), "`n` must be an int in 1..3"), ((2, [1]), "one cost per")):
+        with pytest.raises(ValueError, match=message):
+            pipeline.balanced_boundaries([1, 2, 3], *bad)
+
+
+def test_stage_costs_measures_every_stage():
+    costs = pipeline.stage_costs(nets.mlp([8, 64, 4]), 16, repeats=2)
+    assert len(costs) == 2 and all(c > 0 for c in costs)

@@ -105,6 +105,7 @@ import importlib
 import warnings
 from typing import Any
 
+from sgjax.pipeline.balance import balanced_boundaries, stage_costs
 from sgjax.pipeline.dataparallel import DPRunner, dp_on_mesh
 from sgjax.pipeline.distributed import LaunchError, LaunchResult, initialize_from_env, launch
 from sgjax.pipeline.gpipe import BPState, GPipeRunner, PackedBP, gpipe_on_mesh, init_bp
@@ -131,6 +132,7 @@ __all__ = [
     "PipelineNonFiniteError",
     "SGPipeline",
     "SGState",
+    "balanced_boundaries",
     "dp_on_mesh",
     "flush",
     "gpipe_on_mesh",
@@ -143,6 +145,7 @@ __all__ = [
     "sg_per_process",
     "sg_pipeline",
     "sg_reference",
+    "stage_costs",
     "train_pipelined",
 ]
 

@@ -67,51 +67,19 @@ def balanced_net(sizes: Sequence[int], n_stages: int) -> Any:
         >>> [(s.in_shape, s.out_shape) for s in net.stages]
         [((784,), (512,)), ((512,), (10,))]
     """
-    import itertools
-
     from sgjax import nets
+    from sgjax.pipeline import balanced_boundaries
 
-    layers = list(nets.mlp(sizes).stages)
-    if not 1 <= n_stages <= len(layers):
+    n_layers = len(sizes) - 1
+    if not 1 <= n_stages <= n_layers:
         raise ValueError(
-            f"balanced_net: `n_stages` must be in 1..{len(layers)} (the layers of {sizes}), "
+            f"balanced_net: `n_stages` must be in 1..{n_layers} (the layers of {sizes}), "
             f"got {n_stages}"
         )
     work = [3 * int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:])]
     classes = int(sizes[-1])
-
-    def cost(cuts: tuple[int, ...]) -> int:
-        bounds = [0, *cuts, len(layers)]
-        parts = []
-        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            w = int(sizes[hi])
-            sg = 3 * (w * w + classes * w) if i < n_stages - 1 else 0
-            parts.append(sum(work[lo:hi]) + sg)
-        return max(parts)
-
-    best = min(itertools.combinations(range(1, len(layers)), n_stages - 1), key=cost)
-    bounds = [0, *best, len(layers)]
-    return nets.network([_block(layers[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])])
-
-
-def _block(layers: Sequence[Any]) -> Any:
-    from sgjax import nets
-
-    if len(layers) == 1:
-        return layers[0]
-
-    def init(key: Any) -> tuple:
-        import jax
-
-        return tuple(s.init(k) for s, k in zip(layers, jax.random.split(key, len(layers))))
-
-    def apply(theta: tuple, h: Any) -> Any:
-        for s, th in zip(layers, theta):
-            h = s.apply(th, h)
-        return h
-
-    name = "+".join(s.name for s in layers)
-    return nets.Stage(init, apply, layers[0].in_shape, layers[-1].out_shape, None, name)
+    sg = [3 * (int(w) * int(w) + classes * int(w)) for w in sizes[1:-1]]  # at boundary i
+    return nets.group(nets.mlp(sizes), balanced_boundaries(work, n_stages, sg))
 
 
 def _stage_compute_per_tick(net: Any, batch: int, lr: float, ticks: int = 50) -> list[float]:
