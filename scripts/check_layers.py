@@ -6,8 +6,8 @@ module *and* inside functions (a lazy import is still a dependency) — and reso
 module it names. The layers, bottom to top (``docs/design.md`` has the map):
 
 0. ``core``: ``sgjax.nets``, ``losses``, ``sgmodule``, ``estimators``, ``sweep``,
-   ``rules`` (with ``rule_checks`` and ``table1``), ``train`` (a package: step, loop,
-   checks, errors, diagnose) and the package ``sgjax`` itself;
+   ``rules`` (with ``rule_checks`` and ``table1``), ``transformer``, ``train`` (a package:
+   step, loop, checks, errors, diagnose) and the package ``sgjax`` itself;
 1. ``adapters``: ``sgjax.diagnostics``, ``sgjax.flax_adapter``, ``sgjax.interface``,
    ``sgjax.recurrent``;
 2. ``infra``: ``sgjax.infra`` (data, checkpoint, config, runner) and the subsystem
@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sgjax.rules",
             "sgjax.rule_checks",
             "sgjax.table1",
+            "sgjax.transformer",
             "sgjax.train",
         ),
     ),

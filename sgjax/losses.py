@@ -97,11 +97,15 @@ def get(name: str | Loss) -> Loss:
 
 
 def accuracy(p: jax.Array, y: jax.Array) -> jax.Array:
-    """Fraction of rows whose arg-max equals the label (or the target's arg-max).
+    """Fraction of rows whose arg-max equals the label (or the target's arg-max); for a
+    sequence output ``(batch, positions, classes)`` with flattened one-hot targets, the
+    fraction of positions.
 
     Example:
         >>> float(accuracy(jnp.array([[0.1, 0.9], [0.8, 0.2]]), jnp.array([1, 1])))
         0.5
     """
+    if not jnp.issubdtype(y.dtype, jnp.integer) and y.shape != p.shape and y.size == p.size:
+        y = y.reshape(p.shape)  # a sequence model's flattened targets: one per position
     label = y if jnp.issubdtype(y.dtype, jnp.integer) else jnp.argmax(y, axis=-1)
     return jnp.mean(jnp.argmax(p, axis=-1) == label)

@@ -131,7 +131,9 @@ def sweep(
         vjps.append(vjp)
     p = hs[-1]
     value = loss.fn(p, y)
-    y_vec = loss_lib.as_target(y, p.shape[-1], p.dtype)
+    # the labels as one row per example, as wide as the flattened output (net.out_dim):
+    # a classifier's (batch, classes), a sequence model's (batch, context · vocab)
+    y_vec = loss_lib.as_target(y, net.out_dim, p.dtype)
     e = jax.lax.stop_gradient(loss.output_grad(p, y))  # per-example ∂ℓ/∂p
     batch = x.shape[0]
     n = net.depth
