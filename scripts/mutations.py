@@ -110,7 +110,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "sg-middle-off-by-one",
-        "rules.py",
+        "rule_checks.py",
         "boundaries = ((depth + 1) // 2,)",
         "boundaries = (depth // 2,)",
         "off-by-one: the 'middle' SG one boundary too low",
