@@ -273,9 +273,9 @@ def train_pipelined(
     params_of: Callable[[Any], Any]  # a state -> its parameters
     whole: Callable[[Any], Any]  # a state -> the whole state, unpacked (the runners' unpack)
     # the pipeline's stages: one per device (stages between SG modules grouped)
-    every = tuple(range(1, net.depth))
-    grouped = method == "sg-pipeline" and boundaries is not None and boundaries != every
-    pnet = nets.group(net, boundaries) if grouped else net
+    cut: tuple[int, ...] = boundaries if boundaries is not None else tuple(range(1, net.depth))
+    grouped = method == "sg-pipeline" and cut != tuple(range(1, net.depth))
+    pnet = nets.group(net, cut) if grouped else net
     if method == "sg-pipeline":
         pipe = sg_pipeline(pnet, loss, opt, sg_opt, estimator=estimator)
         sg_mesh = mesh or make_mesh(pnet.depth)
@@ -288,7 +288,7 @@ def train_pipelined(
             params_of = lambda st: runner.unpack(st).params  # noqa: E731
         else:
             params_of = lambda st: nets.ungroup_params(  # noqa: E731
-                runner.unpack(st).params, boundaries, net.depth
+                runner.unpack(st).params, cut, net.depth
             )
         whole = runner.unpack
     elif method == "gpipe":
