@@ -485,13 +485,16 @@ def test_train_pipelined_trains_exactly_the_steps_asked():
 
 def test_train_cli_pipeline_in_a_fresh_process(tmp_path):
     """``sgjax train --pipeline 2`` makes its own two CPU devices (JAX has not started),
-    derives the depth from N, trains exactly ``--steps`` micro-batches (not a multiple of
-    the jitted chunk) and writes the usual JSON keys plus the pipeline's."""
+    runs the groups that ``--sg-at`` cuts (layer 1 | layers 2–3), trains exactly
+    ``--steps`` micro-batches (not a multiple of the jitted chunk) and writes the usual
+    JSON keys plus the pipeline's. (The depth that follows from N without ``--sg-at``:
+    the in-process ``--pipeline 1`` test.)"""
     out = tmp_path / "pipe.json"
     env = {**os.environ, "XLA_FLAGS": xla_flags()}
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    argv = ["--pipeline", "2", "--dataset", "digits", "--steps", "130", "--width", "64"]
+    argv = ["--pipeline", "2", "--depth", "2", "--sg-at", "1", "--dataset", "digits"]
+    argv += ["--steps", "130", "--width", "64"]
     argv += ["--batch-size", "32", "--lr", "3e-3", "--sg-lr", "3e-3", "--json", str(out)]
     proc = subprocess.run(
         [sys.executable, "-m", "sgjax", "train", *argv],
@@ -506,20 +509,15 @@ def test_train_cli_pipeline_in_a_fresh_process(tmp_path):
     for key in ("rule", "steps", "final_loss", "train_accuracy", "test_accuracy"):
         assert key in r
     assert r["rule"] == "sg" and r["steps"] == 130
-    assert r["config"]["depth"] == 1 and r["sizes"] == [64, 64, 10]
+    assert r["config"]["depth"] == 2 and r["sizes"] == [64, 64, 64, 10]
     info = r["pipeline"]
     assert info["method"] == "sg" and info["stages"] == 2 and len(info["devices"]) == 2
+    # --sg-at 1 cuts the 3 layers into one group per device: layer 1 | layers 2–3
+    assert (info["layers"], info["sg_at"]) == (3, [1]), info
     assert info["updates_per_stage"] == 130
-    # The SG pipeline learns: test accuracy after 130 micro-batches was 0.91 when written.
+    # The SG pipeline learns: test accuracy after 130 micro-batches was 0.91 when written
+    # (2 layers in 2 stages, before --sg-at was used here).
     assert r["test_accuracy"] > 0.8, r  # chance is 0.1
-    # --sg-at cuts a deeper network into one group of stages per device
-    argv = ["--pipeline", "2", "--depth", "2", "--sg-at", "1", "--dataset", "digits"]
-    argv += ["--steps", "20", "--width", "16", "--no-progress", "--json", str(out)]
-    proc = subprocess.run([sys.executable, "-m", "sgjax", "train", *argv], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(out.read_text())["pipeline"]
-    assert (info["stages"], info["layers"], info["sg_at"]) == (2, 3, [1]), info
 
 
 def test_train_cli_pipeline_errors(capsys):
