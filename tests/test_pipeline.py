@@ -364,6 +364,27 @@ def test_frozen_grouped_sg_pipeline_equals_the_rule_with_the_same_at():
         assert float(np.abs(np.asarray(now["W"]) - np.asarray(before["W"])).max()) > 1e-4
 
 
+def test_the_single_device_sg_baseline_places_its_modules_at_at():
+    """``train_pipelined("sg", at=(1,))`` on 3 stages: no module at boundary 2, so stage 3
+    trains from the loss and stage 2 by backprop through it; with ``at`` left at every
+    boundary the zero-initialised module at boundary 2 sends stage 2 nothing, and it
+    stays where it started for the first step (planted: the baseline ignoring ``at`` →
+    red)."""
+    net = nets.mlp([4, 6, 5, 3])
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    start = train.init(jax.random.key(0), net, rules.backprop(), optax.sgd(0.1)).params[1]["W"]
+    moved = {}
+    for at in ((1,), None):
+        sgd = optax.sgd(0.1)
+        r = pipeline.train_pipelined(
+            "sg", net, x, y, steps=1, batch_size=8, chunk=1, at=at, optimizer=sgd, sg_optimizer=sgd
+        )
+        moved[at] = float(np.abs(np.asarray(r["params"][1]["W"]) - start).max())
+        assert r["sg_at"] == ([1] if at else None)
+    assert moved[(1,)] > 1e-4 and moved[None] == 0.0, moved
+
+
 def test_group_refuses_boundaries_that_do_not_cut_between_stages():
     net = nets.mlp([4, 5, 5, 3])
     for bad, message in (([3], r"ints in 1\.\.2"), ([2, 1], "increasing"), ([0], "ints in")):

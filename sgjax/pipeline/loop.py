@@ -273,8 +273,9 @@ def train_pipelined(
     params_of: Callable[[Any], Any]  # a state -> its parameters
     whole: Callable[[Any], Any]  # a state -> the whole state, unpacked (the runners' unpack)
     # the pipeline's stages: one per device (stages between SG modules grouped)
-    cut: tuple[int, ...] = boundaries if boundaries is not None else tuple(range(1, net.depth))
-    grouped = method == "sg-pipeline" and cut != tuple(range(1, net.depth))
+    every = tuple(range(1, net.depth))
+    cut: tuple[int, ...] = every if boundaries is None else boundaries
+    grouped = method == "sg-pipeline" and cut != every
     pnet = nets.group(net, cut) if grouped else net
     if method == "sg-pipeline":
         pipe = sg_pipeline(pnet, loss, opt, sg_opt, estimator=estimator)
