@@ -44,15 +44,13 @@ import numpy as np
 
 from sgjax.estimators import Estimator
 from sgjax.losses import Loss
-from sgjax.nets import Network, Stage, network
+from sgjax.nets import Network, Stage, _normalise, network
 
 Params = Any
 
 
-def _layer_norm(h: jax.Array, g: jax.Array, b: jax.Array, eps: float = 1e-5) -> jax.Array:
-    mu = jnp.mean(h, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(h - mu), axis=-1, keepdims=True)
-    return (h - mu) * jax.lax.rsqrt(var + eps) * g + b
+def _layer_norm(h: jax.Array, theta: Params) -> jax.Array:
+    return _normalise("layer", h, theta)  # per example over the width: nets' LayerNorm
 
 
 def _dense(key: jax.Array, a: int, b: int, scale: float = 1.0) -> dict[str, jax.Array]:
@@ -101,24 +99,24 @@ def block(context: int, width: int, heads: int, *, mlp_ratio: int = 4, layers: i
         k = jax.random.split(key, 4)
         one, zero = jnp.ones((width,), jnp.float32), jnp.zeros((width,), jnp.float32)
         return {
-            "ln1": {"g": one, "b": zero},
+            "ln1": {"scale": one, "shift": zero},
             "qkv": _dense(k[0], width, 3 * width),
             "proj": _dense(k[1], width, width, res),
-            "ln2": {"g": one, "b": zero},
+            "ln2": {"scale": one, "shift": zero},
             "fc": _dense(k[2], width, hidden),
             "out": _dense(k[3], hidden, width, res),
         }
 
     def apply(theta: Params, h: jax.Array) -> jax.Array:
         B = h.shape[0]
-        z = _layer_norm(h, theta["ln1"]["g"], theta["ln1"]["b"])
+        z = _layer_norm(h, theta["ln1"])
         qkv = z @ theta["qkv"]["W"] + theta["qkv"]["b"]
         q, k, v = (a.reshape(B, context, heads, d_head) for a in jnp.split(qkv, 3, axis=-1))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d_head).astype(np.float32)
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
         att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
         h = h + att.reshape(B, context, width) @ theta["proj"]["W"] + theta["proj"]["b"]
-        z = _layer_norm(h, theta["ln2"]["g"], theta["ln2"]["b"])
+        z = _layer_norm(h, theta["ln2"])
         z = jax.nn.gelu(z @ theta["fc"]["W"] + theta["fc"]["b"])
         return h + z @ theta["out"]["W"] + theta["out"]["b"]
 
@@ -134,12 +132,12 @@ def readout(context: int, width: int, vocab: int) -> Stage:
         one, zero = jnp.ones((width,), jnp.float32), jnp.zeros((width,), jnp.float32)
         # small logits at the start (std 0.02 per weight): the loss starts near ln(vocab)
         return {
-            "ln": {"g": one, "b": zero},
+            "ln": {"scale": one, "shift": zero},
             "head": _dense(key, width, vocab, 0.02 * np.sqrt(width)),
         }
 
     def apply(theta: Params, h: jax.Array) -> jax.Array:
-        z = _layer_norm(h, theta["ln"]["g"], theta["ln"]["b"])
+        z = _layer_norm(h, theta["ln"])
         return z @ theta["head"]["W"] + theta["head"]["b"]
 
     return Stage(init, apply, (context, width), (context, vocab), name="readout")
