@@ -19,6 +19,7 @@ import chex
 import jax
 import numpy as np
 
+from sgjax.infra.run import Checkpoints, Hooks, Run
 from sgjax.infra.runner import StepCache, run_training
 
 
@@ -116,13 +117,35 @@ def assert_same_shapes_and_dtypes(a: Any, b: Any) -> None:
     chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
 
 
+def runner_args(
+    *,
+    ckpt_dir: Any = None,
+    ckpt_every: int = 1000,
+    keep: int = 3,
+    resume: bool = False,
+    adopt_older: bool = False,
+    **hooks: Any,
+) -> dict[str, Any]:
+    """``checkpoints=`` and ``hooks=`` of :func:`sgjax.infra.runner.run_training` from the
+    tests' short keywords (``ckpt_dir=None``: no checkpoints; the rest go to ``Hooks``)."""
+    checkpoints = None
+    if ckpt_dir is not None:
+        checkpoints = Checkpoints(
+            ckpt_dir, every=ckpt_every, keep=keep, resume=resume, adopt_older=adopt_older
+        )
+    elif resume or adopt_older:
+        raise AssertionError("a test asked for resume without a checkpoint directory")
+    return {"checkpoints": checkpoints, "hooks": Hooks(**hooks)}
+
+
 def small_checkpointed_run(
     net: Any, rule: Any, opt: Any, cache: StepCache, directory: Any, steps: int, **kw: Any
 ) -> Any:
     """A few steps of ``net`` (8 inputs, 4 classes) on fixed random data, checkpointing
-    every 4 steps into ``directory``; returns the final state. ``kw`` go to
-    :func:`sgjax.infra.runner.run_training` (``keep``, ``resume``, ``adopt_older`` …)."""
+    every 4 steps into ``directory``; returns the final state. ``kw`` as :func:`runner_args`
+    (``keep``, ``resume``, ``adopt_older`` …)."""
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 4, 64).astype(np.int32)
-    return run_training(net, rule, "xent", opt, x, y, steps=steps, batch_size=8, seed=1,
-                        ckpt_dir=directory, ckpt_every=4, step_cache=cache, **kw)[0]  # fmt: skip
+    run = Run(net, rule, "xent", opt, steps=steps, batch_size=8, seed=1)
+    args = runner_args(ckpt_dir=directory, ckpt_every=4, step_cache=cache, **kw)
+    return run_training(run, x, y, **args)[0]

@@ -17,10 +17,12 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_equal as _assert_trees_equal
+from helpers import runner_args
 
 from sgjax import nets, rules, train
 from sgjax.infra import data
 from sgjax.infra.checkpoint import Checkpointer, NonFiniteStateError, abstract_state
+from sgjax.infra.run import Run
 from sgjax.infra.runner import StepCache, run_training
 from sgjax.train import NonFiniteLossError
 
@@ -54,10 +56,8 @@ def _opt():
 
 def _run(rule, ds, steps, **kw):
     x, y = ds
-    return run_training(
-        NET, rule, "xent", _opt(), x, y, steps=steps, batch_size=32, seed=3,
-        step_cache=CACHE, **kw,
-    )  # fmt: skip
+    run = Run(NET, rule, "xent", _opt(), steps=steps, batch_size=32, seed=3)
+    return run_training(run, x, y, **runner_args(step_cache=CACHE, **kw))
 
 
 class Crash(Exception):
@@ -132,24 +132,41 @@ def test_guards_against_mixing_runs(ds, tmp_path):
     with pytest.raises(ValueError, match=r"already holds checkpoints.*resume=True"):
         _run(BP, ds, 8, ckpt_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_size=32, this one has batch_size=16"):
-        run_training(NET, BP, "xent", _opt(), x, y, steps=8, batch_size=16,
-                     seed=3, ckpt_dir=tmp_path, resume=True)  # fmt: skip
+        run_training(
+            Run(NET, BP, "xent", _opt(), steps=8, batch_size=16, seed=3),
+            x,
+            y,
+            **runner_args(ckpt_dir=tmp_path, resume=True),
+        )
     with pytest.raises(ValueError, match="seed"):
-        run_training(NET, BP, "xent", _opt(), x, y, steps=8, batch_size=32,
-                     seed=4, ckpt_dir=tmp_path, resume=True)  # fmt: skip
+        run_training(
+            Run(NET, BP, "xent", _opt(), steps=8, batch_size=32, seed=4),
+            x,
+            y,
+            **runner_args(ckpt_dir=tmp_path, resume=True),
+        )
     wide = nets.mlp([64, 48, 32, 10])
     with pytest.raises(
         ValueError, match=r"params\.0\.W: stored float32\[64, 32\], expected float32\[64, 48\]"
     ):
-        run_training(wide, BP, "xent", _opt(), x, y, steps=8, batch_size=32,
-                     seed=3, ckpt_dir=tmp_path, resume=True)  # fmt: skip
+        run_training(
+            Run(wide, BP, "xent", _opt(), steps=8, batch_size=32, seed=3),
+            x,
+            y,
+            **runner_args(ckpt_dir=tmp_path, resume=True),
+        )
     with pytest.raises(ValueError, match=r"opt_state\.0\.mu\.0\.W: in the checkpoint, not in"):
-        run_training(NET, BP, "xent", optax.sgd(0.1), x, y, steps=8, batch_size=32,
-                     seed=3, ckpt_dir=tmp_path, resume=True)  # fmt: skip
-    with pytest.raises(ValueError, match="needs a `ckpt_dir`"):
-        _run(BP, ds, 4, resume=True)
-    with pytest.raises(ValueError, match="ckpt_every"):
+        run_training(
+            Run(NET, BP, "xent", optax.sgd(0.1), steps=8, batch_size=32, seed=3),
+            x,
+            y,
+            **runner_args(ckpt_dir=tmp_path, resume=True),
+        )
+    with pytest.raises(ValueError, match=r"Checkpoints: `every` must be an int ≥ 1, got 0"):
         _run(BP, ds, 4, ckpt_dir=tmp_path / "b", ckpt_every=0)
+    with pytest.raises(TypeError, match=r"`checkpoints` must be an sgjax.infra.run.Checkpoints"):
+        run_training(Run(NET, BP, "xent", _opt(), steps=4, batch_size=32), x, y,
+                     checkpoints=str(tmp_path))  # fmt: skip
 
 
 def _first_batch_with_nan(x, y, bs, seed):
@@ -166,8 +183,12 @@ def test_nan_input_stops_and_keeps_last_good_checkpoint(ds, tmp_path):
     assert bad > 6  # the fixed seed puts the NaN example after a few good steps
     rule = SG
     with pytest.raises(NonFiniteLossError) as e:
-        run_training(NET, rule, "xent", _opt(), x, y, steps=100, batch_size=32, seed=3,
-                     ckpt_dir=tmp_path, ckpt_every=4, keep=5)  # fmt: skip
+        run_training(
+            Run(NET, rule, "xent", _opt(), steps=100, batch_size=32, seed=3),
+            x,
+            y,
+            **runner_args(ckpt_dir=tmp_path, ckpt_every=4, keep=5),
+        )
     err = e.value
     assert err.step == bad and int(err.state.step) == bad - 1
     assert err.checkpoint_step == bad - 1
@@ -204,8 +225,12 @@ def test_an_overflowing_update_is_caught_before_it_reaches_the_state(ds, tmp_pat
     state (step 5) is checkpointed beside the regular step-4 checkpoint."""
     x, y = ds
     with pytest.raises(NonFiniteLossError) as e:
-        run_training(NET, BP, "xent", _bomb(at=5), x, y, steps=50,
-                     batch_size=32, seed=3, ckpt_dir=tmp_path, ckpt_every=4)  # fmt: skip
+        run_training(
+            Run(NET, BP, "xent", _bomb(at=5), steps=50, batch_size=32, seed=3),
+            x,
+            y,
+            **runner_args(ckpt_dir=tmp_path, ckpt_every=4),
+        )
     assert e.value.step == 6 and e.value.checkpoint_step == 5
     with Checkpointer(tmp_path) as ckpt:
         assert ckpt.steps() == [4, 5]
@@ -234,13 +259,13 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, optax
     from sgjax import nets, rules
     from sgjax.infra import data
-    from sgjax.infra.runner import run_training
+    from sgjax.infra.runner import Checkpoints, Run, run_training
     d = data.load("digits")
-    run_training(nets.mlp([64, 32, 32, 10]),
-                 rules.synthetic_gradients(sg_optimizer=optax.adam(1e-3)), "xent",
-                 optax.adam(3e-3), d.x_train[:400], d.y_train[:400], steps=10**7,
-                 batch_size=32, seed=3, ckpt_dir=sys.argv[1],
-                 ckpt_every=3, keep=2)
+    run = Run(nets.mlp([64, 32, 32, 10]),
+              rules.synthetic_gradients(sg_optimizer=optax.adam(1e-3)), "xent",
+              optax.adam(3e-3), steps=10**7, batch_size=32, seed=3)
+    run_training(run, d.x_train[:400], d.y_train[:400],
+                 checkpoints=Checkpoints(sys.argv[1], every=3, keep=2))
     """
 )
 

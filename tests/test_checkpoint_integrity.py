@@ -12,10 +12,12 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_equal as _leaves_equal
+from helpers import runner_args
 
 from sgjax import nets, rules, train
 from sgjax.infra import checkpoint
 from sgjax.infra.checkpoint import Checkpointer, CorruptCheckpointError
+from sgjax.infra.run import Run
 from sgjax.infra.runner import run_training
 
 NET, RULE, OPT = nets.mlp([8, 16, 4]), rules.synthetic_gradients(), optax.adam(1e-2)
@@ -28,8 +30,8 @@ def _data():
 
 def _run(steps, **kw):
     x, y = _data()
-    return run_training(NET, RULE, "xent", OPT, x, y, steps=steps, batch_size=8, seed=1,
-                        ckpt_every=4, **kw)[0]  # fmt: skip
+    run = Run(NET, RULE, "xent", OPT, steps=steps, batch_size=8, seed=1)
+    return run_training(run, x, y, **runner_args(ckpt_every=4, **kw))[0]
 
 
 def _target():

@@ -16,6 +16,7 @@ from helpers import small_checkpointed_run
 from sgjax import nets, rules
 from sgjax.infra import checkpoint
 from sgjax.infra.checkpoint import OlderFormatError
+from sgjax.infra.run import Checkpoints, Run
 from sgjax.infra.runner import StepCache, run_training
 
 NET, RULE, OPT = nets.mlp([8, 16, 4]), rules.synthetic_gradients(), optax.adam(1e-2)
@@ -100,6 +101,6 @@ def test_adopting_needs_resume_and_a_matching_network(made, tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 4, 64).astype(np.int32)
     with pytest.raises(ValueError, match="does not match"):
-        run_training(other, RULE, "xent", OPT, x, y, steps=8, batch_size=8, seed=1, ckpt_dir=d,
-                     resume=True, adopt_older=True)  # fmt: skip
+        run_training(Run(other, RULE, "xent", OPT, steps=8, batch_size=8, seed=1), x, y,
+                     checkpoints=Checkpoints(d, resume=True, adopt_older=True))  # fmt: skip
     assert _snapshot(d) == before

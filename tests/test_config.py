@@ -168,27 +168,20 @@ def test_library_resume_compares_the_stored_configuration(tmp_path):
 
     from sgjax import nets, rules
     from sgjax.infra import data
+    from sgjax.infra.run import Checkpoints, Hooks, Run
     from sgjax.infra.runner import StepCache, run_training
 
     ds = data.load("linear2")
     net, rule, opt = nets.mlp([2, 8, 2]), rules.get("sg"), optax.adam(1e-2)
     cache, said = StepCache(), []
 
-    def run(d, steps, cfg, **kw):
+    def run(d, steps, cfg, resume=False):
         return run_training(
-            net,
-            rule,
-            "xent",
-            opt,
+            Run(net, rule, "xent", opt, steps=steps, batch_size=10, config=cfg),
             ds.x_train,
             ds.y_train,
-            steps=steps,
-            batch_size=10,
-            ckpt_dir=tmp_path / d,
-            config=cfg,
-            log=said.append,
-            step_cache=cache,
-            **kw,
+            checkpoints=Checkpoints(tmp_path / d, resume=resume),
+            hooks=Hooks(log=said.append, step_cache=cache),
         )
 
     cfg = config.RunConfig(width=8, depth=1, steps=4)
@@ -250,10 +243,9 @@ def test_sg_update_reaches_the_step_and_is_refused_where_it_means_nothing(tmp_pa
     start = train.init(jax.random.key(0), net, rule, opt).rule_state.params
     ends = {}
     for policy in ("with-stage", "every-step"):  # p = 0.001: no stage updates in 3 steps
-        state, _ = runner.run_training(
-            net, rule, "xent", opt, x, y, steps=3, batch_size=16, p_update=0.001,
-            sg_update=policy,
-        )  # fmt: skip
+        run = runner.Run(net, rule, "xent", opt, steps=3, batch_size=16, p_update=0.001,
+                         sg_update=policy)  # fmt: skip
+        state, _ = runner.run_training(run, x, y)
         ends[policy] = state
 
     def same(a, b):

@@ -353,30 +353,20 @@ def train_config(config: RunConfig, outputs: Outputs | None = None) -> int:
     from sgjax.infra import runner
 
     ds, x_train, x_test = _flat_data(config)
-    net = config.net(x_train.shape[1], ds.num_classes)
-    rule = config.build_rule()  # with its SG optimiser
+    run = config.build(x_train.shape[1], ds.num_classes)  # the rule with its SG optimiser
+    net = run.net
+    checkpoints = None
+    if outputs.checkpoint_dir is not None:
+        checkpoints = runner.Checkpoints(
+            outputs.checkpoint_dir,
+            every=outputs.checkpoint_every,
+            resume=outputs.resume,
+            adopt_older=outputs.adopt_older,
+        )
+    hooks = runner.Hooks(progress=outputs.progress, log_every=max(1, config.steps // 20), log=print)
     t0 = time.perf_counter()
     state, history = runner.run_training(
-        net,
-        rule,
-        config.loss,
-        config.build_optimizer(),
-        x_train,
-        ds.y_train,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        cosine=config.cosine,
-        progress=outputs.progress,
-        log_every=max(1, config.steps // 20),
-        ckpt_dir=outputs.checkpoint_dir,
-        ckpt_every=outputs.checkpoint_every,
-        resume=outputs.resume,
-        config=config,
-        log=print,
-        p_update=config.p_update,
-        sg_update=config.sg_update,
-        adopt_older=outputs.adopt_older,
+        run, x_train, ds.y_train, checkpoints=checkpoints, hooks=hooks
     )
     seconds = time.perf_counter() - t0
     tr = train.evaluate(net, state.params, config.loss, x_train, ds.y_train)

@@ -34,6 +34,7 @@ from typing import Any
 import optax
 
 from sgjax import losses, nets, rules
+from sgjax.infra.run import MAX_SEED, Run, check_seed  # noqa: F401 (re-exported)
 
 #: optimisers the command line offers: name -> ``f(learning_rate)``.
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
@@ -49,36 +50,6 @@ MAY_CHANGE = ("steps", "data_dir")
 
 #: the command-line flag of each rule option (options without one are code-only).
 RULE_FLAGS = {"estimator": "--estimator", "at": "--sg-at", "targets": "--targets", "prop": "--prop"}
-
-
-#: the largest seed: JAX's keys hold 32 bits, and ``jax.random.key(2**32 + s)`` is
-#: ``jax.random.key(s)`` (the high bits are dropped), so a larger seed would silently
-#: repeat another seed's initialisation.
-MAX_SEED = 2**32 - 1
-
-
-def check_seed(seed: Any, name: str = "--seed") -> int:
-    """``seed`` if it is an int in ``0..MAX_SEED``, else a ``ValueError`` naming ``name``.
-
-    Example:
-        >>> check_seed(2**32)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: --seed must be an integer in 0..4294967295, got 4294967296 (JAX keys ...
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {seed!r}")
-    if not 0 <= seed <= MAX_SEED:
-        why = ""
-        if MAX_SEED < seed < 2**64:
-            why = (
-                f" (JAX keys hold 32 bits: seed {seed} would build the same network as seed "
-                f"{seed % 2**32})"
-            )
-        elif seed >= 2**64:
-            why = " (JAX keys hold 32 bits)"
-        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {seed}{why}")
-    return seed
 
 
 def _rules_taking(option: str) -> str:
@@ -263,6 +234,29 @@ class RunConfig:
     def net(self, in_dim: int, num_classes: int) -> nets.Network:
         sizes = [in_dim, *([self.width] * self.depth), num_classes]
         return nets.mlp(sizes, self.activation, norm=None if self.norm == "none" else self.norm)
+
+    def build(self, in_dim: int, num_classes: int) -> Run:
+        """The :class:`~sgjax.infra.run.Run` this configuration describes, for data of
+        ``in_dim`` inputs and ``num_classes`` classes (what the runners take).
+
+        Example:
+            >>> run = RunConfig(rule=RuleConfig.of("sg"), depth=2, width=16).build(64, 10)
+            >>> run.net.depth, run.rule.name, run.steps, run.config.width
+            (3, 'sg', 500, 16)
+        """
+        return Run(
+            self.net(in_dim, num_classes),
+            self.build_rule(),
+            self.loss,
+            self.build_optimizer(),
+            steps=self.steps,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            cosine=self.cosine,
+            p_update=self.p_update,
+            sg_update=self.sg_update,
+            config=self,
+        )
 
     def build_rule(self) -> rules.UpdateRule:
         """The rule, with its SG optimiser (rules with modules) built from ``sg_optimizer``

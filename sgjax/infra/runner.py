@@ -2,10 +2,10 @@
 
 :func:`run_training` is :func:`sgjax.train.fit` plus a checkpoint directory (both drive
 :func:`sgjax.train.loop`, the one training loop). It trains
-until ``state.step == steps`` (``steps`` is the *total*, so rerunning the same call with
-``resume=True`` after a crash finishes the same run), saving every ``ckpt_every``
-steps and at the end. With ``resume=True`` it restores the newest checkpoint and
-continues with the batch that the interrupted run would have used next
+until ``state.step == run.steps`` (the *total*, so rerunning the same call with
+``Checkpoints(..., resume=True)`` after a crash finishes the same run), saving every
+``Checkpoints.every`` steps and at the end. With ``resume`` it restores the newest
+checkpoint and continues with the batch that the interrupted run would have used next
 (``batches(..., start=step)``); on CPU the result is bit-identical to an uninterrupted
 run (tested leaf by leaf with ``np.array_equal``).
 
@@ -28,20 +28,19 @@ and a resumed run must have the same one (only ``steps`` upward and where output
 change): each differing field is named, old → new.
 
 Example:
-    >>> import tempfile, optax
+    >>> import dataclasses, tempfile, optax
     >>> from sgjax import nets, rules
     >>> from sgjax.infra import data
     >>> ds = data.load("linear2")
-    >>> net, rule = nets.mlp([2, 8, 2]), rules.synthetic_gradients()
+    >>> run = Run(nets.mlp([2, 8, 2]), rules.synthetic_gradients(), "xent", optax.adam(1e-2),
+    ...           steps=20, batch_size=10)
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     state, _ = run_training(net, rule, "xent", optax.adam(1e-2), ds.x_train,
-    ...                             ds.y_train, steps=20, batch_size=10, ckpt_dir=d,
-    ...                             ckpt_every=8)
-    ...     state, _ = run_training(net, rule, "xent", optax.adam(1e-2), ds.x_train,
-    ...                             ds.y_train, steps=30, batch_size=10, ckpt_dir=d,
-    ...                             ckpt_every=8, resume=True)  # 10 more steps
+    ...     state, _ = run_training(run, ds.x_train, ds.y_train,
+    ...                             checkpoints=Checkpoints(d, every=8))
+    ...     state, _ = run_training(dataclasses.replace(run, steps=30), ds.x_train, ds.y_train,
+    ...                             checkpoints=Checkpoints(d, every=8, resume=True))
     ...     with Checkpointer(d) as ckpt:
-    ...         int(state.step), ckpt.steps()  # the newest 3 are kept
+    ...         int(state.step), ckpt.steps()  # 10 more steps; the newest 3 are kept
     (30, [20, 24, 30])
 """
 
@@ -56,9 +55,7 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 
-from sgjax import losses as loss_lib
 from sgjax import train
 from sgjax.infra.checkpoint import (
     Checkpointer,
@@ -66,9 +63,8 @@ from sgjax.infra.checkpoint import (
     abstract_state,
     deferred_signals,
 )
-from sgjax.infra.config import RunConfig, check_seed, describe_may_change
-from sgjax.nets import Network
-from sgjax.rules import UpdateRule
+from sgjax.infra.config import RunConfig, describe_may_change
+from sgjax.infra.run import Checkpoints, Hooks, Run, StepCache
 from sgjax.train import NonFiniteLossError, TrainingInterrupted, TrainState
 
 # Metadata that must agree between the run that wrote a checkpoint and the one resuming
@@ -76,128 +72,39 @@ from sgjax.train import NonFiniteLossError, TrainingInterrupted, TrainState
 _MUST_MATCH = ("seed", "batch_size", "num_examples", "rule")
 
 
-class StepCache:
-    """Jitted steps of recent runs, keyed by the identity of their ingredients.
-
-    Pass one to :func:`run_training` (``step_cache=``) to reuse the compiled step when the
-    same (net, rule, loss, optimiser) run is resumed or repeated in one process. Entries
-    keep their ingredients alive, so an ``id`` cannot be reused while cached.
-
-    Example:
-        >>> import optax
-        >>> from sgjax import nets, rules
-        >>> cache, net, rule, opt = StepCache(), nets.mlp([2, 2]), rules.backprop(), optax.sgd(1.0)
-        >>> cache.get(net, rule, "xent", opt, False) is cache.get(net, rule, "xent", opt, False)
-        True
-    """
-
-    def __init__(self, size: int = 8):
-        self.size = size
-        self._entries: dict[tuple, tuple[tuple, Callable]] = {}
-
-    def get(
-        self,
-        net,
-        rule,
-        loss,
-        optimizer,
-        cosine: bool,
-        p_update=1.0,
-        seed=0,
-        sg_update="with-stage",
-    ) -> Callable:
-        parts = (net, rule, loss, optimizer)
-        key = (*map(id, parts), cosine, p_update, seed, sg_update)
-        hit = self._entries.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], parts)):
-            return hit[1]
-        # p_update's draws: their own stream of the run's seed, folded with the step count.
-        update_key = jax.random.fold_in(jax.random.key(seed), 0x5D)
-        step = train.make_step(
-            net, rule, loss, optimizer, cosine=cosine, p_update=p_update,
-            update_key=update_key, sg_update=sg_update,
-        )  # fmt: skip
-        fn = jax.jit(step)
-        if len(self._entries) >= self.size:
-            self._entries.pop(next(iter(self._entries)))  # the oldest entry
-        self._entries[key] = (parts, fn)
-        return fn
-
-
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: np.asarray(v).tolist() for k, v in metrics.items()}
 
 
 def run_training(
-    net: Network,
-    rule: UpdateRule,
-    loss: loss_lib.Loss | str,
-    optimizer: optax.GradientTransformation,
+    run: Run,
     x: Any,
     y: Any,
     *,
-    steps: int,
-    batch_size: int,
-    seed: int = 0,
-    key: jax.Array | None = None,
-    cosine: bool = False,
-    ckpt_dir: str | os.PathLike | None = None,
-    ckpt_every: int = 1000,
-    keep: int = 3,
-    resume: bool = False,
-    metadata: dict[str, Any] | None = None,
-    config: RunConfig | None = None,
-    progress: bool = False,
-    log_every: int = 0,
-    callback: Callable[[int, dict[str, Any], TrainState], None] | None = None,
-    log: Callable[[str], None] | None = None,
-    step_cache: StepCache | None = None,
-    p_update: float = 1.0,
-    adopt_older: bool = False,
-    sg_update: str = "with-stage",
+    checkpoints: Checkpoints | None = None,
+    hooks: Hooks | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Train to ``steps`` total steps, checkpointing to ``ckpt_dir``; returns (state, history).
+    """Train ``run`` to ``run.steps`` total steps, checkpointing as ``checkpoints`` says.
 
     Args:
-        net, rule, loss, optimizer, cosine: as for :func:`sgjax.train.fit` (an SG rule
-            carries its own SG optimiser, see :func:`sgjax.rules.synthetic_gradients`).
-        x, y: the training data (validated once: input width, label range).
-        steps: the total number of steps of the run (not the number still to do).
-        batch_size: mini-batch size.
-        seed: seeds the batch order and, unless ``key`` is given, the initialisation
-            (``jax.random.key(seed)``).
-        key: initialisation key of a fresh run (ignored when resuming: the state has it all).
-        ckpt_dir: checkpoint directory; ``None`` trains without checkpoints.
-        ckpt_every: save every this many steps (and always at the end).
-        keep: how many of the newest checkpoints to keep.
-        resume: continue from the newest checkpoint in ``ckpt_dir`` (a fresh start if it
-            holds none, said through ``log``). Checkpoints are verified against the hashes
-            written when they were saved: newer ones that fail are named on stderr and the
-            newest good one is resumed from; if none verifies,
-            :class:`~sgjax.infra.checkpoint.CorruptCheckpointError`. Without ``resume``, a
-            ``ckpt_dir`` that already holds checkpoints is an error, so that two runs never
-            mix.
-        metadata: extra JSON-serialisable data stored with every checkpoint.
-        config: the run's :class:`~sgjax.infra.config.RunConfig`, stored with every
+        run: what to train (:class:`~sgjax.infra.run.Run`; ``run.steps`` is the total
+            number of steps of the run, not the number still to do). Its ``config`` (a
+            :class:`~sgjax.infra.config.RunConfig`), if any, is stored with every
             checkpoint; a resumed run must have the same (up to
             :data:`~sgjax.infra.config.MAY_CHANGE`), else a ``ValueError`` names each
             differing field, old → new.
-        progress: show a tqdm progress bar.
-        log_every: ``k > 0`` keeps the metrics of every k-th step (and the last) in the
-            history and passes them to ``callback``.
-        callback: ``callback(step, metrics, state)`` at every logged step (e.g. evaluation
-            on a test set); ``metrics`` are numpy arrays.
-        log: where to say "resumed from step N" and similar (default: nowhere).
-        step_cache: a :class:`StepCache` to reuse compiled steps across calls.
-        p_update: stochastic updates, see :func:`sgjax.train.make_step` (needs
-            :func:`sgjax.train.stagewise` optimisers when < 1); the draws follow ``seed``.
-        adopt_older: with ``resume``, first check and hash the checkpoints an older sgjax
-            wrote without hashes (:meth:`~sgjax.infra.checkpoint.Checkpointer.adopt_older`);
-            without it they are refused, and never overwritten.
+        x, y: the training data (validated once: input width, label range).
+        checkpoints: a :class:`~sgjax.infra.run.Checkpoints` policy; ``None`` trains without
+            checkpoints. With ``resume``, the newest checkpoint is restored: checkpoints
+            are verified against the hashes written when they were saved, newer ones that
+            fail are named on stderr and the newest good one is resumed from; if none
+            verifies, :class:`~sgjax.infra.checkpoint.CorruptCheckpointError`. Without
+            ``resume``, a directory that already holds checkpoints is an error.
+        hooks: progress bar, logged steps, callback and log (:class:`~sgjax.infra.run.Hooks`).
 
     Returns:
         ``(state, history)``; ``history`` holds ``{"step": s, **metrics}`` of the logged
-        steps *of this call*. If the checkpoint already reached ``steps``, nothing is
+        steps *of this call*. If the checkpoint already reached ``run.steps``, nothing is
         trained and ``history`` is the metrics stored with that checkpoint.
 
     Raises:
@@ -207,45 +114,59 @@ def run_training(
             checkpointing (``err.checkpoint_step``).
         ValueError: bad arguments, or a checkpoint written by an incompatible run.
     """
-    if not isinstance(ckpt_every, int) or ckpt_every < 1:
-        raise ValueError(f"`ckpt_every` must be an int ≥ 1, got {ckpt_every!r}")
-    if resume and ckpt_dir is None:
-        raise ValueError("`resume=True` (--resume) needs a `ckpt_dir` (--checkpoint-dir)")
-    if adopt_older and not resume:
-        raise ValueError("`adopt_older=True` (--adopt-older-checkpoints) needs `resume=True`")
-    train.check_run(net, x, y, steps=steps, batch_size=batch_size, log_every=log_every)
-    check_seed(seed, "`seed`")
-    key = jax.random.key(seed) if key is None else key
+    if not isinstance(run, Run):
+        raise TypeError(
+            f"run_training: `run` must be an sgjax.infra.run.Run (or RunConfig.build(...)), "
+            f"got {type(run).__name__}"
+        )
+    for name, value, kind in (("checkpoints", checkpoints, Checkpoints), ("hooks", hooks, Hooks)):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"run_training: `{name}` must be an sgjax.infra.run.{kind.__name__} or None, "
+                f"got {type(value).__name__}"
+            )
+    hooks = hooks or Hooks()
+    if run.steps is None:
+        raise ValueError("run_training: `run.steps` must be an int ≥ 0, got None")
+    steps, seed = run.steps, run.seed
+    net, rule, loss, optimizer = run.net, run.rule, run.loss, run.optimizer
+    train.check_run(net, x, y, steps=steps, batch_size=run.batch_size, log_every=hooks.log_every)
     meta: dict[str, Any] = {
         "seed": seed,
-        "batch_size": batch_size,
+        "batch_size": run.batch_size,
         "num_examples": len(x),
         "rule": rule.name,
         "steps": steps,
-        **(metadata or {}),
+        **((checkpoints.metadata if checkpoints else None) or {}),
     }
-    if config is not None:
-        meta["run_config"] = config.to_dict()
-    say = log or (lambda _msg: None)
-    step_fn = (step_cache or StepCache(1)).get(
-        net, rule, loss, optimizer, cosine, p_update, seed, sg_update
+    if run.config is not None:
+        meta["run_config"] = run.config.to_dict()
+    step_fn = (hooks.step_cache or StepCache(1)).get(
+        net, rule, loss, optimizer, run.cosine, run.p_update, seed, run.sg_update
     )
-    ckpt = Checkpointer(ckpt_dir, keep=keep) if ckpt_dir is not None else None
+    ckpt = (
+        Checkpointer(checkpoints.directory, keep=checkpoints.keep)
+        if checkpoints is not None
+        else None
+    )
     if ckpt is not None and ckpt.stale_lock:
         _warn(ckpt.stale_lock)
     try:
         state: TrainState | None = None
-        if ckpt is not None:
-            target = abstract_state(train.init, key, net, rule, optimizer)
-            if adopt_older:
+        if ckpt is not None and checkpoints is not None:
+            target = abstract_state(train.init, run.init_key, net, rule, optimizer)
+            if checkpoints.adopt_older:
                 adopted = ckpt.adopt_older(target)
-                say(
+                hooks.say(
                     f"checked and hashed the checkpoints of steps {adopted} (written by an "
                     "older sgjax)"
                     if adopted
                     else "--adopt-older-checkpoints: no checkpoint of an older sgjax found"
                 )
-            restored = _restore(ckpt, target, resume=resume, meta=meta, config=config, say=say)
+            restored = _restore(
+                ckpt, target, resume=checkpoints.resume, meta=meta, config=run.config,
+                say=hooks.say,
+            )  # fmt: skip
             if restored is not None:
                 state, last = restored
                 if int(state.step) >= steps:
@@ -254,25 +175,26 @@ def run_training(
                     ]
                     return state, hist if last else []
         if state is None:
-            state = train.init(key, net, rule, optimizer)
-        run = _Run(ckpt, meta, ckpt_every, log_every, steps, callback, int(state.step))
-        data = train.batches(x, y, batch_size, seed=seed, start=int(state.step))
+            state = train.init(run.init_key, net, rule, optimizer)
+        every = checkpoints.every if checkpoints is not None else 1
+        saver = _Saver(ckpt, meta, every, hooks.log_every, steps, hooks.callback, int(state.step))
+        data = train.batches(x, y, run.batch_size, seed=seed, start=int(state.step))
         try:
             state = train.loop(
                 step_fn,
                 state,
                 data,
                 steps=steps,
-                on_step=run.on_step,
-                progress=progress,
+                on_step=saver.on_step,
+                progress=hooks.progress,
                 desc=rule.name,
                 diagnose=train.diagnoser(net, rule, loss, optimizer),
             )
         except NonFiniteLossError as err:
-            raise run.stopped(err) from None
+            raise saver.stopped(err) from None
         except TrainingInterrupted as err:
-            raise run.interrupted(err) from None
-        return state, run.history
+            raise saver.interrupted(err) from None
+        return state, saver.history
     finally:
         if ckpt is not None:
             ckpt.close()
@@ -339,7 +261,7 @@ def _warn(message: str) -> None:
     print(f"sgjax: warning: {message}", file=sys.stderr, flush=True)
 
 
-class _Run:
+class _Saver:
     """What the loop's ``on_step`` hook does for the runner: log, call back, checkpoint."""
 
     def __init__(self, ckpt, meta, ckpt_every, log_every, steps, callback, start):
