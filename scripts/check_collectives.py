@@ -46,10 +46,12 @@ def worker(out: str, calls: int, plant: int = -1) -> None:
     initialize_from_env()
     import jax
     import numpy as np
+    import optax
 
-    from sgjax import nets
+    from sgjax import nets, rules
     from sgjax.infra import data
-    from sgjax.pipeline import make_mesh, train_pipelined
+    from sgjax.infra.run import Run
+    from sgjax.pipeline import Schedule, make_mesh, train_pipelined
 
     ds = data.load("digits")
     net = nets.mlp([64, 32, 10])  # two stages: one per device
@@ -74,9 +76,10 @@ def worker(out: str, calls: int, plant: int = -1) -> None:
             last[:] = leaves
 
         t0 = time.perf_counter()
-        train_pipelined(method, net, ds.x_train, ds.y_train, steps=calls * per_call,
-                        batch_size=BATCH, chunk=CHUNK, mesh=make_mesh(2), on_call=on_call,
-                        **kw)  # fmt: skip
+        rule = rules.synthetic_gradients() if method == "sg-pipeline" else rules.backprop()
+        run = Run(net, rule, "xent", optax.adam(1e-3), steps=calls * per_call, batch_size=BATCH)
+        schedule = Schedule(chunk=CHUNK, mesh=make_mesh(2), **kw)
+        train_pipelined(method, run, ds.x_train, ds.y_train, schedule=schedule, on_call=on_call)
         results[name] = {
             "hashes": hashes,
             "seconds": time.perf_counter() - t0,

@@ -318,6 +318,13 @@ def synthetic_gradients(
         lambda net: resolve_at(at, net.depth),
         update,
         bind if sg_optimizer is None else None,
+        (
+            ("estimator", estimator),
+            ("at", at if at is None or isinstance(at, int | str) else tuple(at)),
+            ("targets", targets),
+            ("prop", alpha),
+            ("sg_optimizer", sg_optimizer),
+        ),
     )
 
 

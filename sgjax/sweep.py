@@ -70,7 +70,8 @@ class UpdateRule(NamedTuple):
     uses it to update a module together with its stage (``p_update``). ``bind(optimizer)``
     is the rule with its module optimiser defaulting to ``optimizer`` (the network's),
     for a rule built without one (``None``: the rule needs no default); see
-    :func:`bind`."""
+    :func:`bind`. ``options`` are the keyword arguments it was built with, as
+    ``(name, value)`` pairs (the pipelines read an SG rule's from them)."""
 
     init: Callable[[jax.Array, Network], RuleState]
     gradients: Callable[..., RuleOutput]
@@ -78,6 +79,7 @@ class UpdateRule(NamedTuple):
     boundaries: Callable[[Network], tuple[int, ...]] | None = None
     update: Callable[[RuleState, Any], RuleState] | None = None
     bind: Callable[[Any], UpdateRule] | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # what it was built with (hashable)
 
 
 def bind(rule: UpdateRule, optimizer: Any) -> UpdateRule:

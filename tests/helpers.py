@@ -149,3 +149,32 @@ def small_checkpointed_run(
     run = Run(net, rule, "xent", opt, steps=steps, batch_size=8, seed=1)
     args = runner_args(ckpt_dir=directory, ckpt_every=4, step_cache=cache, **kw)
     return run_training(run, x, y, **args)[0]
+
+
+_SCHEDULE = ("chunk", "micro_batches", "mesh", "sg_runner")
+_EVALUATION = {"x_test": "x_test", "y_test": "y_test", "eval_every": "every",
+               "target_accuracy": "target_accuracy"}  # fmt: skip
+_SG = ("estimator", "at", "targets", "prop", "sg_optimizer")
+
+
+def pipelined(method: str, net: Any, x: Any, y: Any, **kw: Any) -> dict[str, Any]:
+    """:func:`sgjax.pipeline.train_pipelined` from the tests' short keywords: ``steps``,
+    ``batch_size`` (default 64), ``seed``, ``loss``, ``optimizer`` (default Adam 1e-3)
+    make the :class:`~sgjax.infra.run.Run` (its rule: backprop, or for ``"sg"`` /
+    ``"sg-pipeline"`` an SG rule with ``estimator``, ``at``, … ``sg_optimizer``);
+    ``chunk`` … ``sg_runner`` the Schedule; ``x_test`` … ``target_accuracy`` the
+    Evaluation; ``seconds``, ``start`` and ``on_call`` are passed on."""
+    import optax
+
+    from sgjax import rules
+    from sgjax.pipeline import Evaluation, Schedule, train_pipelined
+
+    sg = {k: kw.pop(k) for k in _SG if k in kw}
+    schedule = Schedule(**{k: kw.pop(k) for k in _SCHEDULE if k in kw})
+    ev = {v: kw.pop(k) for k, v in _EVALUATION.items() if k in kw}
+    evaluation = Evaluation(**ev) if ev.get("x_test") is not None else None
+    optimizer = kw.pop("optimizer", None) or optax.adam(1e-3)
+    rule = rules.synthetic_gradients(**sg) if method in ("sg", "sg-pipeline") else rules.backprop()
+    run = Run(net, rule, kw.pop("loss", "xent"), optimizer, steps=kw.pop("steps", None),
+              batch_size=kw.pop("batch_size", 64), seed=kw.pop("seed", 0))  # fmt: skip
+    return train_pipelined(method, run, x, y, schedule=schedule, evaluation=evaluation, **kw)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import xla_flags
+from helpers import pipelined, xla_flags
 
 from sgjax.pipeline.distributed import LaunchError, cpu_sets, launch
 
@@ -133,7 +133,7 @@ def _job() -> dict:
         fast = time.perf_counter
         loop.time = types.SimpleNamespace(perf_counter=lambda: 1e6 * fast())
     x_tr, y_tr = xs[0].reshape(-1, d_in), ys[0].reshape(-1)
-    r = pipeline.train_pipelined(
+    r = pipelined(
         "sg-pipeline", net, x_tr, y_tr, steps=10, seconds=5.0, batch_size=batch, chunk=2,
         mesh=mesh,
     )  # fmt: skip

@@ -12,6 +12,7 @@ devices; it is also the test that the SG pipeline learns (digits).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import xla_flags
+from helpers import pipelined, xla_flags
 
 from sgjax import losses, nets, pipeline, rules, train
 from sgjax.apps import cli
+from sgjax.infra.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6  # float32, a few dozen ops deep
@@ -145,14 +147,12 @@ def _child() -> dict:
     # The drain counts: 2 micro-batches in calls of 2 ticks on 4 stages, so no micro-batch
     # reaches the last stage during training; flush finishes both (final loss of 2).
     x_tr, y_tr = _stream(8, 1, 16, 6, 3)
-    r = pipeline.train_pipelined(
-        "sg-pipeline", net4, x_tr[0], y_tr[0], steps=2, batch_size=4, chunk=2
-    )
+    r = pipelined("sg-pipeline", net4, x_tr[0], y_tr[0], steps=2, batch_size=4, chunk=2)
     out["drain"] = {k: r[k] for k in ("final_loss", "final_loss_micro_batches")}
     # The non-finite guard on 4 stages: a huge learning rate.
     for method in ("sg-pipeline", "gpipe"):
         try:
-            pipeline.train_pipelined(
+            pipelined(
                 method, net4, x_tr[0], y_tr[0], steps=8, batch_size=4, chunk=4,
                 micro_batches=2, optimizer=optax.adam(1e30),
             )  # fmt: skip
@@ -173,7 +173,7 @@ def _child() -> dict:
     gref, _ = jax.jit(lambda s, x, y: pipeline.sg_reference(gpipe_, s, x, y))(gstate, xs, ys)
     gpacked, _ = grun.run(grun.pack(gstate), xs, ys)
     x5, y5 = _stream(12, 1, 24, 6, 3)
-    r = pipeline.train_pipelined(
+    r = pipelined(
         "sg-pipeline", net5, x5[0], y5[0], steps=6, batch_size=4, chunk=3, at=(2,),
         mesh=pipeline.make_mesh(2),
     )  # fmt: skip
@@ -377,7 +377,7 @@ def test_the_single_device_sg_baseline_places_its_modules_at_at():
     moved = {}
     for at in ((1,), None):
         sgd = optax.sgd(0.1)
-        r = pipeline.train_pipelined(
+        r = pipelined(
             "sg", net, x, y, steps=1, batch_size=8, chunk=1, at=at, optimizer=sgd, sg_optimizer=sgd
         )
         moved[at] = float(np.abs(np.asarray(r["params"][1]["W"]) - start).max())
@@ -390,12 +390,29 @@ def test_group_refuses_boundaries_that_do_not_cut_between_stages():
     for bad, message in (([3], r"ints in 1\.\.2"), ([2, 1], "increasing"), ([0], "ints in")):
         with pytest.raises(ValueError, match=message):
             nets.group(net, bad)
-    with pytest.raises(ValueError, match="applies to 'sg-pipeline' and 'sg' only"):
-        pipeline.train_pipelined("backprop", net, np.ones((8, 4)), np.zeros(8, int), steps=1,
-                                 batch_size=4, at=(1,))  # fmt: skip
+    x, y, sgd = np.ones((8, 4)), np.zeros(8, int), optax.sgd(0.1)
+    sg_out = Run(net, rules.synthetic_gradients(at="output"), "xent", sgd, steps=1, batch_size=4)
+    with pytest.raises(ValueError, match=r"method 'gpipe' trains with backprop; `run.rule` is"):
+        pipeline.train_pipelined("gpipe", sg_out, x, y)
     with pytest.raises(ValueError, match="SG module at the network's output"):
-        pipeline.train_pipelined("sg", net, np.ones((8, 4)), np.zeros(8, int), steps=1,
-                                 batch_size=4, at="output")  # fmt: skip
+        pipeline.train_pipelined("sg-pipeline", sg_out, x, y)
+    for rule, what in ((rules.synthetic_gradients(targets="true"), "targets='true'"),
+                       (rules.synthetic_gradients(prop=0.1), "prop=0.1")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"no prop \\(got .*{what}.*a tick later"):
+            pipeline.train_pipelined("sg-pipeline", Run(net, rule, "xent", sgd, 1, 4), x, y)
+    bp = Run(net, rules.backprop(), "xent", sgd, steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="method 'sg' trains with synthetic gradients"):
+        pipeline.train_pipelined("sg", bp, x, y)
+    with pytest.raises(ValueError, match=r"`run.p_update`, `run.sg_update` and `run.cosine`"):
+        pipeline.train_pipelined("backprop", dataclasses.replace(bp, cosine=True), x, y)
+    with pytest.raises(ValueError, match=r"give `run.steps`, `seconds` or both"):
+        pipeline.train_pipelined("backprop", dataclasses.replace(bp, steps=None), x, y)
+    with pytest.raises(TypeError, match="`schedule` must be a Schedule or None, got int"):
+        pipeline.train_pipelined("backprop", bp, x, y, schedule=10)
+    with pytest.raises(ValueError, match="Schedule: `sg_runner` must be one of"):
+        pipeline.Schedule(sg_runner="spmd")
+    with pytest.raises(ValueError, match="`target_accuracy` needs `every`"):
+        pipeline.Evaluation(x, y, target_accuracy=0.9)
 
 
 def test_non_finite_stage_update_is_not_applied():
@@ -480,7 +497,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="batch_size"):
         pipeline.init_sg(pipe, jax.random.key(0), batch_size=0)
     with pytest.raises(ValueError, match="method"):
-        pipeline.train_pipelined("pipedream", net, np.ones((4, 5)), np.zeros(4, int), steps=1)
+        pipelined("pipedream", net, np.ones((4, 5)), np.zeros(4, int), steps=1)
 
 
 def test_train_pipelined_trains_exactly_the_steps_asked():
@@ -489,7 +506,7 @@ def test_train_pipelined_trains_exactly_the_steps_asked():
     net = _net([5, 4, 3], ["tanh", "identity"])
     x, y = _stream(7, 1, 40, 5, 3)
     x, y = x[0], y[0]
-    r = pipeline.train_pipelined("backprop", net, x, y, steps=15, batch_size=8, chunk=10)
+    r = pipelined("backprop", net, x, y, steps=15, batch_size=8, chunk=10)
     state, _ = train.fit(
         net, rules.backprop(), "xent", optax.adam(1e-3), x, y, steps=15, batch_size=8,
         key=jax.random.key(0),
@@ -580,7 +597,7 @@ def test_train_pipelined_takes_any_optax_optimiser():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 5)).astype(np.float32), rng.integers(0, 3, 40)
     eta = 0.3
-    r = pipeline.train_pipelined("backprop", net, x, y, steps=4, batch_size=8, chunk=4,
+    r = pipelined("backprop", net, x, y, steps=4, batch_size=8, chunk=4,
                                  optimizer=optax.sgd(eta), seed=2)  # fmt: skip
     params = train.init(jax.random.key(2), net, rules.backprop(), optax.sgd(eta)).params
     data = train.batches(x, y, 8, seed=2)
@@ -593,7 +610,7 @@ def test_train_pipelined_takes_any_optax_optimiser():
     for a, b in zip(jax.tree.leaves(r["params"]), jax.tree.leaves(params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="`optimizer` must be an optax GradientTransformation"):
-        pipeline.train_pipelined("backprop", net, x, y, steps=1, batch_size=8, optimizer=1e-3)
+        Run(net, rules.backprop(), "xent", 1e-3, steps=1, batch_size=8)
 
 
 def test_balanced_boundaries_equal_brute_force_over_every_cut():

@@ -103,22 +103,27 @@ def test_pipeline_checkpointer_keeps_its_guarantees(tmp_path, monkeypatch):
 CHILD = textwrap.dedent(
     """
     import json, sys
-    import jax, numpy as np
-    from sgjax import nets
+    import dataclasses
+    import jax, numpy as np, optax
+    from sgjax import nets, rules
     from sgjax.infra import data
-    from sgjax.pipeline import train_pipelined
+    from sgjax.infra.run import Run
+    from sgjax.pipeline import Schedule, train_pipelined
     ds = data.load("digits")
     net = nets.mlp([64, 16, 16, 10])
     out = {}
     for method in ("sg-pipeline", "gpipe"):
-        kw = dict(batch_size=16, chunk=20, micro_batches=4)
-        full = train_pipelined(method, net, ds.x_train, ds.y_train, steps=120, **kw)
+        rule = rules.synthetic_gradients() if method == "sg-pipeline" else rules.backprop()
+        run = Run(net, rule, "xent", optax.adam(1e-3), steps=120, batch_size=16)
+        kw = dict(schedule=Schedule(chunk=20, micro_batches=4))
+        full = train_pipelined(method, run, ds.x_train, ds.y_train, **kw)
         saved = {}
         def on_call(seen, get):
             if seen == 60:
                 saved["s"] = (get(), seen)
-        train_pipelined(method, net, ds.x_train, ds.y_train, steps=80, on_call=on_call, **kw)
-        res = train_pipelined(method, net, ds.x_train, ds.y_train, steps=120,
+        train_pipelined(method, dataclasses.replace(run, steps=80), ds.x_train, ds.y_train,
+                        on_call=on_call, **kw)
+        res = train_pipelined(method, run, ds.x_train, ds.y_train,
                               start=lambda initial: saved["s"], **kw)
         a, b = jax.tree.leaves(full["params"]), jax.tree.leaves(res["params"])
         out[method] = [bool(all(np.array_equal(u, v) for u, v in zip(a, b))),

@@ -68,18 +68,9 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
     pipeline.initialize_from_env()
     mesh = pipeline.make_mesh(pipe.devices)  # too few devices: a clear error, before work
     ds, x_train, x_test = _flat_data(config)
-    net = config.net(x_train.shape[1], ds.num_classes)
+    what = config.build(x_train.shape[1], ds.num_classes)  # the rule owns its SG options
+    net = what.net
     from sgjax.infra.runner import PipelineRun
-
-    sg_module = {  # the SG pipeline's modules: the rule's estimator and SG optimiser
-        k: v
-        for k, v in (
-            ("estimator", config.rule.options_dict().get("estimator")),
-            ("at", config.rule.options_dict().get("at")),  # groups the stages between modules
-            ("sg_optimizer", config.sg_optimizer.build() if config.sg_optimizer else None),
-        )
-        if v is not None
-    }
 
     per_call = pipe.micro_batches if pipe.method == "gpipe" else _PIPELINE_CHUNK
     run = PipelineRun(
@@ -104,20 +95,12 @@ def run_pipeline(config: RunConfig, outputs: Outputs) -> int:
         with run.signals():
             r = pipeline.train_pipelined(
                 "gpipe" if pipe.method == "gpipe" else "sg-pipeline",
-                net,
+                what,
                 x_train,
                 ds.y_train,
-                steps=config.steps,
-                batch_size=config.batch_size,
-                micro_batches=pipe.micro_batches or 1,
-                loss=config.loss,
-                optimizer=config.build_optimizer(),
-                seed=config.seed,
-                chunk=_PIPELINE_CHUNK,
-                mesh=mesh,
+                schedule=pipeline.Schedule(_PIPELINE_CHUNK, pipe.micro_batches or 1, mesh),
                 start=run.start,
                 on_call=run.on_call,
-                **sg_module,
             )
     except Exception as e:
         raise _lost_process(e) or e from None

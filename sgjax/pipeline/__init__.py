@@ -109,7 +109,14 @@ from sgjax.pipeline.balance import balanced_boundaries, stage_costs
 from sgjax.pipeline.dataparallel import DPRunner, dp_on_mesh
 from sgjax.pipeline.distributed import LaunchError, LaunchResult, initialize_from_env, launch
 from sgjax.pipeline.gpipe import BPState, GPipeRunner, PackedBP, gpipe_on_mesh, init_bp
-from sgjax.pipeline.loop import MESH_METHODS, METHODS, PipelineNonFiniteError, train_pipelined
+from sgjax.pipeline.loop import (
+    MESH_METHODS,
+    METHODS,
+    Evaluation,
+    PipelineNonFiniteError,
+    Schedule,
+    train_pipelined,
+)
 from sgjax.pipeline.mesh import AXIS, make_mesh
 from sgjax.pipeline.per_process import LocalSG, sg_per_process
 from sgjax.pipeline.sg import MeshRunner, PackedSG, flush, sg_on_mesh, sg_reference
@@ -121,6 +128,7 @@ __all__ = [
     "METHODS",
     "BPState",
     "DPRunner",
+    "Evaluation",
     "GPipeRunner",
     "LaunchError",
     "LaunchResult",
@@ -132,6 +140,7 @@ __all__ = [
     "PipelineNonFiniteError",
     "SGPipeline",
     "SGState",
+    "Schedule",
     "balanced_boundaries",
     "dp_on_mesh",
     "flush",

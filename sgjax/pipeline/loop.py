@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -23,10 +24,9 @@ import optax
 from jax import lax
 from jax.sharding import Mesh
 
-from sgjax import estimators as est_lib
 from sgjax import losses as loss_lib
 from sgjax import nets, rules, train
-from sgjax.infra.config import OptimizerConfig
+from sgjax.infra.run import Run
 from sgjax.nets import Network
 from sgjax.pipeline.dataparallel import dp_on_mesh
 from sgjax.pipeline.gpipe import gpipe_on_mesh, init_bp
@@ -91,33 +91,103 @@ def _single_device_chunk(
     return chunk
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How :func:`train_pipelined` runs: calls, GPipe's M, the mesh, the SG runner.
+
+    Attributes:
+        chunk: micro-batches per jitted call (the pipelines never drain between calls).
+        micro_batches: M of GPipe (one optimiser step per M micro-batches).
+        mesh: the mesh of the mesh methods (default: :func:`make_mesh` with one device per
+            pipeline stage; data-parallel: all devices).
+        sg_runner: how the SG pipeline runs on the mesh: ``"mesh"`` (:func:`sg_on_mesh`,
+            one SPMD program), ``"per-process"`` (:func:`sg_per_process`, each process its
+            own stage's program; needs one mesh device per process) or ``"auto"``
+            (per-process when every process holds exactly one mesh device and there is more
+            than one process, else mesh). Same results; the result's ``sg_runner`` says
+            which ran.
+    """
+
+    chunk: int = 50
+    micro_batches: int = 4
+    mesh: Mesh | None = None
+    sg_runner: str = "auto"
+
+    def __post_init__(self) -> None:
+        for arg in ("chunk", "micro_batches"):
+            _check_count("Schedule", arg, getattr(self, arg))
+        if self.sg_runner not in SG_RUNNERS:
+            raise ValueError(
+                f"Schedule: `sg_runner` must be one of {SG_RUNNERS}, got {self.sg_runner!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test data for :func:`train_pipelined`: evaluated at the end, and with ``every`` also
+    after every call that ends at least that many micro-batches after the last evaluation
+    (a learning curve, not counted in ``seconds``); with ``target_accuracy`` training stops
+    after the first evaluation that reaches it."""
+
+    x_test: Any
+    y_test: Any
+    every: int | None = None
+    target_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.every is not None:
+            _check_count("Evaluation", "every", self.every)
+        if self.target_accuracy is not None and self.every is None:
+            raise ValueError(
+                "Evaluation: `target_accuracy` needs `every` (when to evaluate on the way)"
+            )
+        x = np.asarray(self.x_test, np.float32)
+        object.__setattr__(self, "x_test", x.reshape(len(x), -1))
+        object.__setattr__(self, "y_test", np.asarray(self.y_test))
+
+
+def _rule_for(method: str, run: Run) -> dict[str, Any]:
+    """The SG options ``method`` runs ``run.rule`` with; refuses a rule it cannot run."""
+    name = run.rule.name
+    if method in ("backprop", "gpipe", "data-parallel"):
+        if name != "backprop":
+            raise ValueError(
+                f"train_pipelined: method {method!r} trains with backprop; `run.rule` is "
+                f"{name!r} (use rules.backprop(), or method 'sg' / 'sg-pipeline' for SG)"
+            )
+        return {}
+    if name not in ("sg", "sg-prop"):
+        raise ValueError(
+            f"train_pipelined: method {method!r} trains with synthetic gradients; `run.rule` "
+            f"is {name!r} (use rules.synthetic_gradients(...), or method 'backprop' / 'gpipe')"
+        )
+    options = dict(run.rule.options)
+    if method == "sg-pipeline" and (options["targets"] != "bootstrap" or options["prop"]):
+        raise ValueError(
+            "train_pipelined: the SG pipeline runs SG with bootstrapped targets and no prop "
+            f"(got targets={options['targets']!r}, prop={options['prop']:g}): a true target "
+            "needs the full backward pass that the pipeline exists to avoid, and prop needs "
+            "the target before the stage updates, which arrives a tick later; method 'sg' "
+            "runs either on one device"
+        )
+    if options["sg_optimizer"] is None:
+        options["sg_optimizer"] = run.optimizer  # the rules' default (sweep.bind)
+    return options
+
+
 def train_pipelined(
     method: str,
-    net: Network,
+    run: Run,
     x_train: Any,
     y_train: Any,
     *,
-    steps: int | None = None,
     seconds: float | None = None,
-    batch_size: int = 64,
-    micro_batches: int = 4,
-    loss: str | loss_lib.Loss = "xent",
-    optimizer: optax.GradientTransformation | None = None,
-    sg_optimizer: optax.GradientTransformation | None = None,
-    estimator: str | est_lib.Estimator = "conditioned",
-    at: int | str | tuple[int, ...] | None = None,
-    seed: int = 0,
-    chunk: int = 50,
-    mesh: Mesh | None = None,
-    x_test: Any = None,
-    y_test: Any = None,
-    eval_every: int | None = None,
-    target_accuracy: float | None = None,
-    sg_runner: str = "auto",
+    schedule: Schedule | None = None,
+    evaluation: Evaluation | None = None,
     start: tuple[Any, int] | Callable[[Any], tuple[Any, int] | None] | None = None,
     on_call: Callable[[int, Callable[[], Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``net`` with a pipeline (or a baseline) and report the result.
+    """Train ``run`` with a pipeline (or a baseline) and report the result.
 
     Args:
         method: ``"sg-pipeline"`` (:func:`sg_on_mesh`, one update per stage and
@@ -126,41 +196,25 @@ def train_pipelined(
             batch split over the devices, one update per micro-batch), or the
             single-device baselines ``"backprop"`` and ``"sg"`` (sequential DNI) with one
             update per micro-batch.
-        net: the network; the pipelines need a mesh with one device per stage (built with
-            :func:`make_mesh` if ``mesh`` is None; data-parallel: all devices).
+        run: what to train (:class:`~sgjax.infra.run.Run`): the network (the pipelines
+            need a mesh with one device per stage), ``rules.backprop()`` for backprop,
+            GPipe and data-parallel, an SG rule for ``"sg"`` and ``"sg-pipeline"`` (its
+            estimator, ``at`` and SG optimiser, default ``run.optimizer``; the SG pipeline
+            refuses true targets and prop, ``"sg"`` runs any), the loss, any optax
+            optimiser (one state per stage), ``steps`` (micro-batches of ``batch_size``;
+            GPipe: rounded up to whole optimiser steps of M micro-batches; ``None`` with
+            ``seconds``), and the seed of the initialisation and of the batch order.
+            ``at`` of an SG rule: the SG pipeline runs the stages between two SG modules as
+            one pipeline stage, on one device, trained by exact backprop inside it
+            (:func:`sgjax.nets.group`): ``at=(2,)`` on a 5-stage network is a 2-device
+            pipeline; ``"sg"`` runs the same rule on one device. ``params`` in the result
+            are per stage of ``run.net`` either way. ``p_update`` and ``cosine`` are not
+            supported (refused).
         x_train, y_train: training data (inputs are flattened; integer labels).
-        steps: micro-batches of ``batch_size`` to train on (GPipe: rounded up to whole
-            optimiser steps of M micro-batches).
         seconds: alternatively (or also) a wall-clock budget for training, compile
             excluded; training stops after the first call that ends past it.
-        batch_size: micro-batch size B.
-        micro_batches: M of GPipe.
-        loss, estimator, seed: the loss, the SG module, the seed of the initialisation and
-            of the batch order.
-        at: the SG methods' boundaries, as :func:`sgjax.rules.synthetic_gradients`'s
-            ``at`` (default: every boundary between stages). The SG pipeline runs the
-            stages between two SG modules as one pipeline stage, on one device, trained
-            by exact backprop inside it (:func:`sgjax.nets.group`): ``at=(2,)`` on a
-            5-stage network is a 2-device pipeline; ``"sg"`` runs the same rule on one
-            device. ``params`` in the result are per stage of ``net`` either way.
-        optimizer: any optax transformation, for every stage (one state per stage);
-            default :class:`~sgjax.infra.config.OptimizerConfig`'s (Adam, 1e-3).
-        sg_optimizer: the SG modules' optax transformation (SG methods; default
-            ``optimizer``), one state per module.
-        chunk: micro-batches per jitted call (the pipelines never drain between calls).
-        mesh: the mesh for the mesh methods.
-        x_test, y_test: evaluated at the end if given.
-        eval_every: with test data, also evaluate after every call that ends at least
-            this many micro-batches after the last evaluation (a learning curve; the
-            evaluation is not counted in ``seconds``).
-        target_accuracy: with ``eval_every``, also stop after the first evaluation that
-            reaches this test accuracy.
-        sg_runner: how the SG pipeline runs on the mesh: ``"mesh"`` (:func:`sg_on_mesh`,
-            one SPMD program), ``"per-process"`` (:func:`sg_per_process`, each process
-            its own stage's program; needs one mesh device per process) or ``"auto"``
-            (per-process when every process holds exactly one mesh device and there is
-            more than one process, else mesh). Same results; the result's
-            ``sg_runner`` says which ran.
+        schedule: :class:`Schedule` (chunk, GPipe's M, mesh, SG runner).
+        evaluation: :class:`Evaluation` (test data, learning curve, target accuracy).
         start: resume: ``(state, seen)``, a state that ``on_call``'s ``get_state``
             returned after ``seen`` micro-batches (a whole number of calls); training
             continues with micro-batch ``seen`` of the same batch sequence, and ends
@@ -172,7 +226,6 @@ def train_pipelined(
             state (the mesh runners' ``unpack``, as host numpy arrays; a collective, so
             every process must call it when one does), e.g. to checkpoint it. An
             exception it raises ends training.
-
     Returns:
         A dict with ``method``, ``stages``, ``batch_size``, ``micro_batches_seen``,
         ``updates`` (per stage), ``examples``, ``seconds`` (training, compile excluded),
@@ -190,60 +243,68 @@ def train_pipelined(
             finite (it was not applied; the error names the micro-batch and stage).
 
     Example:
-        >>> from sgjax import nets
+        >>> import optax
+        >>> from sgjax import nets, rules
         >>> from sgjax.infra import data
         >>> ds = data.load("digits")
-        >>> r = train_pipelined("backprop", nets.mlp([64, 32, 10]), ds.x_train, ds.y_train,
-        ...                     steps=15, batch_size=32, chunk=10)
+        >>> run = Run(nets.mlp([64, 32, 10]), rules.backprop(), "xent", optax.adam(1e-3),
+        ...           steps=15, batch_size=32)
+        >>> r = train_pipelined("backprop", run, ds.x_train, ds.y_train,
+        ...                     schedule=Schedule(chunk=10))
         >>> r["micro_batches_seen"], r["updates"], r["final_loss_micro_batches"]
         (15, 15, 5)
     """
     if method not in METHODS:
         raise ValueError(f"train_pipelined: `method` must be one of {METHODS}, got {method!r}")
-    if sg_runner not in SG_RUNNERS:
-        raise ValueError(
-            f"train_pipelined: `sg_runner` must be one of {SG_RUNNERS}, got {sg_runner!r}"
+    if not isinstance(run, Run):
+        raise TypeError(
+            f"train_pipelined: `run` must be an sgjax.infra.run.Run, got {type(run).__name__}"
         )
-    if steps is None and seconds is None:
-        raise ValueError("train_pipelined: give `steps`, `seconds` or both")
-    if steps is not None:
-        _check_count("train_pipelined", "steps", steps)
+    for name, value, kind in (
+        ("schedule", schedule, Schedule),
+        ("evaluation", evaluation, Evaluation),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"train_pipelined: `{name}` must be a {kind.__name__} or None, got "
+                f"{type(value).__name__}"
+            )
+    if run.steps is None and seconds is None:
+        raise ValueError("train_pipelined: give `run.steps`, `seconds` or both")
     if seconds is not None and not seconds > 0:
         raise ValueError(f"train_pipelined: `seconds` must be > 0, got {seconds!r}")
-    for arg, value in (("chunk", chunk), ("micro_batches", micro_batches)):
-        _check_count("train_pipelined", arg, value)
-    if eval_every is not None:
-        _check_count("train_pipelined", "eval_every", eval_every)
+    if run.p_update != 1.0 or run.cosine or run.sg_update != "with-stage":
+        raise ValueError(
+            "train_pipelined: `run.p_update`, `run.sg_update` and `run.cosine` are not "
+            "supported (every stage updates at every micro-batch; no cosine is measured)"
+        )
+    options = _rule_for(method, run)
+    schedule = schedule or Schedule()
+    net, steps, batch_size, seed = run.net, run.steps, run.batch_size, run.seed
+    chunk, micro_batches, mesh, sg_runner = (
+        schedule.chunk, schedule.micro_batches, schedule.mesh, schedule.sg_runner,
+    )  # fmt: skip
     x_train = np.asarray(x_train, np.float32).reshape(len(x_train), -1)
     y_train = np.asarray(y_train)
     train.check_labels(y_train, net.out_dim, name="y_train")
-    if x_test is not None:
-        x_test = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
-        y_test = np.asarray(y_test)
-    loss = loss_lib.get(loss)
-    opt = OptimizerConfig().build() if optimizer is None else optimizer
-    sg_opt = opt if sg_optimizer is None else sg_optimizer
-    for name, o in (("optimizer", opt), ("sg_optimizer", sg_opt)):
-        if not (callable(getattr(o, "init", None)) and callable(getattr(o, "update", None))):
-            raise TypeError(
-                f"train_pipelined: `{name}` must be an optax GradientTransformation, got "
-                f"{type(o).__name__}"
-            )
+    x_test = y_test = eval_every = target_accuracy = None
+    if evaluation is not None:
+        x_test, y_test = evaluation.x_test, evaluation.y_test
+        eval_every, target_accuracy = evaluation.every, evaluation.target_accuracy
+    loss = loss_lib.get(run.loss)
+    opt = run.optimizer
+    sg_opt = options.get("sg_optimizer")
+    estimator, at = options.get("estimator", "conditioned"), options.get("at")
     boundaries: tuple[int, ...] | None = None
     if at is not None and not (isinstance(at, str) and at == "all"):  # "all": the default
-        if method not in ("sg-pipeline", "sg"):
-            raise ValueError(
-                f"train_pipelined: `at` places SG modules, so it applies to 'sg-pipeline' "
-                f"and 'sg' only, got method {method!r}"
-            )
         boundaries = rules.resolve_at(at, net.depth)
-        if net.depth in boundaries:
+        if method == "sg-pipeline" and net.depth in boundaries:
             raise ValueError(
                 f"train_pipelined: `at` {at!r} puts an SG module at the network's output "
                 f"(boundary {net.depth}); a pipeline's SG modules sit between stages, at "
                 f"boundaries 1..{net.depth - 1}"
             )
-    key = jax.random.key(seed)
+    key = run.init_key
     per_call = micro_batches if method == "gpipe" else chunk
     if method == "gpipe" and steps is not None:
         steps = -(-steps // per_call) * per_call  # whole optimiser steps
@@ -308,11 +369,7 @@ def train_pipelined(
         call, whole = dp.run, dp.unpack
         params_of = lambda st: dp.unpack(st).params  # noqa: E731
     else:
-        rule = (
-            rules.backprop()
-            if method == "backprop"
-            else rules.synthetic_gradients(estimator, at=at, sg_optimizer=sg_opt)
-        )
+        rule = run.rule  # backprop, or any SG rule (true targets and prop included)
         state = jax.jit(train.init, static_argnums=(1, 2, 3))(key, net, rule, opt)
         state = jax.tree.map(jnp.asarray, resolve(state))
         call = _single_device_chunk(net, rule, loss, opt)

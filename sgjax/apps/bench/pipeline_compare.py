@@ -183,8 +183,10 @@ def _worker(spec_path: str) -> None:
     import jax
     import optax
 
+    from sgjax import rules
     from sgjax.infra import allocator, data, jsonio
-    from sgjax.pipeline.loop import MESH_METHODS, train_pipelined
+    from sgjax.infra.run import Run
+    from sgjax.pipeline.loop import MESH_METHODS, Evaluation, Schedule, train_pipelined
     from sgjax.pipeline.mesh import make_mesh
     from sgjax.pipeline.packing import _width
 
@@ -194,14 +196,22 @@ def _worker(spec_path: str) -> None:
     for run in spec["runs"]:
         net = balanced_net(run["sizes"], run["stages"])
         mesh = make_mesh(jax.device_count()) if run["method"] in MESH_METHODS else None
+        rule = (
+            rules.synthetic_gradients(sg_optimizer=optax.adam(run.get("sg_lr", run["lr"])))
+            if run["method"] in ("sg", "sg-pipeline")
+            else rules.backprop()
+        )
+        what = Run(net, rule, "xent", optax.adam(run["lr"]), steps=run.get("steps"),
+                   batch_size=run["batch_size"], seed=run.get("seed", 0))  # fmt: skip
+        schedule = Schedule(run["chunk"], run["micro_batches"], mesh, run.get("sg_runner", "auto"))
+        evaluation = (
+            Evaluation(ds.x_test, ds.y_test, run["eval_every"], run.get("target"))
+            if run["eval_every"]
+            else None
+        )
         r = train_pipelined(
-            run["method"], net, ds.x_train, ds.y_train, steps=run.get("steps"),
-            seconds=run["seconds"], batch_size=run["batch_size"], chunk=run["chunk"],
-            micro_batches=run["micro_batches"], optimizer=optax.adam(run["lr"]),
-            sg_optimizer=optax.adam(run.get("sg_lr", run["lr"])), mesh=mesh,
-            x_test=ds.x_test if run["eval_every"] else None, y_test=ds.y_test,
-            eval_every=run["eval_every"], target_accuracy=run.get("target"),
-            sg_runner=run.get("sg_runner", "auto"), seed=run.get("seed", 0),
+            run["method"], what, ds.x_train, ds.y_train, seconds=run["seconds"],
+            schedule=schedule, evaluation=evaluation,
         )  # fmt: skip
         r.pop("params")
         r.update(label=run["label"], processes=jax.process_count(), sizes=run["sizes"])
