@@ -97,10 +97,11 @@ def test_train_with_snapshots_resumes_mid_run_bit_for_bit(tmp_path):
         return {"w": np.asarray(state.params[0]["W"]).copy()}
 
     def run(path=None, steps=30):
+        run = C.Run(net, rule, "xent", C.adam(1e-2, 0.0), steps=steps, batch_size=16,
+                    key=jax.random.key(0))  # fmt: skip
         return C.train_with_snapshots(
-            net, rule, "xent", C.adam(1e-2, 0.0), x, y, steps=steps, batch_size=16,
-            key=jax.random.key(0), snapshot_at=[0, 5, 15, 25, 30], on_snapshot=snap,
-            checkpoint=path, checkpoint_every=10,
+            run, x, y, snapshot_at=[0, 5, 15, 25, 30], on_snapshot=snap, checkpoint=path,
+            checkpoint_every=10,
         )  # fmt: skip
 
     stop = False
@@ -122,8 +123,8 @@ def test_train_with_snapshots_resumes_mid_run_bit_for_bit(tmp_path):
         run(ck, steps=40)
     with pytest.raises(ValueError, match="checkpoint_every"):
         C.train_with_snapshots(
-            net, rule, "xent", C.adam(1e-2, 0.0), x, y, steps=3, batch_size=16,
-            key=jax.random.key(0), checkpoint=ck, checkpoint_every=0,
+            C.Run(net, rule, "xent", C.adam(1e-2, 0.0), steps=3, batch_size=16), x, y,
+            checkpoint=ck, checkpoint_every=0,
         )  # fmt: skip
 
 
@@ -203,7 +204,8 @@ def test_no_bprop_trains_only_the_last_layer():
     opt = C.adam(1e-2)
     rule = dni._rule("no_bprop", dni.SETTINGS["smoke"])
     init = train.init(key, net, rule, opt)  # the rule holds its SG at zero (set_to_zero)
-    state, _ = C.train_with_snapshots(net, rule, "xent", opt, x, y, steps=5, batch_size=8, key=key)
+    run = C.Run(net, rule, "xent", opt, steps=5, batch_size=8, key=key)
+    state, _ = C.train_with_snapshots(run, x, y)
     for k in range(2):
         for name in init.params[k]:
             np.testing.assert_array_equal(state.params[k][name], init.params[k][name])

@@ -104,16 +104,18 @@ def run(ctx: C.Context) -> dict:
     for name, ds in loaded:
         for method in METHODS:
             state, _ = C.train_with_snapshots(
-                net,
-                _rule(method),
-                "xent",
-                C.adam(cfg["lr"]),
+                C.Run(
+                    net,
+                    _rule(method),
+                    "xent",
+                    C.adam(cfg["lr"]),
+                    steps=cfg["steps"],
+                    batch_size=cfg["batch"],
+                    seed=ctx.seed,
+                    key=jax.random.key(ctx.seed),
+                ),
                 ds.x_train,
                 ds.y_train,
-                steps=cfg["steps"],
-                batch_size=cfg["batch"],
-                key=jax.random.key(ctx.seed),
-                seed=ctx.seed,
                 progress=ctx.progress,
                 desc=f"cnn {name} {method}",
             )

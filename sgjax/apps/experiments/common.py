@@ -26,8 +26,7 @@ import numpy as np
 import optax
 
 from sgjax import train
-from sgjax.nets import Network
-from sgjax.rules import UpdateRule
+from sgjax.infra.run import Run
 
 SCALES = ("smoke", "medium", "paper")
 
@@ -142,17 +141,10 @@ def log_steps(total: int, count: int, first: int = 1) -> list[int]:
 
 
 def train_with_snapshots(
-    net: Network,
-    rule: UpdateRule,
-    loss: Any,
-    optimizer: optax.GradientTransformation,
+    run: Run,
     x: np.ndarray,
     y: np.ndarray,
     *,
-    steps: int,
-    batch_size: int,
-    key: jax.Array,
-    seed: int = 0,
     snapshot_at: Sequence[int] = (),
     on_snapshot: Callable[[int, train.TrainState], dict] | None = None,
     progress: bool = False,
@@ -160,7 +152,9 @@ def train_with_snapshots(
     checkpoint: Path | None = None,
     checkpoint_every: int = 2000,
 ) -> tuple[train.TrainState, list[dict]]:
-    """Train with :func:`sgjax.train.loop`, calling ``on_snapshot(step, state)``.
+    """Train ``run`` (:class:`sgjax.infra.run.Run`: network, rule, loss, optimiser,
+    steps, batch size, seed of the batch order, initialisation key) with
+    :func:`sgjax.train.loop`, calling ``on_snapshot(step, state)``.
 
     ``snapshot_at`` lists steps (counted after the update, 0 = before training) at which
     the callback runs; its dicts are returned with ``"step"`` added. A non-finite step
@@ -177,10 +171,14 @@ def train_with_snapshots(
     differs), never silently mixed in. The caller removes the directory once the result
     is stored elsewhere (:func:`cache_drop`).
     """
+    net, rule, loss, optimizer = run.net, run.rule, run.loss, run.optimizer
+    steps, batch_size, seed = run.steps, run.batch_size, run.seed
+    if steps is None:
+        raise ValueError("train_with_snapshots: `run.steps` must be an int ≥ 0, got None")
     train.check_labels(y, net.out_dim)
     if checkpoint is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"`checkpoint_every` must be an int >= 1, got {checkpoint_every!r}")
-    state = train.init(key, net, rule, optimizer)
+    state = train.init(run.init_key, net, rule, optimizer)
     step_fn = jax.jit(train.make_step(net, rule, loss, optimizer))
     wanted = set(int(s) for s in snapshot_at)
     records: list[dict] = []

@@ -177,16 +177,18 @@ def trained_networks(ctx: C.Context) -> dict:
             }
 
         state, recs = C.train_with_snapshots(
-            net,
-            rule,
-            "xent",
-            C.adam(cfg["lr"], cfg["l2"]),
+            C.Run(
+                net,
+                rule,
+                "xent",
+                C.adam(cfg["lr"], cfg["l2"]),
+                steps=cfg["steps"],
+                batch_size=cfg["batch"],
+                seed=ctx.seed,
+                key=jax.random.key(ctx.seed),
+            ),
             x,
             y,
-            steps=cfg["steps"],
-            batch_size=cfg["batch"],
-            key=jax.random.key(ctx.seed),
-            seed=ctx.seed,
             snapshot_at=snaps,
             on_snapshot=on_snapshot,
             progress=ctx.progress,

@@ -109,16 +109,18 @@ def run(ctx: C.Context) -> dict:
                     else rules.synthetic_gradients("conditioned", at="middle")
                 )
                 _, recs = C.train_with_snapshots(
-                    net,
-                    rule,
-                    "xent",
-                    C.adam(cfg["lr"]),
+                    C.Run(
+                        net,
+                        rule,
+                        "xent",
+                        C.adam(cfg["lr"]),
+                        steps=steps,
+                        batch_size=cfg["batch"],
+                        seed=ctx.seed,
+                        key=jax.random.key(ctx.seed),
+                    ),
                     x,
                     y,
-                    steps=steps,
-                    batch_size=cfg["batch"],
-                    key=jax.random.key(ctx.seed),
-                    seed=ctx.seed,
                     snapshot_at=curve,
                     on_snapshot=functools.partial(_accuracy, acc_fn),
                     progress=ctx.progress,

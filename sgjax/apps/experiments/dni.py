@@ -95,16 +95,18 @@ def run(ctx: C.Context) -> dict:
         net = nets.mlp([784] + [cfg["width"]] * (n_layers - 1) + [10], "relu", norm="batch")
         for method in cfg["methods"]:
             state, _ = C.train_with_snapshots(
-                net,
-                _rule(method, cfg),
-                "xent",
-                C.adam(cfg["lr"]),
+                C.Run(
+                    net,
+                    _rule(method, cfg),
+                    "xent",
+                    C.adam(cfg["lr"]),
+                    steps=cfg["steps"],
+                    batch_size=cfg["batch"],
+                    seed=ctx.seed,
+                    key=jax.random.key(ctx.seed),
+                ),
                 ds.x_train,
                 ds.y_train,
-                steps=cfg["steps"],
-                batch_size=cfg["batch"],
-                key=jax.random.key(ctx.seed),
-                seed=ctx.seed,
                 progress=ctx.progress,
                 desc=f"dni {n_layers} {method}",
             )

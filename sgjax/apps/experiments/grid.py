@@ -125,16 +125,18 @@ def run(ctx: C.Context) -> dict:
                 boundaries = rules.resolve_at(at, depth)
                 opt = C.adam(cfg["lr"])
                 _, recs = C.train_with_snapshots(
-                    net,
-                    rule,
-                    loss,
-                    opt,
+                    C.Run(
+                        net,
+                        rule,
+                        loss,
+                        opt,
+                        steps=steps,
+                        batch_size=len(x),
+                        seed=ctx.seed,
+                        key=key,
+                    ),
                     x,
                     y,
-                    steps=steps,
-                    batch_size=len(x),
-                    key=key,
-                    seed=ctx.seed,
                     snapshot_at=snaps,
                     on_snapshot=_snapshotter(net, rule, loss, x, y, boundaries),
                     progress=ctx.progress,
