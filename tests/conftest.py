@@ -294,6 +294,7 @@ STANDARD_PROMOTION: tuple[str, ...] = (
     "tests/test_p_update.py::test_stochastic_step_is_pure_and_vmaps_over_seeds",
     "tests/test_pipeline.py::test_frozen_sg_pipeline_equals_sequential_dni",
     "tests/test_pipeline.py::test_frozen_grouped_sg_pipeline_equals_the_rule_with_the_same_at",
+    "tests/test_pipeline.py::test_frozen_grouped_transformer_pipeline_equals_the_rule_with_the_same_at",
     "tests/test_transformer.py::test_cdni_between_the_blocks_trains_the_transformer",
     "tests/test_pipeline.py::test_non_finite_stage_update_is_not_applied",
     "tests/test_pipeline.py::test_train_pipelined_trains_exactly_the_steps_asked",

@@ -26,7 +26,7 @@ import optax
 import pytest
 from helpers import pipelined, xla_flags
 
-from sgjax import losses, nets, pipeline, rules, train
+from sgjax import losses, nets, pipeline, rules, train, transformer
 from sgjax.apps import cli
 from sgjax.infra.run import Run
 
@@ -65,6 +65,15 @@ def _stream(seed, ticks, batch, d_in, classes):
         rng.standard_normal((ticks, batch, d_in)).astype(np.float32),
         rng.integers(0, classes, (ticks, batch)).astype(np.int32),
     )
+
+
+def _sequences(seed: int, ticks: int, batch: int, context: int, vocab: int):
+    """A stream of next-character micro-batches: one-hot inputs (ticks, batch, context,
+    vocab) and flattened one-hot targets (ticks, batch, context · vocab)."""
+    ids = np.random.default_rng(seed).integers(0, vocab, (ticks, batch, context + 1))
+    xs = np.stack([transformer.inputs(i[:, :-1], vocab) for i in ids])
+    ys = np.stack([transformer.targets(i[:, 1:], vocab) for i in ids])
+    return xs, ys
 
 
 # --------------------------------------------------------------------------------------
@@ -185,6 +194,37 @@ def _child() -> dict:
         "param_shapes": [[list(np.shape(a)) for a in jax.tree.leaves(p)] for p in r["params"]],
         "net_shapes": [
             [list(np.shape(a)) for a in jax.tree.leaves(p)] for p in net5.init(jax.random.key(0))
+        ],
+    }
+
+    # A transformer LM (sgjax.transformer) cut into 2 groups at boundary 2: the mesh equals
+    # its single-device schedule, and the driver trains it from token sequences.
+    lm = transformer.char_lm(vocab=5, context=6, width=8, blocks=2, heads=2)
+    est = transformer.positionwise(use_y=True)
+    # SGD, not Adam: Adam's first step is ≈ lr · g/|g| per component, so a gradient
+    # component near zero turns float-level differences of the two programs into
+    # lr-sized ones (3e-4 here with Adam 1e-2; ≤ 2e-7 with SGD).
+    tpipe = pipeline.sg_pipeline(nets.group(lm, [2]), transformer.sequence_xent,
+                                 optax.sgd(0.5), optax.sgd(0.1), estimator=est)  # fmt: skip
+    tstate = pipeline.init_sg(tpipe, jax.random.key(5), batch_size=4)
+    txs, tys = _sequences(13, 5, 4, 6, 5)
+    tref, _ = jax.jit(lambda s, x, y: pipeline.sg_reference(tpipe, s, x, y))(tstate, txs, tys)
+    trun = pipeline.sg_on_mesh(tpipe, pipeline.make_mesh(2), batch_size=4)
+    tpacked, _ = trun.run(trun.pack(tstate), txs, tys)
+    what = Run(lm, rules.synthetic_gradients(est, at=(2,)), transformer.sequence_xent,
+               optax.adam(1e-2), steps=6, batch_size=4)  # fmt: skip
+    r = pipeline.train_pipelined(
+        "sg-pipeline", what, txs.reshape(-1, 6, 5), tys.reshape(-1, 30),
+        schedule=pipeline.Schedule(chunk=3, mesh=pipeline.make_mesh(2)),
+    )  # fmt: skip
+    out["transformer"] = {
+        "state_err": _max_err(trun.unpack(tpacked), tref),
+        "sg_moved": max(float(np.abs(x).max()) for x in jax.tree.leaves(tref.sg_params)),
+        "stages": r["stages"],
+        "final_loss": r["final_loss"],
+        "param_shapes": [[list(np.shape(a)) for a in jax.tree.leaves(p)] for p in r["params"]],
+        "net_shapes": [
+            [list(np.shape(a)) for a in jax.tree.leaves(p)] for p in lm.init(jax.random.key(0))
         ],
     }
 
@@ -322,6 +362,62 @@ def test_frozen_sg_pipeline_equals_sequential_dni():
     # Not vacuous: every stage, the first included, moved away from its initial value.
     for now, before in zip(state.params, initial):
         assert float(np.abs(np.asarray(now["W"]) - np.asarray(before["W"])).max()) > 1e-4
+
+
+def test_a_transformer_runs_on_the_pipeline_mesh_as_on_one_device(multi):
+    """The decoupled transformer on 2 (fake) devices: embedding + block 1 on one, block 2
+    + readout on the other, a positionwise cDNI SG between them. The mesh's state equals
+    the single-device schedule's after 5 ticks, the SG modules moved, and the driver trains
+    it from token sequences (per-stage parameters of the user's 4-stage network)."""
+    r = multi["transformer"]
+    assert r["state_err"] <= 0 and r["sg_moved"] > 1e-3, r
+    assert r["stages"] == 2 and np.isfinite(r["final_loss"]), r
+    assert r["param_shapes"] == r["net_shapes"]
+
+
+def test_frozen_grouped_transformer_pipeline_equals_the_rule_with_the_same_at():
+    """Issue 29's exactness check for a transformer stage: a 4-stage char LM cut at
+    boundary 2 (embedding + block 1 | block 2 + readout), a positionwise cDNI SG between
+    the groups, frozen at non-zero values: the pipeline's schedule makes exactly the
+    updates of ``synthetic_gradients(positionwise(use_y=True), at=(2,))`` on one device
+    (losses and every parameter; the SG's lag is the only difference, and it is frozen).
+    Planted: the pipeline's stages conditioning the SG on zeros instead of the next
+    characters (cDNI's context) → red."""
+    lm = transformer.char_lm(vocab=5, context=6, width=8, blocks=2, heads=2)
+    at, ticks, batch = (2,), 5, 4
+    frozen, opt = optax.sgd(0.0), optax.adam(1e-2)
+    est = transformer.positionwise(use_y=True)
+    rule = rules.synthetic_gradients(est, at=at, sg_optimizer=frozen)
+    seq = jax.jit(train.init, static_argnums=(1, 2, 3))(jax.random.key(0), lm, rule, opt)
+    rng = np.random.default_rng(3)
+    phi = tuple(  # a non-zero SG module, so that the lower group trains
+        jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape).astype(np.float32), p)
+        for p in seq.rule_state.params
+    )
+    seq = seq._replace(rule_state=seq.rule_state._replace(params=phi))
+    initial = seq.params
+    pipe = pipeline.sg_pipeline(
+        nets.group(lm, at), transformer.sequence_xent, opt, frozen, estimator=est
+    )
+    state = pipeline.init_sg(pipe, jax.random.key(1), batch_size=batch)
+    grouped = nets.group_params(initial, at)
+    state = state._replace(
+        params=grouped, opt_state=tuple(opt.init(p) for p in grouped), sg_params=phi
+    )
+    xs, ys = _sequences(3, ticks, batch, 6, 5)
+    run = jax.jit(lambda s, x, y, v: pipeline.sg_reference(pipe, s, x, y, v))
+    state, m = run(state, xs, ys, np.ones(ticks, bool))
+    state, m_flush = pipeline.flush(run, state, 2, xs[0], ys[0], ticks=ticks)
+    step = jax.jit(train.make_step(lm, rule, transformer.sequence_xent, opt))
+    seq_losses = []
+    for t in range(ticks):
+        seq, metrics = step(seq, (xs[t], ys[t]))
+        seq_losses.append(metrics["loss"])
+    pipe_losses = np.concatenate([m["loss"][m["done"]], m_flush["loss"][m_flush["done"]]])
+    assert _max_err(pipe_losses, np.asarray(seq_losses)) <= 0
+    assert _max_err(nets.ungroup_params(state.params, at, lm.depth), seq.params) <= 0
+    for now, before in zip(seq.params, initial):  # every stage moved: not vacuous
+        assert _max_err(now, before) > 1e-3
 
 
 def test_frozen_grouped_sg_pipeline_equals_the_rule_with_the_same_at():

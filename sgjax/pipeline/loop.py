@@ -141,8 +141,7 @@ class Evaluation:
             raise ValueError(
                 "Evaluation: `target_accuracy` needs `every` (when to evaluate on the way)"
             )
-        x = np.asarray(self.x_test, np.float32)
-        object.__setattr__(self, "x_test", x.reshape(len(x), -1))
+        object.__setattr__(self, "x_test", np.asarray(self.x_test, np.float32))
         object.__setattr__(self, "y_test", np.asarray(self.y_test))
 
 
@@ -173,6 +172,15 @@ def _rule_for(method: str, run: Run) -> dict[str, Any]:
     if options["sg_optimizer"] is None:
         options["sg_optimizer"] = run.optimizer  # the rules' default (sweep.bind)
     return options
+
+
+def _shaped(net: Network, x: Any) -> np.ndarray:
+    """``x`` as float32 inputs of ``net``: images flattened for a network of flat inputs
+    (an MLP on MNIST), any other shape as it is (checked by ``train.check_data``)."""
+    x = np.asarray(x, np.float32)
+    if len(net.in_shape) == 1 and x.ndim > 2:
+        x = x.reshape(len(x), -1)
+    return x
 
 
 def train_pipelined(
@@ -210,7 +218,9 @@ def train_pipelined(
             pipeline; ``"sg"`` runs the same rule on one device. ``params`` in the result
             are per stage of ``run.net`` either way. ``p_update`` and ``cosine`` are not
             supported (refused).
-        x_train, y_train: training data (inputs are flattened; integer labels).
+        x_train, y_train: training data: inputs of ``run.net``'s input shape (images are
+            flattened for a network of flat inputs), integer labels or real targets (a
+            sequence model's flattened one-hot targets, :func:`sgjax.transformer.targets`).
         seconds: alternatively (or also) a wall-clock budget for training, compile
             excluded; training stops after the first call that ends past it.
         schedule: :class:`Schedule` (chunk, GPipe's M, mesh, SG runner).
@@ -284,12 +294,12 @@ def train_pipelined(
     chunk, micro_batches, mesh, sg_runner = (
         schedule.chunk, schedule.micro_batches, schedule.mesh, schedule.sg_runner,
     )  # fmt: skip
-    x_train = np.asarray(x_train, np.float32).reshape(len(x_train), -1)
-    y_train = np.asarray(y_train)
-    train.check_labels(y_train, net.out_dim, name="y_train")
+    x_train, y_train = _shaped(net, x_train), np.asarray(y_train)
+    train.check_data(net, x_train, y_train, batch_size)
     x_test = y_test = eval_every = target_accuracy = None
     if evaluation is not None:
-        x_test, y_test = evaluation.x_test, evaluation.y_test
+        x_test, y_test = _shaped(net, evaluation.x_test), evaluation.y_test
+        train.check_data(net, x_test, y_test, 1)
         eval_every, target_accuracy = evaluation.every, evaluation.target_accuracy
     loss = loss_lib.get(run.loss)
     opt = run.optimizer
