@@ -218,6 +218,7 @@ INTEGRATION: tuple[str, ...] = (
     "tests/test_launch.py::test_a_dead_rank_is_named_and_the_others_are_stopped",
     "tests/test_launch.py::test_a_hung_run_times_out_naming_the_ranks",
     "tests/test_launch.py::test_a_killed_launcher_leaves_no_orphans",
+    "tests/test_launch.py::test_a_script_of_the_users_runs_a_flax_model_as_a_two_process_pipeline",
     "tests/test_library_sg.py::test_sg_rule_targets_prop_and_placements_match_the_reference",
     "tests/test_nnx_interface.py::test_gradients_equal_the_dict_api",
     "tests/test_pipeline.py::test_sg_pipeline_on_mesh_equals_single_device_reference",

@@ -295,12 +295,14 @@ def test_cpu_sets_and_argument_errors():
         launch([sys.executable, "-c", "pass"], 1, timeout=0)
 
 
-def test_launch_cli_checks_the_command_before_starting(capsys, monkeypatch):
+def test_launch_cli_checks_the_command_before_starting(capsys, monkeypatch, tmp_path):
     from sgjax.apps import cli
     from sgjax.pipeline import distributed
 
     started = []  # a command that got through would be recorded here, not run
     monkeypatch.setattr(distributed, "launch", lambda cmd, n, **kw: started.append(cmd))
+    lonely = tmp_path / "lonely.py"
+    lonely.write_text("import jax\nprint(jax.devices())\n")
 
     for argv, message in [
         (["-n", "2", "--", "train", "--pipeline", "3"], "needs --pipeline 2, got --pipeline 3"),
@@ -310,10 +312,31 @@ def test_launch_cli_checks_the_command_before_starting(capsys, monkeypatch):
         # a command that joins no job would run once per process (issue 27)
         (["-n", "2", "--", "verify"], "`verify` does not join such a job, so each of the 2"),
         (["-n", "2", "--", "reproduce", "fig2"], "run `sgjax reproduce` without launch"),
+        # a script of the user's: it must exist and join the job
+        (["-n", "2", "--", str(tmp_path / "missing.py")], "cannot read the script"),
+        (["-n", "2", "--", str(lonely)], "never calls sgjax.pipeline.initialize_from_env()"),
     ]:
         assert cli.main(["launch", *argv]) == 1, argv
         assert message in capsys.readouterr().err, argv
     assert started == []
+    joins = tmp_path / "joins.py"
+    joins.write_text("from sgjax.pipeline import initialize_from_env\ninitialize_from_env()\n")
+    assert cli.main(["launch", "-n", "2", "--", str(joins), "--flag", "3"]) == 0
+    assert started == [[sys.executable, str(joins), "--flag", "3"]]
+
+
+def test_a_script_of_the_users_runs_a_flax_model_as_a_two_process_pipeline(tmp_path):
+    """``sgjax launch -n 2 -- examples/nnx_pipeline.py``: an NNX MLP (network_from_nnx)
+    trained by train_pipelined with one stage per process equals the same pipeline's
+    single-device schedule exactly, and learns (36 micro-batches of the digits)."""
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "sgjax", "launch", "-n", "2", "--",
+           str(ROOT / "examples" / "nnx_pipeline.py"), "36", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["processes"] == 2 and r["max_err_vs_one_device"] == 0.0, r
+    assert r["test_accuracy"] > 0.3, r  # 10 classes: chance is 0.1
 
 
 def test_launch_warns_of_more_processes_than_cores(monkeypatch, capsys):

@@ -4,6 +4,13 @@ Example (shell): the SG pipeline with its two stages in two processes, one core 
 
     sgjax launch -n 2 -- train --pipeline 2 --dataset mnist --steps 2000 --json r.json
 
+or a script of your own (any network — a flax model through
+:func:`sgjax.flax_adapter.network_from_nnx`, a transformer — trained with
+:func:`sgjax.pipeline.train_pipelined`), which must call
+:func:`sgjax.pipeline.initialize_from_env` before JAX computes anything::
+
+    sgjax launch -n 2 -- my_pipeline.py --my-flag 3
+
 Process i is pinned to its own core(s) when there are at least N, joins
 ``jax.distributed`` (gloo collectives on CPU), and holds stage i; process 0 prints and
 writes the JSON. A process that fails stops the others, and the error names its rank.
@@ -36,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
-        help="the sgjax command to run, after `--` (e.g. -- train --pipeline 2 ...)",
+        help="after `--`: the sgjax command to run (-- train --pipeline 2 ...), or a Python "
+        "script of yours and its arguments (-- my_pipeline.py ...) that calls "
+        "sgjax.pipeline.initialize_from_env()",
     )
 
 
@@ -47,6 +56,22 @@ def _pipeline_value(command: list[str]) -> str | None:
         if arg.startswith("--pipeline="):
             return arg.split("=", 1)[1]
     return None
+
+
+def _checked_script(path: str, n: int) -> str:
+    """``path`` if it is a readable script that joins the job, else a ``ValueError``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"sgjax launch: cannot read the script {path}: {e.strerror}") from None
+    if "initialize_from_env" not in text:
+        raise ValueError(
+            f"sgjax launch: {path} never calls sgjax.pipeline.initialize_from_env(), so it "
+            f"would not join the job: each of the {n} processes would run it alone. Call it "
+            "first thing, before JAX computes anything"
+        )
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,12 +86,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give the sgjax command to run after `--`, e.g. -- train --pipeline 2")
     if command[0] == "launch":
         raise ValueError("the command to run cannot itself be `launch`")
-    if command[0] != "train":
+    if command[0].endswith(".py"):
+        program = [sys.executable, _checked_script(command[0], args.processes), *command[1:]]
+    elif command[0] != "train":
         raise ValueError(
             f"sgjax launch runs the N processes of one `train --pipeline N` job; "
             f"`{command[0]}` does not join such a job, so each of the {args.processes} "
-            f"processes would run it in full: run `sgjax {command[0]}` without launch"
+            f"processes would run it in full: run `sgjax {command[0]}` without launch (or "
+            "give a Python script of yours, ending in .py, that joins the job)"
         )
+    else:
+        program = [sys.executable, "-m", "sgjax", *command]
     n = _pipeline_value(command)
     if command[0] == "train" and n != str(args.processes):
         raise ValueError(
@@ -85,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         launch(
-            [sys.executable, "-m", "sgjax", *command],
+            program,
             args.processes,
             timeout=args.timeout,
             pin=not args.no_pin,
