@@ -311,6 +311,9 @@ def synthetic_gradients(
         )
 
     name = "sg-prop" if alpha else "sg"
+    hashable_at = at if at is None or isinstance(at, int | str) else tuple(at)
+    built = dict(estimator=estimator, at=hashable_at, targets=targets, prop=alpha)
+    built["sg_optimizer"] = sg_optimizer
     return UpdateRule(
         init,
         _checked(name, init, gradients),
@@ -318,13 +321,7 @@ def synthetic_gradients(
         lambda net: resolve_at(at, net.depth),
         update,
         bind if sg_optimizer is None else None,
-        (
-            ("estimator", estimator),
-            ("at", at if at is None or isinstance(at, int | str) else tuple(at)),
-            ("targets", targets),
-            ("prop", alpha),
-            ("sg_optimizer", sg_optimizer),
-        ),
+        tuple(built.items()),  # what it was built with (the pipelines read it)
     )
 
 
