@@ -28,7 +28,8 @@ Example:
     >>> x, y = inputs(ids[:, :-1], 5), targets(ids[:, 1:], 5)
     >>> params = net.init(jax.random.key(0))
     >>> rule = rules.synthetic_gradients(positionwise())
-    >>> out = rule.gradients(rule.init(jax.random.key(1), net), net, params, x, y, sequence_xent)
+    >>> grads = jax.jit(rule.gradients, static_argnums=(1, 5))  # one compiled call
+    >>> out = grads(rule.init(jax.random.key(1), net), net, params, x, y, sequence_xent)
     >>> net.depth, out.p.shape, round(float(out.loss), 2)  # 4 stages; ln 5 ≈ 1.61 at start
     (4, (2, 6, 5), 1.61)
 """

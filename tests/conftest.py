@@ -227,6 +227,7 @@ INTEGRATION: tuple[str, ...] = (
     "tests/test_pipeline.py::test_non_finite_updates_stop_the_pipelines_on_four_devices",
     "tests/test_pipeline.py::test_stage_device_mismatch_is_a_clear_error",
     "tests/test_pipeline.py::test_sg_modules_at_some_boundaries_group_the_stages_between_them",
+    "tests/test_pipeline.py::test_a_transformer_runs_on_the_pipeline_mesh_as_on_one_device",
     "tests/test_transformer.py::test_cdni_between_the_blocks_trains_the_transformer",
     "tests/test_pipeline.py::test_train_cli_pipeline_non_finite_and_strict_json",
     "tests/test_pipeline.py::test_train_cli_pipeline_in_a_fresh_process",
