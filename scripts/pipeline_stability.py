@@ -8,6 +8,8 @@ mesh runners equal):
               sequential DNI does (on devices stage 0 would then wait for stage 1)
   extrap      the pipeline's schedule, stage 0 using φ + (φ − φ_prev): SG_0 extrapolated
               one regression step ahead (needs nothing from this tick: still unlocked)
+  lead        the library's pipeline as it is now (``sg_pipeline(lead=True)``, the default):
+              ``extrap`` written in the library, for every runner
   sequential  the rule ``synthetic_gradients(at=(cut,))`` on one device, same modules
   ``-sgd`` after a variant: the SG modules trained by SGD instead of Adam
 
@@ -38,7 +40,8 @@ opt = optax.adam(lr)
 sgo = optax.sgd(sg_lr) if variant.endswith("-sgd") else optax.adam(sg_lr)
 variant = variant.removesuffix("-sgd")
 pnet = nets.group(net, [cut])
-pipe = pipeline.sg_pipeline(pnet, "xent", opt, sgo)
+# the variants below lead (or not) by hand; "lead" is the library's own (sg_pipeline's default)
+pipe = pipeline.sg_pipeline(pnet, "xent", opt, sgo, lead=variant == "lead")
 st = pipeline.init_sg(pipe, jax.random.key(seed), batch_size=B)
 
 
@@ -111,7 +114,7 @@ if variant == "sequential":
     st = train.init(jax.random.key(seed), net, rule, opt)
     step = train.make_step(net, rule, "xent", opt)
     tick = jax.jit(sequential)
-elif variant == "pipeline":
+elif variant in ("pipeline", "lead"):
     tick = jax.jit(lambda s, x, y: pipeline.sg_reference(pipe, s, x, y))
 elif variant == "extrap":
     tick = jax.jit(extrap)

@@ -171,7 +171,7 @@ def sg_per_process(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunn
         if s == 0:
             msg = Message(msg.h, ys[t], valid[t].astype(jnp.float32))
         theta, opt, h_out, g_in, loss, acc, fwd_ok = _forward_math(
-            pipe, s, width, theta, opt, phi, msg, xs[t]
+            pipe, s, width, theta, opt, phi, msg, xs[t], sg_opt
         )
         out = _pack_message(Message(h_out, msg.y, msg.valid))
         send = jnp.concatenate([out, g_in], axis=1)

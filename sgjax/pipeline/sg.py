@@ -79,9 +79,9 @@ def sg_reference(
         outs, targets = [], []  # targets[s]: stage s's input gradient, the target of SG_{s-1}
         ok = []  # ok[s]: stage s's updates this tick were finite
         for s in range(n):
-            phi = st.sg_params[s] if s < n - 1 else ()
+            phi, sg_opt = (st.sg_params[s], st.sg_opt_state[s]) if s < n - 1 else ((), ())
             params[s], opt[s], h_out, g_in, loss, acc, fwd_ok = _stage_update(
-                pipe, s, params[s], opt[s], phi, inbox[s]
+                pipe, s, params[s], opt[s], phi, inbox[s], sg_opt
             )
             outs.append(Message(h_out, inbox[s].y, inbox[s].valid))
             targets.append(g_in)
@@ -201,7 +201,15 @@ def _send_message(m: Message, pairs: list[tuple[int, int]]) -> Message:
 
 
 def _forward_math(
-    pipe: SGPipeline, s: int, width: int, theta: Any, opt: Any, phi: Any, msg: Message, x: jax.Array
+    pipe: SGPipeline,
+    s: int,
+    width: int,
+    theta: Any,
+    opt: Any,
+    phi: Any,
+    msg: Message,
+    x: jax.Array,
+    sg_opt: Any = (),
 ) -> tuple:
     """Stage s's forward, signal and update on a device's padded message (stage 0 reads
     ``x``); returns θ_s, its optimiser state, the padded output and input gradient, loss,
@@ -209,7 +217,7 @@ def _forward_math(
     net = pipe.net
     h = x if s == 0 else _crop_h(msg.h, _in_shape(net, s))  # x is never sent
     inp = Message(h, msg.y, msg.valid > 0.5)
-    theta, opt, h_out, g_in, loss, acc, ok = _stage_update(pipe, s, theta, opt, phi, inp)
+    theta, opt, h_out, g_in, loss, acc, ok = _stage_update(pipe, s, theta, opt, phi, inp, sg_opt)
     # stage 0's input gradient is not computed (nothing consumes it)
     batch = h_out.shape[0]
     g_in = jnp.zeros((batch, width), h_out.dtype) if s == 0 else _pad_h(g_in, width)
@@ -329,9 +337,9 @@ def sg_on_mesh(pipe: SGPipeline, mesh: Mesh, *, batch_size: int) -> MeshRunner:
 
     def forward_branch(s: int) -> Callable:
         def branch(flat: Flat, msg: Message, x: jax.Array):
-            theta, opt, phi, _ = _unpack(flat, layouts[s])
+            theta, opt, phi, sg_opt = _unpack(flat, layouts[s])
             theta, opt, h_out, g_in, loss, acc, ok = _forward_math(
-                pipe, s, width, theta, opt, phi, msg, x
+                pipe, s, width, theta, opt, phi, msg, x, sg_opt
             )
             flat = _write(flat, jax.tree.leaves((theta, opt)), layouts[s], 0)
             return flat, h_out, g_in, loss, acc, ok
