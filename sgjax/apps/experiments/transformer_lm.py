@@ -406,7 +406,9 @@ def run_ctx(ctx: C.Context) -> dict:
         seeds=seeds,
         log=lambda s: print(s, flush=True) if ctx.progress else None,
     )
-    return R.write(ctx.out, cfg, seeds)
+    from sgjax.apps.experiments.rnn_lm import bigram_bpc
+
+    return R.write(ctx.out, cfg, seeds, levels=bigram_bpc(data))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -421,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     rep = sub.add_parser("report", help="write report.md, results.json and figures")
     rep.add_argument("--out", required=True, type=Path)
     rep.add_argument("--scale", choices=tuple(SCALES), default="medium")
+    rep.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
     if a.cmd == "run":
         methods = METHODS if a.methods is None else tuple(a.methods.split(","))
@@ -433,8 +436,10 @@ def main(argv: list[str] | None = None) -> None:
             log=lambda s: print(s, flush=True))  # fmt: skip
     else:
         from sgjax.apps.experiments import transformer_lm_report as R
+        from sgjax.apps.experiments.rnn_lm import bigram_bpc
 
-        R.write(a.out, SCALES[a.scale])
+        levels = bigram_bpc(tasks.load_tinyshakespeare(a.data_dir))
+        R.write(a.out, SCALES[a.scale], levels=levels)
 
 
 if __name__ == "__main__":

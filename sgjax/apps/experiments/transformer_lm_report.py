@@ -78,6 +78,20 @@ def at_wall(run: dict, bp: dict | None) -> float | None:
     return float(pts[-1]["val_bpc"]) if pts else None
 
 
+def at_cpu(run: dict, bp: dict | None) -> float | None:
+    """The run's validation BPC at backprop's training CPU time (the same seed): its last
+    evaluation at or before it; None when the run stopped before it (a check of the
+    wall-time comparison that other processes on the core do not distort)."""
+    if bp is None:
+        return None
+    budget = bp["at_steps"]["cpu"]
+    curve = run["curve"]
+    if curve[-1]["cpu"] < budget and run.get("method") != "backprop":
+        return None
+    pts = [c for c in curve if c["cpu"] <= budget + 1e-9]
+    return float(pts[-1]["val_bpc"]) if pts else None
+
+
 def claims(runs: dict, seeds=SEEDS) -> dict[str, dict]:
     """The verdicts on the ``dni-transformer/*`` claims from the finished runs."""
     bp = values(runs, "backprop", seeds=seeds)
@@ -179,15 +193,18 @@ def tables(runs: dict, seeds=SEEDS) -> list[str]:
         st = values(runs, m, seeds=seeds)
         nats = [r["at_steps"]["val_nats"] for r in recs]
         wall = values(runs, m, "at_wall", seeds=seeds)
+        cpu = [at_cpu(r, runs.get(f"backprop/s{r['seed']}")) for r in recs]
         steps_at_wall = [r["final"]["step"] for r in recs]
         rows.append([
             LABELS[m], stats(st), stats(nats), stats(wall),
+            stats([v for v in cpu if v is not None]) + (" (of fewer seeds)" if None in cpu else ""),
             ", ".join(str(s) for s in steps_at_wall) or "—",
             stats([r["tokens_per_s"] for r in recs], ".0f", ".0f"),
             stats([r["cpu_seconds"] for r in recs], ".0f", ".0f"),
         ])  # fmt: skip
     head = ["method", "val BPC, equal steps", "val nats, equal steps",
-            "val BPC at backprop's wall time", "steps by then", "tokens/s (training)",
+            "val BPC at backprop's wall time", "at backprop's CPU time", "steps by then",
+            "tokens/s (training)",
             "CPU s per run"]  # fmt: skip
     lines = [V.table(head, rows), ""]
     cos_rows = []
@@ -217,8 +234,15 @@ def tables(runs: dict, seeds=SEEDS) -> list[str]:
     return lines
 
 
-def write(out: Path, cfg: dict[str, Any], seeds=SEEDS, title: str | None = None) -> dict:
-    """Write ``report.md``, ``results.json``, ``bpc_by_steps.png`` and ``bpc_by_wall.png``."""
+def write(
+    out: Path,
+    cfg: dict[str, Any],
+    seeds=SEEDS,
+    title: str | None = None,
+    levels: tuple[float, float] | None = None,
+) -> dict:
+    """Write ``report.md``, ``results.json``, ``bpc_by_steps.png`` and ``bpc_by_wall.png``;
+    ``levels``: the unigram and bigram models' validation BPC on the same split."""
     out = Path(out)
     runs = C.load_runs(out)
     cl = claims(runs, seeds)
@@ -231,6 +255,15 @@ def write(out: Path, cfg: dict[str, Any], seeds=SEEDS, title: str | None = None)
         f"{cfg['eval_windows']} fixed windows of {cfg['context']} characters (nats/char, "
         f"BPC = nats / ln 2 = nats × {1 / LN2:.4f}).",
         "",
+        *(
+            [
+                f"Levels on the same split: unigram {levels[0]:.3f} BPC, add-one bigram "
+                f"{levels[1]:.3f} BPC (fitted on the training 90 %).",
+                "",
+            ]
+            if levels
+            else []
+        ),
         "## Runs",
         "",
         *tables(runs, seeds),
@@ -242,7 +275,7 @@ def write(out: Path, cfg: dict[str, Any], seeds=SEEDS, title: str | None = None)
         "",
     ]
     (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
-    res = {"settings": cfg, "claims": cl, "runs": sorted(runs),
+    res = {"settings": cfg, "claims": cl, "runs": sorted(runs), "levels": levels,
            "run_date": min((r["run_date"] for r in runs.values()), default=None)}  # fmt: skip
     C.write_json(out / "results.json", res)
     return res
