@@ -5,9 +5,12 @@ Experiments: ``fig2`` (loss reconstruction on the 2-D grid, with the Fig. 9 abla
 activation), ``fig5`` (weight norms), ``fig8`` (linear probes), ``dni-mnist`` (the DNI
 paper's every-layer MNIST FCN), ``dni-cnn`` (the same with a CNN and convolutional SG
 modules), ``dni-rnn`` (the DNI paper's recurrent experiments: Copy, Repeat Copy and Tiny
-Shakespeare with truncated BPTT vs boundary SGs; :mod:`sgjax.apps.experiments.rnn`), or
-``all``. Figs. 3, 5 and 8 share their trained networks through a cache directory (default
-``<out>/../_cache``), so they train once.
+Shakespeare with truncated BPTT vs boundary SGs; :mod:`sgjax.apps.experiments.rnn`),
+``dni-transformer`` (a character transformer on Tiny Shakespeare with SGs between its
+blocks — DNI, cDNI, cDNI + prop — against backprop at equal steps and equal wall time;
+:mod:`sgjax.apps.experiments.transformer_lm`), or ``all``. Figs. 3, 5 and 8 share their
+trained networks through a cache directory (default ``<out>/../_cache``), so they train
+once.
 
 Scales: ``smoke`` runs in seconds (tests, CI); ``medium`` is the largest that fits a 2-core
 CPU in minutes (settings in each report); ``paper`` follows the paper (Adam 3e-5, 100k
@@ -71,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=None,
-        help="MNIST IDX directory, or for dni-rnn the Tiny Shakespeare directory "
+        help="MNIST IDX directory, or for dni-rnn and dni-transformer the Tiny Shakespeare "
+        "directory "
         "(default: $SGJAX_DATA_DIR, then ../shared/data/mnist or ../shared/data/tinyshakespeare)",
     )
     p.add_argument(

@@ -5,8 +5,9 @@ adding an experiment is one entry. Each entry's ``run(ctx) -> dict`` imports its
 only when called, so that ``sgjax reproduce --help`` does not start JAX.
 
 Example:
-    >>> sorted(EXPERIMENTS)
-    ['dni-cnn', 'dni-mnist', 'dni-rnn', 'fig2', 'fig3', 'fig4', 'fig5', 'fig8', 'p-update']
+    >>> sorted(EXPERIMENTS)  # doctest: +NORMALIZE_WHITESPACE
+    ['dni-cnn', 'dni-mnist', 'dni-rnn', 'dni-transformer', 'fig2', 'fig3', 'fig4', 'fig5',
+     'fig8', 'p-update']
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ def _dni_cnn(ctx: Any) -> dict:
     return cnn.run(ctx)
 
 
+def _dni_transformer(ctx: Any) -> dict:
+    from sgjax.apps.experiments import transformer_lm
+
+    return transformer_lm.run_ctx(ctx)
+
+
 #: name -> :class:`Experiment`, in the order ``reproduce all`` runs them.
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
@@ -141,5 +148,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
         Experiment("dni-rnn", _dni_rnn, "recurrent DNI: truncated BPTT with a boundary SG"),
         Experiment("dni-cnn", _dni_cnn, "the same with a CNN and convolutional SG modules"),
+        Experiment(
+            "dni-transformer",
+            _dni_transformer,
+            "a char transformer LM with SGs between its blocks vs backprop",
+        ),
     )
 }
