@@ -17,7 +17,14 @@ import numpy as np
 from sgjax.apps.experiments import common as C
 from sgjax.apps.experiments import verdicts as V
 from sgjax.apps.experiments.rnn_lm_report import difference_resolution, stats
-from sgjax.apps.experiments.transformer_lm import LABELS, LN2, METHODS, SCALES, SEEDS, json_cfg
+from sgjax.apps.experiments.transformer_lm_settings import (
+    LABELS,
+    LN2,
+    METHODS,
+    SCALES,
+    SEEDS,
+    json_cfg,
+)
 
 #: The regime of every ``dni-transformer/*`` claim: backprop's mean validation BPC at the
 #: equal-steps point (registered with the claims, before the runs).
