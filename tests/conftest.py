@@ -297,6 +297,7 @@ STANDARD_PROMOTION: tuple[str, ...] = (
     "tests/test_p_update.py::test_skipped_stages_keep_params_and_optimiser_state_updated_ones_match_the_full_step",
     "tests/test_p_update.py::test_stochastic_step_is_pure_and_vmaps_over_seeds",
     "tests/test_pipeline.py::test_frozen_sg_pipeline_equals_sequential_dni",
+    "tests/test_pipeline.py::test_the_pipeline_leads_its_sg_by_the_last_regression_step",
     "tests/test_pipeline.py::test_frozen_grouped_sg_pipeline_equals_the_rule_with_the_same_at",
     "tests/test_pipeline.py::test_frozen_grouped_transformer_pipeline_equals_the_rule_with_the_same_at",
     "tests/test_transformer.py::test_cdni_between_the_blocks_trains_the_transformer",

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import pipelined, xla_flags
+from jax import lax
 
 from sgjax import losses, nets, pipeline, rules, train, transformer
 from sgjax.apps import cli
@@ -418,6 +419,49 @@ def test_frozen_grouped_transformer_pipeline_equals_the_rule_with_the_same_at():
     assert _max_err(nets.ungroup_params(state.params, at, lm.depth), seq.params) <= 0
     for now, before in zip(seq.params, initial):  # every stage moved: not vacuous
         assert _max_err(now, before) > 1e-3
+
+
+def test_the_pipeline_leads_its_sg_by_the_last_regression_step():
+    """``sg_pipeline(lead=True)`` (the default): stage 0 trains with φ + (φ − φ_prev).
+    Against a tick written here from the pipeline's parts with ``lead=False`` that carries
+    φ_prev itself (independent of the optimiser state the library reads): equal over 6
+    ticks, and not vacuous (without the lead the parameters differ). Planted: the lead
+    ignored in the stage update → red."""
+    from sgjax.pipeline.stages import Message, SGState, _check_stream, _sg_update, _stage_update
+
+    net = _net([6, 8, 3], ["tanh", "identity"])
+    opt, sgo, batch, ticks = optax.adam(1e-2), optax.sgd(0.2), 4, 6
+    xs, ys = _stream(21, ticks, batch, 6, 3)
+    led = pipeline.sg_pipeline(net, "xent", opt, sgo)
+    plain = pipeline.sg_pipeline(net, "xent", opt, sgo, lead=False)
+    init = pipeline.init_sg(plain, jax.random.key(2), batch_size=batch)
+    got, _ = jax.jit(lambda s: pipeline.sg_reference(led, s, xs, ys))(
+        pipeline.init_sg(led, jax.random.key(2), batch_size=batch)
+    )
+    lagged, _ = jax.jit(lambda s: pipeline.sg_reference(plain, s, xs, ys))(init)
+
+    def by_hand(st):
+        xv, y_vec, valid = _check_stream(net, batch, xs, ys, None)
+
+        def tick(carry, inp):
+            st, prev = carry
+            inbox = [Message(*inp), *st.outbox]
+            ahead = jax.tree.map(lambda a, b: 2 * a - b, st.sg_params[0], prev)
+            p0, o0, h0, *_ = _stage_update(plain, 0, st.params[0], st.opt_state[0], ahead, inbox[0])
+            p1, o1, _, g1, *_ = _stage_update(plain, 1, st.params[1], st.opt_state[1], (), inbox[1])
+            phi, so, _, _ = _sg_update(plain, st.sg_params[0], st.sg_opt_state[0], st.outbox[0], g1)
+            out = (Message(h0, inbox[0].y, inbox[0].valid),)
+            return (
+                SGState((p0, p1), (o0, o1), (phi,), (so,), out, st.tick + 1),
+                st.sg_params[0],
+            ), None
+
+        return lax.scan(tick, (st, st.sg_params[0]), (xv, y_vec, valid))[0][0]
+
+    want = jax.jit(by_hand)(init)
+    assert _max_err(got.params, want.params) <= 0
+    assert _max_err(got.sg_params, want.sg_params) <= 0
+    assert _max_err(lagged.params, want.params) > 1e-4  # the lead changed the training
 
 
 def test_frozen_grouped_sg_pipeline_equals_the_rule_with_the_same_at():

@@ -106,12 +106,17 @@ class Schedule:
             (per-process when every process holds exactly one mesh device and there is more
             than one process, else mesh). Same results; the result's ``sg_runner`` says
             which ran.
+        sg_lead: the SG pipeline's stages use their SG modules one regression step
+            ahead (:func:`~sgjax.pipeline.sg_pipeline`'s ``lead``, the default: without
+            it the one-tick lag collapsed learning on MNIST); ``False`` uses them as last
+            regressed.
     """
 
     chunk: int = 50
     micro_batches: int = 4
     mesh: Mesh | None = None
     sg_runner: str = "auto"
+    sg_lead: bool = True
 
     def __post_init__(self) -> None:
         for arg in ("chunk", "micro_batches"):
@@ -349,7 +354,7 @@ def train_pipelined(
     grouped = method == "sg-pipeline" and cut != every
     pnet = nets.group(net, cut) if grouped else net
     if method == "sg-pipeline":
-        pipe = sg_pipeline(pnet, loss, opt, sg_opt, estimator=estimator)
+        pipe = sg_pipeline(pnet, loss, opt, sg_opt, estimator=estimator, lead=schedule.sg_lead)
         sg_mesh = mesh or make_mesh(pnet.depth)
         if sg_runner == "auto":
             sg_runner = "per-process" if _one_device_per_process(sg_mesh) else "mesh"
