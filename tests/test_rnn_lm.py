@@ -134,7 +134,9 @@ def test_each_run_is_claimed_once_and_released_after_a_kill(tmp_path, monkeypatc
 
 
 def test_unknown_part_and_method_are_refused():
-    with pytest.raises(ValueError, match=r"`part` must be 'stability', 'lm' or 'lm20', got 'x'"):
+    with pytest.raises(
+        ValueError, match=r"`part` must be 'stability', 'lm', 'lm20' or 'lm256', got 'x'"
+    ):
         rnn_lm.jobs("x")
     with pytest.raises(SystemExit):
         rnn_lm.main(["run", "lm", "--out", "/nonexistent", "--methods", "dnii"])
