@@ -307,10 +307,10 @@ def test_early_stopping_scores_the_report_half_where_the_selection_half_is_lowes
         return (sel if half == "sel" else rep)[calls[half] - 1]
 
     monkeypatch.setattr(rnn, "_evaluate_bpc", fake)
-    lm = dict(rnn_lm.LM256, hidden=4, batch=4, chunk=8, chars=4 * 8 * 8, evals=4)
+    lm = dict(rnn_lm.LM256, hidden=4, batch=4, chunk=8, chars=4 * 8 * 4, evals=4, cell="vanilla")
     r = rnn.train_lm(data, "bptt", 4, 0, {"lm": lm, "clip": 1.0, "aux_weight": 0.1})
     assert calls == {"sel": 5, "rep": 5}
-    assert r["bpc_best"] == 2.6 and r["best_chars"] == r["halves_curve"][2][0] == 4 * 8 * 4
+    assert r["bpc_best"] == 2.6 and r["best_chars"] == r["halves_curve"][2][0] == 4 * 8 * 2
     assert r["bpc"] == 9.0
     # without early_stop: no halves evaluated, no score
     plain = rnn.train_lm(

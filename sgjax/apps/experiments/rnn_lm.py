@@ -15,16 +15,22 @@ to one core — share a part: each run is claimed once, in ``<out>/claimed/``):
 * ``lm20`` — the T = 8 column of ``lm`` (BPTT-8, DNI-8, BPTT-16, DNI+Aux-8) at 20M
   characters, where BPTT-8 can reach the claims' regime (the whole grid at 20M is ~4.3
   core-hours; this part ~1 core-hour).
+* ``lm256`` — LSTM 256 for 7M characters with early stopping (BPTT-8, DNI-8, BPTT-16 seed
+  by seed, then DNI+Aux-8, cDNI-8, BPTT-4 and DNI-4; 4.5–10 minutes of one core per run):
+  LSTM 128 overfits the 1M-character training split before BPTT-8 reaches the regime
+  (docs/results/dni-rnn-lm/gap/gap.md). Judged under its own claims (``dni-rnn/lm256-*``).
 
 The report judges the registered claims (``dni-rnn/*`` in
-:mod:`sgjax.apps.experiments.registry`, registered before these runs): the DNI paper's
-"predicting future gradients extends the effective time horizon" as DNI-T at or below
-BPTT-T′ for the next T′ > T.
+:mod:`sgjax.apps.experiments.registry`, registered before these runs; each part's ids in
+:data:`PART_CLAIMS`, and a part without them is refused): the DNI paper's "predicting
+future gradients extends the effective time horizon" as DNI-T at or below BPTT-T′ for the
+next T′ > T (``lm256``: for some T′ > T, each judged, the best margin the verdict).
 
 Usage::
 
     taskset -c 1 python -m sgjax.apps.experiments.rnn_lm run stability --out DIR
     taskset -c 0 python -m sgjax.apps.experiments.rnn_lm run lm --out DIR --methods bptt
+    taskset -c 0 python -m sgjax.apps.experiments.rnn_lm run lm256 --out DIR
     python -m sgjax.apps.experiments.rnn_lm report --out DIR
 """
 
