@@ -57,3 +57,11 @@ def test_every_link_and_repository_path_in_the_docs_resolves():
         if not path.exists()
     ]
     assert not broken, "\n".join(broken)
+
+
+def test_the_probe_scripts_import_without_running():
+    """The probes behind results pages are scripts with a ``main``: importing one runs
+    nothing (planted: a probe's body at module level → it would train on import, and
+    ``main`` would be missing)."""
+    for name in ("lm_gap_probe", "pipeline_stability"):
+        assert callable(load_script(name).main), name

@@ -335,6 +335,14 @@ def test_every_claim_an_experiment_reports_is_registered():
     from sgjax.apps.experiments import rnn_copy
 
     used |= {cid for ids in rnn_copy.CLAIM_IDS.values() for cid in ids}  # (by budget)
+    from sgjax.apps.experiments import rnn_lm
+
+    used |= {  # (by part)
+        cid
+        for spec in rnn_lm.PART_CLAIMS.values()
+        for kind, cid in spec.items()
+        if kind in rnn_lm.CLAIM_KINDS
+    }
     assert used <= set(CLAIMS), used - set(CLAIMS)
     assert set(CLAIMS) <= used, set(CLAIMS) - used  # no registered claim goes unjudged
     for spec in CLAIMS.values():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgjax.apps.experiments import rnn_lm, rnn_lm_report
+from sgjax.apps.experiments import rnn, rnn_lm, rnn_lm_report
 from sgjax.recurrent import tasks
 
 STUDY = sys.modules["sgjax.apps.experiments.rnn_lm"]
@@ -134,7 +134,9 @@ def test_each_run_is_claimed_once_and_released_after_a_kill(tmp_path, monkeypatc
 
 
 def test_unknown_part_and_method_are_refused():
-    with pytest.raises(ValueError, match=r"`part` must be 'stability', 'lm' or 'lm20', got 'x'"):
+    with pytest.raises(
+        ValueError, match=r"`part` must be 'stability', 'lm', 'lm20' or 'lm256', got 'x'"
+    ):
         rnn_lm.jobs("x")
     with pytest.raises(SystemExit):
         rnn_lm.main(["run", "lm", "--out", "/nonexistent", "--methods", "dnii"])
@@ -181,3 +183,137 @@ def test_the_20m_part_is_judged_on_its_own_runs_and_regime():
     assert c20["DNI-8 at or below BPTT-16 (horizon beyond T)"]["verdict"] == "held"
     # DNI+Aux-8 has not run at 20M: untested, not filled in from the 10M part
     assert c20["DNI+Aux-8 below DNI-8"]["verdict"] == "untested"
+
+
+# ------------------------------------------------------------------ the lm256 part
+
+
+def _runs256(values: dict[tuple[str, int], list[float]], chars: int = 7_000_000) -> dict:
+    """Runs of the lm256 part whose early-stopped score is ``values`` and whose final BPC
+    is 0.5 higher (so a verdict read from the wrong field shows)."""
+    runs = {}
+    for k, r in _runs(values, chars).items():
+        key = k.replace("lm/", "lm256/", 1)
+        runs[key] = {
+            **r,
+            "key": key,
+            "settings": {**rnn_lm.LM256, "chars": chars},
+            "bpc_best": r["bpc"],
+            "bpc": r["bpc"] + 0.5,
+            "run_date": "2026-12-06T23:00:00+00:00",
+        }
+    return runs
+
+
+def _vals256():
+    vals = {("bptt", 4): [2.40, 2.41, 2.42], ("bptt", 8): [2.30, 2.31, 2.32]}
+    vals[("bptt", 16)] = [2.40, 2.41, 2.42]  # worse than BPTT-8 (as LSTM 128's was)
+    vals[("dni", 4)] = [2.35, 2.36, 2.37]  # above BPTT-8 by 0.05, below BPTT-16 by 0.05
+    vals[("dni", 8)] = [2.25, 2.26, 2.27]
+    vals[("dni_aux", 8)] = [2.20, 2.21, 2.22]
+    vals[("cdni", 8)] = [2.30, 2.31, 2.32]
+    return vals
+
+
+def test_the_256_part_is_judged_on_its_early_stopped_score_and_its_own_claims():
+    c = rnn_lm_report.lm_claims(_runs256(_vals256()), 3.58, STUDY, "lm256")
+    kinds = rnn_lm.PART_CLAIMS["lm256"]
+    assert {r["id"] for r in c.values()} == {kinds[k] for k in rnn_lm.CLAIM_KINDS}
+    # "some T′ > T": DNI-4 is above BPTT-8 but below BPTT-16 — held through BPTT-16
+    h4 = c["DNI-4 at or below BPTT-T′ for some T′ > 4 (horizon beyond T)"]
+    assert h4["verdict"] == "held" and "BPTT-16" in h4["value"]
+    assert h4["margin"] == pytest.approx(0.05) and len(h4["others"]) == 1
+    assert "BPTT-8" in h4["others"][0]
+    assert c["DNI-8 at or below BPTT-T′ for some T′ > 8 (horizon beyond T)"]["verdict"] == "held"
+    assert c["DNI-4 below BPTT-4"]["margin"] == pytest.approx(0.05)
+    assert c["DNI-8 below BPTT-8"]["margin"] == pytest.approx(0.05)
+    assert c["DNI+Aux-8 below DNI-8"]["verdict"] == "held"
+    assert c["cDNI-8 below DNI-8"]["verdict"] == "contradicted"
+    # the collapse count reads the final BPC (+0.5 here): still below the bigram level
+    assert c["no DNI run of the LM table collapses"]["verdict"] == "held"
+    assert c["no DNI run of the LM table collapses"]["status"] == "confirmatory"
+    # the regime is BPTT-8's early-stopped score (its final BPC, 2.81 here, is outside)
+    vals = _vals256()
+    vals[("bptt", 8)] = [2.40, 2.41, 2.42]
+    out = rnn_lm_report.lm_claims(_runs256(vals), 3.58, STUDY, "lm256")
+    assert out["cDNI-8 below DNI-8"]["verdict"] == "untested"
+    assert "≤ 2.35 at ≥ 7,000,000" in out["cDNI-8 below DNI-8"]["regime_note"]
+    short = rnn_lm_report.lm_claims(_runs256(_vals256(), 3_000_000), 3.58, STUDY, "lm256")
+    assert short["cDNI-8 below DNI-8"]["verdict"] == "untested"
+
+
+def test_a_part_without_registered_claims_is_refused_before_any_work(tmp_path, monkeypatch):
+    def no_data(d=None):
+        raise AssertionError("loaded data before refusing the part")
+
+    monkeypatch.setattr(rnn_lm.tasks, "load_tinyshakespeare", no_data)
+    bad = {**rnn_lm.PART_CLAIMS["lm256"], "horizon": "dni-rnn/lm256-made-up"}
+    monkeypatch.setitem(rnn_lm.PART_CLAIMS, "lm256", bad)
+    with pytest.raises(ValueError, match=r"'dni-rnn/lm256-made-up'\] are not registered"):
+        rnn_lm.run("lm256", tmp_path)
+    with pytest.raises(SystemExit):
+        rnn_lm.main(["run", "lm256", "--out", str(tmp_path)])
+    monkeypatch.delitem(rnn_lm.PART_CLAIMS, "lm256")
+    with pytest.raises(ValueError, match="no LM claims are registered for 'lm256'"):
+        rnn_lm.run("lm256", tmp_path)
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_the_256_part_runs_whole_comparisons_first():
+    jobs = rnn_lm.jobs("lm256")
+    keys = [k for k, *_ in jobs]
+    assert keys[:3] == ["lm256/bptt/T8/s0", "lm256/dni/T8/s0", "lm256/bptt/T16/s0"]
+    assert keys[9:12] == [f"lm256/dni_aux/T8/s{s}" for s in rnn_lm.LM_SEEDS]
+    assert len(keys) == len(set(keys)) == 21
+    for _, method, _, _, cfg in jobs:
+        assert cfg["lm"]["hidden"] == 256 and cfg["lm"]["early_stop"]
+        assert ("inject_clip" in cfg["lm"]) == (method != "bptt")
+
+
+def test_validation_halves_are_alternate_blocks_one_per_stream():
+    ids = np.arange(1000)
+    sel, rep = rnn.validation_halves(ids, 32)
+    n = 1000 // 32
+    blocks = [ids[k * n : (k + 1) * n] for k in range(32)]  # the 32 streams' blocks
+    assert sel.tolist() == np.concatenate(blocks[0::2]).tolist()
+    assert rep.tolist() == np.concatenate(blocks[1::2]).tolist()
+    # evaluated in 16 streams each, every stream is exactly one block
+    assert tasks.streams(rep, 16)[:, 3].tolist() == blocks[7].tolist()
+    with pytest.raises(ValueError, match="`batch` must be an even int"):
+        rnn.validation_halves(ids, 3)
+
+
+def test_early_stopping_scores_the_report_half_where_the_selection_half_is_lowest(
+    monkeypatch,
+):
+    """train_lm on a small text the test makes; the evaluations are scripted so that the
+    selection half's minimum, the report half's minimum and the last evaluation differ."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 5, 3000)
+    data = tasks.CharData(ids[:2600], ids[2600:], "abcde", Path("."))
+    sel_ids, rep_ids = rnn.validation_halves(data.valid, 4)
+    # per evaluation (the untrained model first): selection, report
+    sel = [0.1, 3.0, 2.0, 2.5, 2.0]  # lowest after training: the 2nd (the first of equals)
+    rep = [0.1, 3.1, 2.6, 2.2, 2.4]
+    calls = {"sel": 0, "rep": 0}
+
+    def fake(model, params, ids, batch, chunk):
+        if len(ids) == len(data.valid):
+            return 9.0  # the whole validation text
+        half = "sel" if np.array_equal(ids, sel_ids) else "rep"
+        assert half == "sel" or np.array_equal(ids, rep_ids)
+        assert batch == 2  # half the streams
+        calls[half] += 1
+        return (sel if half == "sel" else rep)[calls[half] - 1]
+
+    monkeypatch.setattr(rnn, "_evaluate_bpc", fake)
+    lm = dict(rnn_lm.LM256, hidden=4, batch=4, chunk=8, chars=4 * 8 * 4, evals=4, cell="vanilla")
+    r = rnn.train_lm(data, "bptt", 4, 0, {"lm": lm, "clip": 1.0, "aux_weight": 0.1})
+    assert calls == {"sel": 5, "rep": 5}
+    assert r["bpc_best"] == 2.6 and r["best_chars"] == r["halves_curve"][2][0] == 4 * 8 * 2
+    assert r["bpc"] == 9.0
+    # without early_stop: no halves evaluated, no score
+    plain = rnn.train_lm(
+        data, "bptt", 4, 0, {"lm": {**lm, "early_stop": False}, "clip": 1.0, "aux_weight": 0.1}
+    )
+    assert "bpc_best" not in plain and calls == {"sel": 5, "rep": 5}

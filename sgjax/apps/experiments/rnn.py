@@ -315,6 +315,29 @@ def train_copy(
 # ------------------------------------------------------------------------ char-LM
 
 
+def validation_halves(ids: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The validation text cut into ``batch`` equal contiguous blocks (the streams it is
+    evaluated in; the remainder dropped), split into the even blocks (the *selection*
+    half, which picks the early-stopping point) and the odd blocks (the *report* half,
+    which scores it). Interleaved, the two halves sample the same parts of the text; each
+    is evaluated in ``batch // 2`` streams, one block per stream.
+
+    Example:
+        >>> [h.tolist() for h in validation_halves(np.arange(9), 4)]
+        [[0, 1, 4, 5], [2, 3, 6, 7]]
+    """
+    if not isinstance(batch, int) or batch < 2 or batch % 2:
+        raise ValueError(f"`batch` must be an even int ≥ 2 for two halves, got {batch!r}")
+    n = len(ids) // batch
+    if n < 2:
+        raise ValueError(
+            f"`ids`: {len(ids)} validation characters give blocks of {n} for {batch} streams; "
+            "early stopping needs at least 2 characters per block"
+        )
+    blocks = np.asarray(ids)[: n * batch].reshape(batch, n)
+    return np.ascontiguousarray(blocks[0::2].ravel()), np.ascontiguousarray(blocks[1::2].ravel())
+
+
 def _evaluate_bpc(model, params, ids: np.ndarray, batch: int, chunk: int) -> float:
     ev = _evaluator(model)
     S = tasks.streams(ids, batch)
@@ -354,9 +377,18 @@ def train_lm(data: tasks.CharData, method: str, T: int, seed: int, cfg: dict) ->
         )
     S = tasks.streams(data.train, B)
     valid = data.valid if lc["eval_chars"] is None else data.valid[: lc["eval_chars"]]
+    halves = validation_halves(valid, B) if lc.get("early_stop") else None
     n_chunks = max(1, lc["chars"] // (chunk * B))
     eval_at = sorted({round(n_chunks * (k + 1) / lc["evals"]) for k in range(lc["evals"])})
     curve = [(0, _evaluate_bpc(model, state.params, valid, B, chunk))]
+    halves_curve: list = []
+
+    def evaluate_halves(chars: int) -> None:
+        if halves is not None:
+            sel, rep = (_evaluate_bpc(model, state.params, v, B // 2, chunk) for v in halves)
+            halves_curve.append((chars, sel, rep))
+
+    evaluate_halves(0)
     cos_curve: list = []
     carry, train_loss, p = None, [], 0
     t0 = time.perf_counter()
@@ -382,9 +414,17 @@ def train_lm(data: tasks.CharData, method: str, T: int, seed: int, cfg: dict) ->
         p += chunk
         if i in eval_at:
             curve.append((i * chunk * B, _evaluate_bpc(model, state.params, valid, B, chunk)))
+            evaluate_halves(i * chunk * B)
+    early: dict = {}
+    if halves is not None:
+        # early stopping: the evaluation with the lowest selection-half BPC (the first of
+        # equals), scored on the report half, which took no part in the choice
+        best = min(halves_curve[1:], key=lambda r: r[1])
+        early = {"bpc_best": best[2], "best_chars": best[0], "halves_curve": halves_curve}
     return {
         "bpc": curve[-1][1],
         "curve": curve,
+        **early,
         "train_bpc_last": float(np.mean(train_loss[-max(1, len(train_loss) // 10) :])),
         "cos": cos_curve,
         "seconds": time.perf_counter() - t0,

@@ -15,16 +15,22 @@ to one core — share a part: each run is claimed once, in ``<out>/claimed/``):
 * ``lm20`` — the T = 8 column of ``lm`` (BPTT-8, DNI-8, BPTT-16, DNI+Aux-8) at 20M
   characters, where BPTT-8 can reach the claims' regime (the whole grid at 20M is ~4.3
   core-hours; this part ~1 core-hour).
+* ``lm256`` — LSTM 256 for 7M characters with early stopping (BPTT-8, DNI-8, BPTT-16 seed
+  by seed, then DNI+Aux-8, cDNI-8, BPTT-4 and DNI-4; 4.5–10 minutes of one core per run):
+  LSTM 128 overfits the 1M-character training split before BPTT-8 reaches the regime
+  (docs/results/dni-rnn-lm/gap/gap.md). Judged under its own claims (``dni-rnn/lm256-*``).
 
 The report judges the registered claims (``dni-rnn/*`` in
-:mod:`sgjax.apps.experiments.registry`, registered before these runs): the DNI paper's
-"predicting future gradients extends the effective time horizon" as DNI-T at or below
-BPTT-T′ for the next T′ > T.
+:mod:`sgjax.apps.experiments.registry`, registered before these runs; each part's ids in
+:data:`PART_CLAIMS`, and a part without them is refused): the DNI paper's "predicting
+future gradients extends the effective time horizon" as DNI-T at or below BPTT-T′ for the
+next T′ > T (``lm256``: for some T′ > T, each judged, the best margin the verdict).
 
 Usage::
 
     taskset -c 1 python -m sgjax.apps.experiments.rnn_lm run stability --out DIR
     taskset -c 0 python -m sgjax.apps.experiments.rnn_lm run lm --out DIR --methods bptt
+    taskset -c 0 python -m sgjax.apps.experiments.rnn_lm run lm256 --out DIR
     python -m sgjax.apps.experiments.rnn_lm report --out DIR
 """
 
@@ -77,8 +83,72 @@ LM_TS = {"bptt": (2, 3, 4, 5, 8, 16), "dni": (2, 3, 4, 5, 8), "dni_aux": (2, 8)}
 #: after 10M). Judged under the same registered claims as ``lm``.
 LM20 = dict(LM, chars=20_000_000)
 LM20_TS = {"bptt": (8, 16), "dni": (8,), "dni_aux": (8,)}
+#: The ``lm256`` part: LSTM 256 with early stopping, where truncated BPTT-8 reaches the
+#: claims' regime (≤ 2.35 BPC) in a budget one core affords (LSTM 128 plateaus at
+#: 2.36–2.39 by 20M characters: see the docs page). Each evaluation scores the two
+#: interleaved halves of the validation text (:func:`sgjax.apps.experiments.rnn.
+#: validation_halves`); a run's score (``bpc_best``) is the report half's BPC at the
+#: evaluation where the selection half's is lowest.
+LM256 = dict(BASE, hidden=256, chars=7_000_000, evals=14, early_stop=True)
+LM256_TS = {"bptt": (4, 8, 16), "dni": (4, 8), "dni_aux": (8,), "cdni": (8,)}
 #: part -> (its settings, its grid)
-LM_PARTS = {"lm": (LM, LM_TS), "lm20": (LM20, LM20_TS)}
+LM_PARTS = {"lm": (LM, LM_TS), "lm20": (LM20, LM20_TS), "lm256": (LM256, LM256_TS)}
+#: part -> the ids of the registered claims that judge it (:mod:`~sgjax.apps.experiments.
+#: registry`), the run field they judge and their regime (at least ``chars`` characters per
+#: run and BPTT-8's mean score at most ``bptt8``); ``horizon_any``: the horizon claim is
+#: judged against every BPTT-T′ with T′ > T (the best margin is the verdict) rather than
+#: the next T′ only. A part is run only with registered claims (the CLI refuses others).
+_LM_IDS = {
+    "horizon": "dni-rnn/lm-horizon",
+    "dni_vs_bptt": "dni-rnn/lm-dni-vs-bptt",
+    "aux_vs_dni": "dni-rnn/lm-aux-vs-dni",
+    "stable": "dni-rnn/lm-default-stable",
+}
+#: the kinds of claim a part's entry names (each an id in the registry)
+CLAIM_KINDS = ("horizon", "dni_vs_bptt", "aux_vs_dni", "cdni_vs_dni", "stable")
+PART_CLAIMS: dict[str, dict[str, Any]] = {
+    "lm": {**_LM_IDS, "score": "bpc", "chars": 10_000_000, "bptt8": 2.35, "horizon_any": False},
+    "lm20": {**_LM_IDS, "score": "bpc", "chars": 10_000_000, "bptt8": 2.35, "horizon_any": False},
+    "lm256": {
+        "horizon": "dni-rnn/lm256-horizon",
+        "dni_vs_bptt": "dni-rnn/lm256-dni-vs-bptt",
+        "aux_vs_dni": "dni-rnn/lm256-aux-vs-dni",
+        "cdni_vs_dni": "dni-rnn/lm256-cdni-vs-dni",
+        "stable": "dni-rnn/lm256-default-stable",
+        "score": "bpc_best",
+        "chars": LM256["chars"],
+        "bptt8": 2.35,
+        "horizon_any": True,
+    },
+}
+
+
+def part_claims(part: str) -> dict[str, Any]:
+    """The registered claims of an LM part (a clear error for a part without them).
+
+    Example:
+        >>> part_claims("lm256")["horizon"]
+        'dni-rnn/lm256-horizon'
+    """
+    from sgjax.apps.experiments.registry import CLAIMS
+
+    if part not in PART_CLAIMS:
+        raise ValueError(
+            f"`part`: no LM claims are registered for {part!r} (registered: "
+            f"{', '.join(PART_CLAIMS)}); register them in sgjax.apps.experiments.registry "
+            "(and PART_CLAIMS) before the runs that judge them"
+        )
+    spec = PART_CLAIMS[part]
+    ids = [v for k, v in spec.items() if k in CLAIM_KINDS]
+    missing = [cid for cid in ids if cid not in CLAIMS]
+    if missing:
+        raise ValueError(
+            f"`part` {part!r}: its claims {missing} are not registered in "
+            "sgjax.apps.experiments.registry; register them before the runs that judge them"
+        )
+    return spec
+
+
 #: The DNI harness options of the ``lm`` part, chosen by the stability study's rule (no
 #: collapse, then the lowest mean BPC): the injected SG clipped to norm 1 per example —
 #: 0 of 5 seeds collapsed, mean 2.583 BPC (BPTT-8: 2.577; γ = 0.5 alone: 1 of 5 collapsed;
@@ -113,6 +183,20 @@ def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
             for seed in LM_SEEDS:
                 cfg = _cfg({**LM, **opts})
                 out.append((f"lm/{method}/T{T}/s{seed}", method, T, seed, cfg))
+    elif part == "lm256":
+        # seed by seed BPTT-8, DNI-8, BPTT-16 (a partial part holds whole comparisons),
+        # then DNI+Aux-8, cDNI-8, and the T = 4 column last
+        groups: list[list[tuple[str, int]]] = [
+            [("bptt", 8), ("dni", 8), ("bptt", 16)],
+            [("dni_aux", 8)],
+            [("cdni", 8)],
+            [("bptt", 4), ("dni", 4)],
+        ]
+        for group in groups:
+            for seed in LM_SEEDS:
+                for method, T in group:
+                    cfg = _cfg({**LM256, **({} if method == "bptt" else LM_DNI)})
+                    out.append((f"lm256/{method}/T{T}/s{seed}", method, T, seed, cfg))
     elif part == "lm20":
         # seed by seed (a partial part holds whole comparisons), DNI+Aux last
         for seed in LM_SEEDS:
@@ -123,7 +207,7 @@ def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
             cfg = _cfg({**LM20, **LM_DNI})
             out.append((f"lm20/dni_aux/T8/s{seed}", "dni_aux", 8, seed, cfg))
     else:
-        raise ValueError(f"`part` must be 'stability', 'lm' or 'lm20', got {part!r}")
+        raise ValueError(f"`part` must be 'stability', 'lm', 'lm20' or 'lm256', got {part!r}")
     return out
 
 
@@ -132,6 +216,8 @@ load = C.load_runs  #: the finished runs of ``out/runs.jsonl`` by key
 
 def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seeds=None) -> None:
     """Run (resuming) every unfinished run of ``part``, appending each to runs.jsonl."""
+    if part != "stability":
+        part_claims(part)  # refused before any long work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     todo = [
@@ -222,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     rel = sub.add_parser("release", help="free the claims of unfinished runs (no worker may run)")
     rel.add_argument("--out", required=True, type=Path)
     r = sub.add_parser("run", help="run (resume) a part")
-    r.add_argument("part", choices=("stability", "lm", "lm20"))
+    r.add_argument("part", choices=("stability", "lm", "lm20", "lm256"))
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--data-dir", default=None)
     r.add_argument("--methods", default=None, help="comma-separated: bptt,dni,dni_aux,cdni")
@@ -235,9 +321,15 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(release(a.out)) or "nothing to release")
     elif a.cmd == "run":
         methods = None if a.methods is None else tuple(a.methods.split(","))
+        known = sorted({m for _, grid in LM_PARTS.values() for m in grid})
         for m in methods or ():
-            if m not in LM_TS:
-                p.error(f"--methods: {m!r} is not one of {sorted(LM_TS)}")
+            if m not in known:
+                p.error(f"--methods: {m!r} is not one of {known}")
+        if a.part != "stability":
+            try:
+                part_claims(a.part)
+            except ValueError as e:
+                p.error(str(e))
         seeds = None if a.seeds is None else tuple(int(s) for s in a.seeds.split(","))
         run(a.part, a.out, data_dir=a.data_dir, methods=methods, seeds=seeds)
     else:
