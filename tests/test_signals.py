@@ -25,14 +25,14 @@ TRAIN = ["train", "--dataset", "digits", "--depth", "1", "--width", "16", "--no-
 
 def _send_at(monkeypatch, step: int, signum: int) -> None:
     """Deliver ``signum`` to this process right after training step ``step``."""
-    orig = runner._Run.on_step
+    orig = runner._Saver.on_step
 
     def on_step(self, n, metrics, state):
         orig(self, n, metrics, state)
         if n == step:
             os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(runner._Run, "on_step", on_step)
+    monkeypatch.setattr(runner._Saver, "on_step", on_step)
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"])
