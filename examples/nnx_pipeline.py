@@ -10,18 +10,17 @@ gradient from above. Process 0 also runs the single-device schedule of the same 
 import json
 import sys
 
-from sgjax.pipeline import initialize_from_env
+import jax
+import numpy as np
+import optax
+from flax import nnx
 
-initialize_from_env()  # first: joins the job before JAX computes anything
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+from sgjax import pipeline, rules, train
+from sgjax.flax_adapter import network_from_nnx
+from sgjax.infra import data
+from sgjax.infra.run import Run
 
-from sgjax import pipeline, rules, train  # noqa: E402
-from sgjax.flax_adapter import network_from_nnx  # noqa: E402
-from sgjax.infra import data  # noqa: E402
-from sgjax.infra.run import Run  # noqa: E402
+pipeline.initialize_from_env()  # first, before JAX computes anything: joins the job
 
 STEPS, CHUNK, B = int(sys.argv[1]) if len(sys.argv) > 1 else 600, 6, 32
 ds, rngs, opt = data.digits(), nnx.Rngs(0), optax.adam(1e-3)

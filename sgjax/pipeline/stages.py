@@ -247,7 +247,7 @@ def _stage_update(
     gradient or new parameters are not finite is not applied, and the last output,
     ``ok``, is False (it is True on an empty slot).
     """
-    if pipe.lead and isinstance(sg_opt, Lead):
+    if isinstance(sg_opt, Lead):  # pipe.lead: its SG optimiser keeps the last change
         phi = jax.tree.map(lambda p, d: p + d.astype(p.dtype), phi, sg_opt.last)
     h_out, g_theta, g_in, loss, acc = _stage_vjp(
         pipe.net, pipe.loss, s, theta, msg.h, msg.y, lambda h: pipe.sg.signal(phi, h, msg.y)
