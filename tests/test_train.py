@@ -317,3 +317,25 @@ def test_digits_split_is_stratified_and_seeded():
     counts = np.bincount(a.y_test, minlength=10)
     assert counts.min() >= 34 and counts.max() <= 38
     assert a.x_train.min() >= 0.0 and a.x_train.max() <= 1.0
+
+
+def test_evaluate_compiles_once_per_network_and_loss():
+    """Evaluating every few hundred steps must not recompile: the batch sums are traced
+    once per (network, loss, batch shape) in a process, and give the mean loss of the
+    whole set (checked against the loss on all examples at once)."""
+    traced = []
+
+    def fn(p, y):
+        traced.append(1)  # runs only while tracing
+        return losses.softmax_cross_entropy.fn(p, y)
+
+    loss = losses.Loss("counted-xent", fn, losses.softmax_cross_entropy.output_grad)
+    net = nets.mlp([6, 5, 4], "tanh")
+    params = net.init(jax.random.key(0))
+    x, y = _batch(jax.random.key(1), n=8)
+    first = train.evaluate(net, params, loss, x, y, batch_size=4)
+    again = train.evaluate(net, params, loss, x, y, batch_size=4)
+    assert len(traced) == 1, f"traced {len(traced)} times for two evaluations"
+    assert first == again
+    whole = float(losses.softmax_cross_entropy.fn(net.apply(params, x), y))
+    np.testing.assert_allclose(first["loss"], whole, rtol=1e-6)

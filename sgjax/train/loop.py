@@ -3,6 +3,7 @@ draws (:func:`batches`) and :func:`evaluate`."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,28 @@ from sgjax.train.checks import (
 from sgjax.train.diagnose import diagnoser
 from sgjax.train.errors import NonFiniteLossError, TrainingInterrupted
 from sgjax.train.step import Batch, TrainState, init, make_step
+
+
+def _batch_sums(net: Network, loss: loss_lib.Loss, params: Any, xb: Any, yb: Any) -> Any:
+    """Summed loss and accuracy of one batch (the mean times the batch's size)."""
+    p = net.apply(params, xb)
+    k = xb.shape[0]
+    return loss.fn(p, yb) * k, loss_lib.accuracy(p, yb) * k
+
+
+#: compiled once per (network, loss) in a process (both static: hashed by identity of
+#: their functions), so that evaluating every few hundred steps does not recompile
+_cached_sums = jax.jit(_batch_sums, static_argnums=(0, 1))
+
+
+def _sums_for(net: Network, loss: loss_lib.Loss) -> Callable[..., Any]:
+    """The batch sums of ``(net, loss)``: the process-wide compiled function, or — for a
+    network with an unhashable part — one compiled for this call only."""
+    try:
+        hash((net, loss))
+    except TypeError:
+        return jax.jit(functools.partial(_batch_sums, net, loss))
+    return functools.partial(_cached_sums, net, loss)
 
 
 def evaluate(
@@ -58,12 +81,7 @@ def evaluate(
     if n == 0:
         raise ValueError("evaluate: `x` is empty")
 
-    @jax.jit
-    def sums(params, xb, yb):
-        p = net.apply(params, xb)
-        k = xb.shape[0]
-        return loss.fn(p, yb) * k, loss_lib.accuracy(p, yb) * k
-
+    sums = _sums_for(net, loss)
     tot_l = tot_a = 0.0
     for i in range(0, n, batch_size):
         l_sum, a_sum = sums(
