@@ -238,6 +238,7 @@ def _worker(spec_path: str) -> None:
         )  # fmt: skip
         r.pop("params")
         r.update(label=run["label"], processes=jax.process_count(), sizes=run.get("sizes"))
+        r["seed"] = run.get("seed", 0)
         r["allocator"] = allocator.settings()  # under which malloc settings it ran
         r["cpus"] = sorted(os.sched_getaffinity(0))
         if r["examples_per_s"] and r.get("curve") is not None and run.get("target"):
