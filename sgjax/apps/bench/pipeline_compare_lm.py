@@ -147,7 +147,7 @@ def problem(run: dict[str, Any], data_dir: str | None, cache: dict[str, Any]) ->
 
     cfg = run["lm"]
     T = cfg["context"]
-    key = ("lm", T, cfg["train_windows"], cfg["eval_windows"])
+    key = f"lm-{T}-{cfg['train_windows']}-{cfg['eval_windows']}"
     if key not in cache:
         text = tasks.load_tinyshakespeare(data_dir)
         V = len(text.vocab)
