@@ -284,25 +284,31 @@ def test_transformer_table_and_no_sweep_table():
     assert "Sweep" not in text  # --no-sweep: no sweep table
 
 
-def test_transformer_quick_comparison_end_to_end(tmp_path, capsys):
-    """``--model transformer --quick --no-sweep --seed 1`` on a small text made here: every
-    contender trains, the table has every row, the seed reaches every run."""
+def test_transformer_pipelines_train_in_two_launched_processes(tmp_path, monkeypatch):
+    """The transformer through the comparison's 2-process job (GPipe and the per-process SG
+    pipeline: the contenders only ``--model transformer`` runs differently from the MLP's
+    launched job) on a small text made here: both train, the seed reaches every run, the
+    loss stays finite. One launch (the single-process contenders are the runner's, tested
+    elsewhere; the flags and the table are tested above)."""
     import numpy as np
 
+    from sgjax.apps.bench import pipeline_compare
+    from sgjax.apps.bench import pipeline_compare_lm as lm
+
     words = np.array(["the ", "king ", "shall ", "speak ", "to ", "thee, ", "and\n", "my "])
-    text = "".join(np.random.default_rng(0).choice(words, 6000))
+    text = "".join(np.random.default_rng(0).choice(words, 3000))
     (tmp_path / "tinyshakespeare").mkdir()
     (tmp_path / "tinyshakespeare" / "input.txt").write_text(text)
-    out = tmp_path / "lm.json"
-    script = _bench_pipeline_script()
-    argv = ["--model", "transformer", "--quick", "--no-sweep", "--seed", "1",
-            "--data-dir", str(tmp_path), "--json", str(out)]  # fmt: skip
-    assert script.main(argv) == 0
-    r = json.loads(out.read_text())
+    two = tuple(c for c in pipeline_compare.CONTENDERS if c[0] in ("gpipe", "sg-pipeline"))
+    monkeypatch.setattr(pipeline_compare, "CONTENDERS", two)
+    r = pipeline_compare.compare(
+        model="transformer", lm=lm.lm_config(lm.QUICK, train_windows=64, eval_windows=8),
+        processes=2, batch_size=8, micro_batches=2, lr=3e-3, seconds=0.5, target=5.0,
+        eval_every=10, chunk=5, seed=1, data_dir=str(tmp_path), log=lambda *a: None,
+    )  # fmt: skip
     assert r["config"]["seed"] == 1 and r["config"]["model"] == "transformer"
-    assert r["sweep"] == [] and len(r["main"]) == 7
-    assert {row["seed"] for row in r["main"]} == {1}
-    printed = capsys.readouterr().out
-    assert "tokens/s" in printed and "final val BPC" in printed and "Sweep" not in printed
+    assert r["sweep"] == [] and [row["label"] for row in r["main"]] == ["gpipe", "sg-pipeline"]
     for row in r["main"]:
+        assert row["seed"] == 1 and row["processes"] == 2, row["label"]
         assert row["examples_per_s"] and np.isfinite(row["test_loss"]), row["label"]
+        assert row["curve"], row["label"]  # evaluated on the way
