@@ -194,6 +194,7 @@ INTEGRATION: tuple[str, ...] = (
     "tests/test_bench.py::test_recurrent_row_compares_dni_with_truncated_and_full_bptt",
     "tests/test_bench.py::test_large_batch_rows_and_the_gradients_alone_column",
     "tests/test_bench.py::test_compare_gives_the_change_of_each_figure",
+    "tests/test_bench.py::test_transformer_pipelines_train_in_two_launched_processes",
     "tests/test_cli.py::test_train_each_rule_writes_json",
     "tests/test_cli.py::test_train_backprop_learns_the_digits",
     "tests/test_cli.py::test_cosine_flag_reports_one_value_per_hidden_boundary",

@@ -51,6 +51,8 @@ CONTENDERS = (
 )
 #: the SG pipeline's runner per contender label (train_pipelined's ``sg_runner``)
 RUNNERS = {"sg-pipeline": "auto", "sg-pipeline, one SPMD program": "mesh"}
+#: the sweep's (width, micro-batch) points unless given
+SWEEP = ((256, 32), (512, 64), (1024, 128))
 
 
 def balanced_net(sizes: Sequence[int], n_stages: int) -> Any:
@@ -177,50 +179,78 @@ def _time_to(curve: list[dict[str, float]], target: float, charge: float) -> flo
     return None
 
 
+def _problem(run: dict[str, Any], data_dir: str | None, cache: dict[str, Any]) -> tuple:
+    """``(net, rule, loss, x_train, y_train, x_test, y_test)`` of a run row: the MNIST MLP
+    (:func:`balanced_net`) or the transformer LM (``run["model"]``)."""
+    if run.get("model", "mlp") == "transformer":
+        from sgjax.apps.bench import pipeline_compare_lm
+
+        return pipeline_compare_lm.problem(run, data_dir, cache)
+    import optax
+
+    from sgjax import rules
+    from sgjax.infra import data
+
+    if "mnist" not in cache:
+        cache["mnist"] = data.load("mnist", data_dir=data_dir)
+    ds = cache["mnist"]
+    rule = (
+        rules.synthetic_gradients(sg_optimizer=optax.adam(run.get("sg_lr", run["lr"])))
+        if run["method"] in ("sg", "sg-pipeline")
+        else rules.backprop()
+    )
+    net = balanced_net(run["sizes"], run["stages"])
+    return net, rule, "xent", ds.x_train, ds.y_train, ds.x_test, ds.y_test
+
+
 def _worker(spec_path: str) -> None:
     """One launched job: run ``spec["runs"]`` in order; process 0 writes the results."""
     initialize_from_env()
     import jax
     import optax
 
-    from sgjax import rules
-    from sgjax.infra import allocator, data, jsonio
+    from sgjax.infra import allocator, jsonio
     from sgjax.infra.run import Run
     from sgjax.pipeline.loop import MESH_METHODS, Evaluation, Schedule, train_pipelined
     from sgjax.pipeline.mesh import make_mesh
     from sgjax.pipeline.packing import _width
 
     spec = json.loads(Path(spec_path).read_text())
-    ds = data.load("mnist", data_dir=spec.get("data_dir"))
+    cache: dict[str, Any] = {}
     results = []
     for run in spec["runs"]:
-        net = balanced_net(run["sizes"], run["stages"])
-        mesh = make_mesh(jax.device_count()) if run["method"] in MESH_METHODS else None
-        rule = (
-            rules.synthetic_gradients(sg_optimizer=optax.adam(run.get("sg_lr", run["lr"])))
-            if run["method"] in ("sg", "sg-pipeline")
-            else rules.backprop()
+        lm = run.get("model", "mlp") == "transformer"
+        net, rule, loss, x_train, y_train, x_test, y_test = _problem(
+            run, spec.get("data_dir"), cache
         )
-        what = Run(net, rule, "xent", optax.adam(run["lr"]), steps=run.get("steps"),
+        mesh = make_mesh(jax.device_count()) if run["method"] in MESH_METHODS else None
+        what = Run(net, rule, loss, optax.adam(run["lr"]), steps=run.get("steps"),
                    batch_size=run["batch_size"], seed=run.get("seed", 0))  # fmt: skip
         schedule = Schedule(run["chunk"], run["micro_batches"], mesh, run.get("sg_runner", "auto"))
-        evaluation = (
-            Evaluation(ds.x_test, ds.y_test, run["eval_every"], run.get("target"))
+        evaluation = (  # the LM trains its whole budget: no stop at a target accuracy
+            Evaluation(x_test, y_test, run["eval_every"], None if lm else run.get("target"))
             if run["eval_every"]
             else None
         )
         r = train_pipelined(
-            run["method"], what, ds.x_train, ds.y_train, seconds=run["seconds"],
+            run["method"], what, x_train, y_train, seconds=run["seconds"],
             schedule=schedule, evaluation=evaluation,
         )  # fmt: skip
         r.pop("params")
-        r.update(label=run["label"], processes=jax.process_count(), sizes=run["sizes"])
+        r.update(label=run["label"], processes=jax.process_count(), sizes=run.get("sizes"))
+        r["seed"] = run.get("seed", 0)
         r["allocator"] = allocator.settings()  # under which malloc settings it ran
         r["cpus"] = sorted(os.sched_getaffinity(0))
         if r["examples_per_s"] and r.get("curve") is not None and run.get("target"):
             first = run["micro_batches"] if run["method"] == "gpipe" else run["chunk"]
             charge = first * run["batch_size"] / r["examples_per_s"]
-            r["seconds_to_target"] = _time_to(r["curve"], run["target"], charge)
+            if lm:
+                from sgjax.apps.bench.pipeline_compare_lm import time_to_bpc
+
+                T = run["lm"]["context"]
+                r["seconds_to_target"] = time_to_bpc(r["curve"], run["target"], T, charge)
+            else:
+                r["seconds_to_target"] = _time_to(r["curve"], run["target"], charge)
         if run["method"] == "sg" and run.get("stage_compute"):
             r["stage_s_per_tick"] = _stage_compute_per_tick(net, run["batch_size"], run["lr"])
         if run["method"] == "sg-pipeline":
@@ -283,10 +313,13 @@ def compare(
     seconds: float = 30.0,
     eval_every: int = 200,
     chunk: int = 50,
-    sweep: Sequence[tuple[int, ...]] = ((256, 32), (512, 64), (1024, 128)),
+    sweep: Sequence[tuple[int, ...]] | None = None,
     sweep_seconds: float = 5.0,
     data_dir: str | None = None,
     timeout: float = 900.0,
+    seed: int = 0,
+    model: str = "mlp",
+    lm: dict[str, Any] | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the contenders (:data:`CONTENDERS`) and the sweep; see the module docstring.
@@ -296,7 +329,17 @@ def compare(
     test accuracy, evaluated every ``eval_every`` micro-batches). ``sweep`` lists (width,
     micro-batch size) pairs or (width, micro-batch size, hidden layers) triples: the
     network is ``[784, w, …, w, 10]`` with 3 hidden layers of width w unless a triple
-    says otherwise, each run trains ``sweep_seconds`` without evaluation. Returns
+    says otherwise, each run trains ``sweep_seconds`` without evaluation (default
+    :data:`SWEEP`); an empty ``sweep`` skips it. ``seed`` is every run's
+    :class:`~sgjax.infra.run.Run` seed (the initialisation and the batch order).
+
+    ``model="transformer"``: the contenders train the character transformer LM of
+    :mod:`~sgjax.apps.bench.pipeline_compare_lm` instead (``lm``: its
+    :func:`~sgjax.apps.bench.pipeline_compare_lm.lm_config`, default the ``medium``
+    transformer, 8192 training and 64 validation windows); ``sizes`` is unused, ``target``
+    is a validation BPC that the curve is read for (no early stop) and there is no sweep.
+
+    Returns
     ``{"load": ..., "main": [...], "sweep": [...]}``; every row is
     :func:`~sgjax.pipeline.train_pipelined`'s result (no params) plus ``label``, ``cpus``,
     ``allocator`` (the malloc settings it ran under) and, where measured,
@@ -305,11 +348,32 @@ def compare(
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < processes:
         log(f"warning: {len(cores)} usable cores for {processes} processes; none pinned")
-    common = {"batch_size": batch_size, "micro_batches": micro_batches, "lr": lr, "chunk": chunk}
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"compare: `seed` must be an int ≥ 0, got {seed!r}")
+    from sgjax.apps.bench import pipeline_compare_lm as L
+
+    if model not in L.MODELS:
+        raise ValueError(f"compare: `model` must be one of {L.MODELS}, got {model!r}")
+    extra: dict[str, Any] = {"model": model}
+    if model == "transformer":
+        if sweep:
+            raise ValueError(f"compare: the sweep is the MLP's; got {sweep!r} for a transformer")
+        sweep = ()
+        lm = lm or L.lm_config(L.FULL, train_windows=8192, eval_windows=64)
+        L.cuts(lm["blocks"], processes)  # refuses a count the blocks cannot be cut into
+        from sgjax.recurrent import tasks
+
+        tasks.find_tinyshakespeare(data_dir)  # before any launch
+        extra["lm"] = lm
+    elif sweep is None:
+        sweep = SWEEP
+    mlp_sizes = list(sizes) if model == "mlp" else None
+    common = {"batch_size": batch_size, "micro_batches": micro_batches, "lr": lr, "chunk": chunk,
+              "seed": int(seed)}  # fmt: skip
     # Every contender trains the same network: the single-process baselines too (so that
     # sequential SG has its module where the SG pipeline has it).
     main: list[dict[str, Any]] = [
-        {**common, "label": label, "method": method, "sizes": list(sizes),
+        {**common, **extra, "label": label, "method": method, "sizes": mlp_sizes,
          "stages": processes,
          "seconds": seconds, "eval_every": eval_every, "target": target,
          "_n": n or processes, "_pin": pin, "sg_runner": RUNNERS.get(label, "auto")}
@@ -347,20 +411,40 @@ def compare(
     for part in rows:
         rows[part].sort(key=lambda r: order[r["label"]])
     return {"load": {"start": load0, "end": load1, "cores": cores}, "wall_seconds": wall, **rows,
-            "config": {"sizes": list(sizes), "processes": processes, "batch_size": batch_size,
+            "config": {"sizes": mlp_sizes, "processes": processes, "batch_size": batch_size,
                        "micro_batches": micro_batches, "lr": lr, "target": target,
-                       "seconds": seconds, "sweep": [list(p) for p in sweep]}}  # fmt: skip
+                       "seconds": seconds, "sweep": [list(p) for p in sweep],
+                       "seed": int(seed), **extra}}  # fmt: skip
 
 
 def format_tables(r: dict[str, Any]) -> str:
-    """The comparison as markdown: the main table, the sweep, the load it ran under."""
+    """The comparison as markdown: the main table, the sweep (if run), the load it ran
+    under."""
     base = {row["label"]: row for row in r["main"]}
     one = base["backprop, 1 core"]["examples_per_s"] or float("nan")
     sg_one = base["sg, 1 core"]["examples_per_s"] or float("nan")
     cfg = r["config"]
+    if cfg.get("model", "mlp") == "transformer":
+        from sgjax.apps.bench.pipeline_compare_lm import main_table
+
+        lines = main_table(r, lambda eps: f"{eps / one:.2f} | {eps / sg_one:.2f}")
+    else:
+        lines = _mlp_table(r, one, sg_one)
+    if r["sweep"]:
+        lines += ["", *_sweep_table(r["sweep"])]
+    ld = r["load"]
+    lines += ["", f"Load average {ld['start'][0]:.2f} at start, {ld['end'][0]:.2f} at end, "
+              f"on cores {ld['cores']}."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _mlp_table(r: dict[str, Any], one: float, sg_one: float) -> list[str]:
+    """The MNIST main table as markdown lines (``one``, ``sg_one``: the 1-core rates)."""
+    cfg = r["config"]
     n, M = cfg["processes"], cfg["micro_batches"]
     lines = [
         f"MNIST, MLP {cfg['sizes']} in {n} stages, B = {cfg['batch_size']}, Adam {cfg['lr']:g}, "
+        f"seed {cfg.get('seed', 0)}, "
         f"GPipe M = {M} (bubble bound {n * M / (M + n - 1):.2f}× backprop, 1 core)",
         "",
         f"| contender | processes × cores | examples/s | × backprop 1 core | × sg 1 core | "
@@ -379,8 +463,12 @@ def format_tables(r: dict[str, Any]) -> str:
             if eps
             else f"| {row['label']} | | no timed call | | | | | |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def _sweep_table(sw: list[dict[str, Any]]) -> list[str]:
+    """The sweep's rows (pairs: ``sg`` on 1 core, then ``sg-pipeline``) as markdown."""
+    lines = [
         "Sweep: SG pipeline on N processes vs sequential SG on 1 core, same network",
         "",
         "| width | hidden layers | B | sg 1 core, ex/s | sg-pipeline, ex/s | speed-up | "
@@ -388,7 +476,6 @@ def format_tables(r: dict[str, Any]) -> str:
         "slowest stage + messages | bound on the speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    sw = r["sweep"]
     for a, b in zip(sw[0::2], sw[1::2]):
         w = a["sizes"][1]
         ea, eb = a["examples_per_s"] or float("nan"), b["examples_per_s"] or float("nan")
@@ -404,10 +491,7 @@ def format_tables(r: dict[str, Any]) -> str:
             f"{' + '.join(f'{t * 1e3:.2f}' for t in stages)} ms | "
             f"{(slow + msg) * 1e3:.2f} ms | {bound:.2f} |"
         )
-    ld = r["load"]
-    lines += ["", f"Load average {ld['start'][0]:.2f} at start, {ld['end'][0]:.2f} at end, "
-              f"on cores {ld['cores']}."]  # fmt: skip
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
