@@ -339,3 +339,27 @@ def test_evaluate_compiles_once_per_network_and_loss():
     assert first == again
     whole = float(losses.softmax_cross_entropy.fn(net.apply(params, x), y))
     np.testing.assert_allclose(first["loss"], whole, rtol=1e-6)
+
+
+def _scaled_sum(weights, x):
+    _TRACED.append(1)  # runs only while tracing
+    return sum(w * x for w in weights)
+
+
+_TRACED: list[int] = []
+
+
+def test_static_jit_compiles_once_per_static_value_and_takes_unhashable_ones():
+    """``train.static_jit``: the same static value again is not traced again (another one
+    is); an unhashable static value still gives the right result (compiled per call)."""
+    _TRACED.clear()
+    x = jnp.arange(3.0)
+    a = train.static_jit(_scaled_sum, (1.0, 2.0))(x)
+    b = train.static_jit(_scaled_sum, (1.0, 2.0))(x + 1)
+    assert len(_TRACED) == 1, f"traced {len(_TRACED)} times for one static value"
+    train.static_jit(_scaled_sum, (3.0,))(x)
+    assert len(_TRACED) == 2
+    np.testing.assert_allclose(a, 3 * x)
+    np.testing.assert_allclose(b, 3 * (x + 1))
+    c = train.static_jit(_scaled_sum, [1.0, 2.0])(x)  # a list: unhashable
+    np.testing.assert_allclose(c, 3 * x)

@@ -60,7 +60,7 @@ from sgjax.train.errors import (
     TrainingInterrupted,
     check_step,
 )
-from sgjax.train.loop import batches, evaluate, fit, loop
+from sgjax.train.loop import batches, evaluate, fit, loop, static_jit
 from sgjax.train.step import (
     SG_UPDATE_POLICIES,
     Batch,
@@ -99,4 +99,5 @@ __all__ = [
     "make_step",
     "nonfinite_parts",
     "stagewise",
+    "static_jit",
 ]

@@ -34,19 +34,32 @@ def _batch_sums(net: Network, loss: loss_lib.Loss, params: Any, xb: Any, yb: Any
     return loss.fn(p, yb) * k, loss_lib.accuracy(p, yb) * k
 
 
-#: compiled once per (network, loss) in a process (both static: hashed by identity of
-#: their functions), so that evaluating every few hundred steps does not recompile
-_cached_sums = jax.jit(_batch_sums, static_argnums=(0, 1))
+@functools.cache
+def _jit_with_static(fn: Callable[..., Any], n_static: int) -> Callable[..., Any]:
+    return jax.jit(fn, static_argnums=tuple(range(n_static)))
 
 
-def _sums_for(net: Network, loss: loss_lib.Loss) -> Callable[..., Any]:
-    """The batch sums of ``(net, loss)``: the process-wide compiled function, or — for a
-    network with an unhashable part — one compiled for this call only."""
+def static_jit(fn: Callable[..., Any], *static: Any) -> Callable[..., Any]:
+    """``fn`` with its leading arguments fixed to ``static`` and compiled once per process
+    for those values (static arguments of one module-level ``jax.jit`` of ``fn``, hashed
+    by value — a network, a loss or a rule by the identity of its functions), so that a
+    function called again with the same network every few hundred steps is not traced
+    and compiled again. ``fn`` must be a module-level function (its identity is the
+    cache key). A static value that cannot be hashed gets a ``jax.jit`` of its own,
+    compiled on every call of this function.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> def scale(k, x):
+        ...     return k * x
+        >>> static_jit(scale, 3)(jnp.ones(2)).tolist()
+        [3.0, 3.0]
+    """
     try:
-        hash((net, loss))
+        hash(static)
     except TypeError:
-        return jax.jit(functools.partial(_batch_sums, net, loss))
-    return functools.partial(_cached_sums, net, loss)
+        return jax.jit(functools.partial(fn, *static))
+    return functools.partial(_jit_with_static(fn, len(static)), *static)
 
 
 def evaluate(
@@ -81,7 +94,7 @@ def evaluate(
     if n == 0:
         raise ValueError("evaluate: `x` is empty")
 
-    sums = _sums_for(net, loss)
+    sums = static_jit(_batch_sums, net, loss)
     tot_l = tot_a = 0.0
     for i in range(0, n, batch_size):
         l_sum, a_sum = sums(

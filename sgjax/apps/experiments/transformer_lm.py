@@ -163,21 +163,22 @@ def val_nats(net, params, x: np.ndarray, y: np.ndarray, batch: int = 64) -> floa
     return float(train.evaluate(net, params, tf.sequence_xent, x, y, batch_size=batch)["loss"])
 
 
+def _cosines(net, rule, state, x, y):
+    out = rule.gradients(state.rule_state, net, state.params, x, y, summed_xent)
+    true = exact_signals(net, state.params, x, y, summed_xent)
+    vals = []
+    for d, t in zip(out.signals[:-1], true[:-1]):
+        d, t = d.reshape(-1), t.reshape(-1)
+        den = jnp.linalg.norm(d) * jnp.linalg.norm(t)
+        vals.append(jnp.where(den > 0, jnp.dot(d, t) / jnp.where(den > 0, den, 1.0), 0.0))
+    return jnp.stack(vals)
+
+
 def boundary_cosines(net, rule, state, x, y) -> np.ndarray:
     """Cosine between each hidden boundary's signal (the SG the rule used) and the true
-    ∂ℓ/∂h there, flattened over the held batch (one value per boundary)."""
-
-    @jax.jit
-    def cos(state, x, y):
-        out = rule.gradients(state.rule_state, net, state.params, x, y, summed_xent)
-        true = exact_signals(net, state.params, x, y, summed_xent)
-        vals = []
-        for d, t in zip(out.signals[:-1], true[:-1]):
-            d, t = d.reshape(-1), t.reshape(-1)
-            den = jnp.linalg.norm(d) * jnp.linalg.norm(t)
-            vals.append(jnp.where(den > 0, jnp.dot(d, t) / jnp.where(den > 0, den, 1.0), 0.0))
-        return jnp.stack(vals)
-
+    ∂ℓ/∂h there, flattened over the held batch (one value per boundary); compiled once
+    per (network, rule) in a process."""
+    cos = train.static_jit(_cosines, net, rule)
     return np.asarray(cos(state, jnp.asarray(x), jnp.asarray(y)))
 
 
