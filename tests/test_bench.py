@@ -232,6 +232,7 @@ def test_lm_bits_per_character_and_time_to_a_target_bpc():
         (["--model", "transformer", "--sizes", "784,10,10"], "--sizes: expected none"),
         (["--model", "transformer", "--sweep", "64x16"], "--sweep: expected none"),
         (["--seed", "-1"], "--seed: expected an int >= 0, got -1"),
+        (["--eval-every", "0"], "--eval-every: expected an int >= 1, got 0"),
         (["--model", "transformer", "--data-dir", "/nonexistent-sgjax"],
          "--data-dir: Tiny Shakespeare input.txt not found"),
     ],
@@ -312,3 +313,28 @@ def test_transformer_pipelines_train_in_two_launched_processes(tmp_path, monkeyp
         assert row["seed"] == 1 and row["processes"] == 2, row["label"]
         assert row["examples_per_s"] and np.isfinite(row["test_loss"]), row["label"]
         assert row["curve"], row["label"]  # evaluated on the way
+
+
+def test_seed_summary_takes_ratios_within_each_run_and_refuses_mixed_runs():
+    """The speed-up column is the mean of each run's own ratio (the machine's speed
+    cancels inside a run), not a ratio of means; time to target per seed; results whose
+    configurations differ in more than the seed are refused, naming the difference."""
+    from sgjax.apps.bench.pipeline_seeds import summarize
+
+    def row(label, eps, t, acc):
+        return {"label": label, "examples_per_s": eps, "seconds_to_target": t,
+                "test_accuracy": acc}  # fmt: skip
+
+    def run(seed, base, sg, reach, lr=1e-3):
+        main = [row("backprop, 1 core", base, 20.0, 0.96), row("sg-pipeline", sg, reach, 0.93)]
+        return {"config": {"seed": seed, "target": 0.95, "lr": lr}, "main": main}
+
+    # run 0: 1.5×, run 1: 1.1× on a machine twice as fast; a ratio of means would say 1.23
+    text = summarize([run(0, 100.0, 150.0, 30.0), run(1, 200.0, 220.0, None)])
+    last = text.splitlines()[-1]
+    assert last.startswith("| sg-pipeline | 185 ± 49 | 1.30 ± 0.28 | 30.0, — (1 of 2) |"), last
+    assert "0.9300 ± 0.0000" in last
+    with pytest.raises(ValueError, match="differ in more than the seed"):
+        summarize([run(0, 1.0, 1.0, None), run(1, 1.0, 1.0, None, lr=1e-2)])
+    with pytest.raises(ValueError, match="a seed appears twice"):
+        summarize([run(0, 1.0, 1.0, None), run(0, 1.0, 1.0, None)])

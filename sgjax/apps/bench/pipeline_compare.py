@@ -413,7 +413,8 @@ def compare(
     return {"load": {"start": load0, "end": load1, "cores": cores}, "wall_seconds": wall, **rows,
             "config": {"sizes": mlp_sizes, "processes": processes, "batch_size": batch_size,
                        "micro_batches": micro_batches, "lr": lr, "target": target,
-                       "seconds": seconds, "sweep": [list(p) for p in sweep],
+                       "seconds": seconds, "eval_every": eval_every,
+                       "sweep": [list(p) for p in sweep],
                        "seed": int(seed), **extra}}  # fmt: skip
 
 
