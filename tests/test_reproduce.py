@@ -54,13 +54,15 @@ def deep_cache(tmp_path_factory):
 
 
 @pytest.mark.mnist
-def test_deep_networks_resume_after_an_interruption(tmp_path, mnist_dir):
-    # an interrupted run keeps every network trained so far: only the missing one retrains
+def test_deep_networks_resume_after_an_interruption(tmp_path, mnist_dir, deep_cache):
+    # an interrupted run keeps every network trained so far: only the missing one retrains.
+    # (In the module's shared cache: the networks it leaves are the ones the figure tests
+    # below read, trained once for both.)
     ctx = C.Context(
-        out=tmp_path / "o", scale="smoke", data_dir=str(mnist_dir), cache_dir=tmp_path / "c"
+        out=tmp_path / "o", scale="smoke", data_dir=str(mnist_dir), cache_dir=deep_cache
     )
     first = deep.trained_networks(ctx)
-    files = {p.name: p for p in (tmp_path / "c").glob("*.pkl")}
+    files = {p.name: p for p in deep_cache.glob("*.pkl")}
     whole = [n for n in files if not n.endswith(tuple(f"-{m}.pkl" for m in deep.METHODS))]
     assert len(whole) == 1 and len(files) == 1 + len(deep.METHODS)
     files[whole[0]].unlink()  # as if killed while training the last network
