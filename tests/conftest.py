@@ -53,8 +53,10 @@ def _fast_compiles() -> None:
       workers and every subprocess inherit it): the same program traced again by another
       test, another worker, a subprocess — or the next run — is read back instead of
       compiled (compiling is ~80 % of the unit tier's CPU time). By default it lives in
-      ``.jax_cache/tests`` of the checkout (git-ignored, bounded to 1 GiB, least recently
-      used first out; the unit tier writes ~40 MB), so a developer's second run is warm;
+      ``.jax_cache/tests`` of the checkout (git-ignored; the whole suite writes ~40 MB, and
+      entries of programs that changed stay until the directory is removed — JAX's size
+      bound needs the ``filelock`` package, not a dependency here, and without it JAX
+      turns the cache off), so a developer's second run is warm;
       ``SGJAX_TEST_COLD=1`` uses a fresh directory removed at the end (a cold run, as a
       new clone's first); ``JAX_COMPILATION_CACHE_DIR`` set from outside (as CI's) wins.
       JAX keys each entry by the program, the compile options, the XLA flags and the
@@ -76,7 +78,6 @@ def _fast_compiles() -> None:
         else:
             cache = str(Path(__file__).resolve().parents[1] / ".jax_cache" / "tests")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))
     # every program, however quick to compile (JAX's default caches only those > 1 s; also
     # into a directory given from outside, as CI's)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
