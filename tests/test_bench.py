@@ -203,8 +203,11 @@ def test_lm_bits_per_character_and_time_to_a_target_bpc():
     from sgjax.apps.bench import pipeline_compare_lm as lm
 
     T = 8
+
     # test_loss is the summed loss of a window: T characters, nats
-    nats = lambda b: b * math.log(2.0) * T  # noqa: E731 (b bits per character)
+    def nats(b):  # the summed loss of a window at b bits per character
+        return b * math.log(2.0) * T
+
     assert lm.bpc(nats(3.0), T) == pytest.approx(3.0)
     curve = [
         {"micro_batches": 10, "seconds": 1.0, "test_loss": nats(4.2), "test_accuracy": 0.1},

@@ -33,7 +33,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -426,11 +426,26 @@ def format_tables(r: dict[str, Any]) -> str:
     sg_one = base["sg, 1 core"]["examples_per_s"] or float("nan")
     cfg = r["config"]
     if cfg.get("model", "mlp") == "transformer":
-        from sgjax.apps.bench.pipeline_compare_lm import main_table
+        from sgjax.apps.bench.pipeline_compare_lm import bpc, table_head
 
-        lines = main_table(r, lambda eps: f"{eps / one:.2f} | {eps / sg_one:.2f}")
+        T = cfg["lm"]["context"]
+        head, scale = table_head(r), T  # tokens/s: examples (windows) × context
+
+        def reached(point: dict[str, float]) -> bool:
+            return bpc(point["test_loss"], T) <= cfg["target"]
+
+        def final(row: dict[str, Any]) -> str:
+            return f"{bpc(row['test_loss'], T):.3f}"
     else:
-        lines = _mlp_table(r, one, sg_one)
+        head, scale = _mlp_head(cfg), 1
+
+        def reached(point: dict[str, float]) -> bool:
+            return point["test_accuracy"] >= cfg["target"]
+
+        def final(row: dict[str, Any]) -> str:
+            return f"{row['test_accuracy']:.4f}"
+
+    lines = head + _main_rows(r["main"], one, sg_one, scale, reached, final)
     if r["sweep"]:
         lines += ["", *_sweep_table(r["sweep"])]
     ld = r["load"]
@@ -439,11 +454,10 @@ def format_tables(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _mlp_table(r: dict[str, Any], one: float, sg_one: float) -> list[str]:
-    """The MNIST main table as markdown lines (``one``, ``sg_one``: the 1-core rates)."""
-    cfg = r["config"]
+def _mlp_head(cfg: dict[str, Any]) -> list[str]:
+    """The MNIST main table's title and header lines."""
     n, M = cfg["processes"], cfg["micro_batches"]
-    lines = [
+    return [
         f"MNIST, MLP {cfg['sizes']} in {n} stages, B = {cfg['batch_size']}, Adam {cfg['lr']:g}, "
         f"seed {cfg.get('seed', 0)}, "
         f"GPipe M = {M} (bubble bound {n * M / (M + n - 1):.2f}× backprop, 1 core)",
@@ -452,15 +466,29 @@ def _mlp_table(r: dict[str, Any], one: float, sg_one: float) -> list[str]:
         f"s to {cfg['target']:.0%} test acc | micro-batches then | final test acc |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in r["main"]:
+
+
+def _main_rows(
+    rows: list[dict[str, Any]],
+    one: float,
+    sg_one: float,
+    scale: float,
+    reached: Callable[[dict[str, float]], bool],
+    final: Callable[[dict[str, Any]], str],
+) -> list[str]:
+    """One markdown line per contender (either model): its rate × ``scale``, the speed-ups
+    over the 1-core rates ``one`` and ``sg_one``, the seconds to the target, the
+    micro-batches at the first curve point where ``reached(point)``, ``final(row)``."""
+    lines = []
+    for row in rows:
         eps = row["examples_per_s"]
         reach = row.get("seconds_to_target")
-        hit = next((p for p in row.get("curve") or [] if p["test_accuracy"] >= cfg["target"]), None)
+        hit = next((p for p in row.get("curve") or [] if reached(p)), None)
         lines.append(
             f"| {row['label']} | {row['processes']} × {len(row['cpus'])} | "
-            f"{eps:.0f} | {eps / one:.2f} | {eps / sg_one:.2f} | "
+            f"{eps * scale:.0f} | {eps / one:.2f} | {eps / sg_one:.2f} | "
             f"{'not reached' if reach is None else f'{reach:.1f}'} | "
-            f"{'' if hit is None else hit['micro_batches']} | {row['test_accuracy']:.4f} |"
+            f"{'' if hit is None else hit['micro_batches']} | {final(row)} |"
             if eps
             else f"| {row['label']} | | no timed call | | | | | |"
         )

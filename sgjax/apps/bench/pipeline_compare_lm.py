@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sgjax.apps.experiments.transformer_lm_settings import LN2, SCALES
@@ -163,13 +163,13 @@ def problem(run: dict[str, Any], data_dir: str | None, cache: dict[str, Any]) ->
     return net, rule, lm.summed_xent, x_train, y_train, x_test, y_test
 
 
-def main_table(r: dict[str, Any], ratio: Callable[[float], str]) -> list[str]:
-    """The transformer's main table as markdown lines: tokens/s, seconds to the target
-    BPC, final validation BPC (``ratio(examples_per_s)`` renders the speed-up columns)."""
+def table_head(r: dict[str, Any]) -> list[str]:
+    """The transformer's main table: title and header lines (tokens/s, seconds to the
+    target BPC, final validation BPC; the rows are the MLP's, scaled by the context)."""
     cfg = r["config"]
     lm, n, M = cfg["lm"], cfg["processes"], cfg["micro_batches"]
     T = lm["context"]
-    lines = [
+    return [
         f"Tiny Shakespeare, char transformer ({lm['blocks']} blocks, width {lm['width']}, "
         f"{lm['heads']} heads, context {T}) in {n} stages cut at {cuts(lm['blocks'], n)}, "
         f"B = {cfg['batch_size']}, Adam {cfg['lr']:g}, seed {cfg.get('seed', 0)}, "
@@ -180,19 +180,3 @@ def main_table(r: dict[str, Any], ratio: Callable[[float], str]) -> list[str]:
         f"s to {cfg['target']:g} val BPC | micro-batches then | final val BPC |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in r["main"]:
-        eps = row["examples_per_s"]
-        reach = row.get("seconds_to_target")
-        hit = next(
-            (p for p in row.get("curve") or [] if bpc(p["test_loss"], T) <= cfg["target"]), None
-        )
-        lines.append(
-            f"| {row['label']} | {row['processes']} × {len(row['cpus'])} | "
-            f"{eps * T:.0f} | {ratio(eps)} | "
-            f"{'not reached' if reach is None else f'{reach:.1f}'} | "
-            f"{'' if hit is None else hit['micro_batches']} | "
-            f"{bpc(row['test_loss'], T):.3f} |"
-            if eps
-            else f"| {row['label']} | | no timed call | | | | | |"
-        )
-    return lines

@@ -72,9 +72,11 @@ def summarize(results: Sequence[dict[str, Any]]) -> str:
         f"{final} |",
         "|---|---|---|---|---|",
     ]
+    base = [next(x for x in r["main"] if x["label"] == "backprop, 1 core") for r in results]
+    if lm:
+        from sgjax.apps.bench.pipeline_compare_lm import bpc
     for i, label in enumerate(labels):
         rows = [r["main"][i] for r in results]
-        base = [next(x for x in r["main"] if x["label"] == "backprop, 1 core") for r in results]
         eps = [(row["examples_per_s"] or float("nan")) * T for row in rows]
         ratio = [
             (row["examples_per_s"] or float("nan")) / (b["examples_per_s"] or float("nan"))
@@ -84,10 +86,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> str:
         hit = sum(t is not None for t in reach)
         times = ", ".join("—" if t is None else f"{t:.1f}" for t in reach)
         if lm:
-            from sgjax.apps.bench.pipeline_compare_lm import bpc
-
-            finals = [bpc(row["test_loss"], T) for row in rows]
-            fin = _mean_sd(finals, ".3f")
+            fin = _mean_sd([bpc(row["test_loss"], T) for row in rows], ".3f")
         else:
             fin = _mean_sd([row["test_accuracy"] for row in rows], ".4f")
         lines.append(
