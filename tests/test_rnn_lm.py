@@ -135,7 +135,7 @@ def test_each_run_is_claimed_once_and_released_after_a_kill(tmp_path, monkeypatc
 
 def test_unknown_part_and_method_are_refused():
     with pytest.raises(
-        ValueError, match=r"`part` must be 'stability', 'lm', 'lm20' or 'lm256', got 'x'"
+        ValueError, match=r"`part` must be one of stability, lm, lm20, lm256, .*, got 'x'"
     ):
         rnn_lm.jobs("x")
     with pytest.raises(SystemExit):
@@ -218,7 +218,7 @@ def _vals256():
 def test_the_256_part_is_judged_on_its_early_stopped_score_and_its_own_claims():
     c = rnn_lm_report.lm_claims(_runs256(_vals256()), 3.58, STUDY, "lm256")
     kinds = rnn_lm.PART_CLAIMS["lm256"]
-    assert {r["id"] for r in c.values()} == {kinds[k] for k in rnn_lm.CLAIM_KINDS}
+    assert {r["id"] for r in c.values()} == {kinds[k] for k in rnn_lm.CLAIM_KINDS if k in kinds}
     # "some T′ > T": DNI-4 is above BPTT-8 but below BPTT-16 — held through BPTT-16
     h4 = c["DNI-4 at or below BPTT-T′ for some T′ > 4 (horizon beyond T)"]
     assert h4["verdict"] == "held" and "BPTT-16" in h4["value"]

@@ -503,6 +503,88 @@ _SPECS = (
     ),
 )
 
+#: When the LSTM 256 extension claims of issue 24 were registered (the ``lm256aux`` and
+#: ``lm256t`` parts, and the ``tune256`` rule that picks ``lm256t``'s DNI setting): after
+#: the ``lm256`` part (DNI+Aux-8 2.288 BPC, below BPTT-16's 2.324 and BPTT-8's 2.312 —
+#: seen, so DNI+Aux-8 is judged nowhere here), before any run of these parts. The BPTT-T′
+#: and DNI-4 runs they are judged against are the ``lm256`` part's (same settings, seeds
+#: 0–2); only the runs of the named method are new.
+LM256X = "2026-12-07T03:04:31+00:00"
+_SPECS = (
+    *_SPECS,
+    ClaimSpec(
+        "dni-rnn/lm256x-aux-horizon",
+        "paper.md §5.1 abstract (verified): for RNNs 'predicting future gradients extends "
+        "the effective time horizon' — here for DNI+Aux (the SG plus the auxiliary task of "
+        "predicting the next window's SG)",
+        LM256X,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+        contrast="is itself a comparison with truncated BPTT: DNI+Aux-4's score at or below "
+        "BPTT-T′'s for some T′ > 4 of the lm256 grid (8, 16; each judged, the best margin "
+        "the verdict)",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256x-aux-vs-bptt",
+        "paper.md §5.1 (RNN case, unverified detail): DNI + Aux below BPTT at the same T",
+        LM256X,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+        contrast="is itself a comparison with BPTT-4 (the lm256 part's runs)",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256x-aux-vs-dni",
+        "paper.md §5.1 (RNN case, unverified detail): DNI + Aux below DNI at the same T",
+        LM256X,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256x-aux-stable",
+        "ours (issue 24: the harness default must not collapse)",
+        LM256X,
+        "issue 24",
+        _LM256_REGIME,
+        "a collapse is a final validation BPC above the bigram model's on the same split "
+        "(a count: exact)",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256x-tuned-horizon",
+        "paper.md §5.1 abstract (verified): for RNNs 'predicting future gradients extends "
+        "the effective time horizon' — DNI-8 with the DNI setting re-chosen at LSTM 256 "
+        "(the tune256 rule: no collapse over 2 seeds at 3M characters, then the lowest mean "
+        "early-stopped BPC)",
+        LM256X,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+        contrast="is itself a comparison with truncated BPTT: DNI-8's score at or below "
+        "BPTT-16's (the lm256 part's runs)",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256x-tuned-vs-bptt",
+        "paper.md §5.1 (RNN case, unverified detail): the boundary SG stands in for the "
+        "gradients from beyond the window — DNI-8 with the re-chosen setting below BPTT-8",
+        LM256X,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+        contrast="is itself a comparison with BPTT-8 (the lm256 part's runs)",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256x-tuned-stable",
+        "ours (issue 24: the harness default must not collapse)",
+        LM256X,
+        "issue 24",
+        _LM256_REGIME,
+        "a collapse is a final validation BPC above the bigram model's on the same split "
+        "(a count: exact)",
+    ),
+)
+
 #: id -> :class:`ClaimSpec`
 CLAIMS: dict[str, ClaimSpec] = {s.id: s for s in _SPECS}
 

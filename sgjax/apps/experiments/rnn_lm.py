@@ -91,8 +91,37 @@ LM20_TS = {"bptt": (8, 16), "dni": (8,), "dni_aux": (8,)}
 #: evaluation where the selection half's is lowest.
 LM256 = dict(BASE, hidden=256, chars=7_000_000, evals=14, early_stop=True)
 LM256_TS = {"bptt": (4, 8, 16), "dni": (4, 8), "dni_aux": (8,), "cdni": (8,)}
+#: The ``tune256`` part: the DNI settings were chosen at LSTM 128 (the stability part); at
+#: 256 they leave DNI-8 0.47 BPC behind BPTT-8 (the SG's cosine with the true boundary
+#: gradient stays within ±0.05). DNI-8 at LSTM 256 for 3M characters, 2 seeds per setting,
+#: each changing one thing from the LM setting. The rule, fixed with the claims before its
+#: runs (registry ``LM256X``): the setting with no collapse and the lowest mean early-stopped
+#: BPC becomes the DNI setting of the ``lm256t`` part (:func:`tuned_setting`).
+TUNE256 = dict(LM256, chars=3_000_000, evals=6)
+TUNE256_T = 8
+TUNE256_SEEDS = (0, 1)
+TUNE256_VARIANTS: dict[str, dict[str, Any]] = {
+    "LM setting (injected SG clipped to 1, γ = 0.5, SG lr 1e-3)": {},
+    "SG lr 1e-4": {"sg_lr": 1e-4},
+    "γ = 0.25": {"decay": 0.25},
+    "SG on h only": {"sg_dims": 256},
+    "injected SG clipped to 0.1": {"inject_clip": 0.1},
+}
+#: The ``lm256aux`` part: DNI+Aux-4 at LSTM 256 (the ``lm256`` settings), judged against the
+#: ``lm256`` part's BPTT-T′ and DNI-4 runs (its ``baseline``) under claims registered before
+#: its runs — DNI+Aux-8's lead over BPTT-16 in ``lm256`` was seen before any claim named it.
+LM256AUX_TS = {"dni_aux": (4,)}
+#: The ``lm256t`` part: DNI-8 at LSTM 256 with the setting ``tune256`` chose, 3 seeds,
+#: judged against the ``lm256`` part's BPTT-8 and BPTT-16.
+LM256T_TS = {"dni": (8,)}
 #: part -> (its settings, its grid)
-LM_PARTS = {"lm": (LM, LM_TS), "lm20": (LM20, LM20_TS), "lm256": (LM256, LM256_TS)}
+LM_PARTS = {
+    "lm": (LM, LM_TS),
+    "lm20": (LM20, LM20_TS),
+    "lm256": (LM256, LM256_TS),
+    "lm256aux": (LM256, LM256AUX_TS),
+    "lm256t": (LM256, LM256T_TS),
+}
 #: part -> the ids of the registered claims that judge it (:mod:`~sgjax.apps.experiments.
 #: registry`), the run field they judge and their regime (at least ``chars`` characters per
 #: run and BPTT-8's mean score at most ``bptt8``); ``horizon_any``: the horizon claim is
@@ -105,7 +134,15 @@ _LM_IDS = {
     "stable": "dni-rnn/lm-default-stable",
 }
 #: the kinds of claim a part's entry names (each an id in the registry)
-CLAIM_KINDS = ("horizon", "dni_vs_bptt", "aux_vs_dni", "cdni_vs_dni", "stable")
+CLAIM_KINDS = (
+    "horizon",
+    "dni_vs_bptt",
+    "aux_vs_dni",
+    "cdni_vs_dni",
+    "stable",
+    "aux_horizon",
+    "aux_vs_bptt",
+)
 PART_CLAIMS: dict[str, dict[str, Any]] = {
     "lm": {**_LM_IDS, "score": "bpc", "chars": 10_000_000, "bptt8": 2.35, "horizon_any": False},
     "lm20": {**_LM_IDS, "score": "bpc", "chars": 10_000_000, "bptt8": 2.35, "horizon_any": False},
@@ -119,6 +156,29 @@ PART_CLAIMS: dict[str, dict[str, Any]] = {
         "chars": LM256["chars"],
         "bptt8": 2.35,
         "horizon_any": True,
+    },
+    # a part with a ``baseline`` reads the runs its own grid lacks (BPTT-T′, DNI-4) from
+    # that part, whose settings are its own
+    "lm256aux": {
+        "aux_horizon": "dni-rnn/lm256x-aux-horizon",
+        "aux_vs_bptt": "dni-rnn/lm256x-aux-vs-bptt",
+        "aux_vs_dni": "dni-rnn/lm256x-aux-vs-dni",
+        "stable": "dni-rnn/lm256x-aux-stable",
+        "score": "bpc_best",
+        "chars": LM256["chars"],
+        "bptt8": 2.35,
+        "horizon_any": True,
+        "baseline": "lm256",
+    },
+    "lm256t": {
+        "horizon": "dni-rnn/lm256x-tuned-horizon",
+        "dni_vs_bptt": "dni-rnn/lm256x-tuned-vs-bptt",
+        "stable": "dni-rnn/lm256x-tuned-stable",
+        "score": "bpc_best",
+        "chars": LM256["chars"],
+        "bptt8": 2.35,
+        "horizon_any": True,
+        "baseline": "lm256",
     },
 }
 
@@ -161,10 +221,60 @@ def _cfg(lm: dict) -> dict:
     return {"lm": lm, "clip": CLIP, "aux_weight": AUX_WEIGHT}
 
 
-def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
-    """``(key, method, T, seed, cfg)`` of every run of ``part``."""
+def tuned_setting(runs: dict[str, dict], bigram: float) -> tuple[str, dict[str, Any]]:
+    """The ``tune256`` setting the registered rule picks from finished ``runs``: no
+    collapse (final BPC at or below ``bigram``), then the lowest mean early-stopped BPC;
+    its name and its harness options on top of :data:`LM_DNI`. Refuses while a run is
+    missing (the rule is judged on the whole part).
+
+    Example:
+        >>> runs = {f"tune256/{n}/s{s}": {"bpc": 2.5, "bpc_best": 2.6 - 0.01 * i}
+        ...         for i, n in enumerate(TUNE256_VARIANTS) for s in TUNE256_SEEDS}
+        >>> tuned_setting(runs, bigram=3.58)
+        ('injected SG clipped to 0.1', {'inject_clip': 0.1})
+    """
+    missing = [
+        f"tune256/{n}/s{s}"
+        for n in TUNE256_VARIANTS
+        for s in TUNE256_SEEDS
+        if f"tune256/{n}/s{s}" not in runs
+    ]
+    if missing:
+        raise ValueError(
+            f"the lm256t part needs the whole tune256 part first; {len(missing)} of its runs "
+            f"are not finished ({missing[0]}, ...): run `rnn_lm run tune256` into the same --out"
+        )
+    scores = {}
+    for name in TUNE256_VARIANTS:
+        recs = [runs[f"tune256/{name}/s{s}"] for s in TUNE256_SEEDS]
+        if all(r["bpc"] <= bigram for r in recs):
+            scores[name] = float(np.mean([r["bpc_best"] for r in recs]))
+    if not scores:
+        raise ValueError("every tune256 setting collapsed on some seed: no setting to carry on")
+    best = min(scores, key=scores.__getitem__)
+    return best, {**LM_DNI, **TUNE256_VARIANTS[best]}
+
+
+def jobs(part: str, tuned: dict[str, Any] | None = None) -> list[tuple[str, str, int, int, dict]]:
+    """``(key, method, T, seed, cfg)`` of every run of ``part`` (``lm256t``: with the
+    harness options ``tuned`` that :func:`tuned_setting` chose)."""
     out = []
-    if part == "stability":
+    if part == "tune256":
+        for name, opts in TUNE256_VARIANTS.items():
+            for seed in TUNE256_SEEDS:
+                cfg = _cfg({**TUNE256, **LM_DNI, **opts})
+                out.append((f"tune256/{name}/s{seed}", "dni", TUNE256_T, seed, cfg))
+    elif part == "lm256aux":
+        for seed in LM_SEEDS:
+            cfg = _cfg({**LM256, **LM_DNI})
+            out.append((f"lm256aux/dni_aux/T4/s{seed}", "dni_aux", 4, seed, cfg))
+    elif part == "lm256t":
+        if tuned is None:
+            raise ValueError("`tuned`: the lm256t part needs the setting tune256 chose")
+        for seed in LM_SEEDS:
+            cfg = _cfg({**LM256, **tuned})
+            out.append((f"lm256t/dni/T8/s{seed}", "dni", 8, seed, cfg))
+    elif part == "stability":
         for name, (method, opts) in VARIANTS.items():
             for seed in STABILITY_SEEDS:
                 cfg = _cfg({**STABILITY, **opts})
@@ -207,25 +317,31 @@ def jobs(part: str) -> list[tuple[str, str, int, int, dict]]:
             cfg = _cfg({**LM20, **LM_DNI})
             out.append((f"lm20/dni_aux/T8/s{seed}", "dni_aux", 8, seed, cfg))
     else:
-        raise ValueError(f"`part` must be 'stability', 'lm', 'lm20' or 'lm256', got {part!r}")
+        raise ValueError(f"`part` must be one of {', '.join(PARTS)}, got {part!r}")
     return out
 
 
+#: every part :func:`run` takes, in the order they were added
+PARTS = ("stability", "lm", "lm20", "lm256", "tune256", "lm256aux", "lm256t")
 load = C.load_runs  #: the finished runs of ``out/runs.jsonl`` by key
 
 
 def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seeds=None) -> None:
     """Run (resuming) every unfinished run of ``part``, appending each to runs.jsonl."""
-    if part != "stability":
+    if part not in ("stability", "tune256"):
         part_claims(part)  # refused before any long work
     out = Path(out)
+    data = tasks.load_tinyshakespeare(data_dir)  # validated before any long work
+    tuned = None
+    if part == "lm256t":
+        name, tuned = tuned_setting(load(out), bigram_bpc(data)[1])
+        print(f"lm256t: the tune256 rule chose {name!r}: {tuned}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     todo = [
         j
-        for j in jobs(part)
+        for j in jobs(part, tuned)
         if (methods is None or j[1] in methods) and (seeds is None or j[3] in seeds)
     ]
-    data = tasks.load_tinyshakespeare(data_dir)  # validated before any long work
     (out / "claimed").mkdir(exist_ok=True)
     for key, method, T, seed, cfg in todo:
         done = load(out)  # (another worker may have finished it meanwhile)
@@ -308,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     rel = sub.add_parser("release", help="free the claims of unfinished runs (no worker may run)")
     rel.add_argument("--out", required=True, type=Path)
     r = sub.add_parser("run", help="run (resume) a part")
-    r.add_argument("part", choices=("stability", "lm", "lm20", "lm256"))
+    r.add_argument("part", choices=PARTS)
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--data-dir", default=None)
     r.add_argument("--methods", default=None, help="comma-separated: bptt,dni,dni_aux,cdni")
@@ -325,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         for m in methods or ():
             if m not in known:
                 p.error(f"--methods: {m!r} is not one of {known}")
-        if a.part != "stability":
+        if a.part not in ("stability", "tune256"):
             try:
                 part_claims(a.part)
             except ValueError as e:
