@@ -317,3 +317,77 @@ def test_early_stopping_scores_the_report_half_where_the_selection_half_is_lowes
         data, "bptt", 4, 0, {"lm": {**lm, "early_stop": False}, "clip": 1.0, "aux_weight": 0.1}
     )
     assert "bpc_best" not in plain and calls == {"sel": 5, "rep": 5}
+
+
+# ------------------------------------------------------------------ the LSTM 256 extension
+
+
+def _part_runs(part: str, values: dict, date: str = "2026-12-07T05:00:00+00:00") -> dict:
+    """Runs of ``part`` (scored like lm256: final BPC 0.5 above the score), dated ``date``."""
+    runs = {}
+    for k, r in _runs256(values).items():
+        key = k.replace("lm256/", f"{part}/", 1)
+        runs[key] = {**r, "key": key, "run_date": date}
+    return runs
+
+
+def test_the_tuning_rule_skips_a_collapsed_setting_and_refuses_an_unfinished_part():
+    names = list(rnn_lm.TUNE256_VARIANTS)
+    runs = {}
+    for i, name in enumerate(names):
+        for s in rnn_lm.TUNE256_SEEDS:
+            runs[f"tune256/{name}/s{s}"] = {"bpc": 2.6, "bpc_best": 2.5 - 0.01 * i}
+    # the best score collapsed on one seed (its final BPC above the bigram level)
+    runs[f"tune256/{names[-1]}/s1"]["bpc"] = 3.9
+    name, opts = rnn_lm.tuned_setting(runs, bigram=3.58)
+    assert name == names[-2]
+    assert opts == {**rnn_lm.LM_DNI, **rnn_lm.TUNE256_VARIANTS[names[-2]]}
+    del runs[f"tune256/{names[0]}/s0"]
+    with pytest.raises(ValueError, match=r"1 of its runs are not finished"):
+        rnn_lm.tuned_setting(runs, bigram=3.58)
+    with pytest.raises(ValueError, match="`tuned`"):
+        rnn_lm.jobs("lm256t")
+    jobs = rnn_lm.jobs("lm256t", {"inject_clip": 1.0, "sg_lr": 1e-4})
+    assert [j[0] for j in jobs] == [f"lm256t/dni/T8/s{s}" for s in rnn_lm.LM_SEEDS]
+    assert all(j[4]["lm"]["sg_lr"] == 1e-4 and j[4]["lm"]["hidden"] == 256 for j in jobs)
+
+
+def test_the_tuned_part_is_refused_before_its_tuning_finished(tmp_path, monkeypatch):
+    monkeypatch.setattr(rnn_lm.tasks, "load_tinyshakespeare", lambda d=None: _small_text())
+    monkeypatch.setattr(rnn_lm.rnn, "train_lm", lambda *a: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="needs the whole tune256 part first"):
+        rnn_lm.run("lm256t", tmp_path)
+
+
+def _small_text():
+    ids = np.arange(400) % 5
+    return tasks.CharData(ids[:360], ids[360:], "abcde", Path("."))
+
+
+def test_an_extension_part_is_judged_against_the_baseline_parts_runs():
+    base = _runs256(_vals256())  # lm256: BPTT-4 2.41, BPTT-8 2.31, BPTT-16 2.41, DNI-4 2.36
+    aux = _part_runs("lm256aux", {("dni_aux", 4): [2.33, 2.34, 2.35]})
+    c = rnn_lm_report.lm_claims({**base, **aux}, 3.58, STUDY, "lm256aux")
+    spec = rnn_lm.PART_CLAIMS["lm256aux"]
+    assert {r["id"] for r in c.values()} == {spec[k] for k in rnn_lm.CLAIM_KINDS if k in spec}
+    h = c["DNI+Aux-4 at or below BPTT-T′ for some T′ > 4 (horizon beyond T)"]
+    assert h["verdict"] == "held" and "BPTT-16" in h["value"]  # 2.34 vs 2.41; vs 2.31: no
+    assert h["margin"] == pytest.approx(0.07) and "BPTT-8" in h["others"][0]
+    assert c["DNI+Aux-4 below BPTT-4"]["margin"] == pytest.approx(0.07)
+    assert c["DNI+Aux-4 below DNI-4"]["margin"] == pytest.approx(0.02)
+    assert all(r["status"] == "confirmatory" for r in c.values())
+    # the regime is the baseline's BPTT-8; without the baseline nothing is tested
+    alone = rnn_lm_report.lm_claims(aux, 3.58, STUDY, "lm256aux")
+    assert {r["verdict"] for n, r in alone.items() if "collapses" not in n} == {"untested"}
+    assert alone["no DNI run of the LM table collapses"]["verdict"] == "consistent"
+    # runs older than the claims' registration are exploratory, never evidence
+    old = _part_runs("lm256aux", {("dni_aux", 4): [2.33, 2.34, 2.35]}, "2026-12-06T00:00:00+00:00")
+    early = rnn_lm_report.lm_claims({**base, **old}, 3.58, STUDY, "lm256aux")
+    assert {r["verdict"] for r in early.values()} == {"exploratory"}
+    # the tuned part: DNI-8 against lm256's BPTT-8 (2.31) and BPTT-16 (2.41)
+    t = _part_runs("lm256t", {("dni", 8): [2.35, 2.36, 2.37]})
+    ct = rnn_lm_report.lm_claims({**base, **t}, 3.58, STUDY, "lm256t")
+    assert ct["DNI-8 below BPTT-8"]["margin"] == pytest.approx(-0.05)
+    assert ct["DNI-8 at or below BPTT-T′ for some T′ > 8 (horizon beyond T)"][
+        "margin"
+    ] == pytest.approx(0.05)

@@ -19,6 +19,12 @@ to one core — share a part: each run is claimed once, in ``<out>/claimed/``):
   by seed, then DNI+Aux-8, cDNI-8, BPTT-4 and DNI-4; 4.5–10 minutes of one core per run):
   LSTM 128 overfits the 1M-character training split before BPTT-8 reaches the regime
   (docs/results/dni-rnn-lm/gap/gap.md). Judged under its own claims (``dni-rnn/lm256-*``).
+* ``tune256`` → ``lm256t``, and ``lm256aux`` — the LSTM 256 extension (claims
+  ``dni-rnn/lm256x-*``): DNI's settings re-chosen at 256 units (DNI-8, 5 settings × 2 seeds
+  at 3M characters, a rule fixed before the runs: :func:`tuned_setting`), DNI-8 with that
+  setting on 3 seeds at 7M, and DNI+Aux-4 on 3 seeds at 7M; both judged against the
+  ``lm256`` part's BPTT-T′ and DNI-4 runs (their ``baseline``), which must sit in the same
+  ``runs.jsonl``.
 
 The report judges the registered claims (``dni-rnn/*`` in
 :mod:`sgjax.apps.experiments.registry`, registered before these runs; each part's ids in

@@ -51,12 +51,22 @@ def stats(vals: list[float], fmt: str = ".3f", spread: str = ".3f") -> str:
     return f"{format(np.mean(vals), spread)} ± {format(np.std(vals, ddof=1), spread)} ({per})"
 
 
-def stability(runs: dict[str, dict], bigram: float, study: Any) -> tuple[list[list[Any]], dict]:
-    """Rows of the stability table and, per variant, its summary."""
+def stability(
+    runs: dict[str, dict], bigram: float, study: Any, part: str = "stability"
+) -> tuple[list[list[Any]], dict]:
+    """Rows of the stability table (``part="tune256"``: the LSTM 256 tuning table, scored
+    by the early-stopped BPC, the final BPC deciding collapse) and, per variant, its
+    summary."""
+    if part == "tune256":
+        variants = {n: ("dni", o) for n, o in study.TUNE256_VARIANTS.items()}
+        seeds, field = study.TUNE256_SEEDS, "bpc_best"
+    else:
+        variants, seeds, field = study.VARIANTS, study.STABILITY_SEEDS, "bpc"
     rows, summary = [], {}
-    for name, (method, opts) in study.VARIANTS.items():
-        recs = [runs.get(f"stability/{name}/s{s}") for s in study.STABILITY_SEEDS]
+    for name, (method, opts) in variants.items():
+        recs = [runs.get(f"{part}/{name}/s{s}") for s in seeds]
         done = [r for r in recs if r is not None]
+        score = [r[field] for r in done]
         bpc = [r["bpc"] for r in done]
         collapsed = [b > bigram for b in bpc]
         ok = [b for b, c in zip(bpc, collapsed) if not c]
@@ -70,18 +80,71 @@ def stability(runs: dict[str, dict], bigram: float, study: Any) -> tuple[list[li
             "mean": float(np.mean(bpc)) if bpc else None,
             "mean_not_collapsed": float(np.mean(ok)) if ok else None,
             "worst": float(max(bpc)) if bpc else None,
+            "score": score,
         }
         rows.append(
             [
                 name,
                 f"{sum(collapsed)} / {len(done)}",
-                ", ".join(f"{b:.3f}" for b in bpc) or "—",
-                f"{np.mean(bpc):.3f}" if bpc else "—",
-                f"{max(bpc):.3f}" if bpc else "—",
+                ", ".join(f"{b:.3f}" for b in score) or "—",
+                f"{np.mean(score):.3f}" if score else "—",
+                f"{max(score):.3f}" if score else "—",
                 f"{np.mean(cpu):.0f}" if cpu else "—",
             ]
         )
     return rows, summary
+
+
+def _extension_sections(runs: dict, bigram: float, study: Any) -> tuple[list[str], dict]:
+    """The LSTM 256 extension: the tune256 table (and the setting its rule chose), then each
+    of the lm256t and lm256aux parts with its verdicts; nothing for parts without runs."""
+    lines: list[str] = []
+    out: dict = {}
+    if any(k.startswith("tune256/") for k in runs):
+        rows, summary = stability(runs, bigram, study, "tune256")
+        out["tune256"] = summary
+        try:
+            chosen, opts = study.tuned_setting(runs, bigram)
+            pick = f"The rule (registered before these runs) chose **{chosen}** ({opts})."
+        except ValueError as e:
+            chosen, pick = None, f"No setting chosen yet: {e}."
+        out["tune256_chosen"] = chosen
+        tl = study.TUNE256
+        lines += [
+            f"## DNI-8 at LSTM 256: the DNI setting re-chosen ({tl['chars']:,} characters, "
+            f"{len(study.TUNE256_SEEDS)} seeds per setting)",
+            "",
+            "Each setting changes one thing from the LM setting. The scores are early-stopped "
+            f"validation BPC ({tl['evals']} evaluations); a collapse is a final BPC above the "
+            "bigram level. The rule: no collapse, then the lowest mean score.",
+            "",
+            V.table(
+                ["setting", "collapses", "score per seed", "mean", "worst", "CPU s / run"], rows
+            ),
+            "",
+            pick,
+            "",
+        ]
+    for part, title in (
+        ("lm256t", "DNI-8 with the re-chosen setting"),
+        ("lm256aux", "DNI+Aux-4"),
+    ):
+        if not any(k.startswith(f"{part}/") for k in runs):
+            continue
+        claims = lm_claims(runs, bigram, study, part)
+        out[f"claims_{part}"] = claims
+        lines += [
+            f"## LSTM 256: {title} (part `{part}`)",
+            "",
+            *_lm_section(runs, study, part)[2:],
+            f"Verdicts (claims `{', '.join(sorted({r['id'] for r in claims.values()}))}`, "
+            "registered before these runs; the BPTT-T′ and DNI-4 runs they are judged "
+            "against are the `lm256` part's):",
+            "",
+            V.claims_table(claims),
+            "",
+        ]
+    return lines, out
 
 
 def _lm_values(
@@ -103,13 +166,22 @@ def lm_claims(runs: dict, bigram: float, study: Any, part: str = "lm") -> dict[s
     spec = study.part_claims(part)
     prefix = f"{part}/"
     field = spec["score"]
+    # a part with a baseline reads what its own grid lacks (BPTT-T′, other methods) there
+    base = spec.get("baseline", part)
+    base_grid = study.LM_PARTS[base][1]
 
     def values(method, T):
-        return _lm_values(runs, method, T, study, part, field)
+        src = part if T in grid.get(method, ()) else base
+        return _lm_values(runs, method, T, study, src, field)
 
     bptt8 = values("bptt", 8)
     chars = min(
-        (r["settings"]["chars"] for k, r in runs.items() if k.startswith(prefix)), default=0
+        (
+            r["settings"]["chars"]
+            for k, r in runs.items()
+            if k.startswith(prefix) or k.startswith(f"{base}/")
+        ),
+        default=0,
     )
     regime = chars >= spec["chars"] and len(bptt8) > 0 and float(np.mean(bptt8)) <= spec["bptt8"]
     note = (
@@ -138,71 +210,64 @@ def lm_claims(runs: dict, bigram: float, study: Any, part: str = "lm") -> dict[s
             untested_note="" if tested else "runs missing",
         )
 
-    bptt_Ts = grid["bptt"]
-    for T in grid["dni"]:
-        dni = values("dni", T)
+    bptt_Ts = sorted(set(grid.get("bptt", ())) | set(base_grid.get("bptt", ())))
+
+    def horizon(method: str, T: int, cid: str) -> None:
+        """DNI (or DNI+Aux) at T against BPTT-T′ for T′ > T: the next T′, or (``horizon_any``)
+        every T′, the one whose margin clears its resolution by the most the verdict."""
+        lab = LABELS[method].removesuffix("-T")
+        a = values(method, T)
         later = [t for t in bptt_Ts if t > T]
-        if later and spec["horizon_any"]:
-            # "some T′ > T": every T′ is judged; the one whose margin clears its resolution
-            # by the most is the verdict (the others are listed with it)
-            names = []
-            for Tp in later:
-                b = values("bptt", Tp)
-                names.append(f"DNI-{T} at or below BPTT-{Tp}")
-                add(
-                    names[-1],
-                    dni,
-                    b,
-                    f"DNI-{T} {stats(dni)} vs BPTT-{Tp} {stats(b)}",
-                    f"DNI-{T}'s BPC ≤ BPTT-{Tp}'s",
-                    cid=spec["horizon"],
-                )
+        if not later:
+            return
+        if not spec["horizon_any"]:
+            later = later[:1]
+        names = []
+        for Tp in later:
+            b = values("bptt", Tp)
+            names.append(f"{lab}-{T} at or below BPTT-{Tp} (horizon beyond T)")
+            add(
+                names[-1],
+                a,
+                b,
+                f"{lab}-{T} {stats(a)} vs BPTT-{Tp} {stats(b)}",
+                f"{lab}-{T}'s BPC ≤ BPTT-{Tp}'s",
+                cid=cid,
+            )
+        if spec["horizon_any"]:
             recs = [claims.pop(n) for n in names]
             best = max(
                 recs, key=lambda r: r["margin"] - r["resolution"] if r["tested"] else -np.inf
             )
             best = dict(best, others=[r["value"] for r in recs if r is not best])
-            claims[f"DNI-{T} at or below BPTT-T′ for some T′ > {T} (horizon beyond T)"] = best
-        elif later:
-            Tp = later[0]
-            b = values("bptt", Tp)
-            add(
-                f"DNI-{T} at or below BPTT-{Tp} (horizon beyond T)",
-                dni,
-                b,
-                f"DNI-{T} {stats(dni)} vs BPTT-{Tp} {stats(b)}",
-                f"DNI-{T}'s BPC ≤ BPTT-{Tp}'s",
-                cid=spec["horizon"],
-            )
-        b = values("bptt", T)
+            claims[f"{lab}-{T} at or below BPTT-T′ for some T′ > {T} (horizon beyond T)"] = best
+
+    def below(a_m: str, b_m: str, T: int, cid: str) -> None:
+        la, lb = (LABELS[m].removesuffix("-T") for m in (a_m, b_m))
+        a, b = values(a_m, T), values(b_m, T)
         add(
-            f"DNI-{T} below BPTT-{T}",
-            dni,
+            f"{la}-{T} below {lb}-{T}",
+            a,
             b,
-            f"DNI-{T} {stats(dni)} vs BPTT-{T} {stats(b)}",
-            f"DNI-{T}'s BPC < BPTT-{T}'s",
-            cid=spec["dni_vs_bptt"],
+            f"{la}-{T} {stats(a)} vs {lb}-{T} {stats(b)}",
+            f"{la}-{T}'s BPC < {lb}-{T}'s",
+            cid=cid,
         )
-    for T in grid["dni_aux"]:
-        aux, dni = values("dni_aux", T), values("dni", T)
-        add(
-            f"DNI+Aux-{T} below DNI-{T}",
-            aux,
-            dni,
-            f"DNI+Aux-{T} {stats(aux)} vs DNI-{T} {stats(dni)}",
-            f"DNI+Aux-{T}'s BPC < DNI-{T}'s",
-            cid=spec["aux_vs_dni"],
-        )
+
+    for T in grid.get("dni", ()):
+        if "horizon" in spec:
+            horizon("dni", T, spec["horizon"])
+        if "dni_vs_bptt" in spec:
+            below("dni", "bptt", T, spec["dni_vs_bptt"])
+    for T in grid.get("dni_aux", ()):
+        if "aux_horizon" in spec:
+            horizon("dni_aux", T, spec["aux_horizon"])
+        if "aux_vs_bptt" in spec:
+            below("dni_aux", "bptt", T, spec["aux_vs_bptt"])
+        if "aux_vs_dni" in spec:
+            below("dni_aux", "dni", T, spec["aux_vs_dni"])
     for T in grid.get("cdni", ()):
-        cd, dni = values("cdni", T), values("dni", T)
-        add(
-            f"cDNI-{T} below DNI-{T}",
-            cd,
-            dni,
-            f"cDNI-{T} {stats(cd)} vs DNI-{T} {stats(dni)}",
-            f"cDNI-{T}'s BPC < DNI-{T}'s",
-            cid=spec["cdni_vs_dni"],
-        )
+        below("cdni", "dni", T, spec["cdni_vs_dni"])
     sg_runs = [r for k, r in runs.items() if k.startswith(prefix) and r["method"] != "bptt"]
     n_sg = sum(len(Ts) for m, Ts in grid.items() if m != "bptt") * full
     collapses = sum(r["bpc"] > bigram for r in sg_runs)  # the final BPC: a collapse
@@ -369,6 +434,7 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
             V.claims_table(claims256),
             "",
         ]
+    ext_sections, ext = _extension_sections(runs, bigram, study)
     figs = _curves(out, runs, study)
     lm = study.LM
     sections = [
@@ -393,6 +459,7 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
         "",
         *lm20_sections,
         *lm256_sections,
+        *ext_sections,
         "## Figures",
         "",
         *[f"![{f}]({f})" for f in figs],
@@ -419,6 +486,7 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
             if _lm_values(runs, m, T, study, "lm256")
         },
         "claims_lm256": claims256,
+        **ext,
         "lm_dni_options": study.LM_DNI,
         "runs": {k: {kk: vv for kk, vv in r.items() if kk != "curve"} for k, r in runs.items()},
     }
