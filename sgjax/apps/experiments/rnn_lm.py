@@ -121,7 +121,7 @@ LM256AUX_TS = {"dni_aux": (4,)}
 #: judged against the ``lm256`` part's BPTT-8 and BPTT-16.
 LM256T_TS = {"dni": (8,)}
 #: part -> (its settings, its grid)
-LM_PARTS = {
+LM_PARTS: dict[str, tuple[dict[str, Any], dict[str, tuple[int, ...]]]] = {
     "lm": (LM, LM_TS),
     "lm20": (LM20, LM20_TS),
     "lm256": (LM256, LM256_TS),
