@@ -116,10 +116,10 @@ TUNE256_VARIANTS: dict[str, dict[str, Any]] = {
 #: The ``lm256aux`` part: DNI+Aux-4 at LSTM 256 (the ``lm256`` settings), judged against the
 #: ``lm256`` part's BPTT-T′ and DNI-4 runs (its ``baseline``) under claims registered before
 #: its runs — DNI+Aux-8's lead over BPTT-16 in ``lm256`` was seen before any claim named it.
-LM256AUX_TS = {"dni_aux": (4,)}
+LM256AUX_TS: dict[str, tuple[int, ...]] = {"dni_aux": (4,)}
 #: The ``lm256t`` part: DNI-8 at LSTM 256 with the setting ``tune256`` chose, 3 seeds,
 #: judged against the ``lm256`` part's BPTT-8 and BPTT-16.
-LM256T_TS = {"dni": (8,)}
+LM256T_TS: dict[str, tuple[int, ...]] = {"dni": (8,)}
 #: part -> (its settings, its grid)
 LM_PARTS: dict[str, tuple[dict[str, Any], dict[str, tuple[int, ...]]]] = {
     "lm": (LM, LM_TS),
