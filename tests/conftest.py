@@ -35,13 +35,27 @@ from pathlib import Path
 
 _MADE_CACHE: list[str] = []
 
+#: XLA flags that make the suite's programs compile faster (see :func:`_fast_compiles`).
+FAST_COMPILE_FLAGS = (
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+    "--xla_cpu_use_fusion_emitters=false",
+    "--xla_cpu_parallel_codegen_split_count=1",
+)
+
 
 def _fast_compiles() -> None:
     """Test-speed settings, made before JAX starts (the worker processes and every
     subprocess a test launches inherit them; a variable already set is left alone).
 
-    * XLA's CPU backend at optimisation level 0, without its expensive LLVM passes: the
-      suite's many small programs compile about 30 % faster. Every numeric test compares
+    * XLA's CPU backend at optimisation level 0, without its expensive LLVM passes (the
+      suite's many small programs compile about 30 % faster) and with the older LLVM
+      fusion emitters instead of the MLIR-based ones that jaxlib 0.10 uses by default,
+      and each program's LLVM module compiled in one piece rather than split for
+      parallel threads. ``tests/test_train.py`` cold on one core (beside another job):
+      78.8–83.6 s with level 0 alone, 28.9–41.5 s without the fusion emitters (4 runs),
+      23.2–32.7 s with one codegen split too (3 runs); the thunk runtime off changed
+      nothing beyond the spread. Every numeric test compares
       with an independent reference within a tolerance or two runs of the same build, so
       the level changes no verdict — except the claims that two different programs give
       the same bits, which hold under XLA's default level only: those tests run in a
@@ -68,9 +82,7 @@ def _fast_compiles() -> None:
     if "xla_backend_optimization_level" not in flags and not os.environ.get(
         "SGJAX_TEST_XLA_DEFAULT"
     ):
-        os.environ["XLA_FLAGS"] = (
-            f"{flags} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-        ).strip()
+        os.environ["XLA_FLAGS"] = f"{flags} {' '.join(FAST_COMPILE_FLAGS)}".strip()
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         if os.environ.get("SGJAX_TEST_COLD"):
             cache = tempfile.mkdtemp(prefix="sgjax-test-jax-cache-")
@@ -95,6 +107,42 @@ def pytest_unconfigure(config):
 import jax  # noqa: E402  (after the settings above)
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+
+_PROFILE = os.environ.get("SGJAX_TEST_PROFILE")
+if _PROFILE:
+    # Where a run's time goes, per test: SGJAX_TEST_PROFILE=FILE appends one JSON line per
+    # test to FILE.<pid> (one file per worker): its wall time, the programs XLA compiled in
+    # this process and the seconds spent tracing, lowering and compiling them (children a
+    # test starts count only in its wall time). Summed by scripts/test_profile.py.
+    import json
+    import time
+
+    from jax import monitoring
+
+    _COMPILE = {"programs": 0, "backend_s": 0.0, "lower_s": 0.0, "trace_s": 0.0}
+    _EVENTS = {
+        "/jax/core/compile/backend_compile_duration": "backend_s",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+        "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+    }
+
+    def _on_duration(event: str, duration: float, **_kw) -> None:
+        name = _EVENTS.get(event)
+        if name is not None:
+            _COMPILE[name] += duration
+            _COMPILE["programs"] += name == "backend_s"
+
+    monitoring.register_event_duration_secs_listener(_on_duration)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        before, t0 = dict(_COMPILE), time.perf_counter()
+        yield
+        rec = {k: _COMPILE[k] - before[k] for k in _COMPILE}
+        rec.update(id=item.nodeid, wall_s=time.perf_counter() - t0)
+        with open(f"{_PROFILE}.{os.getpid()}", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
 
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("default", max_examples=10, derandomize=True, **_COMMON)

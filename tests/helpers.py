@@ -37,26 +37,50 @@ def load_script(name: str) -> Any:
     return mod
 
 
-def xla_flags(devices: int | None = None) -> str:
+#: The conftest flag that swaps XLA's MLIR fusion emitters for the older LLVM ones: the
+#: same maths, but rounding that can differ between two different programs (a fused op's
+#: code depends on its fusion), so claims of bit-identity across programs run without it.
+OLD_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(devices: int | None = None, *, exact: bool = False) -> str:
     """``XLA_FLAGS`` for a subprocess: this process's flags (the test-speed ones that
-    conftest.py sets) without any device count, plus ``devices`` CPU devices if given."""
+    conftest.py sets) without any device count, plus ``devices`` CPU devices if given;
+    ``exact``: without :data:`OLD_EMITTERS` (for a child whose claim is bit-identity
+    between two programs)."""
     flags = [
         f
         for f in os.environ.get("XLA_FLAGS", "").split()
-        if "xla_force_host_platform_device_count" not in f
+        if "xla_force_host_platform_device_count" not in f and not (exact and f == OLD_EMITTERS)
     ]
     if devices is not None:
         flags.append(f"--xla_force_host_platform_device_count={devices}")
     return " ".join(flags)
 
 
+def _rerun(request: Any, flags: list[str], env_extra: dict[str, str], what: str) -> None:
+    """Run ``request``'s test again in a child pytest under ``flags``; fail with its output
+    unless it passed (and was not skipped)."""
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags), **env_extra}
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         request.node.nodeid],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, f"{what}:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
+    assert re.search(r"^1 passed", res.stdout, re.M), res.stdout[-2000:]  # not skipped
+
+
 def at_default_xla_level(request: Any) -> bool:
     """For a test whose claim holds at XLA's default optimisation level only (two different
     programs giving the same bits): if this process compiles at the tests' reduced level
-    (conftest.py), run the test again in a child pytest at the default level, fail with
+    (conftest.py), run the test again in a child pytest at XLA's defaults, fail with
     its output unless it passed, and return True (the caller then returns); else False.
 
     Usage: ``if at_default_xla_level(request): return`` first in the test."""
+    from conftest import FAST_COMPILE_FLAGS  # (pytest imported it: tests/ is on sys.path)
+
     if os.environ.get("SGJAX_TEST_XLA_DEFAULT") or "xla_backend_optimization_level=0" not in (
         os.environ.get("XLA_FLAGS", "")
     ):
@@ -64,17 +88,24 @@ def at_default_xla_level(request: Any) -> bool:
     flags = [
         f
         for f in os.environ["XLA_FLAGS"].split()
-        if "optimization_level" not in f and "expensive_passes" not in f
+        if not any(f.startswith(k.split("=")[0]) for k in FAST_COMPILE_FLAGS)
     ]
-    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "SGJAX_TEST_XLA_DEFAULT": "1"}
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         request.node.nodeid],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert res.returncode == 0, f"at XLA's default level:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
-    assert re.search(r"^1 passed", res.stdout, re.M), res.stdout[-2000:]  # not skipped
+    _rerun(request, flags, {"SGJAX_TEST_XLA_DEFAULT": "1"}, "at XLA's default level")
+    return True
+
+
+def with_exact_emitters(request: Any) -> bool:
+    """For a test whose claim is bit-identity between two programs that holds at the tests'
+    optimisation level with XLA's own fusion emitters but not with the older ones
+    (:data:`OLD_EMITTERS`, which conftest.py sets for speed): if this process uses the
+    older ones, run the test again in a child pytest without that flag and return True
+    (the caller then returns); else False.
+
+    Usage: ``if with_exact_emitters(request): return`` first in the test."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    if OLD_EMITTERS not in flags:
+        return False  # (the child itself, or a run without the flag)
+    _rerun(request, [f for f in flags if f != OLD_EMITTERS], {}, "with XLA's fusion emitters")
     return True
 
 

@@ -3,9 +3,11 @@ repository path named in README.md and docs/ resolves."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import pytest
 from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +67,21 @@ def test_the_probe_scripts_import_without_running():
     ``main`` would be missing)."""
     for name in ("lm_gap_probe", "pipeline_stability"):
         assert callable(load_script(name).main), name
+
+
+def test_the_test_profile_sums_each_workers_records(tmp_path, capsys):
+    """scripts/test_profile.py: the records of both workers, summed by file (planted: one
+    worker's file read → the file's wall time would be 3.0, not 5.0); its own output
+    beside the records (``prefix.out``) is not a record."""
+    prof = load_script("test_profile")
+    rec = {"programs": 2, "backend_s": 1.0, "lower_s": 0.5, "trace_s": 0.25}
+    (tmp_path / "p.11").write_text(json.dumps({**rec, "id": "tests/a.py::t1", "wall_s": 3.0}))
+    (tmp_path / "p.12").write_text(json.dumps({**rec, "id": "tests/a.py::t2", "wall_s": 2.0}))
+    (tmp_path / "p.out").write_text("pytest's own output\n")
+    prof.main([str(tmp_path / "p")])
+    out = capsys.readouterr().out
+    assert out.startswith("2 tests: 5 s in tests, of which XLA compiling 2 s")
+    assert "4 programs compiled" in out
+    assert "     5.0      2.0      1.0      0.5        4  tests/a.py" in out
+    with pytest.raises(SystemExit, match="no files"):
+        prof.main([str(tmp_path / "q")])

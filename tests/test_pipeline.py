@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import pipelined, xla_flags
+from helpers import pipelined, with_exact_emitters, xla_flags
 from jax import lax
 
 from sgjax import losses, nets, pipeline, rules, train, transformer
@@ -376,14 +376,17 @@ def test_a_transformer_runs_on_the_pipeline_mesh_as_on_one_device(multi):
     assert r["param_shapes"] == r["net_shapes"]
 
 
-def test_frozen_grouped_transformer_pipeline_equals_the_rule_with_the_same_at():
+def test_frozen_grouped_transformer_pipeline_equals_the_rule_with_the_same_at(request):
     """Issue 29's exactness check for a transformer stage: a 4-stage char LM cut at
     boundary 2 (embedding + block 1 | block 2 + readout), a positionwise cDNI SG between
     the groups, frozen at non-zero values: the pipeline's schedule makes exactly the
     updates of ``synthetic_gradients(positionwise(use_y=True), at=(2,))`` on one device
     (losses and every parameter; the SG's lag is the only difference, and it is frozen).
     Planted: the pipeline's stages conditioning the SG on zeros instead of the next
-    characters (cDNI's context) → red."""
+    characters (cDNI's context) → red. Bit-identical with XLA's fusion emitters only (with
+    the older ones the two programs round differently and Adam amplifies it)."""
+    if with_exact_emitters(request):
+        return
     lm = transformer.char_lm(vocab=5, context=6, width=8, blocks=2, heads=2)
     at, ticks, batch = (2,), 5, 4
     frozen, opt = optax.sgd(0.0), optax.adam(1e-2)
