@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -200,3 +201,19 @@ def test_reproduce_dni_transformer_smoke(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"input\.txt"):
         reproduce.run(_args("dni-transformer", "--out", str(tmp_path / "o2"), "--data-dir",
                             str(empty), "--no-progress"))  # fmt: skip
+
+
+def test_the_gpu_scale_is_valid_and_as_large_as_its_comment_says():
+    """scripts/gpu_check.sh's scale: accepted by the settings check (so the device call
+    does not fail on it) and ~25M parameters, 8k tokens a step, as sized for the call."""
+    cfg = L.SCALES["gpu"]
+    L.check_settings(cfg)
+    net = tf.char_lm(65, context=cfg["context"], width=cfg["width"], blocks=cfg["blocks"],
+                     heads=cfg["heads"])  # fmt: skip
+    shapes = jax.eval_shape(net.init, jax.random.key(0))
+    n = sum(x.size for x in jax.tree.leaves(shapes))
+    assert 20e6 < n < 30e6, n
+    assert cfg["batch"] * cfg["context"] == 8192
+    assert max(cfg["cosine_steps"]) <= cfg["steps"]
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh").read_text()
+    assert "SCALE=${SCALE:-gpu}" in script and "--methods backprop,cdni,dni" in script

@@ -50,6 +50,27 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``gpu``: the one-GPU comparison (issue 29, item 5; ``scripts/gpu_check.sh``), sized
+#: for one 10-minute device call — estimated, not yet measured on a GPU: ~25M parameters,
+#: 8k tokens per step ≈ 1.2 TFLOP per backprop step, tens of ms on an H100 in float32
+#: (TF32 matrix products, JAX's default there), so backprop's 2,000 steps take about a
+#: minute and each SG run trains to backprop's wall time. Its verdicts are outside the
+#: registered (medium) regime: the tables are measurements, not judgements.
+SCALES["gpu"] = dict(
+    SCALES["medium"],
+    context=256,
+    width=512,
+    blocks=8,
+    heads=8,
+    batch=32,
+    steps=2000,
+    eval_every=200,
+    eval_windows=512,
+    held_windows=64,
+    cosine_steps=(200, 1000, 2000),
+)
+
+
 SCALES["paper"] = SCALES["medium"]  # no paper scale: neither paper has a transformer
 
 
