@@ -95,6 +95,23 @@ def stability(
     return rows, summary
 
 
+def score_upto(run: dict, chars: int) -> float:
+    """A run's early-stopped score as if it had stopped at ``chars`` characters: the report
+    half's BPC at the evaluation up to ``chars`` (the untrained one excluded) where the
+    selection half's is lowest, the first of equals (as :func:`sgjax.apps.experiments.rnn.
+    train_lm` scores a whole run).
+
+    Example:
+        >>> run = {"halves_curve": [[0, 6, 6], [10, 2, 3.1], [20, 3, 2.2], [30, 1, 1.5]]}
+        >>> score_upto(run, 25)  # not the last (2.2), not the lowest report (2.2), not 1.5
+        3.1
+    """
+    pts = [h for h in run["halves_curve"][1:] if h[0] <= chars]
+    if not pts:
+        raise ValueError(f"the run has no evaluation up to {chars:,} characters")
+    return float(min(pts, key=lambda h: h[1])[2])
+
+
 def _extension_sections(runs: dict, bigram: float, study: Any) -> tuple[list[str], dict]:
     """The LSTM 256 extension: the tune256 table (and the setting its rule chose), then each
     of the lm256t and lm256aux parts with its verdicts; nothing for parts without runs."""
@@ -110,6 +127,26 @@ def _extension_sections(runs: dict, bigram: float, study: Any) -> tuple[list[str
             chosen, pick = None, f"No setting chosen yet: {e}."
         out["tune256_chosen"] = chosen
         tl = study.TUNE256
+        # BPTT-8 of the lm256 part (same settings, seeds) scored the same way over its
+        # evaluations up to the tuning budget: where DNI-8 has to get to
+        ref = [
+            score_upto(r, tl["chars"])
+            for s in study.TUNE256_SEEDS
+            if (r := runs.get(f"lm256/bptt/T{study.TUNE256_T}/s{s}")) is not None
+        ]
+        if ref:
+            rows.append(
+                [
+                    f"BPTT-{study.TUNE256_T} (reference: the lm256 runs, scored over their "
+                    f"evaluations up to {tl['chars']:,} characters)",
+                    "—",
+                    ", ".join(f"{b:.3f}" for b in ref),
+                    f"{np.mean(ref):.3f}",
+                    f"{max(ref):.3f}",
+                    "—",
+                ]
+            )
+            out["tune256_bptt_reference"] = ref
         lines += [
             f"## DNI-8 at LSTM 256: the DNI setting re-chosen ({tl['chars']:,} characters, "
             f"{len(study.TUNE256_SEEDS)} seeds per setting)",
