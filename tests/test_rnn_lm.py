@@ -160,6 +160,21 @@ def test_the_advice_quotes_the_committed_stability_study():
     assert f"3M characters: {g1} of 5 seeds collapsed" in core.GAMMA_ADVICE
     assert f"({clip} of 5 collapsed)" in core.GAMMA_ADVICE
     assert f"γ = 0.5 alone {g05} of 5 seeds" in core.CLIP_ADVICE
+    # the LSTM 256 advice: the tuned setting and its scores (lm256t and lm256's runs)
+    res = json.loads((root / "docs/results/dni-rnn-lm/results.json").read_text())
+
+    def mean(prefix: str) -> str:
+        vals = [r["bpc_best"] for k, r in res["runs"].items() if k.startswith(prefix)]
+        assert len(vals) == 3, prefix
+        return f"{np.mean(vals):.3f}"
+
+    assert res["tune256_chosen"] == "injected SG clipped to 0.1"
+    assert rnn_lm.TUNE256_VARIANTS[res["tune256_chosen"]] == {"inject_clip": 0.1}
+    want = (
+        f"`inject_clip=0.1` took DNI-8 from {mean('lm256/dni/T8/')} BPC to\n"
+        f"{mean('lm256t/dni/T8/')}, below BPTT-16's {mean('lm256/bptt/T16/')}"
+    )
+    assert want in readme, want
 
 
 def test_the_20m_part_is_judged_on_its_own_runs_and_regime():
