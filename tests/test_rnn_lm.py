@@ -406,3 +406,18 @@ def test_an_extension_part_is_judged_against_the_baseline_parts_runs():
     assert ct["DNI-8 at or below BPTT-T′ for some T′ > 8 (horizon beyond T)"][
         "margin"
     ] == pytest.approx(0.05)
+
+
+def test_the_mechanism_line_reads_the_last_evaluations_cosines():
+    """Per run: the mean over boundaries of the last evaluation's cosines (planted: the
+    first evaluation's → 0.500 instead of 0.050), the training BPC beside the baseline's."""
+    base = _runs256(_vals256())
+    for s in rnn_lm.LM_SEEDS:
+        base[f"lm256/bptt/T8/s{s}"]["train_bpc_last"] = 1.95
+    t = _part_runs("lm256t", {("dni", 8): [2.35, 2.36, 2.37]})
+    for r in t.values():
+        r["cos"] = [{"chars": 1, "cos": [0.5, 0.5]}, {"chars": 2, "cos": [0.0, 0.1]}]
+        r["train_bpc_last"] = 1.9
+    line = rnn_lm_report.mechanism_line({**base, **t}, STUDY, "lm256t")
+    assert "per run: 0.050, 0.050, 0.050 " in line
+    assert "training BPC at the end: 1.900, 1.900, 1.900 (BPTT-8: 1.950, 1.950, 1.950)" in line

@@ -170,6 +170,7 @@ def _extension_sections(runs: dict, bigram: float, study: Any) -> tuple[list[str
             continue
         claims = lm_claims(runs, bigram, study, part)
         out[f"claims_{part}"] = claims
+        mech = mechanism_line(runs, study, part)
         lines += [
             f"## LSTM 256: {title} (part `{part}`)",
             "",
@@ -180,8 +181,36 @@ def _extension_sections(runs: dict, bigram: float, study: Any) -> tuple[list[str
             "",
             V.claims_table(claims),
             "",
+            mech,
+            "",
         ]
     return lines, out
+
+
+def mechanism_line(runs: dict, study: Any, part: str) -> str:
+    """What the verdicts cannot show: per seed, the mean cosine between the boundary SG and
+    the true gradient from beyond the window at the last evaluation (the mechanism the
+    horizon claim names), and the training BPC at the end beside the baseline's BPTT-8."""
+    spec = study.part_claims(part)
+    base = spec.get("baseline", part)
+    recs = [r for k, r in sorted(runs.items()) if k.startswith(f"{part}/")]
+    cos = [float(np.mean(r["cos"][-1]["cos"])) for r in recs if r.get("cos")]
+    train = [r["train_bpc_last"] for r in recs if "train_bpc_last" in r]
+    bptt = [
+        r["train_bpc_last"]
+        for s in study.LM_SEEDS
+        if (r := runs.get(f"{base}/bptt/T8/s{s}")) is not None and "train_bpc_last" in r
+    ]
+
+    def fmt(vals: list[float]) -> str:
+        return ", ".join(f"{v:.3f}" for v in vals) or "—"
+
+    return (
+        "The SG's mean cosine with the true gradient from beyond the window at the last "
+        f"evaluation, per run: {fmt(cos)} (the mechanism the horizon claim names: near 0 "
+        f"means the SG does not predict it); training BPC at the end: {fmt(train)} "
+        f"(BPTT-8: {fmt(bptt)})."
+    )
 
 
 def _lm_values(
