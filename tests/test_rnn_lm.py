@@ -91,7 +91,7 @@ def test_runs_dated_before_the_registration_are_exploratory():
     assert c["no DNI run of the LM table collapses"]["verdict"] == "exploratory"
     # a run that finished 10 s after the registration but started before it: its data
     # existed before the claim
-    from sgjax.apps.experiments.registry import RNN
+    from sgjax.apps.experiments.registry_rnn import RNN
 
     runs = _runs(_full())
     first = next(iter(runs.values()))
