@@ -42,7 +42,7 @@ jaxlib.__version__, 'flax', flax.__version__, 'optax', optax.__version__); print
 # the six rules' training step on this device (MLP 784-256-256-256-10, batch 256; ratios
 # to backprop taken side by side in one process); skipped at the smoke scale
 if [ "$SCALE" != smoke ]; then
-  timeout 100 $PY -c "from sgjax.apps.cli import main; main()" bench --only step \
+  timeout 100 $PY -m sgjax bench --only step \
     --json "$OUT/bench_step.json" 2>&1 | tee "$OUT/bench_step.txt"
 fi
 # backprop first (it sets each seed's wall-time budget), then DNI and cDNI

@@ -35,11 +35,16 @@ from pathlib import Path
 
 _MADE_CACHE: list[str] = []
 
+#: The flag that swaps XLA's MLIR fusion emitters for the older LLVM ones: the same maths,
+#: but rounding that can differ between two different programs (a fused op's code depends
+#: on its fusion), so claims of bit-identity across programs run without it
+#: (``helpers.with_exact_emitters``).
+OLD_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 #: XLA flags that make the suite's programs compile faster (see :func:`_fast_compiles`).
 FAST_COMPILE_FLAGS = (
     "--xla_backend_optimization_level=0",
     "--xla_llvm_disable_expensive_passes=true",
-    "--xla_cpu_use_fusion_emitters=false",
+    OLD_EMITTERS,
     "--xla_cpu_parallel_codegen_split_count=1",
 )
 

@@ -37,17 +37,13 @@ def load_script(name: str) -> Any:
     return mod
 
 
-#: The conftest flag that swaps XLA's MLIR fusion emitters for the older LLVM ones: the
-#: same maths, but rounding that can differ between two different programs (a fused op's
-#: code depends on its fusion), so claims of bit-identity across programs run without it.
-OLD_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
-
-
 def xla_flags(devices: int | None = None, *, exact: bool = False) -> str:
     """``XLA_FLAGS`` for a subprocess: this process's flags (the test-speed ones that
     conftest.py sets) without any device count, plus ``devices`` CPU devices if given;
-    ``exact``: without :data:`OLD_EMITTERS` (for a child whose claim is bit-identity
-    between two programs)."""
+    ``exact``: without conftest's ``OLD_EMITTERS`` (for a child whose claim is
+    bit-identity between two programs)."""
+    from conftest import OLD_EMITTERS  # (pytest imported it: tests/ is on sys.path)
+
     flags = [
         f
         for f in os.environ.get("XLA_FLAGS", "").split()
@@ -97,11 +93,13 @@ def at_default_xla_level(request: Any) -> bool:
 def with_exact_emitters(request: Any) -> bool:
     """For a test whose claim is bit-identity between two programs that holds at the tests'
     optimisation level with XLA's own fusion emitters but not with the older ones
-    (:data:`OLD_EMITTERS`, which conftest.py sets for speed): if this process uses the
+    (conftest's ``OLD_EMITTERS``, set there for speed): if this process uses the
     older ones, run the test again in a child pytest without that flag and return True
     (the caller then returns); else False.
 
     Usage: ``if with_exact_emitters(request): return`` first in the test."""
+    from conftest import OLD_EMITTERS
+
     flags = os.environ.get("XLA_FLAGS", "").split()
     if OLD_EMITTERS not in flags:
         return False  # (the child itself, or a run without the flag)

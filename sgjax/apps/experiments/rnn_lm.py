@@ -329,12 +329,14 @@ def jobs(part: str, tuned: dict[str, Any] | None = None) -> list[tuple[str, str,
 
 #: every part :func:`run` takes, in the order they were added
 PARTS = ("stability", "lm", "lm20", "lm256", "tune256", "lm256aux", "lm256t")
+#: the parts that choose a setting by a rule rather than judge claims (no PART_CLAIMS)
+UNCLAIMED_PARTS = ("stability", "tune256")
 load = C.load_runs  #: the finished runs of ``out/runs.jsonl`` by key
 
 
 def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seeds=None) -> None:
     """Run (resuming) every unfinished run of ``part``, appending each to runs.jsonl."""
-    if part not in ("stability", "tune256"):
+    if part not in UNCLAIMED_PARTS:
         part_claims(part)  # refused before any long work
     out = Path(out)
     data = tasks.load_tinyshakespeare(data_dir)  # validated before any long work
@@ -447,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         for m in methods or ():
             if m not in known:
                 p.error(f"--methods: {m!r} is not one of {known}")
-        if a.part not in ("stability", "tune256"):
+        if a.part not in UNCLAIMED_PARTS:
             try:
                 part_claims(a.part)
             except ValueError as e:

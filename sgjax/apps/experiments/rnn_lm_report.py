@@ -174,7 +174,7 @@ def _extension_sections(runs: dict, bigram: float, study: Any) -> tuple[list[str
         lines += [
             f"## LSTM 256: {title} (part `{part}`)",
             "",
-            *_lm_section(runs, study, part)[2:],
+            *_lm_section(runs, study, part, heading=False),
             f"Verdicts (claims `{', '.join(sorted({r['id'] for r in claims.values()}))}`, "
             "registered before these runs; the BPTT-T′ and DNI-4 runs they are judged "
             "against are the `lm256` part's):",
@@ -406,9 +406,10 @@ def _curves(out: Path, runs: dict, study: Any) -> list[str]:
     return figs
 
 
-def _lm_section(runs: dict, study: Any, part: str) -> list[str]:
+def _lm_section(runs: dict, study: Any, part: str, heading: bool = True) -> list[str]:
     """The BPC table and the CPU table of an LM part (a missing run leaves its cell out);
-    for a part scored by early stopping, the early-stopped table first, then the final."""
+    for a part scored by early stopping, the early-stopped table first, then the final.
+    ``heading``: begin with the part's ``##`` heading (a caller with its own says False)."""
     lm, grid = study.LM_PARTS[part]
     Ts = sorted({T for Ts_m in grid.values() for T in Ts_m})
     head = ["method"] + [f"T={T}" for T in Ts]
@@ -431,10 +432,13 @@ def _lm_section(runs: dict, study: Any, part: str) -> list[str]:
 
     lines = []
     if study.PART_CLAIMS.get(part, {}).get("score", "bpc") == "bpc_best":
+        if heading:
+            lines += [
+                f"## Character LM (LSTM {lm['hidden']}): early-stopped validation BPC, "
+                f"{lm['chars']:,} characters per run (mean ± sd over seeds (per seed))",
+                "",
+            ]
         lines += [
-            f"## Character LM (LSTM {lm['hidden']}): early-stopped validation BPC, "
-            f"{lm['chars']:,} characters per run (mean ± sd over seeds (per seed))",
-            "",
             "Each run is evaluated "
             f"{lm['evals']} times; the score is the BPC of the report half of the validation "
             "text at the evaluation where the selection half's BPC is lowest (the halves: "
@@ -453,10 +457,13 @@ def _lm_section(runs: dict, study: Any, part: str) -> list[str]:
             "",
         ]
     else:
+        if heading:
+            lines += [
+                f"## Character LM: validation BPC after {lm['chars']:,} characters "
+                f"(mean ± sd over seeds (per seed))",
+                "",
+            ]
         lines += [
-            f"## Character LM: validation BPC after {lm['chars']:,} characters "
-            f"(mean ± sd over seeds (per seed))",
-            "",
             V.table(head, rows("bpc")),
             "",
         ]
