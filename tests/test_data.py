@@ -306,3 +306,29 @@ def test_bad_arguments():
 def test_digits_still_loads():
     ds = data.load("digits")
     assert ds.x_train.shape[1] == 64 and ds.num_classes == 10
+
+
+def test_digits_read_without_sklearn_equal_load_digits(monkeypatch, tmp_path):
+    """The digits read from scikit-learn's package file (no sklearn import) are exactly
+    ``sklearn.datasets.load_digits``'s pixels and labels; with the file not found, or of
+    another layout, they are read through scikit-learn, the same arrays. Planted: the
+    label column read as a pixel (``table[:, 1:]``) → red."""
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    other = tmp_path / "digits.csv.gz"
+    with gzip.open(other, "wt") as f:
+        f.write("1,2,3\n4,5,6\n")
+    for case in ("file", "no file", "other layout"):
+        with monkeypatch.context() as m:
+            if case == "no file":
+                m.setattr(data, "_digits_file", lambda: None)
+            elif case == "other layout":
+                m.setattr(data, "_digits_file", lambda: other)
+            x, y = data._digits_arrays()
+        np.testing.assert_array_equal(x, ref.data, err_msg=case)
+        np.testing.assert_array_equal(y, ref.target, err_msg=case)
+        assert y.dtype == np.int32, case
+    assert data._digits_file() is not None  # the fast path is the one taken here
+    ds = data.digits()
+    assert ds.x_train.dtype == np.float32 and ds.x_train.max() == 1.0 and ds.x_train.min() == 0
