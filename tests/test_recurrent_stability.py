@@ -52,8 +52,11 @@ def _case(seed: int, k: int):
     return model, p, theta, s0, x, y, win
 
 
-def _reference(model, p, theta, s0, x, y, *, k, squash=False, clip=0.0, scale=1.0, inj=None):
-    """(param grads, target, SG grads) by hand for one window with injection scale ``scale``."""
+def _reference(
+    model, p, theta, s0, x, y, *, k, squash=False, clip=0.0, scale=1.0, inj=None, noise=None
+):
+    """(param grads, target, SG grads) by hand for one window with injection scale ``scale``
+    (``noise``: a ``(B, k)`` direction injected instead, with each row's SG norm)."""
     inj = theta if inj is None else inj
     read = (lambda v: jnp.tanh(v)) if squash else (lambda v: v)
 
@@ -62,6 +65,10 @@ def _reference(model, p, theta, s0, x, y, *, k, squash=False, clip=0.0, scale=1.
         if clip:
             n = jnp.linalg.norm(d, axis=-1, keepdims=True)
             d = d * jnp.minimum(1.0, clip / n)
+        if noise is not None:
+            for b in range(B):  # row by row: the direction of noise, the length of d
+                unit = noise[b] / jnp.sqrt(jnp.sum(noise[b] ** 2))
+                d = d.at[b].set(unit * jnp.sqrt(jnp.sum(d[b] ** 2)))
         return d
 
     def total(params, s):
@@ -172,6 +179,35 @@ def test_target_network_is_injected_and_follows_slowly():
         _close(new.sg_target, jax.tree.map(lambda s, t: s + tau * (t - s), slow, want_theta))
 
 
+def test_the_noise_control_injects_a_fresh_direction_of_the_sgs_norm():
+    """``inject_noise``: the model is trained with a random direction of the (clipped) SG's
+    per-example norm in place of the SG, drawn from ``fold_in(key(seed), step)``; the SG
+    still regresses onto the bootstrapped target of that window. Planted: the noise
+    ignored, its norm not matched to the SG's, or the same draw every step → red."""
+    with jax.enable_x64(True):
+        model, p, theta, s0, x, y, win = _case(4, S)
+        seed, lr, clip = 7, 0.1, 0.5
+        h = core.harness(model, window=T, method="dni", inject_clip=clip, inject_noise=seed)
+        opt = optax.sgd(lr)
+        state = core.init(h, jax.random.key(0), opt, dtype=jnp.float64)
+        state = state._replace(params=p, sg_params=theta, carry=s0)
+        step = jax.jit(core.make_step(h, opt))
+        moved = []
+        for n in (0, 5):
+            new, _ = step(state._replace(step=jnp.asarray(n, jnp.int32)), win)
+            z = jax.random.normal(jax.random.fold_in(jax.random.key(seed), n), (B, S))
+            g, _, g_theta = _reference(model, p, theta, s0, x, y, k=S, clip=clip, noise=z)
+            _close(new.params, jax.tree.map(lambda a, b: a - lr * b, p, g))
+            _close(new.sg_params, jax.tree.map(lambda a, b: a - lr * b, theta, g_theta))
+            moved.append(new.params)
+        plain, _, _ = _reference(model, p, theta, s0, x, y, k=S, clip=clip)
+        differ = lambda a, b: max(  # noqa: E731
+            float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        )
+        assert differ(moved[0], moved[1]) > 1e-6  # a fresh direction at every step
+        assert differ(moved[0], jax.tree.map(lambda a, b: a - lr * b, p, plain)) > 1e-6
+
+
 def test_a_fresh_target_network_starts_as_the_sg():
     h = core.harness(_model(), window=T, method="dni", target_tau=0.1)
     st = core.init(h, jax.random.key(0), optax.sgd(0.1), batch=B)
@@ -188,6 +224,9 @@ def test_a_fresh_target_network_starts_as_the_sg():
         ({"inject_clip": -1.0}, r"`inject_clip` must be ≥ 0"),
         ({"warmup": 1.5}, r"`warmup` must be an int ≥ 0"),
         ({"target_tau": 2.0}, r"`target_tau` must be in \[0, 1\]"),
+        ({"inject_noise": 1.5}, r"`inject_noise` must be None \(inject the SG\) or an int"),
+        ({"inject_noise": True}, r"`inject_noise` must be None"),
+        ({"inject_noise": 0, "method": "bptt"}, r"`inject_noise` replaces the injected SG"),
     ],
 )
 def test_bad_options_name_the_argument(kw, match):

@@ -195,6 +195,13 @@ def _clip_rows(d: jax.Array, limit: float) -> jax.Array:
     return d * jnp.minimum(1.0, limit / jnp.maximum(norm, jnp.finfo(d.dtype).tiny))
 
 
+def _same_norm_noise(key: jax.Array, d: jax.Array) -> jax.Array:
+    """A random direction per row (uniform on the sphere) with the row norms of ``d``."""
+    z = jax.random.normal(key, d.shape, d.dtype)
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), jnp.finfo(d.dtype).tiny)
+    return z * jnp.linalg.norm(d, axis=-1, keepdims=True)
+
+
 def window_grads(
     h: Harness,
     params: Params,
@@ -203,12 +210,15 @@ def window_grads(
     win: Window,
     delta_next: jax.Array | None = None,
     sg_target: Params = None,
+    noise_key: jax.Array | None = None,
 ) -> WindowOut:
     """Gradients of one window (see the module docstring); pure, jit-able.
 
     ``delta_next`` replaces ``SG(s_T, c_T)`` as the injected per-example gradient (an
     oracle, for tests); it is still multiplied by ``win.inject``. ``sg_target``: the SG
-    parameters to inject (a target network; default ``sg_params``).
+    parameters to inject (a target network; default ``sg_params``). ``noise_key``: inject
+    a random direction drawn from it with the injected SG's per-example norm instead (the
+    control of :attr:`Harness.inject_noise`; :func:`make_step` passes it).
     The carry may be any pytree of the cell's state; the SG, ``delta_next``, ``target``
     and ``sg_start`` live on the first :attr:`Harness.sg_width` entries of its
     :func:`flat_state` ``(batch, state_dim)``.
@@ -240,6 +250,8 @@ def window_grads(
             d = jax.lax.stop_gradient(d) * (win.inject * h.decay)
             if h.inject_clip > 0:
                 d = _clip_rows(d, h.inject_clip)
+            if noise_key is not None:
+                d = _same_norm_noise(noise_key, d)
             total = total + jnp.sum(d * f_T) / batch
             if h.method == "dni_aux":
                 st = jax.vmap(flat_state)(states)
@@ -318,8 +330,17 @@ def make_step(
         if h.warmup > 0:  # the injected SG ramps in while the SG learns
             ramp = jnp.minimum(1.0, state.step.astype(win.x.dtype) / h.warmup)
             win = win._replace(inject=win.inject * ramp)
+        noise_key = None
+        if h.inject_noise is not None:  # the control: a fresh direction every update
+            noise_key = jax.random.fold_in(jax.random.key(h.inject_noise), state.step)
         out = window_grads(
-            h, state.params, state.sg_params, state.carry, win, sg_target=state.sg_target
+            h,
+            state.params,
+            state.sg_params,
+            state.carry,
+            win,
+            sg_target=state.sg_target,
+            noise_key=noise_key,
         )
         upd, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, upd)

@@ -52,6 +52,7 @@ class Harness(NamedTuple):
     inject_clip: float = 0.0
     warmup: int = 0
     target_tau: float = 0.0
+    inject_noise: int | None = None
 
     @property
     def sg_width(self) -> int:
@@ -120,6 +121,7 @@ def harness(
     inject_clip: float = 0.0,
     warmup: int = 0,
     target_tau: float = 0.0,
+    inject_noise: int | None = None,
 ) -> Harness:
     """Validate and bundle the choices of a truncated-BPTT run.
 
@@ -151,6 +153,11 @@ def harness(
         target_tau: > 0 injects (and bootstraps from) a slowly updated copy of the SG
             module, ``θ̄ ← θ̄ + τ (θ − θ̄)`` after every update (a target network); the
             regression still trains θ (0: inject θ itself).
+        inject_noise: a control for what the injected SG does, not a training method:
+            an int seeds a random direction, drawn afresh for every window update and
+            example, injected in place of the SG with the SG's own per-example norm (after
+            γ and the clip); the SG module still trains as usual, and only its norm reaches
+            the model (None, the default: inject the SG).
 
     Example:
         >>> from sgjax.recurrent import cells
@@ -189,6 +196,14 @@ def harness(
         raise ValueError(
             f"`target_tau` must be in [0, 1] (0: no target network), got {target_tau!r}"
         )
+    if inject_noise is not None and (
+        not isinstance(inject_noise, int | np.integer) or isinstance(inject_noise, bool)
+    ):
+        raise ValueError(
+            f"`inject_noise` must be None (inject the SG) or an int seed, got {inject_noise!r}"
+        )
+    if inject_noise is not None and method == "bptt":
+        raise ValueError("`inject_noise` replaces the injected SG: method 'bptt' injects none")
     estimator = None
     if method != "bptt":
         estimator = est_lib.get(sg or ("conditioned" if context_dim else "linear"))
@@ -205,6 +220,7 @@ def harness(
         float(inject_clip),
         int(warmup),
         float(target_tau),
+        None if inject_noise is None else int(inject_noise),
     )
 
 

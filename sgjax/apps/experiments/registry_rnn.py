@@ -204,12 +204,12 @@ SPECS = (
 LM256X = "2026-12-07T03:04:31+00:00"
 
 
-def _stable256x(cid: str) -> ClaimSpec:
-    """A part's "no run collapses" claim (the extension's two parts state it alike)."""
+def _stable256x(cid: str, registered: str = LM256X) -> ClaimSpec:
+    """A part's "no run collapses" claim (the extension's parts state it alike)."""
     return ClaimSpec(
         cid,
         "ours (issue 24: the harness default must not collapse)",
-        LM256X,
+        registered,
         "issue 24",
         _LM256_REGIME,
         COLLAPSE_RES,
@@ -273,4 +273,112 @@ SPECS = (
         contrast="is itself a comparison with BPTT-8 (the lm256 part's runs)",
     ),
     _stable256x("dni-rnn/lm256x-tuned-stable"),
+)
+
+#: When the mechanism probes of the LSTM 256 extension were registered (the ``lm256noise``
+#: and ``stability01`` parts of :mod:`sgjax.apps.experiments.rnn_lm`): after the ``lm256t``
+#: runs (DNI-8 with the injected SG clipped to 0.1: 2.283 BPC, at or below BPTT-16 held,
+#: while the SG's cosine with the true gradient from beyond the window stays ≈ 0), before
+#: any run of these parts. The ``lm256noise`` part is DNI-8 with that setting and the
+#: injected SG replaced by a random direction of the same per-example norm
+#: (``core.harness(..., inject_noise=seed)``); its runs are judged against the ``lm256t``
+#: part's DNI-8 and the ``lm256`` part's BPTT-T′ (same settings, seeds 0–2).
+PROBE = "2026-12-07T05:32:02+00:00"
+_CLIP128_REGIME = (
+    "LSTM 128, 32 streams, Adam 1e-3 (model and SG), global-norm clip 1, γ = 0.5, DNI-8, "
+    "3M training characters per run, 5 seeds (0–4): the stability part's settings, whose "
+    "runs with the injected SG clipped to 1 are the comparison"
+)
+_CLIP128_RES = "over seeds: t₀.₉₅ · √(sd_a²/n_a + sd_b²/n_b) of the two settings' final BPC"
+SPECS = (
+    *SPECS,
+    ClaimSpec(
+        "dni-rnn/lm256n-sg-vs-noise",
+        "ours (issue 24: the mechanism): the SG's direction, not only its norm, makes DNI-8's "
+        "gain — DNI-8 (injected SG clipped to 0.1) below DNI-8 with a random direction of the "
+        "same per-example norm injected instead",
+        PROBE,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256n-noise-horizon",
+        "ours (issue 24: the control of the horizon verdict): a random injection of the SG's "
+        "norm alone is at or below BPTT-T′ for some T′ > 8 (held: the lm256x-tuned-horizon "
+        "verdict needs no prediction of the future gradient)",
+        PROBE,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+        contrast="is itself a comparison with truncated BPTT: the noise-injected DNI-8's "
+        "score at or below BPTT-16's (the lm256 part's runs)",
+    ),
+    ClaimSpec(
+        "dni-rnn/lm256n-noise-vs-bptt",
+        "ours (issue 24: the control): a random injection of the SG's norm alone below BPTT-8",
+        PROBE,
+        "issue 24",
+        _LM256_REGIME,
+        _LM256_RES,
+        contrast="is itself a comparison with BPTT-8 (the lm256 part's runs)",
+    ),
+    _stable256x("dni-rnn/lm256n-stable", PROBE),
+    ClaimSpec(
+        "dni-rnn/clip01-128-stable",
+        "ours (issue 24: one stream setting for both sizes): DNI-8 at LSTM 128 with the "
+        "injected SG clipped to 0.1 (the setting chosen at LSTM 256) collapses on no seed",
+        PROBE,
+        "issue 24",
+        _CLIP128_REGIME,
+        COLLAPSE_RES,
+    ),
+    ClaimSpec(
+        "dni-rnn/clip01-128-vs-clip1",
+        "ours (issue 24: one stream setting for both sizes): at LSTM 128 the clip at 0.1 ends "
+        "at or below the clip at 1 (the LSTM 128 setting) — the final BPC's seed means",
+        PROBE,
+        "issue 24",
+        _CLIP128_REGIME,
+        _CLIP128_RES,
+    ),
+)
+
+#: The Repeat Copy claims (the ``repeat_copy`` task of :mod:`sgjax.apps.experiments.
+#: rnn_copy`), registered with the probes above: after a pilot of seed 0 at 6,000 batches
+#: (full BPTT solved N·R = 25, BPTT-8 9; a DNI-4 pilot was stopped after 2 CPU-minutes,
+#: its result unread), before any run of seeds 1–3 at 10,000 batches, the runs that judge
+#: them.
+_RCOPY_REGIME = (
+    "full BPTT (one update per whole sequence) solves Repeat Copy to an output length "
+    "N·R ≥ 16 (mean over 3 seeds) within the runs' batch budget (LSTM 256, 4-bit vectors, "
+    "batches of 32, Adam 3e-3, no clip, 10,000 batches, N and R raised alternately): the "
+    "sequences (N + N·R + 2 steps) are then ≫ T, so every window boundary matters; where "
+    "full BPTT itself stops short of that, nothing is decided (untested at this budget)"
+)
+_RCOPY_RES = _COPY_RES.replace("solved N", "solved N·R")
+SPECS = (
+    *SPECS,
+    ClaimSpec(
+        "dni-rnn/rcopy10k-horizon",
+        "paper.md §5.1 abstract (verified): for RNNs 'predicting future gradients extends "
+        "the effective time horizon'; the DNI paper's Repeat Copy comparison",
+        PROBE,
+        "issue 24",
+        _RCOPY_REGIME,
+        _RCOPY_RES,
+        contrast="is itself a comparison with truncated BPTT: DNI-T's mean solved N·R above "
+        "BPTT-T′'s, beyond the seed resolution, for some T′ > T of the grid (each T′ > T is "
+        "judged; the best margin is the verdict)",
+    ),
+    ClaimSpec(
+        "dni-rnn/rcopy10k-dni-vs-bptt",
+        "paper.md §5.1 (RNN case, unverified detail): the boundary SG stands in for the "
+        "gradients from beyond the window",
+        PROBE,
+        "issue 24",
+        _RCOPY_REGIME,
+        _RCOPY_RES,
+        contrast="is itself a comparison with BPTT-T at the same T",
+    ),
 )

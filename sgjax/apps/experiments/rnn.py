@@ -167,7 +167,7 @@ def _optimizer(lr: float, clip: float) -> optax.GradientTransformation:
 _CACHE: dict = {}
 #: The stabilising options of :func:`sgjax.recurrent.core.harness` a setting may carry
 #: (``sg_dims`` = hidden: the LSTM's h half of its ``[h, c]`` state).
-VARIANT_OPTIONS = ("sg_dims", "sg_squash", "inject_clip", "warmup", "target_tau")
+VARIANT_OPTIONS = ("sg_dims", "sg_squash", "inject_clip", "warmup", "target_tau", "inject_noise")
 
 
 def _machinery(

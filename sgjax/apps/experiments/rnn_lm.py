@@ -120,6 +120,17 @@ LM256AUX_TS: dict[str, tuple[int, ...]] = {"dni_aux": (4,)}
 #: The ``lm256t`` part: DNI-8 at LSTM 256 with the setting ``tune256`` chose, 3 seeds,
 #: judged against the ``lm256`` part's BPTT-8 and BPTT-16.
 LM256T_TS: dict[str, tuple[int, ...]] = {"dni": (8,)}
+#: The ``lm256noise`` part: the mechanism probe — DNI-8 with the setting ``tune256`` chose,
+#: the injected SG replaced by a random direction of the same per-example norm (``core.
+#: harness(..., inject_noise=seed)``), 3 seeds at 7M; judged against the ``lm256t`` part's
+#: DNI-8 (does the SG's direction matter?) and the ``lm256`` part's BPTT-T′.
+LM256NOISE_TS: dict[str, tuple[int, ...]] = {"dni": (8,)}
+#: The ``stability01`` part: the stability part's DNI-8 (LSTM 128, 3M characters, seeds 0–4)
+#: with the injected SG clipped to 0.1, the setting chosen at LSTM 256; judged against the
+#: stability part's runs clipped to 1 (claims ``dni-rnn/clip01-128-*``).
+STABILITY01: dict[str, Any] = {"inject_clip": 0.1}
+STABILITY01_NAME = "injected SG clipped to 0.1"
+STABILITY01_REF = "injected SG clipped to norm 1"
 #: part -> (its settings, its grid)
 LM_PARTS: dict[str, tuple[dict[str, Any], dict[str, tuple[int, ...]]]] = {
     "lm": (LM, LM_TS),
@@ -127,6 +138,7 @@ LM_PARTS: dict[str, tuple[dict[str, Any], dict[str, tuple[int, ...]]]] = {
     "lm256": (LM256, LM256_TS),
     "lm256aux": (LM256, LM256AUX_TS),
     "lm256t": (LM256, LM256T_TS),
+    "lm256noise": (LM256, LM256NOISE_TS),
 }
 #: part -> the ids of the registered claims that judge it (:mod:`~sgjax.apps.experiments.
 #: registry`), the run field they judge and their regime (at least ``chars`` characters per
@@ -148,6 +160,8 @@ CLAIM_KINDS = (
     "stable",
     "aux_horizon",
     "aux_vs_bptt",
+    "sg_vs_noise",
+    "vs_reference",
 )
 PART_CLAIMS: dict[str, dict[str, Any]] = {
     "lm": {**_LM_IDS, "score": "bpc", "chars": 10_000_000, "bptt8": 2.35, "horizon_any": False},
@@ -185,6 +199,26 @@ PART_CLAIMS: dict[str, dict[str, Any]] = {
         "bptt8": 2.35,
         "horizon_any": True,
         "baseline": "lm256",
+    },
+    # the noise-injected DNI-8: its "dni" runs are labelled as the noise control, judged
+    # against the baseline's BPTT-T′ and (sg_vs_noise) the ``sg_part``'s DNI-8
+    "lm256noise": {
+        "horizon": "dni-rnn/lm256n-noise-horizon",
+        "dni_vs_bptt": "dni-rnn/lm256n-noise-vs-bptt",
+        "sg_vs_noise": "dni-rnn/lm256n-sg-vs-noise",
+        "stable": "dni-rnn/lm256n-stable",
+        "score": "bpc_best",
+        "chars": LM256["chars"],
+        "bptt8": 2.35,
+        "horizon_any": True,
+        "baseline": "lm256",
+        "sg_part": "lm256t",
+        "labels": {"dni": "noise"},
+    },
+    # not an LM grid: judged by rnn_lm_report.clip01_claims (against the stability part)
+    "stability01": {
+        "stable": "dni-rnn/clip01-128-stable",
+        "vs_reference": "dni-rnn/clip01-128-vs-clip1",
     },
 }
 
@@ -280,6 +314,16 @@ def jobs(part: str, tuned: dict[str, Any] | None = None) -> list[tuple[str, str,
         for seed in LM_SEEDS:
             cfg = _cfg({**LM256, **tuned})
             out.append((f"lm256t/dni/T8/s{seed}", "dni", 8, seed, cfg))
+    elif part == "lm256noise":
+        if tuned is None:
+            raise ValueError("`tuned`: the lm256noise part needs the setting tune256 chose")
+        for seed in LM_SEEDS:  # each run its own noise stream, seeded by its seed
+            cfg = _cfg({**LM256, **tuned, "inject_noise": seed})
+            out.append((f"lm256noise/dni/T8/s{seed}", "dni", 8, seed, cfg))
+    elif part == "stability01":
+        for seed in STABILITY_SEEDS:
+            cfg = _cfg({**STABILITY, **STABILITY01})
+            out.append((f"stability01/{STABILITY01_NAME}/s{seed}", "dni", STABILITY_T, seed, cfg))
     elif part == "stability":
         for name, (method, opts) in VARIANTS.items():
             for seed in STABILITY_SEEDS:
@@ -328,7 +372,17 @@ def jobs(part: str, tuned: dict[str, Any] | None = None) -> list[tuple[str, str,
 
 
 #: every part :func:`run` takes, in the order they were added
-PARTS = ("stability", "lm", "lm20", "lm256", "tune256", "lm256aux", "lm256t")
+PARTS = (
+    "stability",
+    "lm",
+    "lm20",
+    "lm256",
+    "tune256",
+    "lm256aux",
+    "lm256t",
+    "lm256noise",
+    "stability01",
+)
 #: the parts that choose a setting by a rule rather than judge claims (no PART_CLAIMS)
 UNCLAIMED_PARTS = ("stability", "tune256")
 load = C.load_runs  #: the finished runs of ``out/runs.jsonl`` by key
@@ -341,9 +395,9 @@ def run(part: str, out: Path, *, data_dir: str | None = None, methods=None, seed
     out = Path(out)
     data = tasks.load_tinyshakespeare(data_dir)  # validated before any long work
     tuned = None
-    if part == "lm256t":
+    if part in ("lm256t", "lm256noise"):
         name, tuned = tuned_setting(load(out), bigram_bpc(data)[1])
-        print(f"lm256t: the tune256 rule chose {name!r}: {tuned}", flush=True)
+        print(f"{part}: the tune256 rule chose {name!r}: {tuned}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     todo = [
         j

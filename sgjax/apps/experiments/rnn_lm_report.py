@@ -60,6 +60,9 @@ def stability(
     if part == "tune256":
         variants = {n: ("dni", o) for n, o in study.TUNE256_VARIANTS.items()}
         seeds, field = study.TUNE256_SEEDS, "bpc_best"
+    elif part == "stability01":
+        variants = {study.STABILITY01_NAME: ("dni", study.STABILITY01)}
+        seeds, field = study.STABILITY_SEEDS, "bpc"
     else:
         variants, seeds, field = study.VARIANTS, study.STABILITY_SEEDS, "bpc"
     rows, summary = [], {}
@@ -93,6 +96,47 @@ def stability(
             ]
         )
     return rows, summary
+
+
+def clip01_section(runs: dict, bigram: float, study: Any) -> tuple[list[list[Any]], dict]:
+    """The ``stability01`` part (LSTM 128, the injected SG clipped to 0.1): its stability
+    row and the verdicts on its registered claims, against the stability part's runs
+    clipped to 1 (the same settings and seeds)."""
+    rows, summary = stability(runs, bigram, study, "stability01")
+    spec = study.part_claims("stability01")
+    seeds = study.STABILITY_SEEDS
+    own, other = f"stability01/{study.STABILITY01_NAME}", f"stability/{study.STABILITY01_REF}"
+    mine = [r["bpc"] for s in seeds if (r := runs.get(f"{own}/s{s}"))]
+    ref = [r["bpc"] for s in seeds if (r := runs.get(f"{other}/s{s}"))]
+    full = len(seeds)
+    collapses = sum(b > bigram for b in mine)
+    claims = {
+        "DNI-8 at LSTM 128 clipped to 0.1: no run collapses": V.claim(
+            f"{collapses} of {len(mine)} runs above the bigram level ({bigram:.3f} BPC)",
+            "0 collapses",
+            1.0 if collapses == 0 else -float(collapses),
+            0.0,
+            cid=spec["stable"],
+            tested=len(mine) == full,
+            untested_note="" if len(mine) == full else f"{len(mine)} of {full} runs finished",
+        )
+    }
+    tested = len(mine) == full and len(ref) == full
+    claims["DNI-8 at LSTM 128: clipped to 0.1 at or below clipped to 1"] = V.claim(
+        f"clip 0.1 {stats(mine)} vs clip 1 {stats(ref)}",
+        "clip 0.1's final BPC ≤ clip 1's",
+        float(np.mean(ref) - np.mean(mine)) if tested else float("nan"),
+        difference_resolution(mine, ref) if tested else 0.0,
+        cid=spec["vs_reference"],
+        tested=tested,
+        untested_note="" if tested else "runs missing",
+    )
+    starts = [
+        (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
+        for k, r in runs.items()
+        if k.startswith("stability01/")
+    ]
+    return rows, {"summary": summary, "claims": V.preregistered(claims, min(starts, default=None))}
 
 
 def score_upto(run: dict, chars: int) -> float:
@@ -165,6 +209,7 @@ def _extension_sections(runs: dict, bigram: float, study: Any) -> tuple[list[str
     for part, title in (
         ("lm256t", "DNI-8 with the re-chosen setting"),
         ("lm256aux", "DNI+Aux-4"),
+        ("lm256noise", "DNI-8 with noise of the SG's norm injected instead of the SG"),
     ):
         if not any(k.startswith(f"{part}/") for k in runs):
             continue
@@ -211,6 +256,13 @@ def mechanism_line(runs: dict, study: Any, part: str) -> str:
         f"means the SG does not predict it); training BPC at the end: {fmt(train)} "
         f"(BPTT-8: {fmt(bptt)})."
     )
+
+
+def _labels(study: Any, part: str) -> dict[str, str]:
+    """The method labels of a part (a part may name its methods otherwise: the noise
+    control's ``dni`` runs are "noise-T")."""
+    spec = study.PART_CLAIMS.get(part, {})
+    return {**LABELS, **{m: f"{v}-T" for m, v in spec.get("labels", {}).items()}}
 
 
 def _lm_values(
@@ -278,10 +330,12 @@ def lm_claims(runs: dict, bigram: float, study: Any, part: str = "lm") -> dict[s
 
     bptt_Ts = sorted(set(grid.get("bptt", ())) | set(base_grid.get("bptt", ())))
 
+    labels = _labels(study, part)
+
     def horizon(method: str, T: int, cid: str) -> None:
         """DNI (or DNI+Aux) at T against BPTT-T′ for T′ > T: the next T′, or (``horizon_any``)
         every T′, the one whose margin clears its resolution by the most the verdict."""
-        lab = LABELS[method].removesuffix("-T")
+        lab = labels[method].removesuffix("-T")
         a = values(method, T)
         later = [t for t in bptt_Ts if t > T]
         if not later:
@@ -309,7 +363,7 @@ def lm_claims(runs: dict, bigram: float, study: Any, part: str = "lm") -> dict[s
             claims[f"{lab}-{T} at or below BPTT-T′ for some T′ > {T} (horizon beyond T)"] = best
 
     def below(a_m: str, b_m: str, T: int, cid: str) -> None:
-        la, lb = (LABELS[m].removesuffix("-T") for m in (a_m, b_m))
+        la, lb = (labels[m].removesuffix("-T") for m in (a_m, b_m))
         a, b = values(a_m, T), values(b_m, T)
         add(
             f"{la}-{T} below {lb}-{T}",
@@ -334,6 +388,18 @@ def lm_claims(runs: dict, bigram: float, study: Any, part: str = "lm") -> dict[s
             below("dni_aux", "dni", T, spec["aux_vs_dni"])
     for T in grid.get("cdni", ()):
         below("cdni", "dni", T, spec["cdni_vs_dni"])
+    if "sg_vs_noise" in spec:  # the SG's DNI-T (another part) below the noise control's
+        for T in grid.get("dni", ()):
+            a = _lm_values(runs, "dni", T, study, spec["sg_part"], field)
+            b = values("dni", T)
+            add(
+                f"DNI-{T} (the SG injected) below DNI-{T} with noise of its norm",
+                a,
+                b,
+                f"DNI-{T} {stats(a)} vs noise-{T} {stats(b)}",
+                f"DNI-{T}'s BPC < noise-{T}'s",
+                cid=spec["sg_vs_noise"],
+            )
     sg_runs = [r for k, r in runs.items() if k.startswith(prefix) and r["method"] != "bptt"]
     n_sg = sum(len(Ts) for m, Ts in grid.items() if m != "bptt") * full
     collapses = sum(r["bpc"] > bigram for r in sg_runs)  # the final BPC: a collapse
@@ -413,6 +479,7 @@ def _lm_section(runs: dict, study: Any, part: str, heading: bool = True) -> list
     lm, grid = study.LM_PARTS[part]
     Ts = sorted({T for Ts_m in grid.values() for T in Ts_m})
     head = ["method"] + [f"T={T}" for T in Ts]
+    labels = _labels(study, part)
 
     def rows(field: str, fmt=stats) -> list[list[str]]:
         out = []
@@ -421,7 +488,7 @@ def _lm_section(runs: dict, study: Any, part: str, heading: bool = True) -> list
             for T in Ts:
                 vals = _lm_values(runs, method, T, study, part, field)
                 cells.append(fmt(vals) if T in Ts_m and vals else "")
-            out.append([LABELS[method], *cells])
+            out.append([labels[method], *cells])
         return out
 
     def mean0(vals: list[float]) -> str:
@@ -508,6 +575,18 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
             "",
         ]
     ext_sections, ext = _extension_sections(runs, bigram, study)
+    clip01_lines: list[str] = []
+    if any(k.startswith("stability01/") for k in runs):
+        c01_rows, ext["stability01"] = clip01_section(runs, bigram, study)
+        st_rows += c01_rows
+        clip01_lines = [
+            "The last row (part `stability01`) was added after the choice: the LSTM 256 "
+            "setting (clipped to 0.1) at LSTM 128, judged under claims registered before its "
+            "runs against the row clipped to norm 1 (same seeds):",
+            "",
+            V.claims_table(ext["stability01"]["claims"]),
+            "",
+        ]
     figs = _curves(out, runs, study)
     lm = study.LM
     sections = [
@@ -525,6 +604,7 @@ def write(out: Path, data: tasks.CharData, study: Any) -> dict:
             st_rows,
         ),
         "",
+        *clip01_lines,
         *_lm_section(runs, study, "lm"),
         "## Verdicts (claims registered before these runs)",
         "",
