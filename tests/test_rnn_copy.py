@@ -171,3 +171,36 @@ def test_each_budget_is_judged_under_its_own_registered_claims(tmp_path, capsys)
     with pytest.raises(SystemExit):
         rnn_copy.main(["run", "--out", str(tmp_path), "--batches", "12345"])
     assert "12,345 batches" in capsys.readouterr().err and not (tmp_path / "runs.jsonl").exists()
+
+
+def test_repeat_copy_runs_its_own_task_grid_seeds_and_claims(tmp_path, monkeypatch, capsys):
+    """``--task repeat_copy``: the runs train Repeat Copy (planted: the task not passed on,
+    Copy trained → red), are keyed and recorded by task, take seeds 1–3 and the Repeat Copy
+    grid by default, are judged under the ``rcopy10k`` claims, and a study holds one task."""
+    calls = []
+
+    def fake(task, method, T, seed, cfg, **kw):
+        calls.append(task)
+        return {"solved": 4, "final_level": 6, "levels": [[4, 10, 1.0]], "diverged": None,
+                "curve": [], "cos": [], "seconds": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(rnn_copy.rnn, "train_copy", fake)
+    ran = rnn_copy.run(tmp_path, settings=TINY, grid={"bptt": (4,)}, task="repeat_copy")
+    assert ran == [f"repeat_copy/bptt/T4/s{s}" for s in (1, 2, 3)]
+    assert calls == ["repeat_copy"] * 3
+    recs = rnn_copy.load(tmp_path)
+    assert {r["task"] for r in recs.values()} == {"repeat_copy"}
+    assert len(rnn_copy.jobs(task="repeat_copy")) == 3 * 6
+    s = {"full": {0: [20, 25, 16]}, "dni": {4: [12, 16, 12], 8: [16, 20, 16]}}
+    s["bptt"] = {4: [6, 6, 6], 8: [9, 9, 9], 16: [12, 12, 12]}
+    c = rnn_copy.claims(s, data_date=DATE, batches=10_000, task="repeat_copy")
+    assert {r["id"] for r in c.values()} == {
+        "dni-rnn/rcopy10k-horizon",
+        "dni-rnn/rcopy10k-dni-vs-bptt",
+    }
+    assert c["DNI-4 above BPTT-4"]["target"] == "DNI-4's solved N·R > BPTT-4's"
+    with pytest.raises(ValueError, match=r"no Repeat Copy claims are registered for 20,000"):
+        rnn_copy.claim_ids(20_000, "repeat_copy")
+    with pytest.raises(SystemExit):  # a Copy run into a Repeat Copy study
+        rnn_copy.main(["run", "--out", str(tmp_path), "--batches", "20000"])
+    assert "holds runs of ['repeat_copy']: one task per study" in capsys.readouterr().err

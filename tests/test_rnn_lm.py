@@ -421,3 +421,56 @@ def test_the_mechanism_line_reads_the_last_evaluations_cosines():
     line = rnn_lm_report.mechanism_line({**base, **t}, STUDY, "lm256t")
     assert "per run: 0.050, 0.050, 0.050 " in line
     assert "training BPC at the end: 1.900, 1.900, 1.900 (BPTT-8: 1.950, 1.950, 1.950)" in line
+
+
+def test_the_noise_probe_is_judged_against_the_sgs_runs_and_bptt():
+    """``lm256noise``: its DNI-8 runs (the noise control, labelled "noise") against lm256's
+    BPTT-8/16 and against lm256t's DNI-8 (the SG injected). Planted: the SG side read from
+    the noise part itself → margin 0 instead of 0.04 → red. Its jobs carry the tuned
+    setting and each run's own noise seed."""
+    base = _runs256(_vals256())  # BPTT-8 2.31, BPTT-16 2.41
+    t = _part_runs("lm256t", {("dni", 8): [2.27, 2.28, 2.29]}, "2026-12-07T06:00:00+00:00")
+    n = _part_runs("lm256noise", {("dni", 8): [2.31, 2.32, 2.33]}, "2026-12-07T06:00:00+00:00")
+    c = rnn_lm_report.lm_claims({**base, **t, **n}, 3.58, STUDY, "lm256noise")
+    spec = rnn_lm.PART_CLAIMS["lm256noise"]
+    assert {r["id"] for r in c.values()} == {spec[k] for k in rnn_lm.CLAIM_KINDS if k in spec}
+    sg = c["DNI-8 (the SG injected) below DNI-8 with noise of its norm"]
+    assert sg["margin"] == pytest.approx(0.04) and "noise-8 2.320" in sg["value"]
+    assert c["noise-8 below BPTT-8"]["margin"] == pytest.approx(-0.01)
+    h = c["noise-8 at or below BPTT-T′ for some T′ > 8 (horizon beyond T)"]
+    assert h["margin"] == pytest.approx(0.09) and h["verdict"] == "held"
+    assert all(r["status"] == "confirmatory" for r in c.values())
+    jobs = rnn_lm.jobs("lm256noise", {"inject_clip": 0.1})
+    assert [j[0] for j in jobs] == [f"lm256noise/dni/T8/s{s}" for s in rnn_lm.LM_SEEDS]
+    assert [j[4]["lm"]["inject_noise"] for j in jobs] == list(rnn_lm.LM_SEEDS)
+    assert all(j[4]["lm"]["inject_clip"] == 0.1 for j in jobs)
+    with pytest.raises(ValueError, match="needs the setting tune256 chose"):
+        rnn_lm.jobs("lm256noise")
+
+
+def test_the_clip01_part_at_128_is_judged_against_the_clip1_row():
+    """``stability01``: 5 seeds of DNI-8 at LSTM 128 clipped to 0.1 against the stability
+    part's runs clipped to 1 (same seeds); a collapse counted against the bigram level.
+    Planted: the reference read from the part itself → margin 0 → red."""
+    runs = {}
+    for s, (a, b) in enumerate(zip([2.55, 2.56, 2.57, 2.58, 2.54], [2.60] * 5)):
+        for key, v in ((f"stability01/{rnn_lm.STABILITY01_NAME}/s{s}", a),
+                       (f"stability/{rnn_lm.STABILITY01_REF}/s{s}", b)):  # fmt: skip
+            runs[key] = {"key": key, "bpc": v, "cpu_seconds": 50.0, "wall_seconds": 50.0,
+                         "run_date": "2026-12-07T06:00:00+00:00"}  # fmt: skip
+    rows, out = rnn_lm_report.clip01_section(runs, 3.58, STUDY)
+    c = out["claims"]
+    assert {r["id"] for r in c.values()} == {
+        "dni-rnn/clip01-128-stable",
+        "dni-rnn/clip01-128-vs-clip1",
+    }
+    vs = c["DNI-8 at LSTM 128: clipped to 0.1 at or below clipped to 1"]
+    assert vs["margin"] == pytest.approx(0.04) and vs["verdict"] == "held"
+    assert c["DNI-8 at LSTM 128 clipped to 0.1: no run collapses"]["verdict"] == "held"
+    assert rows[0][0] == rnn_lm.STABILITY01_NAME and rows[0][1] == "0 / 5"
+    runs[f"stability01/{rnn_lm.STABILITY01_NAME}/s4"]["bpc"] = 3.9  # a collapse
+    c = rnn_lm_report.clip01_section(runs, 3.58, STUDY)[1]["claims"]
+    assert c["DNI-8 at LSTM 128 clipped to 0.1: no run collapses"]["verdict"] == "contradicted"
+    del runs[f"stability01/{rnn_lm.STABILITY01_NAME}/s4"]
+    c = rnn_lm_report.clip01_section(runs, 3.58, STUDY)[1]["claims"]
+    assert {r["verdict"] for r in c.values()} == {"untested"}
