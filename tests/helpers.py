@@ -54,25 +54,44 @@ def xla_flags(devices: int | None = None, *, exact: bool = False) -> str:
     return " ".join(flags)
 
 
-def _rerun(request: Any, flags: list[str], env_extra: dict[str, str], what: str) -> None:
-    """Run ``request``'s test again in a child pytest under ``flags``; fail with its output
-    unless it passed (and was not skipped)."""
+def _rerun(
+    request: Any,
+    flags: list[str],
+    env_extra: dict[str, str],
+    what: str,
+    nodes: list[str] | None = None,
+) -> str:
+    """Run ``request``'s test (or the tests ``nodes``) again in a child pytest under
+    ``flags``; for one test, fail with its output unless it passed (not skipped). Returns
+    the child's output, with one ``PASSED <node id>`` line per test that passed."""
     env = {**os.environ, "XLA_FLAGS": " ".join(flags), **env_extra}
     root = Path(__file__).resolve().parents[1]
+    nodes = nodes or [request.node.nodeid]
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         request.node.nodeid],
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p",
+         "no:xdist", *nodes],
         cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    assert res.returncode == 0, f"{what}:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
-    assert re.search(r"^1 passed", res.stdout, re.M), res.stdout[-2000:]  # not skipped
+    if len(nodes) == 1:  # (a group's tests are judged one by one by the caller)
+        assert res.returncode == 0, f"{what}:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
+        assert re.search(r"^1 passed", res.stdout, re.M), res.stdout[-2000:]  # not skipped
+    return res.stdout + res.stderr[-2000:]
 
 
-def at_default_xla_level(request: Any) -> bool:
+#: node id -> the child's output, for tests already run at XLA's default level by a
+#: child started for another test of their group (:func:`at_default_xla_level`)
+_DEFAULT_LEVEL_DONE: dict[str, str] = {}
+
+
+def at_default_xla_level(request: Any, together: tuple[str, ...] = ()) -> bool:
     """For a test whose claim holds at XLA's default optimisation level only (two different
     programs giving the same bits): if this process compiles at the tests' reduced level
     (conftest.py), run the test again in a child pytest at XLA's defaults, fail with
     its output unless it passed, and return True (the caller then returns); else False.
+
+    ``together``: the names of the other tests of the same file that call this (one
+    child runs them all, a pytest start and a JAX import fewer each; the first to ask
+    starts it, the others read their result).
 
     Usage: ``if at_default_xla_level(request): return`` first in the test."""
     from conftest import FAST_COMPILE_FLAGS  # (pytest imported it: tests/ is on sys.path)
@@ -86,7 +105,19 @@ def at_default_xla_level(request: Any) -> bool:
         for f in os.environ["XLA_FLAGS"].split()
         if not any(f.startswith(k.split("=")[0]) for k in FAST_COMPILE_FLAGS)
     ]
-    _rerun(request, flags, {"SGJAX_TEST_XLA_DEFAULT": "1"}, "at XLA's default level")
+    node = request.node.nodeid
+    if node not in _DEFAULT_LEVEL_DONE:
+        file = node.split("::")[0]
+        nodes = [node, *(f"{file}::{t}" for t in together if f"{file}::{t}" != node)]
+        out = _rerun(
+            request, flags, {"SGJAX_TEST_XLA_DEFAULT": "1"}, "at XLA's default level", nodes
+        )
+        for n in nodes:
+            _DEFAULT_LEVEL_DONE[n] = out
+    out = _DEFAULT_LEVEL_DONE.pop(node)
+    assert re.search(rf"^PASSED {re.escape(node)}$", out, re.M), (
+        f"at XLA's default level, {node} did not pass:\n{out[-4000:]}"
+    )
     return True
 
 

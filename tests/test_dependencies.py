@@ -124,6 +124,8 @@ def test_digits_without_scikit_learn_names_the_extra(monkeypatch):
 
     from sgjax.infra import data
 
-    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import raises
+    # not installed: the import raises, and the package data file is not found either
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'sgjax\[apps\]'"):
         data.digits()
