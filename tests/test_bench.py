@@ -341,3 +341,24 @@ def test_seed_summary_takes_ratios_within_each_run_and_refuses_mixed_runs():
         summarize([run(0, 1.0, 1.0, None), run(1, 1.0, 1.0, None, lr=1e-2)])
     with pytest.raises(ValueError, match="a seed appears twice"):
         summarize([run(0, 1.0, 1.0, None), run(0, 1.0, 1.0, None)])
+
+
+def test_the_pipeline_child_keeps_the_callers_xla_flags(monkeypatch):
+    """The pipeline section's subprocess compiles under the caller's XLA flags (as the
+    sections in process do), its device count replaced. Planted: the child given the
+    device count alone (the caller's flags dropped) → red."""
+    import subprocess
+
+    from sgjax.apps.bench import pipeline_rows
+
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen["flags"] = env["XLA_FLAGS"]
+        return subprocess.CompletedProcess(cmd, 0, 'RESULT{"x": 1.0}\n', "")
+
+    monkeypatch.setattr(pipeline_rows.subprocess, "run", fake_run)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8")
+    r = pipeline_rows.bench_pipeline({**bench.QUICK, "pipeline_devices": 3}, log=lambda s: None)
+    assert r == {"ok": True, "devices": 3, "x": 1.0}
+    assert seen["flags"].split() == ["--xla_cpu_foo=1", "--xla_force_host_platform_device_count=3"]

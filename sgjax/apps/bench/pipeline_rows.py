@@ -13,6 +13,21 @@ from typing import Any
 from sgjax.apps.bench.sizes import FULL
 
 
+def child_xla_flags(n: int) -> str:
+    """``XLA_FLAGS`` for the subprocess: the caller's own (the same compiler settings as the
+    sections run in this process) with any device count replaced by ``n`` fake devices.
+
+    Example:
+        >>> os.environ["XLA_FLAGS"] = "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8"
+        >>> child_xla_flags(2)
+        '--xla_cpu_foo=1 --xla_force_host_platform_device_count=2'
+        >>> del os.environ["XLA_FLAGS"]
+    """
+    flag = "--xla_force_host_platform_device_count"
+    keep = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(flag)]
+    return " ".join([*keep, f"{flag}={n}"])
+
+
 def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run :func:`~sgjax.apps.bench.pipeline_throughput.benchmark_pipeline` on fake CPU
     devices in a subprocess (the device count must be set before JAX starts).
@@ -38,7 +53,7 @@ def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> d
         f"r = benchmark_pipeline({n}, **{kwargs!r})\n"
         "print('RESULT' + json.dumps(r, default=float))\n"
     )
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    env = {**os.environ, "XLA_FLAGS": child_xla_flags(n)}
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
     )
