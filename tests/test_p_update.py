@@ -170,7 +170,7 @@ def test_p_update_errors_name_the_argument():
     own = rules.synthetic_gradients(sg_optimizer=optax.sgd(0.1))
     opt = train.stagewise(optax.adam(1e-2))
     state = train.init(jax.random.key(0), NET, own, opt)
-    new, m = train.make_step(NET, own, "xent", opt, p_update=0.5)(state, _batches(1)[0])
+    new, m = jax.jit(train.make_step(NET, own, "xent", opt, p_update=0.5))(state, _batches(1)[0])
     assert bool(m["finite"]) and len(new.rule_state.opt_state) == len(own.boundaries(NET))
 
 
