@@ -221,22 +221,29 @@ def test_bootstrapped_targets_two_windows_by_hand():
         x, y, m = _data(30, length=2 * T)
         # by hand: window 1 from s0 = 0, window 2 from s1; the sequence goes on after s2
         s0 = jnp.zeros((B, S))
-        _, s1 = _ref_loss_from(model, p, s0, x, y, m, 0, T)
-        w2 = lambda s: _ref_loss_from(model, p, s, x, y, m, T, 2 * T)  # noqa: E731
-        _, s2 = w2(s1)
-        _, states_vjp = jax.vjp(lambda s: w2(s)[1], s1)
-        target1 = B * jax.grad(lambda s: w2(s)[0])(s1) + states_vjp(s2 @ theta["A"] + theta["C"])[0]
-        _, s1_vjp = jax.vjp(lambda s: _ref_loss_from(model, p, s, x, y, m, 0, T)[1], s0)
-        target0 = B * jax.grad(lambda s: _ref_loss_from(model, p, s, x, y, m, 0, T)[0])(s0)
-        target0 = target0 + s1_vjp(s1 @ theta["A"] + theta["C"])[0]
+
+        @jax.jit  # (one compile rather than ~100 eager programs)
+        def by_hand(p, theta, s0):
+            _, s1 = _ref_loss_from(model, p, s0, x, y, m, 0, T)
+            w2 = lambda s: _ref_loss_from(model, p, s, x, y, m, T, 2 * T)  # noqa: E731
+            _, s2 = w2(s1)
+            _, states_vjp = jax.vjp(lambda s: w2(s)[1], s1)
+            target1 = B * jax.grad(lambda s: w2(s)[0])(s1)
+            target1 = target1 + states_vjp(s2 @ theta["A"] + theta["C"])[0]
+            _, s1_vjp = jax.vjp(lambda s: _ref_loss_from(model, p, s, x, y, m, 0, T)[1], s0)
+            target0 = B * jax.grad(lambda s: _ref_loss_from(model, p, s, x, y, m, 0, T)[0])(s0)
+            return s1, target0 + s1_vjp(s1 @ theta["A"] + theta["C"])[0], target1
+
+        s1, target0, target1 = by_hand(p, theta, s0)
 
         def regression(th, s, t):
             return jnp.mean(jnp.sum((s @ th["A"] + th["C"] - t) ** 2, -1))
 
         with pytest.warns(UserWarning, match=r"decay γ = 1 .* stream that does not end"):
             wins = core.windows(h, np.asarray(x), np.asarray(y), np.asarray(m), last=False)
-        out0 = core.window_grads(h, p, theta, s0, wins[0])
-        out1 = core.window_grads(h, p, theta, out0.s_end, wins[1])
+        grads = jax.jit(lambda *a: core.window_grads(h, *a))
+        out0 = grads(p, theta, s0, wins[0])
+        out1 = grads(p, theta, out0.s_end, wins[1])
         np.testing.assert_allclose(out0.s_end, s1, rtol=1e-12)
         np.testing.assert_allclose(out0.target, target0, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(out1.target, target1, rtol=1e-10, atol=1e-12)
