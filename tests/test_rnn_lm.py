@@ -155,13 +155,15 @@ def test_the_advice_quotes_the_committed_stability_study():
         return st[key]["collapses"]
 
     g1, g05, clip = n("γ = 1"), n("γ = 0.5"), n("injected SG clipped")
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    assert f"on {g1} of 5 seeds with γ = 1, {g05} of 5\nwith γ = 0.5 alone, {clip} of 5" in readme
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())  # (reflowed)
+    assert f"on {g1} of 5 seeds with γ = 1, {g05} of 5 with γ = 0.5 alone, {clip} of 5" in readme
+    res = json.loads((root / "docs/results/dni-rnn-lm/results.json").read_text())
+    c01 = res["stability01"]["summary"]["injected SG clipped to 0.1"]
+    assert c01["collapses"] == clip and c01["runs"] == 5  # "0 of 5 with the clip (at 1 or 0.1"
     assert f"3M characters: {g1} of 5 seeds collapsed" in core.GAMMA_ADVICE
     assert f"({clip} of 5 collapsed)" in core.GAMMA_ADVICE
     assert f"γ = 0.5 alone {g05} of 5 seeds" in core.CLIP_ADVICE
     # the LSTM 256 advice: the tuned setting and its scores (lm256t and lm256's runs)
-    res = json.loads((root / "docs/results/dni-rnn-lm/results.json").read_text())
 
     def mean(prefix: str) -> str:
         vals = [r["bpc_best"] for k, r in res["runs"].items() if k.startswith(prefix)]
@@ -170,11 +172,17 @@ def test_the_advice_quotes_the_committed_stability_study():
 
     assert res["tune256_chosen"] == "injected SG clipped to 0.1"
     assert rnn_lm.TUNE256_VARIANTS[res["tune256_chosen"]] == {"inject_clip": 0.1}
+    # and the LSTM 128 advice: the clip at 0.1 against the clip at 1 (the stability01 part)
+    ref = st["injected SG clipped to norm 1"]
     want = (
-        f"`inject_clip=0.1` took DNI-8 from {mean('lm256/dni/T8/')} BPC to\n"
-        f"{mean('lm256t/dni/T8/')}, below BPTT-16's {mean('lm256/bptt/T16/')}"
+        f"At LSTM 128 the clip at 0.1 ends at {c01['mean']:.3f} BPC (at 1: {ref['mean']:.3f}); "
+        f"at 256 it took DNI-8 from {mean('lm256/dni/T8/')} to {mean('lm256t/dni/T8/')} BPC, "
+        f"below BPTT-16's {mean('lm256/bptt/T16/')}"
     )
     assert want in readme, want
+    assert f"0.1: {c01['mean']:.3f} at LSTM 128, {mean('lm256t/dni/T8/')} at LSTM 256" in (
+        core.CLIP_ADVICE
+    )
 
 
 def test_the_20m_part_is_judged_on_its_own_runs_and_regime():
