@@ -14,6 +14,11 @@ The grid (:func:`jobs`): full BPTT, DNI-T for T ∈ {2, 4}, BPTT-T for T ∈ {2,
 to ``<out>/runs.jsonl`` with its settings, the longest N solved, the batch (and seconds)
 at which each N was solved, and its CPU seconds; a restarted study skips finished runs.
 
+Repeat Copy (``--task repeat_copy``; :data:`GRIDS`, :data:`TASK_SEEDS`): the same settings,
+the curriculum raising N and R alternately, the score the output length N·R; full BPTT,
+DNI-T for T ∈ {4, 8}, BPTT-T for T ∈ {4, 8, 16}, seeds 1–3, 10,000 batches, claims
+``dni-rnn/rcopy10k-*``. One task per study directory.
+
 The report (:func:`report`) judges the registered claims ``dni-rnn/copy-*``
 (:mod:`sgjax.apps.experiments.registry`, registered before these runs; their regime is
 full BPTT's mean solved N ≥ 16): DNI-T above BPTT-T′ for some T′ > T (the paper's
@@ -23,6 +28,8 @@ Usage::
 
     taskset -c 1 python -m sgjax.apps.experiments.rnn_copy run --out DIR
     python -m sgjax.apps.experiments.rnn_copy report --out DIR --to docs/results/dni-rnn-copy
+    taskset -c 1 python -m sgjax.apps.experiments.rnn_copy run --out DIR2 --task repeat_copy \
+        --batches 10000
 """
 
 from __future__ import annotations
