@@ -46,7 +46,7 @@ import numpy as np
 from sgjax.apps.experiments import common as C
 from sgjax.apps.experiments import rnn
 from sgjax.apps.experiments import verdicts as V
-from sgjax.apps.experiments.rnn_lm_report import difference_resolution, stats
+from sgjax.apps.experiments.rnn_lm_tables import difference_resolution, stats
 
 #: The settings every run shares (``cfg["copy"]`` of :func:`sgjax.apps.experiments.rnn.train_copy`).
 SETTINGS: dict[str, Any] = dict(

@@ -16,7 +16,7 @@ import numpy as np
 
 from sgjax.apps.experiments import common as C
 from sgjax.apps.experiments import verdicts as V
-from sgjax.apps.experiments.rnn_lm_report import difference_resolution, stats
+from sgjax.apps.experiments.rnn_lm_tables import difference_resolution, stats
 from sgjax.apps.experiments.transformer_lm_settings import (
     LABELS,
     LN2,
