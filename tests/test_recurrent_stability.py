@@ -201,11 +201,14 @@ def test_the_noise_control_injects_a_fresh_direction_of_the_sgs_norm():
             _close(new.sg_params, jax.tree.map(lambda a, b: a - lr * b, theta, g_theta))
             moved.append(new.params)
         plain, _, _ = _reference(model, p, theta, s0, x, y, k=S, clip=clip)
-        differ = lambda a, b: max(  # noqa: E731
-            float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-        )
-        assert differ(moved[0], moved[1]) > 1e-6  # a fresh direction at every step
-        assert differ(moved[0], jax.tree.map(lambda a, b: a - lr * b, p, plain)) > 1e-6
+        assert _max_diff(moved[0], moved[1]) > 1e-6  # a fresh direction at every step
+        assert _max_diff(moved[0], jax.tree.map(lambda a, b: a - lr * b, p, plain)) > 1e-6
+
+
+def _max_diff(a, b) -> float:
+    return max(
+        float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 def test_a_fresh_target_network_starts_as_the_sg():

@@ -140,9 +140,20 @@ def _child_env(
     if cpu:
         env["JAX_PLATFORMS"] = "cpu"
         # One CPU device per process: the stage of that process.
-        flags = [f for f in env.get("XLA_FLAGS", "").split() if _DEVICE_COUNT_FLAG not in f]
-        env["XLA_FLAGS"] = " ".join([*flags, f"{_DEVICE_COUNT_FLAG}=1"])
+        env["XLA_FLAGS"] = with_device_count(env.get("XLA_FLAGS", ""), 1)
     return env
+
+
+def with_device_count(flags: str, n: int) -> str:
+    """``XLA_FLAGS`` ``flags`` with any CPU device count replaced by ``n`` fake devices (the
+    other flags kept, for a child process that must compile as its parent does).
+
+    Example:
+        >>> with_device_count("--xla_cpu_foo=1 --xla_force_host_platform_device_count=8", 2)
+        '--xla_cpu_foo=1 --xla_force_host_platform_device_count=2'
+    """
+    keep = [f for f in flags.split() if _DEVICE_COUNT_FLAG not in f]
+    return " ".join([*keep, f"{_DEVICE_COUNT_FLAG}={n}"])
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -11,21 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sgjax.apps.bench.sizes import FULL
-
-
-def child_xla_flags(n: int) -> str:
-    """``XLA_FLAGS`` for the subprocess: the caller's own (the same compiler settings as the
-    sections run in this process) with any device count replaced by ``n`` fake devices.
-
-    Example:
-        >>> os.environ["XLA_FLAGS"] = "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8"
-        >>> child_xla_flags(2)
-        '--xla_cpu_foo=1 --xla_force_host_platform_device_count=2'
-        >>> del os.environ["XLA_FLAGS"]
-    """
-    flag = "--xla_force_host_platform_device_count"
-    keep = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(flag)]
-    return " ".join([*keep, f"{flag}={n}"])
+from sgjax.pipeline.distributed import with_device_count
 
 
 def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -53,7 +39,8 @@ def bench_pipeline(cfg: dict[str, Any], log: Callable[[str], None] = print) -> d
         f"r = benchmark_pipeline({n}, **{kwargs!r})\n"
         "print('RESULT' + json.dumps(r, default=float))\n"
     )
-    env = {**os.environ, "XLA_FLAGS": child_xla_flags(n)}
+    # the caller's XLA flags (as the sections in this process compile), n fake devices
+    env = {**os.environ, "XLA_FLAGS": with_device_count(os.environ.get("XLA_FLAGS", ""), n)}
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
     )

@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ import numpy as np
 from sgjax.apps.experiments import common as C
 from sgjax.apps.experiments import rnn
 from sgjax.apps.experiments import verdicts as V
-from sgjax.apps.experiments.rnn_lm_tables import difference_resolution, stats
+from sgjax.apps.experiments.rnn_lm_tables import difference_resolution, first_start, stats
 
 #: The settings every run shares (``cfg["copy"]`` of :func:`sgjax.apps.experiments.rnn.train_copy`).
 SETTINGS: dict[str, Any] = dict(
@@ -308,15 +308,11 @@ def report(out: Path, to: Path | None = None, grid=None, seeds=None) -> dict:
     seeds = TASK_SEEDS[task] if seeds is None else seeds
     name, score = TASK_NAMES[task], SCORE_NAMES[task]
     solved = summary(runs, grid, seeds, task)
-    starts = [
-        (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
-        for r in runs.values()
-    ]
     s = SETTINGS if not runs else next(iter(runs.values()))["settings"]["copy"]
     verdicts = claims(
         solved,
         n_seeds=len(seeds),
-        data_date=min(starts, default=None),
+        data_date=first_start(runs.values()),
         batches=s["batches"],
         task=task,
     )

@@ -9,7 +9,6 @@ missing (and a claim that needs it is *untested*), never filled in.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ from sgjax.apps.experiments import verdicts as V
 from sgjax.apps.experiments.rnn_lm_tables import (
     LABELS,
     clip01_section,
+    collapse_claim,
     difference_resolution,
+    first_start,
     score_upto,
     stability,
     stats,
@@ -274,25 +275,16 @@ def lm_claims(runs: dict, bigram: float, study: Any, part: str = "lm") -> dict[s
             )
     sg_runs = [r for k, r in runs.items() if k.startswith(prefix) and r["method"] != "bptt"]
     n_sg = sum(len(Ts) for m, Ts in grid.items() if m != "bptt") * full
-    collapses = sum(r["bpc"] > bigram for r in sg_runs)  # the final BPC: a collapse
-    claims["no DNI run of the LM table collapses"] = V.claim(
-        f"{collapses} of {len(sg_runs)} runs above the bigram level ({bigram:.3f} BPC)",
-        "0 collapses",
-        1.0 if collapses == 0 else -float(collapses),
-        0.0,
-        cid=spec["stable"],
+    claims["no DNI run of the LM table collapses"] = collapse_claim(
+        [r["bpc"] for r in sg_runs],  # the final BPC: a collapse
+        n_sg,
+        bigram,
+        spec["stable"],
         regime=regime,
         regime_note=note,
-        tested=len(sg_runs) == n_sg,
-        untested_note="" if len(sg_runs) == n_sg else f"{len(sg_runs)} of {n_sg} runs finished",
     )
-    # the data existed from each run's start (run_date is written when it finishes)
-    starts = [
-        (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
-        for k, r in runs.items()
-        if k.startswith(prefix)
-    ]
-    return V.preregistered(claims, min(starts, default=None))
+    since = first_start(r for k, r in runs.items() if k.startswith(prefix))
+    return V.preregistered(claims, since)
 
 
 def _lm_figure(out: Path, runs: dict, study: Any, part: str, name: str) -> str:

@@ -106,16 +106,9 @@ def clip01_section(runs: dict, bigram: float, study: Any) -> tuple[list[list[Any
     mine = [r["bpc"] for s in seeds if (r := runs.get(f"{own}/s{s}"))]
     ref = [r["bpc"] for s in seeds if (r := runs.get(f"{other}/s{s}"))]
     full = len(seeds)
-    collapses = sum(b > bigram for b in mine)
     claims = {
-        "DNI-8 at LSTM 128 clipped to 0.1: no run collapses": V.claim(
-            f"{collapses} of {len(mine)} runs above the bigram level ({bigram:.3f} BPC)",
-            "0 collapses",
-            1.0 if collapses == 0 else -float(collapses),
-            0.0,
-            cid=spec["stable"],
-            tested=len(mine) == full,
-            untested_note="" if len(mine) == full else f"{len(mine)} of {full} runs finished",
+        "DNI-8 at LSTM 128 clipped to 0.1: no run collapses": collapse_claim(
+            mine, full, bigram, spec["stable"]
         )
     }
     tested = len(mine) == full and len(ref) == full
@@ -128,12 +121,42 @@ def clip01_section(runs: dict, bigram: float, study: Any) -> tuple[list[list[Any
         tested=tested,
         untested_note="" if tested else "runs missing",
     )
+    since = first_start(r for k, r in runs.items() if k.startswith("stability01/"))
+    return rows, {"summary": summary, "claims": V.preregistered(claims, since)}
+
+
+def first_start(recs) -> str | None:
+    """When the data of finished runs began to exist: the earliest run's start (a record's
+    ``run_date`` is written when it finishes, ``wall_seconds`` after it started), ISO.
+
+    Example:
+        >>> first_start([{"run_date": "2026-12-07T06:00:00+00:00", "wall_seconds": 60.0}])
+        '2026-12-07T05:59:00+00:00'
+    """
     starts = [
         (datetime.fromisoformat(r["run_date"]) - timedelta(seconds=r["wall_seconds"])).isoformat()
-        for k, r in runs.items()
-        if k.startswith("stability01/")
+        for r in recs
     ]
-    return rows, {"summary": summary, "claims": V.preregistered(claims, min(starts, default=None))}
+    return min(starts, default=None)
+
+
+def collapse_claim(
+    bpcs: list[float], expected: int, bigram: float, cid: str, **regime: Any
+) -> dict:
+    """The "no run collapses" claim on the final BPCs of the finished runs (``expected`` of
+    them for a tested claim); ``regime``: ``regime`` and ``regime_note`` of
+    :func:`~sgjax.apps.experiments.verdicts.claim`."""
+    collapses = sum(b > bigram for b in bpcs)
+    return V.claim(
+        f"{collapses} of {len(bpcs)} runs above the bigram level ({bigram:.3f} BPC)",
+        "0 collapses",
+        1.0 if collapses == 0 else -float(collapses),
+        0.0,
+        cid=cid,
+        tested=len(bpcs) == expected,
+        untested_note="" if len(bpcs) == expected else f"{len(bpcs)} of {expected} runs finished",
+        **regime,
+    )
 
 
 def score_upto(run: dict, chars: int) -> float:
