@@ -243,15 +243,17 @@ def test_lm_bits_per_character_and_time_to_a_target_bpc():
 def test_bench_pipeline_refuses_bad_model_flags_before_any_launch(
     argv, message, monkeypatch, capsys
 ):
+    from sgjax.apps.bench import pipeline_compare
     from sgjax.pipeline import distributed
 
+    # imported before anything is patched: pipeline_compare binds `launch` when it is first
+    # imported, and a fake bound then outlived this test (the next test's launched job
+    # "ran" the fake and left no results, when this file ran alone)
+    script = _bench_pipeline_script()
     launched = []
     monkeypatch.setattr(distributed, "launch", lambda *a, **k: launched.append(a))
-    monkeypatch.delenv("SGJAX_DATA_DIR", raising=False)
-    script = _bench_pipeline_script()
-    from sgjax.apps.bench import pipeline_compare
-
     monkeypatch.setattr(pipeline_compare, "launch", lambda *a, **k: launched.append(a))
+    monkeypatch.delenv("SGJAX_DATA_DIR", raising=False)
     with pytest.raises(SystemExit) as e:
         script.main(argv)
     assert e.value.code == 2
