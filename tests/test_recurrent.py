@@ -225,7 +225,10 @@ def test_bootstrapped_targets_two_windows_by_hand():
         @jax.jit  # (one compile rather than ~100 eager programs)
         def by_hand(p, theta, s0):
             _, s1 = _ref_loss_from(model, p, s0, x, y, m, 0, T)
-            w2 = lambda s: _ref_loss_from(model, p, s, x, y, m, T, 2 * T)  # noqa: E731
+
+            def w2(s):  # the second window, from s
+                return _ref_loss_from(model, p, s, x, y, m, T, 2 * T)
+
             _, s2 = w2(s1)
             _, states_vjp = jax.vjp(lambda s: w2(s)[1], s1)
             target1 = B * jax.grad(lambda s: w2(s)[0])(s1)
